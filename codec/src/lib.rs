@@ -1,0 +1,37 @@
+//! The clearing switch's codec: the message model, the native frame format, and (in time)
+//! the participant formats translated at the edge.
+//!
+//! Pure by design: no sockets, no async, no clocks, no randomness. Everything here takes
+//! bytes or values and returns bytes or values, so it is tested exhaustively and fuzzed, and
+//! shared by the switch and the load generator (which talks to the switch over the wire).
+//!
+//! - [`message`]: the bodies, the kind table ([`MessageKind`]), owned [`Message`] and
+//!   zero-copy [`MessageRef`].
+//! - [`frame`]: header, checksum, [`FrameDecoder`] and [`FrameEncoder`].
+//! - [`field`]: fixed-width fields; payment codes masked in `Debug`/`Display`.
+//! - [`code`]: the reply code table and the other code tables.
+//! - [`signon`]: challenge-response proofs for sign-on.
+//!
+//! The byte-exact format is documented in `PROTOCOL.md` beside this crate, and tests check
+//! the document against the code.
+
+pub mod code;
+pub mod field;
+pub mod frame;
+pub mod message;
+pub mod sample;
+pub mod signon;
+
+pub use code::{RejectReason, ReplyCode, ReversalReason, SignOffReason, TransactionStatus};
+pub use field::{
+    AuthorizationCode, City, FieldProblem, InstitutionId, MerchantId, MerchantName, PaymentCode, RejectDetail,
+    SwitchReference, TerminalId, TransactionId,
+};
+pub use frame::{
+    DecodeError, EncodeError, FRAME_SIZE_MAX, Frame, FrameDecoder, FrameEncoder, HEADER_SIZE, decode_frame,
+    encode_frame, seal_frame,
+};
+pub use message::{
+    Echo, LinkedRequest, Message, MessageKind, MessageRef, PROTOCOL_VERSION, PaymentCodeRequest, QrPaymentRequest,
+    Reject, Reply, SignOff, SignOnChallenge, SignOnRequest, SignOnResult, StatusQuery, StatusReply, TransactionDetails,
+};

@@ -1,0 +1,791 @@
+//! The message model: every body the switch carries, and the kind table that ties a kind
+//! byte to a body layout.
+//!
+//! Bodies are flat, fixed-layout records (rkyv archives them as `#[repr(C)]` structs of
+//! little-endian integers and byte arrays, with no pointers), so a body is read in place
+//! after one validation, and a client in any language can write one from `PROTOCOL.md`.
+//!
+//! Invariants:
+//! - No implicit padding: every gap is an explicit `reserved` field that must be zero
+//!   (checked on encode and decode), so every byte on the wire is defined and future
+//!   versions can give reserved bytes a meaning.
+//! - Every body's size is a multiple of 8 (asserted at compile time), which keeps every
+//!   frame in a stream 8-byte aligned.
+//! - A body is semantically valid ([`Validate`]) whenever the codec hands out a view of it.
+
+use std::mem::offset_of;
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::code::{ReplyCode, ReversalReason, SignOffReason, TransactionStatus};
+use crate::field::{
+    AuthorizationCode, City, FieldProblem, FieldText, InstitutionId, MerchantId, MerchantName, PaymentCode,
+    RejectDetail, SwitchReference, TerminalId, TransactionId,
+};
+
+/// The protocol version this codec speaks. A frame with another version is refused.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Largest amount in minor units a message may carry (10^15: ten trillion units of a
+/// two-decimal currency). Keeps every sum of a window's amounts far from overflow.
+pub const AMOUNT_MINOR_MAX: u64 = 1_000_000_000_000_000;
+/// Largest timestamp: 9999-12-31T23:59:59.999Z in Unix milliseconds.
+pub const TIME_MS_MAX: i64 = 253_402_300_799_999;
+/// Capacity of a merchant-presented QR payload (EMVCo's own maximum is 512 characters).
+pub const QR_PAYLOAD_SIZE_MAX: usize = 512;
+/// Size of sign-on nonces and proofs (HMAC-SHA256 output).
+pub const PROOF_SIZE: usize = 32;
+
+/// One field of one body that failed validation. The offset is from the body's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: &'static str,
+    pub offset: u32,
+    pub problem: FieldProblem,
+}
+
+/// Semantic checks on a body, beyond its layout: charsets, mandatory fields, code tables,
+/// ranges, reserved bytes. The same check runs on encode and on decode.
+pub trait Validate {
+    fn validate(&self, kind: MessageKind) -> Result<(), FieldError>;
+}
+
+fn fail(field: &'static str, offset: usize, problem: FieldProblem) -> FieldError {
+    // Body sizes are below 1 KiB (asserted by BODY_SIZE_MAX), so offsets fit u32.
+    FieldError { field, offset: offset as u32, problem }
+}
+
+fn check_text<T: FieldText>(value: &T, field: &'static str, offset: usize) -> Result<(), FieldError> {
+    value.check().map_err(|problem| fail(field, offset, problem))
+}
+
+fn check_mandatory<T: FieldText>(
+    value: &T,
+    field: &'static str,
+    offset: usize,
+    mandatory: bool,
+) -> Result<(), FieldError> {
+    check_text(value, field, offset)?;
+    if mandatory && value.is_empty() {
+        return Err(fail(field, offset, FieldProblem::Empty));
+    }
+    Ok(())
+}
+
+fn check_reserved(bytes: &[u8], field: &'static str, offset: usize) -> Result<(), FieldError> {
+    if bytes.iter().any(|&b| b != 0) {
+        return Err(fail(field, offset, FieldProblem::ReservedNotZero));
+    }
+    Ok(())
+}
+
+fn check_range(value: u64, min: u64, max: u64, field: &'static str, offset: usize) -> Result<(), FieldError> {
+    if value < min || value > max {
+        return Err(fail(field, offset, FieldProblem::OutOfRange { value, min, max }));
+    }
+    Ok(())
+}
+
+fn check_time(value: i64, field: &'static str, offset: usize) -> Result<(), FieldError> {
+    // Negative times are out of range; the cast is exact for the non-negative ones.
+    let shown = if value < 0 { u64::MAX } else { value as u64 };
+    check_range(shown, 0, TIME_MS_MAX as u64, field, offset)
+}
+
+fn check_code<T: TryFrom<u16>>(value: u16, field: &'static str, offset: usize) -> Result<(), FieldError> {
+    T::try_from(value)
+        .map(|_| ())
+        .map_err(|_| fail(field, offset, FieldProblem::UnknownCode { value: u32::from(value) }))
+}
+
+// ---------------------------------------------------------------------------------------
+// Network management
+// ---------------------------------------------------------------------------------------
+
+/// Switch to participant, first frame on every connection: the challenge the participant
+/// must prove its key over.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct SignOnChallenge {
+    /// The switch's own institution id (bound into the proof).
+    pub switch_id: InstitutionId,
+    /// 32 random bytes, new for every connection.
+    pub server_nonce: [u8; PROOF_SIZE],
+    /// The highest protocol version the switch speaks.
+    pub protocol_version: u16,
+    pub reserved: [u8; 6],
+}
+
+/// Participant to switch: who I am, and proof that I hold my key. Never the key itself.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct SignOnRequest {
+    pub participant: InstitutionId,
+    /// 32 random bytes chosen by the participant (bound into the switch's proof).
+    pub client_nonce: [u8; PROOF_SIZE],
+    /// HMAC-SHA256 under the participant's key; see [`crate::signon`].
+    pub proof: [u8; PROOF_SIZE],
+    pub protocol_version: u16,
+    /// Which of the participant's keys made the proof (keys rotate with an overlap).
+    pub key_id: u16,
+    pub reserved: [u8; 4],
+}
+
+/// Switch to participant: the sign-on outcome. On approval, the switch proves it holds the
+/// key too (mutual authentication) and states the session's timers.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct SignOnResult {
+    pub session_id: u64,
+    /// HMAC-SHA256 under the participant's key; all zero when refused.
+    pub server_proof: [u8; PROOF_SIZE],
+    /// The participant sends an echo when it has sent nothing for this long.
+    pub echo_interval_ms: u32,
+    /// The switch closes a session that has sent nothing for this long.
+    pub idle_timeout_ms: u32,
+    /// [`ReplyCode`]: `Approved`, or `NotAuthorised` / `FormatError` when refused.
+    pub code: u16,
+    pub reserved: [u8; 6],
+}
+
+/// Echo (heartbeat), either way. The reply carries the request's values back.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct Echo {
+    pub sequence: u64,
+    pub sent_time_ms: i64,
+}
+
+/// Sign-off request (reason: [`SignOffReason`]) and its reply (code: [`ReplyCode`]).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct SignOff {
+    pub code: u16,
+    pub reserved: [u8; 6],
+}
+
+// ---------------------------------------------------------------------------------------
+// Payments
+// ---------------------------------------------------------------------------------------
+
+/// The elements every payment request carries (the barcode payment interconnection rules'
+/// message elements). Embedded at offset 0 of both request bodies.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct TransactionDetails {
+    /// The institution that originated the request. Must equal the signed-on sender.
+    pub originator: InstitutionId,
+    /// The originator's own id for this transaction.
+    pub originator_transaction_id: TransactionId,
+    /// Zero from the originator; set by the switch when it forwards ([`SwitchReference`]).
+    pub switch_reference: u64,
+    /// Amount in minor units of `currency` (fen for CNY). Never a float.
+    pub amount_minor: u64,
+    /// When the payer or merchant initiated it: Unix milliseconds, UTC.
+    pub transaction_time_ms: i64,
+    /// ISO 4217 numeric (156 = CNY).
+    pub currency: u16,
+    /// ISO 18245 merchant category code.
+    pub merchant_category_code: u16,
+    /// ISO 3166-1 numeric (156 = China).
+    pub merchant_country: u16,
+    pub reserved: u16,
+    pub merchant_id: MerchantId,
+    pub terminal_id: TerminalId,
+    pub merchant_name: MerchantName,
+    pub merchant_city: City,
+}
+
+impl ArchivedTransactionDetails {
+    pub fn switch_reference(&self) -> SwitchReference {
+        SwitchReference(self.switch_reference.to_native())
+    }
+
+    /// Checks the details; `merchant_known` says whether the merchant fields are mandatory
+    /// (they are for a consumer-presented request; a wallet sending a QR request may leave
+    /// them zero for the switch to fill from the QR payload).
+    fn validate_at(&self, base: usize, merchant_known: bool) -> Result<(), FieldError> {
+        type D = ArchivedTransactionDetails;
+        check_text(&self.originator, "originator", base + offset_of!(D, originator))?;
+        check_text(
+            &self.originator_transaction_id,
+            "originator_transaction_id",
+            base + offset_of!(D, originator_transaction_id),
+        )?;
+        check_range(
+            self.amount_minor.to_native(),
+            1,
+            AMOUNT_MINOR_MAX,
+            "amount_minor",
+            base + offset_of!(D, amount_minor),
+        )?;
+        check_time(
+            self.transaction_time_ms.to_native(),
+            "transaction_time_ms",
+            base + offset_of!(D, transaction_time_ms),
+        )?;
+        check_range(u64::from(self.currency.to_native()), 1, 999, "currency", base + offset_of!(D, currency))?;
+        let merchant_min = u64::from(merchant_known);
+        check_range(
+            u64::from(self.merchant_category_code.to_native()),
+            merchant_min,
+            9999,
+            "merchant_category_code",
+            base + offset_of!(D, merchant_category_code),
+        )?;
+        check_range(
+            u64::from(self.merchant_country.to_native()),
+            merchant_min,
+            999,
+            "merchant_country",
+            base + offset_of!(D, merchant_country),
+        )?;
+        check_reserved(&self.reserved.to_native().to_le_bytes(), "reserved", base + offset_of!(D, reserved))?;
+        check_mandatory(&self.merchant_id, "merchant_id", base + offset_of!(D, merchant_id), merchant_known)?;
+        check_text(&self.terminal_id, "terminal_id", base + offset_of!(D, terminal_id))?;
+        check_text(&self.merchant_name, "merchant_name", base + offset_of!(D, merchant_name))?;
+        check_text(&self.merchant_city, "merchant_city", base + offset_of!(D, merchant_city))
+    }
+}
+
+/// Consumer-presented (B scans C, 被扫): the merchant's acquirer scanned the payer's
+/// payment code. Routed to the issuer by the code's prefix.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct PaymentCodeRequest {
+    pub details: TransactionDetails,
+    pub payment_code: PaymentCode,
+}
+
+/// Merchant-presented (C scans B, 主扫): the payer's wallet scanned the merchant's QR code.
+/// Routed to the acquirer by the QR's network GUID.
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct QrPaymentRequest {
+    pub details: TransactionDetails,
+    /// Bytes of `qr_payload` in use (1..=512).
+    pub qr_length: u16,
+    pub reserved: [u8; 6],
+    /// The scanned payload as UTF-8 (EMVCo MPM TLV, or a UnionPay URL), zero-padded.
+    pub qr_payload: [u8; QR_PAYLOAD_SIZE_MAX],
+}
+
+impl Default for QrPaymentRequest {
+    fn default() -> Self {
+        Self {
+            details: TransactionDetails::default(),
+            qr_length: 0,
+            reserved: [0; 6],
+            qr_payload: [0; QR_PAYLOAD_SIZE_MAX],
+        }
+    }
+}
+
+impl std::fmt::Debug for QrPaymentRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QrPaymentRequest")
+            .field("details", &self.details)
+            .field("qr_payload", &self.payload_text())
+            .finish()
+    }
+}
+
+impl QrPaymentRequest {
+    /// Sets the payload, checking its size. The text is checked on encode.
+    pub fn set_payload(&mut self, payload: &str) -> Result<(), FieldProblem> {
+        if payload.len() > QR_PAYLOAD_SIZE_MAX {
+            return Err(FieldProblem::TooLong { capacity: QR_PAYLOAD_SIZE_MAX as u32 });
+        }
+        self.qr_payload = [0; QR_PAYLOAD_SIZE_MAX];
+        self.qr_payload[..payload.len()].copy_from_slice(payload.as_bytes());
+        self.qr_length = payload.len() as u16;
+        Ok(())
+    }
+
+    pub fn payload_text(&self) -> &str {
+        qr_text(&self.qr_payload, self.qr_length)
+    }
+}
+
+fn qr_text(payload: &[u8; QR_PAYLOAD_SIZE_MAX], length: u16) -> &str {
+    let length = usize::from(length).min(QR_PAYLOAD_SIZE_MAX);
+    std::str::from_utf8(&payload[..length]).unwrap_or("<invalid utf-8>")
+}
+
+impl ArchivedQrPaymentRequest {
+    /// The scanned payload (valid UTF-8 once the frame was decoded).
+    pub fn payload_text(&self) -> &str {
+        qr_text(&self.qr_payload, self.qr_length.to_native())
+    }
+}
+
+/// A reply to a payment, reversal or refund: approved, declined, or a switch answer.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct Reply {
+    /// The originator of the request answered (echoed).
+    pub originator: InstitutionId,
+    /// The originator's transaction id of the request answered (echoed).
+    pub originator_transaction_id: TransactionId,
+    /// The switch reference of the request answered (zero only when the switch refused the
+    /// request before assigning one).
+    pub switch_reference: u64,
+    /// Amount approved, in minor units (echoes the request's amount when declined).
+    pub amount_minor: u64,
+    /// When the reply was made: Unix milliseconds, UTC.
+    pub reply_time_ms: i64,
+    /// ISO 4217 numeric.
+    pub currency: u16,
+    /// [`ReplyCode`].
+    pub code: u16,
+    pub reserved: [u8; 4],
+    /// Set by the issuer on approval (ISO 8583 DE38).
+    pub authorization_code: AuthorizationCode,
+    /// Who decided: the issuer or acquirer, or the switch's own id for switch answers.
+    pub responder: InstitutionId,
+}
+
+impl ArchivedReply {
+    pub fn code(&self) -> ReplyCode {
+        // Decoded bodies were validated, so the code is in the table.
+        ReplyCode::try_from(self.code.to_native()).unwrap_or(ReplyCode::FormatError)
+    }
+
+    pub fn switch_reference(&self) -> SwitchReference {
+        SwitchReference(self.switch_reference.to_native())
+    }
+}
+
+/// A request that refers to an earlier transaction: a reversal (kind `ReversalRequest`) or
+/// a refund (kind `RefundRequest`). The original is named by its switch reference, or, when
+/// the sender never learnt it (it timed out), by the original originator transaction id.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct LinkedRequest {
+    pub originator: InstitutionId,
+    /// This reversal's or refund's own id at the originator.
+    pub originator_transaction_id: TransactionId,
+    /// This message's switch reference (zero from the originator).
+    pub switch_reference: u64,
+    /// The original transaction's switch reference, or zero if unknown to the sender.
+    pub original_switch_reference: u64,
+    /// Amount to reverse (the original's) or to refund (at most the original's).
+    pub amount_minor: u64,
+    pub transaction_time_ms: i64,
+    pub currency: u16,
+    /// Reversal: [`ReversalReason`]. Refund: zero.
+    pub reason: u16,
+    pub reserved: [u8; 4],
+    /// The original transaction's originator transaction id, or empty if the switch
+    /// reference is given.
+    pub original_originator_transaction_id: TransactionId,
+}
+
+/// Ask the switch for a transaction's state.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct StatusQuery {
+    pub originator: InstitutionId,
+    /// The queried transaction's originator transaction id (the sender's own).
+    pub original_originator_transaction_id: TransactionId,
+    /// The queried transaction's switch reference, or zero if unknown.
+    pub original_switch_reference: u64,
+    pub query_time_ms: i64,
+}
+
+/// The switch's answer to a status query.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct StatusReply {
+    pub originator: InstitutionId,
+    pub original_originator_transaction_id: TransactionId,
+    pub original_switch_reference: u64,
+    pub amount_minor: u64,
+    pub reply_time_ms: i64,
+    pub currency: u16,
+    /// The final [`ReplyCode`] if there is one (zero while in flight or unknown).
+    pub code: u16,
+    /// [`TransactionStatus`].
+    pub status: u8,
+    pub reserved: [u8; 3],
+}
+
+/// The switch's answer to a frame it could not accept: which check failed and where.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct Reject {
+    /// Byte offset in the rejected frame (from its first header byte) of the problem.
+    pub offset: u32,
+    /// [`crate::RejectReason`].
+    pub reason: u16,
+    /// The kind byte of the rejected frame (as received).
+    pub rejected_kind: u8,
+    pub reserved: u8,
+    /// Human-readable detail, never containing a payment code.
+    pub detail: RejectDetail,
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------------------
+
+impl Validate for ArchivedSignOnChallenge {
+    fn validate(&self, _: MessageKind) -> Result<(), FieldError> {
+        check_text(&self.switch_id, "switch_id", offset_of!(Self, switch_id))?;
+        check_range(
+            u64::from(self.protocol_version.to_native()),
+            1,
+            0xFFFF,
+            "protocol_version",
+            offset_of!(Self, protocol_version),
+        )?;
+        check_reserved(&self.reserved, "reserved", offset_of!(Self, reserved))
+    }
+}
+
+impl Validate for ArchivedSignOnRequest {
+    fn validate(&self, _: MessageKind) -> Result<(), FieldError> {
+        check_text(&self.participant, "participant", offset_of!(Self, participant))?;
+        check_range(
+            u64::from(self.protocol_version.to_native()),
+            1,
+            0xFFFF,
+            "protocol_version",
+            offset_of!(Self, protocol_version),
+        )?;
+        check_reserved(&self.reserved, "reserved", offset_of!(Self, reserved))
+    }
+}
+
+impl Validate for ArchivedSignOnResult {
+    fn validate(&self, _: MessageKind) -> Result<(), FieldError> {
+        check_code::<ReplyCode>(self.code.to_native(), "code", offset_of!(Self, code))?;
+        check_reserved(&self.reserved, "reserved", offset_of!(Self, reserved))
+    }
+}
+
+impl Validate for ArchivedEcho {
+    fn validate(&self, _: MessageKind) -> Result<(), FieldError> {
+        check_time(self.sent_time_ms.to_native(), "sent_time_ms", offset_of!(Self, sent_time_ms))
+    }
+}
+
+impl Validate for ArchivedSignOff {
+    fn validate(&self, kind: MessageKind) -> Result<(), FieldError> {
+        let offset = offset_of!(Self, code);
+        match kind {
+            MessageKind::SignOffRequest => check_code::<SignOffReason>(self.code.to_native(), "code", offset)?,
+            _ => check_code::<ReplyCode>(self.code.to_native(), "code", offset)?,
+        }
+        check_reserved(&self.reserved, "reserved", offset_of!(Self, reserved))
+    }
+}
+
+impl Validate for ArchivedPaymentCodeRequest {
+    fn validate(&self, _: MessageKind) -> Result<(), FieldError> {
+        self.details.validate_at(offset_of!(Self, details), true)?;
+        check_text(&self.payment_code, "payment_code", offset_of!(Self, payment_code))
+    }
+}
+
+impl Validate for ArchivedQrPaymentRequest {
+    fn validate(&self, _: MessageKind) -> Result<(), FieldError> {
+        self.details.validate_at(offset_of!(Self, details), false)?;
+        let length = self.qr_length.to_native();
+        check_range(u64::from(length), 1, QR_PAYLOAD_SIZE_MAX as u64, "qr_length", offset_of!(Self, qr_length))?;
+        check_reserved(&self.reserved, "reserved", offset_of!(Self, reserved))?;
+        let base = offset_of!(Self, qr_payload);
+        let (text, padding) = self.qr_payload.split_at(usize::from(length));
+        if let Some(index) = padding.iter().position(|&b| b != 0) {
+            let index = (usize::from(length) + index) as u32;
+            return Err(fail("qr_payload", base, FieldProblem::PaddingNotZero { index }));
+        }
+        let text = std::str::from_utf8(text)
+            .map_err(|e| fail("qr_payload", base, FieldProblem::BadUtf8 { index: e.valid_up_to() as u32 }))?;
+        if let Some((index, _)) = text.char_indices().find(|(_, c)| c.is_control()) {
+            return Err(fail("qr_payload", base, FieldProblem::BadCharacter { index: index as u32 }));
+        }
+        Ok(())
+    }
+}
+
+impl Validate for ArchivedReply {
+    fn validate(&self, _: MessageKind) -> Result<(), FieldError> {
+        check_text(&self.originator, "originator", offset_of!(Self, originator))?;
+        check_text(
+            &self.originator_transaction_id,
+            "originator_transaction_id",
+            offset_of!(Self, originator_transaction_id),
+        )?;
+        check_range(
+            self.amount_minor.to_native(),
+            0,
+            AMOUNT_MINOR_MAX,
+            "amount_minor",
+            offset_of!(Self, amount_minor),
+        )?;
+        check_time(self.reply_time_ms.to_native(), "reply_time_ms", offset_of!(Self, reply_time_ms))?;
+        check_range(u64::from(self.currency.to_native()), 0, 999, "currency", offset_of!(Self, currency))?;
+        check_code::<ReplyCode>(self.code.to_native(), "code", offset_of!(Self, code))?;
+        check_reserved(&self.reserved, "reserved", offset_of!(Self, reserved))?;
+        check_text(&self.authorization_code, "authorization_code", offset_of!(Self, authorization_code))?;
+        check_text(&self.responder, "responder", offset_of!(Self, responder))
+    }
+}
+
+impl Validate for ArchivedLinkedRequest {
+    fn validate(&self, kind: MessageKind) -> Result<(), FieldError> {
+        check_text(&self.originator, "originator", offset_of!(Self, originator))?;
+        check_text(
+            &self.originator_transaction_id,
+            "originator_transaction_id",
+            offset_of!(Self, originator_transaction_id),
+        )?;
+        check_range(
+            self.amount_minor.to_native(),
+            1,
+            AMOUNT_MINOR_MAX,
+            "amount_minor",
+            offset_of!(Self, amount_minor),
+        )?;
+        check_time(self.transaction_time_ms.to_native(), "transaction_time_ms", offset_of!(Self, transaction_time_ms))?;
+        check_range(u64::from(self.currency.to_native()), 1, 999, "currency", offset_of!(Self, currency))?;
+        let reason_offset = offset_of!(Self, reason);
+        if kind == MessageKind::ReversalRequest {
+            check_code::<ReversalReason>(self.reason.to_native(), "reason", reason_offset)?;
+        } else {
+            check_reserved(&self.reason.to_native().to_le_bytes(), "reason", reason_offset)?;
+        }
+        check_reserved(&self.reserved, "reserved", offset_of!(Self, reserved))?;
+        // The original is named by its switch reference, its originator transaction id, or
+        // both; with neither it cannot be found.
+        let original_id_offset = offset_of!(Self, original_originator_transaction_id);
+        match self.original_originator_transaction_id.check() {
+            Ok(()) => Ok(()),
+            Err(FieldProblem::Empty) if self.original_switch_reference.to_native() != 0 => Ok(()),
+            Err(FieldProblem::Empty) => {
+                Err(fail("original_switch_reference", offset_of!(Self, original_switch_reference), FieldProblem::Empty))
+            }
+            Err(problem) => Err(fail("original_originator_transaction_id", original_id_offset, problem)),
+        }
+    }
+}
+
+impl Validate for ArchivedStatusQuery {
+    fn validate(&self, _: MessageKind) -> Result<(), FieldError> {
+        check_text(&self.originator, "originator", offset_of!(Self, originator))?;
+        check_text(
+            &self.original_originator_transaction_id,
+            "original_originator_transaction_id",
+            offset_of!(Self, original_originator_transaction_id),
+        )?;
+        check_time(self.query_time_ms.to_native(), "query_time_ms", offset_of!(Self, query_time_ms))
+    }
+}
+
+impl Validate for ArchivedStatusReply {
+    fn validate(&self, _: MessageKind) -> Result<(), FieldError> {
+        check_text(&self.originator, "originator", offset_of!(Self, originator))?;
+        check_text(
+            &self.original_originator_transaction_id,
+            "original_originator_transaction_id",
+            offset_of!(Self, original_originator_transaction_id),
+        )?;
+        check_range(
+            self.amount_minor.to_native(),
+            0,
+            AMOUNT_MINOR_MAX,
+            "amount_minor",
+            offset_of!(Self, amount_minor),
+        )?;
+        check_time(self.reply_time_ms.to_native(), "reply_time_ms", offset_of!(Self, reply_time_ms))?;
+        check_range(u64::from(self.currency.to_native()), 0, 999, "currency", offset_of!(Self, currency))?;
+        check_code::<ReplyCode>(self.code.to_native(), "code", offset_of!(Self, code))?;
+        TransactionStatus::try_from(self.status)
+            .map_err(|v| fail("status", offset_of!(Self, status), FieldProblem::UnknownCode { value: u32::from(v) }))?;
+        check_reserved(&self.reserved, "reserved", offset_of!(Self, reserved))
+    }
+}
+
+impl Validate for ArchivedReject {
+    fn validate(&self, _: MessageKind) -> Result<(), FieldError> {
+        check_code::<crate::RejectReason>(self.reason.to_native(), "reason", offset_of!(Self, reason))?;
+        check_reserved(&[self.reserved], "reserved", offset_of!(Self, reserved))?;
+        check_text(&self.detail, "detail", offset_of!(Self, detail))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The kind table
+// ---------------------------------------------------------------------------------------
+
+/// Declares the kind table once: the `MessageKind` byte, the owned `Message`, the borrowed
+/// zero-copy `MessageRef`, and the per-kind dispatch the frame codec needs.
+macro_rules! message_kinds {
+    ($($(#[$meta:meta])* $variant:ident = $value:literal => $body:ident / $archived:ident, $size:literal;)*) => {
+        /// The kind byte of a frame. Each kind has one body layout of a fixed size.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[repr(u8)]
+        pub enum MessageKind {
+            $($(#[$meta])* $variant = $value,)*
+        }
+
+        impl MessageKind {
+            /// Every kind, in wire order.
+            pub const ALL: &'static [Self] = &[$(Self::$variant,)*];
+
+            /// Size of this kind's body in bytes.
+            pub const fn body_size(self) -> usize {
+                match self {
+                    $(Self::$variant => $size,)*
+                }
+            }
+
+            /// The body type's name, as `PROTOCOL.md` names it.
+            pub const fn body_name(self) -> &'static str {
+                match self {
+                    $(Self::$variant => stringify!($body),)*
+                }
+            }
+        }
+
+        impl TryFrom<u8> for MessageKind {
+            type Error = u8;
+            fn try_from(value: u8) -> Result<Self, u8> {
+                match value {
+                    $($value => Ok(Self::$variant),)*
+                    other => Err(other),
+                }
+            }
+        }
+
+        // Layout assertions: the archived size is the documented size, a multiple of 8.
+        $(
+            const _: () = assert!(std::mem::size_of::<$archived>() == $size);
+            const _: () = assert!($size % 8 == 0);
+            const _: () = assert!(std::mem::align_of::<$archived>() <= 8);
+        )*
+
+        /// An owned message: the model the encoder takes.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum Message {
+            $($(#[$meta])* $variant($body),)*
+        }
+
+        impl Message {
+            pub fn kind(&self) -> MessageKind {
+                match self {
+                    $(Self::$variant(_) => MessageKind::$variant,)*
+                }
+            }
+        }
+
+        /// A validated body read in place from a receive buffer (zero-copy).
+        #[derive(Debug, Clone, Copy)]
+        pub enum MessageRef<'a> {
+            $($(#[$meta])* $variant(&'a $archived),)*
+        }
+
+        impl<'a> MessageRef<'a> {
+            pub fn kind(&self) -> MessageKind {
+                match self {
+                    $(Self::$variant(_) => MessageKind::$variant,)*
+                }
+            }
+
+            /// Copies the body out into the owned model.
+            pub fn to_message(&self) -> Message {
+                match *self {
+                    $(Self::$variant(body) => Message::$variant(
+                        rkyv::deserialize::<$body, rkyv::rancor::Panic>(body)
+                            .unwrap_or_else(|never| match never {}),
+                    ),)*
+                }
+            }
+
+            /// Checks the layout (bytecheck) and then the semantics ([`Validate`]) of `body`,
+            /// which must be exactly `kind.body_size()` bytes, 8-byte aligned.
+            pub(crate) fn access(kind: MessageKind, body: &'a [u8]) -> Result<Self, BodyError> {
+                match kind {
+                    $(MessageKind::$variant => {
+                        let archived = rkyv::access::<$archived, rkyv::rancor::Failure>(body)
+                            .map_err(|_| BodyError::Layout)?;
+                        archived.validate(kind).map_err(BodyError::Field)?;
+                        Ok(Self::$variant(archived))
+                    })*
+                }
+            }
+        }
+
+        /// Appends `message`'s archived body to `out` (rkyv serialization, no allocation
+        /// beyond `out`'s growth).
+        pub(crate) fn serialize_body(message: &Message, out: &mut rkyv::util::AlignedVec<16>) {
+            match message {
+                $(Message::$variant(body) => {
+                    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Panic>(body, &mut *out)
+                        .unwrap_or_else(|never| match never {});
+                })*
+            }
+        }
+    };
+}
+
+/// Why a body failed its check after framing was fine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyError {
+    /// bytecheck refused the layout (misaligned or wrong size; the frame checks make this
+    /// unreachable for well-framed input, but it is checked, not assumed).
+    Layout,
+    Field(FieldError),
+}
+
+message_kinds! {
+    /// Switch to participant: first frame of a connection.
+    SignOnChallenge = 0x01 => SignOnChallenge / ArchivedSignOnChallenge, 56;
+    /// Participant to switch: identity and key proof.
+    SignOnRequest = 0x02 => SignOnRequest / ArchivedSignOnRequest, 88;
+    /// Switch to participant: sign-on outcome.
+    SignOnResult = 0x03 => SignOnResult / ArchivedSignOnResult, 56;
+    /// Either way: heartbeat.
+    EchoRequest = 0x04 => Echo / ArchivedEcho, 16;
+    /// Either way: heartbeat answer.
+    EchoReply = 0x05 => Echo / ArchivedEcho, 16;
+    /// Either way: end the session after in-flight work drains.
+    SignOffRequest = 0x06 => SignOff / ArchivedSignOff, 8;
+    /// Answer to a sign-off; the sender then closes the connection.
+    SignOffReply = 0x07 => SignOff / ArchivedSignOff, 8;
+    /// Consumer-presented payment request (payment code).
+    PaymentCodeRequest = 0x10 => PaymentCodeRequest / ArchivedPaymentCodeRequest, 232;
+    /// Merchant-presented payment request (QR payload).
+    QrPaymentRequest = 0x11 => QrPaymentRequest / ArchivedQrPaymentRequest, 720;
+    /// Reply to either payment request.
+    PaymentReply = 0x12 => Reply / ArchivedReply, 104;
+    /// Reversal of an earlier request.
+    ReversalRequest = 0x20 => LinkedRequest / ArchivedLinkedRequest, 120;
+    /// Acknowledgement of a reversal.
+    ReversalReply = 0x21 => Reply / ArchivedReply, 104;
+    /// Refund of an earlier approval.
+    RefundRequest = 0x30 => LinkedRequest / ArchivedLinkedRequest, 120;
+    /// Reply to a refund.
+    RefundReply = 0x31 => Reply / ArchivedReply, 104;
+    /// Transaction status query.
+    StatusQuery = 0x40 => StatusQuery / ArchivedStatusQuery, 64;
+    /// Answer to a status query.
+    StatusReply = 0x41 => StatusReply / ArchivedStatusReply, 80;
+    /// Switch to participant: a frame was refused.
+    Reject = 0x7F => Reject / ArchivedReject, 64;
+}
+
+/// The largest body of any kind.
+pub const BODY_SIZE_MAX: usize = {
+    let mut max = 0;
+    let mut index = 0;
+    while index < MessageKind::ALL.len() {
+        let size = MessageKind::ALL[index].body_size();
+        if size > max {
+            max = size;
+        }
+        index += 1;
+    }
+    max
+};
+const _: () = assert!(BODY_SIZE_MAX <= 1024);
