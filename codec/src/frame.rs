@@ -439,3 +439,44 @@ pub fn reject_for(error: &DecodeError, rejected_kind: u8) -> Message {
         detail: crate::field::RejectDetail::new(&detail).unwrap_or_default(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_is_crc32c() {
+        // The CRC-32/ISCSI check value PROTOCOL.md quotes.
+        assert_eq!(crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, b"123456789"), 0xE306_9283);
+        // Split input gives the same sum as contiguous input.
+        let bytes: Vec<u8> = (0u8..=255).collect();
+        assert_eq!(u64::from(checksum(&bytes[..16], &bytes[16..])), {
+            let mut joined = bytes[..12].to_vec();
+            joined.extend_from_slice(&bytes[16..]);
+            crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &joined)
+        });
+    }
+
+    #[test]
+    fn decoder_compacts_without_growing_and_keeps_alignment() {
+        let mut decoder = FrameDecoder::with_capacity(2 * FRAME_SIZE_MAX);
+        let mut frames = FrameEncoder::default();
+        for sequence in 0..50 {
+            frames.encode(&Message::EchoRequest(crate::message::Echo { sequence, sent_time_ms: 0 })).expect("valid");
+        }
+        let stream = frames.bytes();
+        let mut fed = 0;
+        let mut seen = 0;
+        while seen < 50 {
+            // Feed odd-sized pieces so the partial frame moves on compaction.
+            let end = (fed + 37).min(stream.len());
+            fed += decoder.feed(&stream[fed..end]);
+            while let Some(frame) = decoder.decode().expect("valid") {
+                assert_eq!(frame.bytes.as_ptr().align_offset(FRAME_ALIGNMENT), 0);
+                seen += 1;
+            }
+            assert!(decoder.spare().len() >= FRAME_SIZE_MAX);
+        }
+        assert_eq!(decoder.stream_offset(), stream.len() as u64);
+    }
+}
