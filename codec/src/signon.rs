@@ -19,7 +19,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use crate::field::InstitutionId;
-use crate::message::PROOF_SIZE;
+use crate::message::{ArchivedSignOnChallenge, ArchivedSignOnResult, PROOF_SIZE, PROTOCOL_VERSION, SignOnRequest};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -90,6 +90,49 @@ pub fn verify_server_proof(
     proof: &[u8; PROOF_SIZE],
 ) -> bool {
     server_mac(key, transcript, session_id).verify_slice(proof).is_ok()
+}
+
+/// The participant's side of sign-on: builds the `SignOnRequest` answering `challenge`.
+pub fn sign_on_request(
+    challenge: &ArchivedSignOnChallenge,
+    participant: InstitutionId,
+    key_id: u16,
+    key: &[u8],
+    client_nonce: [u8; PROOF_SIZE],
+) -> SignOnRequest {
+    let switch_id = InstitutionId::from(&challenge.switch_id);
+    let transcript = SignOnTranscript {
+        switch_id: &switch_id,
+        participant: &participant,
+        server_nonce: &challenge.server_nonce,
+        client_nonce: &client_nonce,
+    };
+    SignOnRequest {
+        participant,
+        client_nonce,
+        proof: client_proof(key, &transcript, PROTOCOL_VERSION),
+        protocol_version: PROTOCOL_VERSION,
+        key_id,
+        reserved: [0; 4],
+    }
+}
+
+/// The participant's check of the switch's answer: approved, and the switch proved the key.
+pub fn sign_on_accepted(
+    challenge: &ArchivedSignOnChallenge,
+    request: &SignOnRequest,
+    key: &[u8],
+    result: &ArchivedSignOnResult,
+) -> bool {
+    let switch_id = InstitutionId::from(&challenge.switch_id);
+    let transcript = SignOnTranscript {
+        switch_id: &switch_id,
+        participant: &request.participant,
+        server_nonce: &challenge.server_nonce,
+        client_nonce: &request.client_nonce,
+    };
+    result.code.to_native() == 0
+        && verify_server_proof(key, &transcript, result.session_id.to_native(), &result.server_proof)
 }
 
 #[cfg(test)]

@@ -1,0 +1,56 @@
+//! Codec micro benchmarks: the native frame against serde + bincode, same message, same run.
+//!
+//! `cargo bench -p benchmarks --bench codec`
+
+use std::hint::black_box;
+
+use benchmarks::baseline::{self, BaselinePaymentRequest};
+use codec::{FrameEncoder, Message, MessageRef, decode_frame};
+use criterion::{Criterion, criterion_group, criterion_main};
+
+fn payment_request(c: &mut Criterion) {
+    let request = codec::sample::payment_code_request();
+    let message = Message::PaymentCodeRequest(request.clone());
+    let mut encoder = FrameEncoder::with_capacity(4096);
+    encoder.encode(&message).expect("valid");
+    let mut frame = rkyv::util::AlignedVec::<16>::new();
+    frame.extend_from_slice(encoder.bytes());
+
+    let baseline_request = BaselinePaymentRequest::from(&request);
+    let mut baseline_bytes = Vec::with_capacity(4096);
+    baseline::encode(&baseline_request, &mut baseline_bytes);
+
+    let mut group = c.benchmark_group("payment_code_request");
+    // Validate the whole frame (header, CRC32C, layout, every field) and read the fields the
+    // router needs, in place.
+    group.bench_function("native/validate_and_read", |b| {
+        b.iter(|| {
+            let frame = decode_frame(black_box(&frame)).expect("valid").expect("complete");
+            let MessageRef::PaymentCodeRequest(body) = frame.message else { unreachable!() };
+            black_box((body.details.amount_minor.to_native(), body.payment_code.digits().len(), &body.details.originator))
+        })
+    });
+    group.bench_function("native/encode", |b| {
+        b.iter(|| {
+            encoder.clear();
+            encoder.encode(black_box(&message)).expect("valid");
+            black_box(encoder.len())
+        })
+    });
+    group.bench_function("serde_bincode/decode", |b| {
+        b.iter(|| {
+            let decoded = baseline::decode(black_box(&baseline_bytes)).expect("valid");
+            black_box((decoded.amount_minor, decoded.payment_code.len()))
+        })
+    });
+    group.bench_function("serde_bincode/encode", |b| {
+        b.iter(|| {
+            baseline::encode(black_box(&baseline_request), &mut baseline_bytes);
+            black_box(baseline_bytes.len())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, payment_request);
+criterion_main!(benches);

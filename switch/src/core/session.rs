@@ -1,0 +1,535 @@
+//! One participant session's protocol state machine: sign-on, echo, sign-off, deadlines and
+//! bad frames. Deterministic: it takes `now` and inputs and returns messages to send and
+//! whether to close; it does no I/O, reads no clock and draws no randomness (the nonce is
+//! given), so every path is unit-tested.
+//!
+//! Invariants:
+//! - Before an approved sign-on, nothing but a `SignOnRequest` is accepted; anything else
+//!   is rejected (`NotSignedOn`) and the session closes.
+//! - After sign-on, the sender's identity is the session's participant; a transaction whose
+//!   originator field names anyone else is answered `NotAuthorised` and goes no further.
+//! - Every transaction request gets exactly one reply from the switch or the receiver.
+
+use codec::code::{RejectReason, ReplyCode, TransactionStatus};
+use codec::frame::reject_for;
+use codec::message::{ArchivedLinkedRequest, ArchivedStatusQuery, ArchivedTransactionDetails, PROOF_SIZE};
+use codec::signon::{SignOnTranscript, server_proof, verify_client_proof};
+use codec::{
+    AuthorizationCode, DecodeError, Echo, InstitutionId, Message, MessageKind, MessageRef, PROTOCOL_VERSION, Reply,
+    SignOff, SignOnChallenge, SignOnResult, StatusReply, TransactionId,
+};
+
+use crate::participant::Directory;
+
+/// The clocks a session needs: monotonic for deadlines, wall for message timestamps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub monotonic_ms: u64,
+    pub unix_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionConfig {
+    pub switch_id: InstitutionId,
+    pub sign_on_timeout_ms: u64,
+    pub echo_interval_ms: u32,
+    pub idle_timeout_ms: u32,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            switch_id: InstitutionId::new("CSWITCH").expect("valid id"),
+            sign_on_timeout_ms: 10_000,
+            echo_interval_ms: 30_000,
+            idle_timeout_ms: 90_000,
+        }
+    }
+}
+
+/// What the edge does after handing the session an input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Continue,
+    /// Flush what was queued, then close the connection.
+    Close(CloseReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    SignOnRefused,
+    SignOnTimeout,
+    NotSignedOn,
+    IdleTimeout,
+    SignedOff,
+    FramingError,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    AwaitingSignOn { deadline_ms: u64 },
+    SignedOn { participant: InstitutionId },
+    Closed,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    config: SessionConfig,
+    state: State,
+    session_id: u64,
+    server_nonce: [u8; PROOF_SIZE],
+    last_received_ms: u64,
+}
+
+impl Session {
+    /// A new session on a fresh connection; send [`Session::challenge`] first.
+    pub fn new(config: SessionConfig, now: Now, session_id: u64, server_nonce: [u8; PROOF_SIZE]) -> Self {
+        assert!(session_id != 0, "session id zero means refused");
+        let deadline_ms = now.monotonic_ms + config.sign_on_timeout_ms;
+        Self {
+            config,
+            state: State::AwaitingSignOn { deadline_ms },
+            session_id,
+            server_nonce,
+            last_received_ms: now.monotonic_ms,
+        }
+    }
+
+    pub fn challenge(&self) -> Message {
+        Message::SignOnChallenge(SignOnChallenge {
+            switch_id: self.config.switch_id,
+            server_nonce: self.server_nonce,
+            protocol_version: PROTOCOL_VERSION,
+            reserved: [0; 6],
+        })
+    }
+
+    /// The participant, once signed on.
+    pub fn participant(&self) -> Option<InstitutionId> {
+        match self.state {
+            State::SignedOn { participant } => Some(participant),
+            _ => None,
+        }
+    }
+
+    /// When [`Session::handle_timeout`] must next be called (monotonic ms).
+    pub fn deadline_ms(&self) -> u64 {
+        match self.state {
+            State::AwaitingSignOn { deadline_ms } => deadline_ms,
+            State::SignedOn { .. } => self.last_received_ms + u64::from(self.config.idle_timeout_ms),
+            State::Closed => self.last_received_ms,
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Now, out: &mut Vec<Message>) -> Control {
+        if now.monotonic_ms < self.deadline_ms() {
+            return Control::Continue;
+        }
+        let reason = match self.state {
+            State::AwaitingSignOn { .. } => CloseReason::SignOnTimeout,
+            State::SignedOn { .. } => {
+                out.push(Message::SignOffRequest(SignOff {
+                    code: codec::SignOffReason::Normal.value(),
+                    reserved: [0; 6],
+                }));
+                CloseReason::IdleTimeout
+            }
+            State::Closed => CloseReason::SignedOff,
+        };
+        self.state = State::Closed;
+        Control::Close(reason)
+    }
+
+    /// A frame the decoder refused. Recoverable errors get a reject and the session goes on.
+    pub fn handle_decode_error(&mut self, error: &DecodeError, rejected_kind: u8, out: &mut Vec<Message>) -> Control {
+        out.push(reject_for(error, rejected_kind));
+        if error.is_recoverable() {
+            Control::Continue
+        } else {
+            self.state = State::Closed;
+            Control::Close(CloseReason::FramingError)
+        }
+    }
+
+    /// A validated frame from the participant.
+    pub fn handle_message(
+        &mut self,
+        now: Now,
+        message: MessageRef<'_>,
+        directory: &Directory,
+        out: &mut Vec<Message>,
+    ) -> Control {
+        self.last_received_ms = now.monotonic_ms;
+        match self.state {
+            State::Closed => Control::Close(CloseReason::SignedOff),
+            State::AwaitingSignOn { .. } => self.handle_sign_on(message, directory, out),
+            State::SignedOn { participant } => self.handle_signed_on(now, participant, message, out),
+        }
+    }
+
+    fn handle_sign_on(&mut self, message: MessageRef<'_>, directory: &Directory, out: &mut Vec<Message>) -> Control {
+        let MessageRef::SignOnRequest(request) = message else {
+            out.push(reject(RejectReason::NotSignedOn, message.kind(), "sign on first"));
+            self.state = State::Closed;
+            return Control::Close(CloseReason::NotSignedOn);
+        };
+        let participant = InstitutionId::from(&request.participant);
+        let version = request.protocol_version.to_native();
+        let transcript = SignOnTranscript {
+            switch_id: &self.config.switch_id,
+            participant: &participant,
+            server_nonce: &self.server_nonce,
+            client_nonce: &request.client_nonce,
+        };
+        let code = if version != PROTOCOL_VERSION {
+            ReplyCode::FormatError
+        } else {
+            // Unknown participant, unknown key id and wrong proof get the same answer, so a
+            // prober learns nothing about which ids exist.
+            let proven = directory
+                .get(&participant)
+                .and_then(|p| p.key(request.key_id.to_native()))
+                .is_some_and(|key| verify_client_proof(&key.secret, &transcript, version, &request.proof));
+            if proven { ReplyCode::Approved } else { ReplyCode::NotAuthorised }
+        };
+        if code != ReplyCode::Approved {
+            out.push(Message::SignOnResult(SignOnResult { code: code.value(), ..SignOnResult::default() }));
+            self.state = State::Closed;
+            return Control::Close(CloseReason::SignOnRefused);
+        }
+        let key = directory
+            .get(&participant)
+            .and_then(|p| p.key(request.key_id.to_native()))
+            .expect("the key was found when the proof was verified");
+        out.push(Message::SignOnResult(SignOnResult {
+            session_id: self.session_id,
+            server_proof: server_proof(&key.secret, &transcript, self.session_id),
+            echo_interval_ms: self.config.echo_interval_ms,
+            idle_timeout_ms: self.config.idle_timeout_ms,
+            code: ReplyCode::Approved.value(),
+            reserved: [0; 6],
+        }));
+        self.state = State::SignedOn { participant };
+        Control::Continue
+    }
+
+    fn handle_signed_on(
+        &mut self,
+        now: Now,
+        participant: InstitutionId,
+        message: MessageRef<'_>,
+        out: &mut Vec<Message>,
+    ) -> Control {
+        let switch_id = self.config.switch_id;
+        match message {
+            MessageRef::EchoRequest(echo) => {
+                out.push(Message::EchoReply(Echo {
+                    sequence: echo.sequence.to_native(),
+                    sent_time_ms: echo.sent_time_ms.to_native(),
+                }));
+            }
+            MessageRef::EchoReply(_) | MessageRef::SignOffReply(_) => {}
+            MessageRef::SignOffRequest(_) => {
+                // No transaction is ever left in flight on a session at this stage (requests
+                // are answered at once), so the drain is immediate.
+                out.push(Message::SignOffReply(SignOff { code: ReplyCode::Approved.value(), reserved: [0; 6] }));
+                self.state = State::Closed;
+                return Control::Close(CloseReason::SignedOff);
+            }
+            MessageRef::PaymentCodeRequest(request) => {
+                out.push(Message::PaymentReply(answer(&request.details, participant, switch_id, now)));
+            }
+            MessageRef::QrPaymentRequest(request) => {
+                out.push(Message::PaymentReply(answer(&request.details, participant, switch_id, now)));
+            }
+            MessageRef::ReversalRequest(request) => {
+                out.push(Message::ReversalReply(answer_linked(request, participant, switch_id, now)));
+            }
+            MessageRef::RefundRequest(request) => {
+                out.push(Message::RefundReply(answer_linked(request, participant, switch_id, now)));
+            }
+            MessageRef::StatusQuery(query) => out.push(Message::StatusReply(status_unknown(query, participant, now))),
+            MessageRef::SignOnRequest(_)
+            | MessageRef::SignOnChallenge(_)
+            | MessageRef::SignOnResult(_)
+            | MessageRef::PaymentReply(_)
+            | MessageRef::ReversalReply(_)
+            | MessageRef::RefundReply(_)
+            | MessageRef::StatusReply(_)
+            | MessageRef::Reject(_) => {
+                // Replies to requests the switch never sent, or switch-only kinds.
+                out.push(reject(RejectReason::UnexpectedKind, message.kind(), "kind not expected from a participant"));
+            }
+        }
+        Control::Continue
+    }
+}
+
+fn reject(reason: RejectReason, kind: MessageKind, detail: &str) -> Message {
+    Message::Reject(codec::Reject {
+        offset: 0,
+        reason: reason.value(),
+        rejected_kind: kind as u8,
+        reserved: 0,
+        detail: codec::RejectDetail::new(detail).unwrap_or_default(),
+    })
+}
+
+/// The switch's own answer to a payment request. Identity first: a request claiming another
+/// originator is refused. Otherwise, no route: this switch has no routing table yet.
+fn answer(details: &ArchivedTransactionDetails, participant: InstitutionId, switch_id: InstitutionId, now: Now) -> Reply {
+    let originator = InstitutionId::from(&details.originator);
+    let code = if originator != participant { ReplyCode::NotAuthorised } else { ReplyCode::NoRoute };
+    Reply {
+        originator,
+        originator_transaction_id: TransactionId::from(&details.originator_transaction_id),
+        switch_reference: 0,
+        amount_minor: details.amount_minor.to_native(),
+        reply_time_ms: now.unix_ms,
+        currency: details.currency.to_native(),
+        code: code.value(),
+        reserved: [0; 4],
+        authorization_code: AuthorizationCode::EMPTY,
+        responder: switch_id,
+    }
+}
+
+/// Reversals and refunds name an original; the switch holds no transactions yet, so none
+/// can be found.
+fn answer_linked(request: &ArchivedLinkedRequest, participant: InstitutionId, switch_id: InstitutionId, now: Now) -> Reply {
+    let originator = InstitutionId::from(&request.originator);
+    let code = if originator != participant { ReplyCode::NotAuthorised } else { ReplyCode::UnknownOriginal };
+    Reply {
+        originator,
+        originator_transaction_id: TransactionId::from(&request.originator_transaction_id),
+        switch_reference: 0,
+        amount_minor: request.amount_minor.to_native(),
+        reply_time_ms: now.unix_ms,
+        currency: request.currency.to_native(),
+        code: code.value(),
+        reserved: [0; 4],
+        authorization_code: AuthorizationCode::EMPTY,
+        responder: switch_id,
+    }
+}
+
+fn status_unknown(query: &ArchivedStatusQuery, participant: InstitutionId, now: Now) -> StatusReply {
+    StatusReply {
+        // Answer as the session's participant: a query never reveals another's transactions.
+        originator: participant,
+        original_originator_transaction_id: TransactionId::from(&query.original_originator_transaction_id),
+        original_switch_reference: query.original_switch_reference.to_native(),
+        amount_minor: 0,
+        reply_time_ms: now.unix_ms,
+        currency: 0,
+        code: 0,
+        status: TransactionStatus::Unknown.value(),
+        reserved: [0; 3],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use codec::message::PaymentCodeRequest;
+    use codec::signon::{sign_on_accepted, sign_on_request};
+    use codec::FrameEncoder;
+
+    use super::*;
+    use crate::config::{SwitchConfig, demo_key};
+
+    const NONCE: [u8; 32] = [7; 32];
+
+    fn at(ms: u64) -> Now {
+        Now { monotonic_ms: ms, unix_ms: 1_771_286_370_000 + ms as i64 }
+    }
+
+    /// Encodes `message` and hands its zero-copy view to `f`, as the edge would.
+    fn with_ref<R>(message: &Message, f: impl FnOnce(MessageRef<'_>) -> R) -> R {
+        let mut encoder = FrameEncoder::default();
+        encoder.encode(message).expect("valid test message");
+        let mut decoder = codec::FrameDecoder::default();
+        decoder.feed(encoder.bytes());
+        let frame = decoder.decode().expect("valid").expect("complete");
+        f(frame.message)
+    }
+
+    struct Harness {
+        session: Session,
+        directory: Directory,
+        out: Vec<Message>,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            let config = SwitchConfig::embedded_default();
+            Self {
+                session: Session::new(config.session.clone(), at(0), 9, NONCE),
+                directory: Directory::new(config.participants),
+                out: Vec::new(),
+            }
+        }
+
+        fn send(&mut self, ms: u64, message: &Message) -> Control {
+            let Self { session, directory, out } = self;
+            with_ref(message, |message| session.handle_message(at(ms), message, directory, out))
+        }
+
+        fn sign_on_request(&self, id: &str, key: &[u8]) -> codec::SignOnRequest {
+            with_ref(&self.session.challenge(), |challenge| {
+                let MessageRef::SignOnChallenge(challenge) = challenge else { panic!("not a challenge") };
+                sign_on_request(challenge, InstitutionId::new(id).expect("valid"), 1, key, [3; 32])
+            })
+        }
+
+        fn sign_on(&mut self, id: &str) {
+            let request = self.sign_on_request(id, &demo_key(id));
+            assert_eq!(self.send(1, &Message::SignOnRequest(request.clone())), Control::Continue);
+            let result = self.out.pop().expect("a sign-on result");
+            let challenge = self.session.challenge();
+            with_ref(&challenge, |challenge| {
+                with_ref(&result, |result| {
+                    let (MessageRef::SignOnChallenge(challenge), MessageRef::SignOnResult(result)) = (challenge, result)
+                    else {
+                        panic!("unexpected kinds");
+                    };
+                    assert!(sign_on_accepted(challenge, &request, &demo_key(id), result), "switch proof verifies");
+                })
+            });
+        }
+
+        fn reply_code(&mut self) -> ReplyCode {
+            match self.out.pop() {
+                Some(Message::PaymentReply(reply) | Message::ReversalReply(reply) | Message::RefundReply(reply)) => {
+                    ReplyCode::try_from(reply.code).expect("valid code")
+                }
+                other => panic!("expected a reply, got {other:?}"),
+            }
+        }
+    }
+
+    fn payment(originator: &str) -> Message {
+        let mut request: PaymentCodeRequest = codec::sample::payment_code_request();
+        request.details.originator = InstitutionId::new(originator).expect("valid");
+        Message::PaymentCodeRequest(request)
+    }
+
+    #[test]
+    fn sign_on_with_the_right_key_is_mutually_authenticated() {
+        let mut harness = Harness::new();
+        harness.sign_on("ACQ0001");
+        assert_eq!(harness.session.participant(), InstitutionId::new("ACQ0001").ok());
+    }
+
+    #[test]
+    fn sign_on_refusals_all_look_alike_and_close() {
+        for (id, key) in [("ACQ0001", b"wrong".to_vec()), ("NOSUCHBANK", demo_key("NOSUCHBANK"))] {
+            let mut harness = Harness::new();
+            let request = harness.sign_on_request(id, &key);
+            assert_eq!(harness.send(1, &Message::SignOnRequest(request)), Control::Close(CloseReason::SignOnRefused));
+            assert_eq!(
+                harness.out,
+                vec![Message::SignOnResult(SignOnResult {
+                    code: ReplyCode::NotAuthorised.value(),
+                    ..SignOnResult::default()
+                })]
+            );
+            assert_eq!(harness.session.participant(), None);
+        }
+    }
+
+    #[test]
+    fn a_proof_made_for_one_participant_cannot_sign_on_another() {
+        let mut harness = Harness::new();
+        let mut request = harness.sign_on_request("ACQ0001", &demo_key("ACQ0001"));
+        request.participant = InstitutionId::new("ACQ0002").expect("valid");
+        assert_eq!(harness.send(1, &Message::SignOnRequest(request)), Control::Close(CloseReason::SignOnRefused));
+    }
+
+    #[test]
+    fn traffic_before_sign_on_is_rejected_and_closes() {
+        let mut harness = Harness::new();
+        assert_eq!(harness.send(1, &payment("ACQ0001")), Control::Close(CloseReason::NotSignedOn));
+        let Some(Message::Reject(reject)) = harness.out.pop() else { panic!("expected a reject") };
+        assert_eq!(reject.reason, RejectReason::NotSignedOn.value());
+        assert_eq!(reject.rejected_kind, MessageKind::PaymentCodeRequest as u8);
+    }
+
+    #[test]
+    fn spoofed_originator_is_refused() {
+        let mut harness = Harness::new();
+        harness.sign_on("ACQ0001");
+        assert_eq!(harness.send(2, &payment("ACQ0002")), Control::Continue);
+        assert_eq!(harness.reply_code(), ReplyCode::NotAuthorised);
+        assert_eq!(harness.send(3, &payment("ACQ0001")), Control::Continue);
+        assert_eq!(harness.reply_code(), ReplyCode::NoRoute, "no routing table yet: an explicit answer");
+    }
+
+    #[test]
+    fn every_transaction_request_gets_exactly_one_reply() {
+        let mut harness = Harness::new();
+        harness.sign_on("ACQ0001");
+        for message in codec::sample::all_kinds() {
+            let kind = message.kind();
+            let message = match message {
+                Message::QrPaymentRequest(mut request) => {
+                    request.details.originator = InstitutionId::new("ACQ0001").expect("valid");
+                    Message::QrPaymentRequest(request)
+                }
+                other => other,
+            };
+            let before = harness.out.len();
+            let control = harness.send(2, &message);
+            let answers = &harness.out[before..];
+            match kind {
+                MessageKind::SignOffRequest => {
+                    assert_eq!(control, Control::Close(CloseReason::SignedOff));
+                    return;
+                }
+                MessageKind::EchoReply | MessageKind::SignOffReply => assert!(answers.is_empty(), "{kind:?}"),
+                _ => assert_eq!(answers.len(), 1, "{kind:?} gets one answer: {answers:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn echo_is_answered_and_keeps_the_session_alive() {
+        let mut harness = Harness::new();
+        harness.sign_on("ACQ0001");
+        let echo = Echo { sequence: 5, sent_time_ms: 123 };
+        harness.send(60_000, &Message::EchoRequest(echo.clone()));
+        assert_eq!(harness.out.pop(), Some(Message::EchoReply(echo)));
+        assert_eq!(harness.session.deadline_ms(), 60_000 + 90_000);
+        assert_eq!(harness.session.handle_timeout(at(149_999), &mut harness.out), Control::Continue);
+        assert_eq!(harness.session.handle_timeout(at(150_000), &mut harness.out), Control::Close(CloseReason::IdleTimeout));
+        assert!(matches!(harness.out.pop(), Some(Message::SignOffRequest(_))));
+    }
+
+    #[test]
+    fn sign_on_must_come_within_its_deadline() {
+        let mut harness = Harness::new();
+        assert_eq!(harness.session.deadline_ms(), 10_000);
+        assert_eq!(harness.session.handle_timeout(at(9_999), &mut harness.out), Control::Continue);
+        assert_eq!(harness.session.handle_timeout(at(10_000), &mut harness.out), Control::Close(CloseReason::SignOnTimeout));
+    }
+
+    #[test]
+    fn decode_errors_reject_and_close_only_when_unrecoverable() {
+        let mut harness = Harness::new();
+        let skip = DecodeError::UnknownKind { offset: 7, kind: 0x55 };
+        assert_eq!(harness.session.handle_decode_error(&skip, 0x55, &mut harness.out), Control::Continue);
+        let fatal = DecodeError::BadChecksum { offset: 12, expected: 1, computed: 2 };
+        assert_eq!(
+            harness.session.handle_decode_error(&fatal, 0x10, &mut harness.out),
+            Control::Close(CloseReason::FramingError)
+        );
+        let reasons: Vec<_> = harness
+            .out
+            .iter()
+            .map(|m| match m {
+                Message::Reject(r) => r.reason,
+                other => panic!("expected rejects, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(reasons, vec![RejectReason::UnknownKind.value(), RejectReason::BadChecksum.value()]);
+    }
+}

@@ -1,0 +1,3 @@
+//! The edge: sockets and event loops that drive the deterministic core.
+
+pub mod tcp;

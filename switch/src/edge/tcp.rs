@@ -1,0 +1,122 @@
+//! The portable TCP edge (tokio): accepts connections and drives one [`Session`] per
+//! connection, reading many frames per read and writing every reply of a read in one write.
+//!
+//! Invariants:
+//! - A connection is owned by exactly one task; its decoder, encoder and session are never
+//!   shared, so nothing on the per-message path takes a lock.
+//! - Per connection, memory is bounded by the decoder's and encoder's fixed buffers.
+//! - Every frame's reply is written before the connection is closed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use codec::{FrameDecoder, FrameEncoder, Message};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::core::session::{Control, Now, Session, SessionConfig};
+use crate::participant::Directory;
+
+/// What every connection task shares: immutable after start.
+#[derive(Debug)]
+pub struct Shared {
+    pub session: SessionConfig,
+    pub directory: Directory,
+    /// Start of the monotonic clock the sessions use.
+    pub started: Instant,
+    /// Session ids, unique for this process. Relaxed: only uniqueness matters.
+    next_session_id: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(session: SessionConfig, directory: Directory) -> Self {
+        Self { session, directory, started: Instant::now(), next_session_id: AtomicU64::new(1) }
+    }
+
+    fn now(&self) -> Now {
+        let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        Now { monotonic_ms: self.started.elapsed().as_millis() as u64, unix_ms }
+    }
+}
+
+/// Accepts connections until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let shared = Arc::clone(&shared);
+                    tokio::spawn(async move {
+                        if let Err(error) = serve_connection(stream, &shared).await {
+                            tracing::debug!(%peer, %error, "connection ended with an I/O error");
+                        }
+                    });
+                }
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+async fn serve_connection(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let peer = stream.peer_addr()?;
+    let mut nonce = [0u8; 32];
+    getrandom::fill(&mut nonce).map_err(std::io::Error::other)?;
+    let session_id = shared.next_session_id.fetch_add(1, Ordering::Relaxed);
+    let mut session = Session::new(shared.session.clone(), shared.now(), session_id, nonce);
+    let mut decoder = FrameDecoder::default();
+    let mut encoder = FrameEncoder::default();
+    let mut outgoing: Vec<Message> = Vec::with_capacity(64);
+
+    encoder.encode(&session.challenge()).expect("the challenge is valid");
+    stream.write_all(encoder.bytes()).await?;
+    encoder.clear();
+
+    loop {
+        let deadline = shared.started + Duration::from_millis(session.deadline_ms());
+        let read = tokio::time::timeout_at(deadline.into(), stream.read(decoder.spare())).await;
+        let mut control = Control::Continue;
+        match read {
+            Err(_elapsed) => control = session.handle_timeout(shared.now(), &mut outgoing),
+            Ok(Ok(0)) => return Ok(()),
+            Ok(Ok(count)) => {
+                decoder.commit(count);
+                let now = shared.now();
+                while control == Control::Continue {
+                    match decoder.decode() {
+                        Ok(Some(frame)) => {
+                            control = session.handle_message(now, frame.message, &shared.directory, &mut outgoing);
+                        }
+                        Ok(None) => break,
+                        Err(error) => {
+                            tracing::info!(%peer, %error, "frame refused");
+                            control = session.handle_decode_error(&error, decoder.last_kind(), &mut outgoing);
+                        }
+                    }
+                }
+            }
+            Ok(Err(error)) => return Err(error),
+        }
+        for message in outgoing.drain(..) {
+            // Messages the session builds are valid by construction; a failure is a bug.
+            encoder.encode(&message).expect("the session built an invalid message");
+        }
+        if !encoder.is_empty() {
+            stream.write_all(encoder.bytes()).await?;
+            encoder.clear();
+        }
+        if let Control::Close(reason) = control {
+            tracing::info!(%peer, participant = ?session.participant(), ?reason, "closing session");
+            stream.shutdown().await?;
+            return Ok(());
+        }
+    }
+}
