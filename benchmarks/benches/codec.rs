@@ -27,7 +27,11 @@ fn payment_request(c: &mut Criterion) {
         b.iter(|| {
             let frame = decode_frame(black_box(&frame)).expect("valid").expect("complete");
             let MessageRef::PaymentCodeRequest(body) = frame.message else { unreachable!() };
-            black_box((body.details.amount_minor.to_native(), body.payment_code.digits().len(), &body.details.originator))
+            black_box((
+                body.details.amount_minor.to_native(),
+                body.payment_code.digits().len(),
+                &body.details.originator,
+            ))
         })
     });
     group.bench_function("native/encode", |b| {

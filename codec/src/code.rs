@@ -159,7 +159,7 @@ code_table! {
         HeaderReservedNotZero = 3, "the header's reserved bytes are not zero";
         BodyTooLarge = 4, "the body length exceeds the largest body of any kind";
         BodyLengthUnaligned = 5, "the body length is not a multiple of 8";
-        BadChecksum = 6, "the CRC32C over header and body does not match (connection closed)";
+        BadChecksum = 6, "the CRC32C over the frame from offset 8 does not match (connection closed)";
         UnknownKind = 7, "the kind byte is not in the kind table";
         BodyLengthMismatch = 8, "the body length is not the size of the kind's body";
         Misaligned = 9, "the body is not 8-byte aligned in memory (a receiver bug)";

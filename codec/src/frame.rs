@@ -1,15 +1,19 @@
 //! The native frame format: a 16-byte header and a fixed-size, rkyv-archived body.
 //!
 //! ```text
-//!  0        4     6   7    8         12        16                      16 + body_length
-//! +--------+-----+---+----+---------+---------+------------------------+
-//! | body   | "CS"| v | k  | reserved| checksum|  body (archived, fixed |
-//! | length |magic|   |kind|  zero   | CRC32C  |  layout, 8-aligned)    |
-//! +--------+-----+---+----+---------+---------+------------------------+
-//!   u32 LE  2 B   u8  u8    u32 LE    u32 LE
+//!  0        4         8      10    11     12        16                    16 + body_length
+//! +--------+---------+------+-----+------+---------+----------------------+
+//! | body   | checksum| "CS" | ver | kind | reserved| body (archived, fixed|
+//! | length |  CRC32C | magic|     |      |  zero   | layout, 8-aligned)   |
+//! +--------+---------+------+-----+------+---------+----------------------+
+//!   u32 LE   u32 LE    2 B    u8    u8     u32 LE
+//!                    |<-------------- covered by the checksum ------------->|
 //! ```
 //!
-//! The checksum is CRC32C (Castagnoli) over header bytes 0..12 followed by the body.
+//! The checksum is CRC32C (Castagnoli) over every byte from offset 8 to the frame's end:
+//! one contiguous run. The length is not covered and need not be: it must equal the
+//! (covered) kind's body size, and a changed length moves the covered range, which the
+//! checksum then catches.
 //!
 //! Why this shape: the length comes first so any reader can frame the stream; the header
 //! is 16 bytes and every body a multiple of 8, so when a receive buffer starts 8-aligned,
@@ -37,7 +41,7 @@ pub const HEADER_SIZE: usize = 16;
 pub const FRAME_SIZE_MAX: usize = HEADER_SIZE + BODY_SIZE_MAX;
 /// Alignment of every frame start and body within a stream (bytes).
 pub const FRAME_ALIGNMENT: usize = 8;
-/// The magic bytes at offset 4.
+/// The magic bytes at offset 8.
 pub const MAGIC: [u8; 2] = *b"CS";
 /// The header's version byte.
 pub const FRAME_VERSION: u8 = 1;
@@ -48,11 +52,13 @@ const _: () = assert!(HEADER_SIZE % FRAME_ALIGNMENT == 0);
 /// Header field offsets (see the module diagram).
 mod offset {
     pub const BODY_LENGTH: usize = 0;
-    pub const MAGIC: usize = 4;
-    pub const VERSION: usize = 6;
-    pub const KIND: usize = 7;
-    pub const RESERVED: usize = 8;
-    pub const CHECKSUM: usize = 12;
+    pub const CHECKSUM: usize = 4;
+    /// The checksum covers the frame from here to its end.
+    pub const CHECKSUMMED: usize = 8;
+    pub const MAGIC: usize = 8;
+    pub const VERSION: usize = 10;
+    pub const KIND: usize = 11;
+    pub const RESERVED: usize = 12;
 }
 
 /// A frame that could not be accepted. Every variant carries `offset`: the byte offset from
@@ -145,12 +151,10 @@ fn read_u32(bytes: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
 
-fn checksum(header: &[u8], body: &[u8]) -> u32 {
-    let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
-    digest.update(&header[..offset::CHECKSUM]);
-    digest.update(body);
+/// CRC32C of a whole frame's covered bytes (offset 8 to the end).
+fn checksum(frame: &[u8]) -> u32 {
     // CRC-32 values fit in the low 32 bits of crc-fast's u64.
-    digest.finalize() as u32
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &frame[offset::CHECKSUMMED..]) as u32
 }
 
 /// Recomputes a frame's checksum after its header or body was changed in place (the
@@ -158,9 +162,8 @@ fn checksum(header: &[u8], body: &[u8]) -> u32 {
 /// whole frame.
 pub fn seal_frame(frame: &mut [u8]) {
     assert!(frame.len() >= HEADER_SIZE, "seal_frame needs a whole frame");
-    let (header, body) = frame.split_at_mut(HEADER_SIZE);
-    let sum = checksum(header, body);
-    header[offset::CHECKSUM..].copy_from_slice(&sum.to_le_bytes());
+    let sum = checksum(frame);
+    frame[offset::CHECKSUM..offset::CHECKSUM + 4].copy_from_slice(&sum.to_le_bytes());
 }
 
 /// Checks the header fields that can be checked before the body arrives, and returns the
@@ -215,7 +218,7 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Option<Frame<'_>>, DecodeError> {
 fn check_frame(bytes: &[u8]) -> Result<Frame<'_>, DecodeError> {
     let (header, body) = bytes.split_at(HEADER_SIZE);
     let expected = read_u32(header, offset::CHECKSUM);
-    let computed = checksum(header, body);
+    let computed = checksum(bytes);
     if expected != computed {
         return Err(DecodeError::BadChecksum { offset: offset::CHECKSUM as u32, expected, computed });
     }
@@ -268,8 +271,7 @@ pub fn encode_frame(message: &Message, out: &mut AlignedVec<16>) -> Result<(), E
             BodyError::Layout => unreachable!("rkyv wrote a body its own validator refuses"),
         });
     }
-    let sum = checksum(&header, body);
-    out.as_mut_slice()[start + offset::CHECKSUM..start + HEADER_SIZE].copy_from_slice(&sum.to_le_bytes());
+    seal_frame(&mut out.as_mut_slice()[start..]);
     Ok(())
 }
 
@@ -448,13 +450,9 @@ mod tests {
     fn checksum_is_crc32c() {
         // The CRC-32/ISCSI check value PROTOCOL.md quotes.
         assert_eq!(crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, b"123456789"), 0xE306_9283);
-        // Split input gives the same sum as contiguous input.
+        // The frame checksum covers offset 8 to the end.
         let bytes: Vec<u8> = (0u8..=255).collect();
-        assert_eq!(u64::from(checksum(&bytes[..16], &bytes[16..])), {
-            let mut joined = bytes[..12].to_vec();
-            joined.extend_from_slice(&bytes[16..]);
-            crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &joined)
-        });
+        assert_eq!(u64::from(checksum(&bytes)), crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &bytes[8..]));
     }
 
     #[test]

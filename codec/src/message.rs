@@ -15,7 +15,7 @@
 
 use std::mem::offset_of;
 
-use rkyv::{Archive, Deserialize, Serialize};
+use rkyv::{Archive, Deserialize, Portable, Serialize};
 
 use crate::code::{ReplyCode, ReversalReason, SignOffReason, TransactionStatus};
 use crate::field::{
@@ -256,9 +256,30 @@ pub struct PaymentCodeRequest {
     pub payment_code: PaymentCode,
 }
 
+/// The bytes of a scanned QR payload: UTF-8, zero-padded to 512 bytes. Its own archived
+/// form (serialising is one copy).
+#[derive(Archive, Serialize, Deserialize, Portable, rkyv::bytecheck::CheckBytes, Clone, Copy, PartialEq, Eq)]
+#[bytecheck(crate = rkyv::bytecheck)]
+#[rkyv(as = Self)]
+#[repr(transparent)]
+pub struct QrPayload(pub [u8; QR_PAYLOAD_SIZE_MAX]);
+
+impl Default for QrPayload {
+    fn default() -> Self {
+        Self([0; QR_PAYLOAD_SIZE_MAX])
+    }
+}
+
+impl std::fmt::Debug for QrPayload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let length = self.0.iter().position(|&b| b == 0).unwrap_or(QR_PAYLOAD_SIZE_MAX);
+        write!(f, "{:?}", String::from_utf8_lossy(&self.0[..length]))
+    }
+}
+
 /// Merchant-presented (C scans B, 主扫): the payer's wallet scanned the merchant's QR code.
 /// Routed to the acquirer by the QR's network GUID.
-#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 #[rkyv(derive(Debug))]
 pub struct QrPaymentRequest {
     pub details: TransactionDetails,
@@ -266,27 +287,7 @@ pub struct QrPaymentRequest {
     pub qr_length: u16,
     pub reserved: [u8; 6],
     /// The scanned payload as UTF-8 (EMVCo MPM TLV, or a UnionPay URL), zero-padded.
-    pub qr_payload: [u8; QR_PAYLOAD_SIZE_MAX],
-}
-
-impl Default for QrPaymentRequest {
-    fn default() -> Self {
-        Self {
-            details: TransactionDetails::default(),
-            qr_length: 0,
-            reserved: [0; 6],
-            qr_payload: [0; QR_PAYLOAD_SIZE_MAX],
-        }
-    }
-}
-
-impl std::fmt::Debug for QrPaymentRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QrPaymentRequest")
-            .field("details", &self.details)
-            .field("qr_payload", &self.payload_text())
-            .finish()
-    }
+    pub qr_payload: QrPayload,
 }
 
 impl QrPaymentRequest {
@@ -295,8 +296,8 @@ impl QrPaymentRequest {
         if payload.len() > QR_PAYLOAD_SIZE_MAX {
             return Err(FieldProblem::TooLong { capacity: QR_PAYLOAD_SIZE_MAX as u32 });
         }
-        self.qr_payload = [0; QR_PAYLOAD_SIZE_MAX];
-        self.qr_payload[..payload.len()].copy_from_slice(payload.as_bytes());
+        self.qr_payload = QrPayload::default();
+        self.qr_payload.0[..payload.len()].copy_from_slice(payload.as_bytes());
         self.qr_length = payload.len() as u16;
         Ok(())
     }
@@ -306,9 +307,9 @@ impl QrPaymentRequest {
     }
 }
 
-fn qr_text(payload: &[u8; QR_PAYLOAD_SIZE_MAX], length: u16) -> &str {
+fn qr_text(payload: &QrPayload, length: u16) -> &str {
     let length = usize::from(length).min(QR_PAYLOAD_SIZE_MAX);
-    std::str::from_utf8(&payload[..length]).unwrap_or("<invalid utf-8>")
+    std::str::from_utf8(&payload.0[..length]).unwrap_or("<invalid utf-8>")
 }
 
 impl ArchivedQrPaymentRequest {
@@ -494,7 +495,7 @@ impl Validate for ArchivedQrPaymentRequest {
         check_range(u64::from(length), 1, QR_PAYLOAD_SIZE_MAX as u64, "qr_length", offset_of!(Self, qr_length))?;
         check_reserved(&self.reserved, "reserved", offset_of!(Self, reserved))?;
         let base = offset_of!(Self, qr_payload);
-        let (text, padding) = self.qr_payload.split_at(usize::from(length));
+        let (text, padding) = self.qr_payload.0.split_at(usize::from(length));
         if let Some(index) = padding.iter().position(|&b| b != 0) {
             let index = (usize::from(length) + index) as u32;
             return Err(fail("qr_payload", base, FieldProblem::PaddingNotZero { index }));

@@ -163,7 +163,7 @@ pub fn all_kinds() -> Vec<Message> {
             reserved: [0; 3],
         }),
         Message::Reject(Reject {
-            offset: 12,
+            offset: 4,
             reason: RejectReason::BadChecksum.value(),
             rejected_kind: MessageKind::PaymentCodeRequest as u8,
             reserved: 0,

@@ -19,7 +19,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use crate::field::InstitutionId;
-use crate::message::{ArchivedSignOnChallenge, ArchivedSignOnResult, PROOF_SIZE, PROTOCOL_VERSION, SignOnRequest};
+use crate::message::{ArchivedSignOnResult, PROOF_SIZE, PROTOCOL_VERSION, SignOnChallenge, SignOnRequest};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -43,9 +43,9 @@ fn mac(key: &[u8]) -> HmacSha256 {
 fn client_mac(key: &[u8], transcript: &SignOnTranscript<'_>, protocol_version: u16) -> HmacSha256 {
     let mut mac = mac(key);
     mac.update(CLIENT_LABEL);
-    mac.update(&transcript.switch_id.0);
+    mac.update(transcript.switch_id.as_bytes());
     mac.update(transcript.server_nonce);
-    mac.update(&transcript.participant.0);
+    mac.update(transcript.participant.as_bytes());
     mac.update(transcript.client_nonce);
     mac.update(&protocol_version.to_le_bytes());
     mac
@@ -54,8 +54,8 @@ fn client_mac(key: &[u8], transcript: &SignOnTranscript<'_>, protocol_version: u
 fn server_mac(key: &[u8], transcript: &SignOnTranscript<'_>, session_id: u64) -> HmacSha256 {
     let mut mac = mac(key);
     mac.update(SERVER_LABEL);
-    mac.update(&transcript.switch_id.0);
-    mac.update(&transcript.participant.0);
+    mac.update(transcript.switch_id.as_bytes());
+    mac.update(transcript.participant.as_bytes());
     mac.update(transcript.server_nonce);
     mac.update(transcript.client_nonce);
     mac.update(&session_id.to_le_bytes());
@@ -94,15 +94,14 @@ pub fn verify_server_proof(
 
 /// The participant's side of sign-on: builds the `SignOnRequest` answering `challenge`.
 pub fn sign_on_request(
-    challenge: &ArchivedSignOnChallenge,
+    challenge: &SignOnChallenge,
     participant: InstitutionId,
     key_id: u16,
     key: &[u8],
     client_nonce: [u8; PROOF_SIZE],
 ) -> SignOnRequest {
-    let switch_id = InstitutionId::from(&challenge.switch_id);
     let transcript = SignOnTranscript {
-        switch_id: &switch_id,
+        switch_id: &challenge.switch_id,
         participant: &participant,
         server_nonce: &challenge.server_nonce,
         client_nonce: &client_nonce,
@@ -119,14 +118,13 @@ pub fn sign_on_request(
 
 /// The participant's check of the switch's answer: approved, and the switch proved the key.
 pub fn sign_on_accepted(
-    challenge: &ArchivedSignOnChallenge,
+    challenge: &SignOnChallenge,
     request: &SignOnRequest,
     key: &[u8],
     result: &ArchivedSignOnResult,
 ) -> bool {
-    let switch_id = InstitutionId::from(&challenge.switch_id);
     let transcript = SignOnTranscript {
-        switch_id: &switch_id,
+        switch_id: &challenge.switch_id,
         participant: &request.participant,
         server_nonce: &challenge.server_nonce,
         client_nonce: &request.client_nonce,

@@ -134,26 +134,30 @@ fn header_errors_name_their_offset() {
         assert_eq!(decode_one(&frame), Err(expected), "byte {at} = {value}");
         assert!(!expected.is_recoverable());
     };
-    check(4, b'X', DecodeError::BadMagic { offset: 4, found: *b"XS" });
-    check(6, 2, DecodeError::UnsupportedVersion { offset: 6, version: 2 });
-    check(9, 1, DecodeError::HeaderReservedNotZero { offset: 8 });
+    check(8, b'X', DecodeError::BadMagic { offset: 8, found: *b"XS" });
+    check(10, 2, DecodeError::UnsupportedVersion { offset: 10, version: 2 });
+    check(13, 1, DecodeError::HeaderReservedNotZero { offset: 12 });
     check(0, 233, DecodeError::BodyLengthUnaligned { offset: 0, length: 233 });
 }
 
 #[test]
 fn bad_checksum_closes_the_stream() {
     let frame = sample_frame();
-    for at in [0x0C, 0x10, 0x50, frame.len() - 1] {
+    for at in [0x04, 0x07, 0x10, 0x50, frame.len() - 1] {
         let mut corrupt = frame.clone();
         corrupt[at] ^= 0x01;
         let error = decode_one(&corrupt).expect_err("corrupt");
-        assert!(matches!(error, DecodeError::BadChecksum { offset: 12, .. }), "byte {at}: {error:?}");
+        assert!(matches!(error, DecodeError::BadChecksum { offset: 4, .. }), "byte {at}: {error:?}");
         assert!(!error.is_recoverable());
     }
     // A changed kind byte is caught by the checksum too.
     let mut corrupt = frame.clone();
-    corrupt[7] = MessageKind::QrPaymentRequest as u8;
+    corrupt[11] = MessageKind::QrPaymentRequest as u8;
     assert!(matches!(decode_one(&corrupt), Err(DecodeError::BadChecksum { .. })));
+    // So is a changed length that stays within the limits: the covered range moves.
+    let mut corrupt = frame.clone();
+    corrupt[0] = 224;
+    assert!(matches!(decode_one(&corrupt[..16 + 224]), Err(DecodeError::BadChecksum { .. })));
 }
 
 #[test]
@@ -171,13 +175,13 @@ fn well_framed_bad_frames_are_skipped_and_the_stream_goes_on() {
     let good = encode(&Message::EchoRequest(Echo { sequence: 9, sent_time_ms: 1 })).to_vec();
     let unknown_kind = {
         let mut frame = good.clone();
-        frame[7] = 0x55;
+        frame[11] = 0x55;
         seal_frame(&mut frame);
         frame
     };
     let wrong_length = {
         let mut frame = good.clone();
-        frame[7] = MessageKind::SignOffRequest as u8;
+        frame[11] = MessageKind::SignOffRequest as u8;
         seal_frame(&mut frame);
         frame
     };
@@ -199,7 +203,7 @@ fn well_framed_bad_frames_are_skipped_and_the_stream_goes_on() {
     assert_eq!(
         results,
         vec![
-            Err(DecodeError::UnknownKind { offset: 7, kind: 0x55 }),
+            Err(DecodeError::UnknownKind { offset: 11, kind: 0x55 }),
             echo.clone(),
             Err(DecodeError::BodyLengthMismatch {
                 offset: 0,

@@ -37,14 +37,13 @@ def crc32c(data, crc=0):
 
 assert crc32c(b"123456789") == 0xE3069283
 
-HEADER = struct.Struct("<I2sBBII")
+HEADER = struct.Struct("<II2sBBI")
 
 
 def frame(kind, body):
     assert len(body) % 8 == 0
-    header = HEADER.pack(len(body), b"CS", 1, kind, 0, 0)
-    checksum = crc32c(header[:12] + body)
-    return HEADER.pack(len(body), b"CS", 1, kind, 0, checksum) + body
+    covered = HEADER.pack(len(body), 0, b"CS", 1, kind, 0)[8:] + body
+    return struct.pack("<II", len(body), crc32c(covered)) + covered
 
 
 def text(value, size):
@@ -75,10 +74,10 @@ def verify(path):
     sample = None
     for name, block in re.findall(r"### Golden vector: (\w+) .*?```text\n(.*?)```", doc, re.S):
         data = bytes(int(b, 16) for line in block.strip().splitlines() for b in line.split(":", 1)[1].split())
-        length, magic, version, kind, reserved, checksum = HEADER.unpack_from(data)
+        length, checksum, magic, version, kind, reserved = HEADER.unpack_from(data)
         assert magic == b"CS" and version == 1 and reserved == 0, name
         assert length == sizes[kind] == len(data) - 16, name
-        assert checksum == crc32c(data[:12] + data[16:]), name
+        assert checksum == crc32c(data[8:]), name
         checked += 1
         if kind == 0x10:
             fields = DETAILS.unpack_from(data, 16)

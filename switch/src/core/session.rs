@@ -16,7 +16,7 @@ use codec::message::{ArchivedLinkedRequest, ArchivedStatusQuery, ArchivedTransac
 use codec::signon::{SignOnTranscript, server_proof, verify_client_proof};
 use codec::{
     AuthorizationCode, DecodeError, Echo, InstitutionId, Message, MessageKind, MessageRef, PROTOCOL_VERSION, Reply,
-    SignOff, SignOnChallenge, SignOnResult, StatusReply, TransactionId,
+    SignOff, SignOnChallenge, SignOnResult, StatusReply,
 };
 
 use crate::participant::Directory;
@@ -173,7 +173,7 @@ impl Session {
             self.state = State::Closed;
             return Control::Close(CloseReason::NotSignedOn);
         };
-        let participant = InstitutionId::from(&request.participant);
+        let participant = request.participant;
         let version = request.protocol_version.to_native();
         let transcript = SignOnTranscript {
             switch_id: &self.config.switch_id,
@@ -277,12 +277,17 @@ fn reject(reason: RejectReason, kind: MessageKind, detail: &str) -> Message {
 
 /// The switch's own answer to a payment request. Identity first: a request claiming another
 /// originator is refused. Otherwise, no route: this switch has no routing table yet.
-fn answer(details: &ArchivedTransactionDetails, participant: InstitutionId, switch_id: InstitutionId, now: Now) -> Reply {
-    let originator = InstitutionId::from(&details.originator);
+fn answer(
+    details: &ArchivedTransactionDetails,
+    participant: InstitutionId,
+    switch_id: InstitutionId,
+    now: Now,
+) -> Reply {
+    let originator = details.originator;
     let code = if originator != participant { ReplyCode::NotAuthorised } else { ReplyCode::NoRoute };
     Reply {
         originator,
-        originator_transaction_id: TransactionId::from(&details.originator_transaction_id),
+        originator_transaction_id: details.originator_transaction_id,
         switch_reference: 0,
         amount_minor: details.amount_minor.to_native(),
         reply_time_ms: now.unix_ms,
@@ -296,12 +301,17 @@ fn answer(details: &ArchivedTransactionDetails, participant: InstitutionId, swit
 
 /// Reversals and refunds name an original; the switch holds no transactions yet, so none
 /// can be found.
-fn answer_linked(request: &ArchivedLinkedRequest, participant: InstitutionId, switch_id: InstitutionId, now: Now) -> Reply {
-    let originator = InstitutionId::from(&request.originator);
+fn answer_linked(
+    request: &ArchivedLinkedRequest,
+    participant: InstitutionId,
+    switch_id: InstitutionId,
+    now: Now,
+) -> Reply {
+    let originator = request.originator;
     let code = if originator != participant { ReplyCode::NotAuthorised } else { ReplyCode::UnknownOriginal };
     Reply {
         originator,
-        originator_transaction_id: TransactionId::from(&request.originator_transaction_id),
+        originator_transaction_id: request.originator_transaction_id,
         switch_reference: 0,
         amount_minor: request.amount_minor.to_native(),
         reply_time_ms: now.unix_ms,
@@ -317,7 +327,7 @@ fn status_unknown(query: &ArchivedStatusQuery, participant: InstitutionId, now: 
     StatusReply {
         // Answer as the session's participant: a query never reveals another's transactions.
         originator: participant,
-        original_originator_transaction_id: TransactionId::from(&query.original_originator_transaction_id),
+        original_originator_transaction_id: query.original_originator_transaction_id,
         original_switch_reference: query.original_switch_reference.to_native(),
         amount_minor: 0,
         reply_time_ms: now.unix_ms,
@@ -330,9 +340,9 @@ fn status_unknown(query: &ArchivedStatusQuery, participant: InstitutionId, now: 
 
 #[cfg(test)]
 mod tests {
+    use codec::FrameEncoder;
     use codec::message::PaymentCodeRequest;
     use codec::signon::{sign_on_accepted, sign_on_request};
-    use codec::FrameEncoder;
 
     use super::*;
     use crate::config::{SwitchConfig, demo_key};
@@ -375,25 +385,18 @@ mod tests {
         }
 
         fn sign_on_request(&self, id: &str, key: &[u8]) -> codec::SignOnRequest {
-            with_ref(&self.session.challenge(), |challenge| {
-                let MessageRef::SignOnChallenge(challenge) = challenge else { panic!("not a challenge") };
-                sign_on_request(challenge, InstitutionId::new(id).expect("valid"), 1, key, [3; 32])
-            })
+            let Message::SignOnChallenge(challenge) = self.session.challenge() else { panic!("not a challenge") };
+            sign_on_request(&challenge, InstitutionId::new(id).expect("valid"), 1, key, [3; 32])
         }
 
         fn sign_on(&mut self, id: &str) {
             let request = self.sign_on_request(id, &demo_key(id));
             assert_eq!(self.send(1, &Message::SignOnRequest(request.clone())), Control::Continue);
             let result = self.out.pop().expect("a sign-on result");
-            let challenge = self.session.challenge();
-            with_ref(&challenge, |challenge| {
-                with_ref(&result, |result| {
-                    let (MessageRef::SignOnChallenge(challenge), MessageRef::SignOnResult(result)) = (challenge, result)
-                    else {
-                        panic!("unexpected kinds");
-                    };
-                    assert!(sign_on_accepted(challenge, &request, &demo_key(id), result), "switch proof verifies");
-                })
+            let Message::SignOnChallenge(challenge) = self.session.challenge() else { panic!("not a challenge") };
+            with_ref(&result, |result| {
+                let MessageRef::SignOnResult(result) = result else { panic!("expected a sign-on result") };
+                assert!(sign_on_accepted(&challenge, &request, &demo_key(id), result), "switch proof verifies");
             });
         }
 
@@ -500,7 +503,10 @@ mod tests {
         assert_eq!(harness.out.pop(), Some(Message::EchoReply(echo)));
         assert_eq!(harness.session.deadline_ms(), 60_000 + 90_000);
         assert_eq!(harness.session.handle_timeout(at(149_999), &mut harness.out), Control::Continue);
-        assert_eq!(harness.session.handle_timeout(at(150_000), &mut harness.out), Control::Close(CloseReason::IdleTimeout));
+        assert_eq!(
+            harness.session.handle_timeout(at(150_000), &mut harness.out),
+            Control::Close(CloseReason::IdleTimeout)
+        );
         assert!(matches!(harness.out.pop(), Some(Message::SignOffRequest(_))));
     }
 
@@ -509,15 +515,18 @@ mod tests {
         let mut harness = Harness::new();
         assert_eq!(harness.session.deadline_ms(), 10_000);
         assert_eq!(harness.session.handle_timeout(at(9_999), &mut harness.out), Control::Continue);
-        assert_eq!(harness.session.handle_timeout(at(10_000), &mut harness.out), Control::Close(CloseReason::SignOnTimeout));
+        assert_eq!(
+            harness.session.handle_timeout(at(10_000), &mut harness.out),
+            Control::Close(CloseReason::SignOnTimeout)
+        );
     }
 
     #[test]
     fn decode_errors_reject_and_close_only_when_unrecoverable() {
         let mut harness = Harness::new();
-        let skip = DecodeError::UnknownKind { offset: 7, kind: 0x55 };
+        let skip = DecodeError::UnknownKind { offset: 11, kind: 0x55 };
         assert_eq!(harness.session.handle_decode_error(&skip, 0x55, &mut harness.out), Control::Continue);
-        let fatal = DecodeError::BadChecksum { offset: 12, expected: 1, computed: 2 };
+        let fatal = DecodeError::BadChecksum { offset: 4, expected: 1, computed: 2 };
         assert_eq!(
             harness.session.handle_decode_error(&fatal, 0x10, &mut harness.out),
             Control::Close(CloseReason::FramingError)

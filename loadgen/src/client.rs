@@ -1,0 +1,125 @@
+//! One participant session over TCP, from connect through sign-on.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, bail};
+use codec::signon::{sign_on_accepted, sign_on_request};
+use codec::{FrameDecoder, FrameEncoder, InstitutionId, Message, MessageRef};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// A signed-on session, split into its two directions.
+#[derive(Debug)]
+pub struct Client {
+    pub participant: InstitutionId,
+    pub session_id: u64,
+    pub reader: FrameReader,
+    pub writer: FrameWriter,
+}
+
+#[derive(Debug)]
+pub struct FrameReader {
+    stream: OwnedReadHalf,
+    decoder: FrameDecoder,
+}
+
+#[derive(Debug)]
+pub struct FrameWriter {
+    stream: OwnedWriteHalf,
+    encoder: FrameEncoder,
+}
+
+impl FrameReader {
+    /// Reads until one frame is complete and hands it to `f`. Errors on end of stream or on
+    /// a frame the codec refuses.
+    pub async fn next<R>(&mut self, f: impl FnOnce(MessageRef<'_>) -> R) -> anyhow::Result<R> {
+        loop {
+            // Two-step to satisfy the borrow checker: check for a frame, then borrow it.
+            if self.decoder.buffered() > 0 {
+                match self.decoder.decode() {
+                    Ok(Some(frame)) => return Ok(f(frame.message)),
+                    Ok(None) => {}
+                    Err(error) => bail!("the switch sent a frame we cannot decode: {error}"),
+                }
+            }
+            let count = self.stream.read(self.decoder.spare()).await.context("reading from the switch")?;
+            if count == 0 {
+                bail!("the switch closed the connection");
+            }
+            self.decoder.commit(count);
+        }
+    }
+}
+
+impl FrameWriter {
+    /// Queues a frame; nothing is sent until [`FrameWriter::flush`].
+    pub fn queue(&mut self, message: &Message) -> anyhow::Result<()> {
+        self.encoder.encode(message).context("encoding a frame")
+    }
+
+    /// Sends every queued frame in one write.
+    pub async fn flush(&mut self) -> anyhow::Result<()> {
+        if !self.encoder.is_empty() {
+            self.stream.write_all(self.encoder.bytes()).await.context("writing to the switch")?;
+            self.encoder.clear();
+        }
+        Ok(())
+    }
+
+    pub async fn send(&mut self, message: &Message) -> anyhow::Result<()> {
+        self.queue(message)?;
+        self.flush().await
+    }
+
+    pub async fn close(mut self) -> anyhow::Result<()> {
+        self.stream.shutdown().await.context("closing the connection")
+    }
+}
+
+impl Client {
+    /// Connects, answers the challenge with a proof of `key`, and checks the switch's proof.
+    pub async fn connect(
+        address: SocketAddr,
+        participant: InstitutionId,
+        key_id: u16,
+        key: &[u8],
+    ) -> anyhow::Result<Self> {
+        let stream =
+            TcpStream::connect(address).await.with_context(|| format!("connecting to the switch at {address}"))?;
+        stream.set_nodelay(true)?;
+        let (read, write) = stream.into_split();
+        let mut reader = FrameReader { stream: read, decoder: FrameDecoder::default() };
+        let mut writer = FrameWriter { stream: write, encoder: FrameEncoder::default() };
+
+        let mut nonce = [0u8; 32];
+        getrandom::fill(&mut nonce).context("drawing a nonce")?;
+        let (challenge, request) = reader
+            .next(|message| match message {
+                MessageRef::SignOnChallenge(_) => {
+                    let Message::SignOnChallenge(challenge) = message.to_message() else { unreachable!() };
+                    let request = sign_on_request(&challenge, participant, key_id, key, nonce);
+                    Ok((challenge, request))
+                }
+                other => Err(anyhow::anyhow!("expected a sign-on challenge, got {:?}", other.kind())),
+            })
+            .await??;
+        writer.send(&Message::SignOnRequest(request.clone())).await?;
+        let session_id = reader
+            .next(|message| match message {
+                MessageRef::SignOnResult(result) => {
+                    let code = result.code.to_native();
+                    if sign_on_accepted(&challenge, &request, key, result) {
+                        Ok(result.session_id.to_native())
+                    } else if code == 0 {
+                        Err(anyhow::anyhow!("the switch approved but could not prove the key: not our switch"))
+                    } else {
+                        Err(anyhow::anyhow!("sign-on refused with reply code {code}"))
+                    }
+                }
+                other => Err(anyhow::anyhow!("expected a sign-on result, got {:?}", other.kind())),
+            })
+            .await??;
+        Ok(Self { participant, session_id, reader, writer })
+    }
+}
