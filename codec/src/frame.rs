@@ -32,6 +32,7 @@ use rkyv::util::AlignedVec;
 use crate::code::RejectReason;
 use crate::field::FieldProblem;
 use crate::message::{
+    Checks,
     BODY_SIZE_MAX, BodyError, FieldError, Message, MessageKind, MessageRef, PROTOCOL_VERSION, serialize_body,
 };
 
@@ -235,7 +236,7 @@ fn check_frame(bytes: &[u8]) -> Result<Frame<'_>, DecodeError> {
     if body.as_ptr().align_offset(FRAME_ALIGNMENT) != 0 {
         return Err(DecodeError::Misaligned { offset: HEADER_SIZE as u32 });
     }
-    let message = MessageRef::access(kind, body).map_err(|error| match error {
+    let message = MessageRef::access(kind, body, Checks::Wire).map_err(|error| match error {
         BodyError::Layout => DecodeError::InvalidBody { offset: HEADER_SIZE as u32, kind },
         BodyError::Field(FieldError { field, offset, problem }) => {
             DecodeError::InvalidField { offset: HEADER_SIZE as u32 + offset, kind, field, problem }
@@ -260,9 +261,10 @@ pub fn encode_frame(message: &Message, out: &mut AlignedVec<16>) -> Result<(), E
     let body_start = start + HEADER_SIZE;
     assert_eq!(out.len() - body_start, kind.body_size(), "archived body size drifted from the kind table");
 
-    // Pair the decoder's check: what we send passes the same validation.
+    // Pair the decoder's check: what we send passes the same validation, less the text
+    // charsets the model's types already guarantee.
     let body = &out.as_slice()[body_start..];
-    if let Err(error) = MessageRef::access(kind, body) {
+    if let Err(error) = MessageRef::access(kind, body, Checks::Model) {
         out.resize(start, 0);
         return Err(match error {
             BodyError::Field(FieldError { field, offset, problem }) => {

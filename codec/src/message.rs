@@ -43,10 +43,22 @@ pub struct FieldError {
     pub problem: FieldProblem,
 }
 
+/// What a validation must establish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checks {
+    /// Bytes from the wire: everything.
+    Wire,
+    /// A body the encoder just wrote from the owned model. Its text fields are valid by
+    /// construction (their bytes are private and only validating constructors make them),
+    /// so their charsets are not scanned again; everything else is checked as on the wire.
+    Model,
+}
+
 /// Semantic checks on a body, beyond its layout: charsets, mandatory fields, code tables,
-/// ranges, reserved bytes. The same check runs on encode and on decode.
+/// ranges, reserved bytes. Decode runs them with [`Checks::Wire`], encode with
+/// [`Checks::Model`].
 pub trait Validate {
-    fn validate(&self, kind: MessageKind) -> Result<(), FieldError>;
+    fn validate(&self, kind: MessageKind, checks: Checks) -> Result<(), FieldError>;
 }
 
 fn fail(field: &'static str, offset: usize, problem: FieldProblem) -> FieldError {
@@ -54,17 +66,20 @@ fn fail(field: &'static str, offset: usize, problem: FieldProblem) -> FieldError
     FieldError { field, offset: offset as u32, problem }
 }
 
-fn check_text<T: FieldText>(value: &T, field: &'static str, offset: usize) -> Result<(), FieldError> {
-    value.check().map_err(|problem| fail(field, offset, problem))
+fn check_text<T: FieldText>(checks: Checks, value: &T, field: &'static str, offset: usize) -> Result<(), FieldError> {
+    check_mandatory(checks, value, field, offset, T::MANDATORY)
 }
 
 fn check_mandatory<T: FieldText>(
+    checks: Checks,
     value: &T,
     field: &'static str,
     offset: usize,
     mandatory: bool,
 ) -> Result<(), FieldError> {
-    check_text(value, field, offset)?;
+    if checks == Checks::Wire {
+        value.check().map_err(|problem| fail(field, offset, problem))?;
+    }
     if mandatory && value.is_empty() {
         return Err(fail(field, offset, FieldProblem::Empty));
     }
@@ -203,10 +218,11 @@ impl ArchivedTransactionDetails {
     /// Checks the details; `merchant_known` says whether the merchant fields are mandatory
     /// (they are for a consumer-presented request; a wallet sending a QR request may leave
     /// them zero for the switch to fill from the QR payload).
-    fn validate_at(&self, base: usize, merchant_known: bool) -> Result<(), FieldError> {
+    fn validate_at(&self, base: usize, merchant_known: bool, checks: Checks) -> Result<(), FieldError> {
         type D = ArchivedTransactionDetails;
-        check_text(&self.originator, "originator", base + offset_of!(D, originator))?;
+        check_text(checks, &self.originator, "originator", base + offset_of!(D, originator))?;
         check_text(
+            checks,
             &self.originator_transaction_id,
             "originator_transaction_id",
             base + offset_of!(D, originator_transaction_id),
@@ -240,10 +256,10 @@ impl ArchivedTransactionDetails {
             base + offset_of!(D, merchant_country),
         )?;
         check_reserved(&self.reserved.to_native().to_le_bytes(), "reserved", base + offset_of!(D, reserved))?;
-        check_mandatory(&self.merchant_id, "merchant_id", base + offset_of!(D, merchant_id), merchant_known)?;
-        check_text(&self.terminal_id, "terminal_id", base + offset_of!(D, terminal_id))?;
-        check_text(&self.merchant_name, "merchant_name", base + offset_of!(D, merchant_name))?;
-        check_text(&self.merchant_city, "merchant_city", base + offset_of!(D, merchant_city))
+        check_mandatory(checks, &self.merchant_id, "merchant_id", base + offset_of!(D, merchant_id), merchant_known)?;
+        check_text(checks, &self.terminal_id, "terminal_id", base + offset_of!(D, terminal_id))?;
+        check_text(checks, &self.merchant_name, "merchant_name", base + offset_of!(D, merchant_name))?;
+        check_text(checks, &self.merchant_city, "merchant_city", base + offset_of!(D, merchant_city))
     }
 }
 
@@ -258,11 +274,13 @@ pub struct PaymentCodeRequest {
 
 /// The bytes of a scanned QR payload: UTF-8, zero-padded to 512 bytes. Its own archived
 /// form (serialising is one copy).
-#[derive(Archive, Serialize, Deserialize, Portable, rkyv::bytecheck::CheckBytes, Clone, Copy, PartialEq, Eq)]
+#[derive(Portable, rkyv::bytecheck::CheckBytes, Clone, Copy, PartialEq, Eq)]
 #[bytecheck(crate = rkyv::bytecheck)]
-#[rkyv(as = Self)]
+#[rkyv(crate = rkyv)]
 #[repr(transparent)]
 pub struct QrPayload(pub [u8; QR_PAYLOAD_SIZE_MAX]);
+
+crate::field::archive_as_copy!(QrPayload);
 
 impl Default for QrPayload {
     fn default() -> Self {
@@ -430,8 +448,8 @@ pub struct Reject {
 // ---------------------------------------------------------------------------------------
 
 impl Validate for ArchivedSignOnChallenge {
-    fn validate(&self, _: MessageKind) -> Result<(), FieldError> {
-        check_text(&self.switch_id, "switch_id", offset_of!(Self, switch_id))?;
+    fn validate(&self, _: MessageKind, checks: Checks) -> Result<(), FieldError> {
+        check_text(checks, &self.switch_id, "switch_id", offset_of!(Self, switch_id))?;
         check_range(
             u64::from(self.protocol_version.to_native()),
             1,
@@ -444,8 +462,8 @@ impl Validate for ArchivedSignOnChallenge {
 }
 
 impl Validate for ArchivedSignOnRequest {
-    fn validate(&self, _: MessageKind) -> Result<(), FieldError> {
-        check_text(&self.participant, "participant", offset_of!(Self, participant))?;
+    fn validate(&self, _: MessageKind, checks: Checks) -> Result<(), FieldError> {
+        check_text(checks, &self.participant, "participant", offset_of!(Self, participant))?;
         check_range(
             u64::from(self.protocol_version.to_native()),
             1,
@@ -458,20 +476,20 @@ impl Validate for ArchivedSignOnRequest {
 }
 
 impl Validate for ArchivedSignOnResult {
-    fn validate(&self, _: MessageKind) -> Result<(), FieldError> {
+    fn validate(&self, _: MessageKind, _: Checks) -> Result<(), FieldError> {
         check_code::<ReplyCode>(self.code.to_native(), "code", offset_of!(Self, code))?;
         check_reserved(&self.reserved, "reserved", offset_of!(Self, reserved))
     }
 }
 
 impl Validate for ArchivedEcho {
-    fn validate(&self, _: MessageKind) -> Result<(), FieldError> {
+    fn validate(&self, _: MessageKind, _: Checks) -> Result<(), FieldError> {
         check_time(self.sent_time_ms.to_native(), "sent_time_ms", offset_of!(Self, sent_time_ms))
     }
 }
 
 impl Validate for ArchivedSignOff {
-    fn validate(&self, kind: MessageKind) -> Result<(), FieldError> {
+    fn validate(&self, kind: MessageKind, _: Checks) -> Result<(), FieldError> {
         let offset = offset_of!(Self, code);
         match kind {
             MessageKind::SignOffRequest => check_code::<SignOffReason>(self.code.to_native(), "code", offset)?,
@@ -482,15 +500,15 @@ impl Validate for ArchivedSignOff {
 }
 
 impl Validate for ArchivedPaymentCodeRequest {
-    fn validate(&self, _: MessageKind) -> Result<(), FieldError> {
-        self.details.validate_at(offset_of!(Self, details), true)?;
-        check_text(&self.payment_code, "payment_code", offset_of!(Self, payment_code))
+    fn validate(&self, _: MessageKind, checks: Checks) -> Result<(), FieldError> {
+        self.details.validate_at(offset_of!(Self, details), true, checks)?;
+        check_text(checks, &self.payment_code, "payment_code", offset_of!(Self, payment_code))
     }
 }
 
 impl Validate for ArchivedQrPaymentRequest {
-    fn validate(&self, _: MessageKind) -> Result<(), FieldError> {
-        self.details.validate_at(offset_of!(Self, details), false)?;
+    fn validate(&self, _: MessageKind, checks: Checks) -> Result<(), FieldError> {
+        self.details.validate_at(offset_of!(Self, details), false, checks)?;
         let length = self.qr_length.to_native();
         check_range(u64::from(length), 1, QR_PAYLOAD_SIZE_MAX as u64, "qr_length", offset_of!(Self, qr_length))?;
         check_reserved(&self.reserved, "reserved", offset_of!(Self, reserved))?;
@@ -500,19 +518,22 @@ impl Validate for ArchivedQrPaymentRequest {
             let index = (usize::from(length) + index) as u32;
             return Err(fail("qr_payload", base, FieldProblem::PaddingNotZero { index }));
         }
-        let text = std::str::from_utf8(text)
-            .map_err(|e| fail("qr_payload", base, FieldProblem::BadUtf8 { index: e.valid_up_to() as u32 }))?;
-        if let Some((index, _)) = text.char_indices().find(|(_, c)| c.is_control()) {
+        // The payload's bytes are public in the model, so both directions check them.
+        // `qr_length` gives its end: a zero byte inside it is a bad character.
+        if let Some(index) = text.iter().position(|&b| b == 0) {
             return Err(fail("qr_payload", base, FieldProblem::BadCharacter { index: index as u32 }));
         }
-        Ok(())
+        crate::field::check_text(text, crate::field::Charset::Utf8, true)
+            .map(|_| ())
+            .map_err(|problem| fail("qr_payload", base, problem))
     }
 }
 
 impl Validate for ArchivedReply {
-    fn validate(&self, _: MessageKind) -> Result<(), FieldError> {
-        check_text(&self.originator, "originator", offset_of!(Self, originator))?;
+    fn validate(&self, _: MessageKind, checks: Checks) -> Result<(), FieldError> {
+        check_text(checks, &self.originator, "originator", offset_of!(Self, originator))?;
         check_text(
+            checks,
             &self.originator_transaction_id,
             "originator_transaction_id",
             offset_of!(Self, originator_transaction_id),
@@ -528,15 +549,16 @@ impl Validate for ArchivedReply {
         check_range(u64::from(self.currency.to_native()), 0, 999, "currency", offset_of!(Self, currency))?;
         check_code::<ReplyCode>(self.code.to_native(), "code", offset_of!(Self, code))?;
         check_reserved(&self.reserved, "reserved", offset_of!(Self, reserved))?;
-        check_text(&self.authorization_code, "authorization_code", offset_of!(Self, authorization_code))?;
-        check_text(&self.responder, "responder", offset_of!(Self, responder))
+        check_text(checks, &self.authorization_code, "authorization_code", offset_of!(Self, authorization_code))?;
+        check_text(checks, &self.responder, "responder", offset_of!(Self, responder))
     }
 }
 
 impl Validate for ArchivedLinkedRequest {
-    fn validate(&self, kind: MessageKind) -> Result<(), FieldError> {
-        check_text(&self.originator, "originator", offset_of!(Self, originator))?;
+    fn validate(&self, kind: MessageKind, checks: Checks) -> Result<(), FieldError> {
+        check_text(checks, &self.originator, "originator", offset_of!(Self, originator))?;
         check_text(
+            checks,
             &self.originator_transaction_id,
             "originator_transaction_id",
             offset_of!(Self, originator_transaction_id),
@@ -560,7 +582,9 @@ impl Validate for ArchivedLinkedRequest {
         // The original is named by its switch reference, its originator transaction id, or
         // both; with neither it cannot be found.
         let original_id_offset = offset_of!(Self, original_originator_transaction_id);
-        match self.original_originator_transaction_id.check() {
+        let original_id = &self.original_originator_transaction_id;
+        let checked = if checks == Checks::Wire || original_id.is_empty() { original_id.check() } else { Ok(()) };
+        match checked {
             Ok(()) => Ok(()),
             Err(FieldProblem::Empty) if self.original_switch_reference.to_native() != 0 => Ok(()),
             Err(FieldProblem::Empty) => {
@@ -572,9 +596,10 @@ impl Validate for ArchivedLinkedRequest {
 }
 
 impl Validate for ArchivedStatusQuery {
-    fn validate(&self, _: MessageKind) -> Result<(), FieldError> {
-        check_text(&self.originator, "originator", offset_of!(Self, originator))?;
+    fn validate(&self, _: MessageKind, checks: Checks) -> Result<(), FieldError> {
+        check_text(checks, &self.originator, "originator", offset_of!(Self, originator))?;
         check_text(
+            checks,
             &self.original_originator_transaction_id,
             "original_originator_transaction_id",
             offset_of!(Self, original_originator_transaction_id),
@@ -584,9 +609,10 @@ impl Validate for ArchivedStatusQuery {
 }
 
 impl Validate for ArchivedStatusReply {
-    fn validate(&self, _: MessageKind) -> Result<(), FieldError> {
-        check_text(&self.originator, "originator", offset_of!(Self, originator))?;
+    fn validate(&self, _: MessageKind, checks: Checks) -> Result<(), FieldError> {
+        check_text(checks, &self.originator, "originator", offset_of!(Self, originator))?;
         check_text(
+            checks,
             &self.original_originator_transaction_id,
             "original_originator_transaction_id",
             offset_of!(Self, original_originator_transaction_id),
@@ -608,10 +634,10 @@ impl Validate for ArchivedStatusReply {
 }
 
 impl Validate for ArchivedReject {
-    fn validate(&self, _: MessageKind) -> Result<(), FieldError> {
+    fn validate(&self, _: MessageKind, checks: Checks) -> Result<(), FieldError> {
         check_code::<crate::RejectReason>(self.reason.to_native(), "reason", offset_of!(Self, reason))?;
         check_reserved(&[self.reserved], "reserved", offset_of!(Self, reserved))?;
-        check_text(&self.detail, "detail", offset_of!(Self, detail))
+        check_text(checks, &self.detail, "detail", offset_of!(Self, detail))
     }
 }
 
@@ -705,12 +731,12 @@ macro_rules! message_kinds {
 
             /// Checks the layout (bytecheck) and then the semantics ([`Validate`]) of `body`,
             /// which must be exactly `kind.body_size()` bytes, 8-byte aligned.
-            pub(crate) fn access(kind: MessageKind, body: &'a [u8]) -> Result<Self, BodyError> {
+            pub(crate) fn access(kind: MessageKind, body: &'a [u8], checks: Checks) -> Result<Self, BodyError> {
                 match kind {
                     $(MessageKind::$variant => {
                         let archived = rkyv::access::<$archived, rkyv::rancor::Failure>(body)
                             .map_err(|_| BodyError::Layout)?;
-                        archived.validate(kind).map_err(BodyError::Field)?;
+                        archived.validate(kind, checks).map_err(BodyError::Field)?;
                         Ok(Self::$variant(archived))
                     })*
                 }
