@@ -53,6 +53,35 @@ pub fn decode(bytes: &[u8]) -> Result<BaselinePaymentRequest, bincode::Error> {
     bincode::deserialize(bytes)
 }
 
+/// What bincode needs to give the native frame's guarantees: the frame carries a CRC32C
+/// (here, four trailing bytes over the rest) and every field is checked against its
+/// charset and range. Returns `None` for any failure.
+pub fn decode_checked(bytes: &[u8]) -> Option<BaselinePaymentRequest> {
+    let (payload, sum) = bytes.split_at(bytes.len().checked_sub(4)?);
+    let computed = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, payload) as u32;
+    if sum != computed.to_le_bytes() {
+        return None;
+    }
+    let request: BaselinePaymentRequest = bincode::deserialize(payload).ok()?;
+    let valid = codec::InstitutionId::new(&request.originator).is_ok_and(|id| !id.to_string().is_empty())
+        && codec::TransactionId::new(&request.originator_transaction_id).is_ok()
+        && codec::MerchantId::new(&request.merchant_id).is_ok()
+        && codec::TerminalId::new(&request.terminal_id).is_ok()
+        && codec::MerchantName::new(&request.merchant_name).is_ok()
+        && codec::City::new(&request.merchant_city).is_ok()
+        && codec::PaymentCode::new(&request.payment_code).is_ok()
+        && (1..=codec::message::AMOUNT_MINOR_MAX).contains(&request.amount_minor)
+        && (1..=999).contains(&request.currency);
+    valid.then_some(request)
+}
+
+/// Encodes with bincode and appends the CRC32C that [`decode_checked`] expects.
+pub fn encode_checked(request: &BaselinePaymentRequest, out: &mut Vec<u8>) {
+    encode(request, out);
+    let sum = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, out) as u32;
+    out.extend_from_slice(&sum.to_le_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +93,10 @@ mod tests {
         encode(&request, &mut bytes);
         assert_eq!(decode(&bytes).expect("valid"), request);
         assert_eq!(request.payment_code, "134567890123451234");
+        encode_checked(&request, &mut bytes);
+        assert_eq!(decode_checked(&bytes), Some(request.clone()));
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        assert_eq!(decode_checked(&bytes), None, "a bad checksum is refused");
     }
 }

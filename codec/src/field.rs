@@ -89,8 +89,8 @@ fn check_text_fast(bytes: &[u8], charset: Charset) -> Option<usize> {
         return None;
     }
     let mut nonzero_mask = 0u64; // bit i set: byte i is not zero
+    let mut non_ascii_mask = 0u64; // bit i set: byte i is 0x80 or above
     let mut bad = 0u64;
-    let mut non_ascii = 0u64;
     for (index, chunk) in bytes.chunks_exact(8).enumerate() {
         let word = u64::from_le_bytes(chunk.try_into().expect("chunks of 8"));
         let nonzero = swar::nonzero(word);
@@ -104,8 +104,8 @@ fn check_text_fast(bytes: &[u8], charset: Charset) -> Option<usize> {
             Charset::Utf8 => swar::in_range(word, 0x20, 0x7E) | !ascii & swar::HIGH,
         };
         bad |= nonzero & !allowed;
-        non_ascii |= nonzero & !ascii;
         nonzero_mask |= swar::gather_high_bits(nonzero) << (8 * index);
+        non_ascii_mask |= swar::gather_high_bits(nonzero & !ascii) << (8 * index);
     }
     // The text is one run from the start, then zero padding: the non-zero bytes form a
     // prefix, so their mask is of the form 0b0..01..1.
@@ -114,8 +114,15 @@ fn check_text_fast(bytes: &[u8], charset: Charset) -> Option<usize> {
         return None;
     }
     let length = nonzero_mask.trailing_ones() as usize;
-    if non_ascii != 0 && !is_utf8_text(&bytes[..length]) {
-        return None;
+    if non_ascii_mask != 0 {
+        // Only the span from the first to the last non-ASCII byte needs the UTF-8 walk:
+        // ASCII around it is valid on its own, and a multi-byte sequence cut short by
+        // ASCII ends inside the span, where the walk sees it.
+        let first = non_ascii_mask.trailing_zeros() as usize;
+        let last = 63 - non_ascii_mask.leading_zeros() as usize;
+        if !is_utf8_text(&bytes[first..=last]) {
+            return None;
+        }
     }
     Some(length)
 }

@@ -32,8 +32,7 @@ use rkyv::util::AlignedVec;
 use crate::code::RejectReason;
 use crate::field::FieldProblem;
 use crate::message::{
-    Checks,
-    BODY_SIZE_MAX, BodyError, FieldError, Message, MessageKind, MessageRef, PROTOCOL_VERSION, serialize_body,
+    BODY_SIZE_MAX, BodyError, Checks, FieldError, Message, MessageKind, MessageRef, PROTOCOL_VERSION, serialize_body,
 };
 
 /// Size of the frame header in bytes.

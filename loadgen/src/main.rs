@@ -32,8 +32,19 @@ struct Cli {
     duration_s: f64,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(valid) => std::process::exit(if valid { 0 } else { 2 }),
+        Err(error) => {
+            eprintln!("loadgen: error: {error:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Runs the command; `Ok(false)` when the run was invalid (exit code 2).
+fn run(cli: Cli) -> anyhow::Result<bool> {
     let participant = InstitutionId::new(&cli.participant)
         .map_err(|problem| anyhow::anyhow!("--participant {:?} {problem}", cli.participant))?;
     let key = cli.key.clone().unwrap_or_else(|| format!("demo-key-{}", cli.participant));
@@ -50,8 +61,5 @@ fn main() -> anyhow::Result<()> {
         run_open_loop(client, &config).await
     })?;
     print!("{}", report.render());
-    if !report.is_valid() {
-        std::process::exit(2);
-    }
-    Ok(())
+    Ok(report.is_valid())
 }

@@ -28,7 +28,14 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    if let Err(error) = main_inner() {
+        eprintln!("switch: error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn main_inner() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();

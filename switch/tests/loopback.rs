@@ -1,0 +1,112 @@
+//! Starts the real switch edge on a loopback port and talks to it as participants do,
+//! through the load generator's client (which knows nothing of the switch's code).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use codec::{Echo, InstitutionId, Message, MessageRef, ReplyCode};
+use loadgen::client::Client;
+use loadgen::run::{RunConfig, run_open_loop};
+use switch::config::{SwitchConfig, demo_key};
+use switch::edge::tcp::{Shared, serve};
+use switch::participant::Directory;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn start_switch() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let config = SwitchConfig::embedded_default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let address = listener.local_addr().expect("local address");
+    let shared = Arc::new(Shared::new(config.session, Directory::new(config.participants)));
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    tokio::spawn(serve(listener, shared, async {
+        let _ = stopped.await;
+    }));
+    (address, stop)
+}
+
+fn id(text: &str) -> InstitutionId {
+    InstitutionId::new(text).expect("valid id")
+}
+
+#[tokio::test]
+async fn sign_on_echo_and_an_explicit_answer_for_every_request() {
+    let (address, _stop) = start_switch().await;
+    let mut client = Client::connect(address, id("ACQ0001"), 1, &demo_key("ACQ0001")).await.expect("sign on");
+    assert_ne!(client.session_id, 0);
+
+    client.writer.send(&Message::EchoRequest(Echo { sequence: 7, sent_time_ms: 1 })).await.expect("send");
+    let sequence = client
+        .reader
+        .next(|m| match m {
+            MessageRef::EchoReply(echo) => echo.sequence.to_native(),
+            other => panic!("expected an echo reply, got {:?}", other.kind()),
+        })
+        .await
+        .expect("echo reply");
+    assert_eq!(sequence, 7);
+
+    // A request as ourselves gets an explicit answer (no routes in this build);
+    // a request claiming another originator is refused.
+    let mut request = codec::sample::payment_code_request();
+    client.writer.queue(&Message::PaymentCodeRequest(request.clone())).expect("queue");
+    request.details.originator = id("ACQ0002");
+    client.writer.queue(&Message::PaymentCodeRequest(request)).expect("queue");
+    client.writer.flush().await.expect("flush");
+    let mut codes = Vec::new();
+    for _ in 0..2 {
+        codes.push(
+            client
+                .reader
+                .next(|m| match m {
+                    MessageRef::PaymentReply(reply) => reply.code(),
+                    other => panic!("expected a reply, got {:?}", other.kind()),
+                })
+                .await
+                .expect("reply"),
+        );
+    }
+    assert_eq!(codes, vec![ReplyCode::NoRoute, ReplyCode::NotAuthorised]);
+}
+
+#[tokio::test]
+async fn wrong_key_is_refused() {
+    let (address, _stop) = start_switch().await;
+    let error = Client::connect(address, id("ACQ0001"), 1, b"not the key").await.expect_err("refused");
+    assert!(error.to_string().contains("refused with reply code 106"), "{error:#}");
+}
+
+#[tokio::test]
+async fn garbage_gets_a_reject_and_the_connection_closes() {
+    let (address, _stop) = start_switch().await;
+    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+    let mut challenge = [0u8; 72];
+    stream.read_exact(&mut challenge).await.expect("challenge");
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: switch\r\n\r\n").await.expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the switch closes the connection")
+        .expect("read");
+    let mut decoder = codec::FrameDecoder::default();
+    decoder.feed(&answer);
+    let frame = decoder.decode().expect("a valid frame").expect("complete");
+    let MessageRef::Reject(reject) = frame.message else { panic!("expected a reject") };
+    assert_eq!(reject.reason.to_native(), codec::RejectReason::BadMagic.value());
+}
+
+#[tokio::test]
+async fn open_loop_run_is_answered_in_full() {
+    let (address, _stop) = start_switch().await;
+    let client = Client::connect(address, id("ACQ0001"), 1, &demo_key("ACQ0001")).await.expect("sign on");
+    let config = RunConfig {
+        rate_per_second: 2_000,
+        duration: Duration::from_millis(500),
+        drain_timeout: Duration::from_secs(5),
+    };
+    let report = run_open_loop(client, &config).await.expect("run");
+    assert_eq!(report.scheduled, 1_000);
+    assert_eq!(report.missing, 0, "{}", report.render());
+    assert_eq!(report.replies_by_code.get(&ReplyCode::NoRoute.value()), Some(&1_000));
+    assert_eq!(report.latency_us.len(), 1_000);
+}
