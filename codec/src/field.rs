@@ -72,10 +72,10 @@ impl Charset {
 /// scan that names the offending index.
 #[inline]
 pub fn check_text(bytes: &[u8], charset: Charset, mandatory: bool) -> Result<usize, FieldProblem> {
-    if let Some(length) = check_text_fast(bytes, charset) {
-        if !(mandatory && length == 0) {
-            return Ok(length);
-        }
+    if let Some(length) = check_text_fast(bytes, charset)
+        && !(mandatory && length == 0)
+    {
+        return Ok(length);
     }
     check_text_precise(bytes, charset, mandatory)
 }
@@ -85,7 +85,7 @@ pub fn check_text(bytes: &[u8], charset: Charset, mandatory: bool) -> Result<usi
 /// `message.rs`), so this works on `u64` words, eight bytes per step, without branches.
 #[inline(always)]
 fn check_text_fast(bytes: &[u8], charset: Charset) -> Option<usize> {
-    if bytes.len() % 8 != 0 || bytes.len() > 64 {
+    if !bytes.len().is_multiple_of(8) || bytes.len() > 64 {
         return None;
     }
     let mut nonzero_mask = 0u64; // bit i set: byte i is not zero

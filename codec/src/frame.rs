@@ -47,7 +47,7 @@ pub const MAGIC: [u8; 2] = *b"CS";
 pub const FRAME_VERSION: u8 = 1;
 
 const _: () = assert!(PROTOCOL_VERSION == FRAME_VERSION as u16);
-const _: () = assert!(HEADER_SIZE % FRAME_ALIGNMENT == 0);
+const _: () = assert!(HEADER_SIZE.is_multiple_of(FRAME_ALIGNMENT));
 
 /// Header field offsets (see the module diagram).
 mod offset {
@@ -192,7 +192,7 @@ pub fn check_header(bytes: &[u8]) -> Result<Option<usize>, DecodeError> {
             max: BODY_SIZE_MAX as u32,
         });
     }
-    if length as usize % FRAME_ALIGNMENT != 0 {
+    if !(length as usize).is_multiple_of(FRAME_ALIGNMENT) {
         return Err(DecodeError::BodyLengthUnaligned { offset: offset::BODY_LENGTH as u32, length });
     }
     Ok(Some(HEADER_SIZE + length as usize))

@@ -693,6 +693,9 @@ macro_rules! message_kinds {
         )*
 
         /// An owned message: the model the encoder takes.
+        // The QR request (720 bytes) makes this enum large. Messages are built in place and
+        // passed by reference; boxing the variant would allocate for every QR message.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug, Clone, PartialEq, Eq)]
         pub enum Message {
             $($(#[$meta])* $variant($body),)*
