@@ -341,6 +341,13 @@ macro_rules! text_field {
                 fill_text::<$size>(text, $charset).map(Self)
             }
 
+            /// The field exactly as received, not yet checked: for code that checks it at
+            /// once (`FieldText::check`) before trusting it.
+            #[allow(dead_code, reason = "generated for every field; salvage reads two of them")]
+            pub(crate) fn from_wire(bytes: [u8; $size]) -> Self {
+                Self(bytes)
+            }
+
             /// The field's bytes as on the wire (text, then zero padding).
             pub fn as_bytes(&self) -> &[u8; $size] {
                 &self.0

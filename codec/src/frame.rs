@@ -342,6 +342,8 @@ pub struct FrameDecoder {
     stream_offset: u64,
     /// Kind byte of the last frame whose header was read (for a `Reject`'s `rejected_kind`).
     last_kind: u8,
+    /// Where the last consumed frame lies in `buffer` (valid until the next `spare`).
+    last_frame: std::ops::Range<usize>,
 }
 
 impl Default for FrameDecoder {
@@ -359,12 +361,13 @@ impl FrameDecoder {
         assert!(bytes >= 2 * FRAME_SIZE_MAX, "receive buffer smaller than two frames");
         let mut buffer = AlignedVec::with_capacity(bytes);
         buffer.resize(bytes, 0);
-        Self { buffer, start: 0, end: 0, stream_offset: 0, last_kind: 0 }
+        Self { buffer, start: 0, end: 0, stream_offset: 0, last_kind: 0, last_frame: 0..0 }
     }
 
     /// Free space to read into. At least [`FRAME_SIZE_MAX`] bytes long (undecoded bytes are
     /// moved to the front when needed, keeping alignment).
     pub fn spare(&mut self) -> &mut [u8] {
+        self.last_frame = 0..0;
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -409,12 +412,19 @@ impl FrameDecoder {
         let frame_start = self.start;
         self.start += frame_size;
         self.stream_offset += frame_size as u64;
+        self.last_frame = frame_start..self.start;
         check_frame(&self.buffer.as_slice()[frame_start..frame_start + frame_size]).map(Some)
     }
 
     /// Stream offset of the next undecoded byte (the start of the next frame).
     pub fn stream_offset(&self) -> u64 {
         self.stream_offset
+    }
+
+    /// The bytes of the last frame `decode` consumed, valid or not (empty after `spare`).
+    /// After a recoverable error, [`salvage_request`] reads from it.
+    pub fn last_frame(&self) -> &[u8] {
+        &self.buffer.as_slice()[self.last_frame.clone()]
     }
 
     /// Kind byte of the last frame header seen, as received (for a `Reject`).
@@ -426,6 +436,42 @@ impl FrameDecoder {
     pub fn buffered(&self) -> usize {
         self.end - self.start
     }
+}
+
+/// Who sent a transaction request whose body failed its checks, when that much can still be
+/// trusted: the frame's checksum held, its kind is a transaction request, and its first two
+/// fields (every request body starts with `originator` and `originator_transaction_id`)
+/// are valid. The switch then answers with the request's reply kind and `FormatError`, so
+/// the originator can match the answer to its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SalvagedRequest {
+    pub kind: MessageKind,
+    pub originator: crate::InstitutionId,
+    pub originator_transaction_id: crate::TransactionId,
+}
+
+/// Reads a [`SalvagedRequest`] from a whole frame the decoder refused with a recoverable
+/// error ([`FrameDecoder::last_frame`]), or `None` when nothing can be trusted.
+pub fn salvage_request(frame: &[u8], error: &DecodeError) -> Option<SalvagedRequest> {
+    use crate::field::FieldText;
+    let DecodeError::InvalidField { kind, .. } = *error else { return None };
+    if !matches!(
+        kind,
+        MessageKind::PaymentCodeRequest
+            | MessageKind::QrPaymentRequest
+            | MessageKind::ReversalRequest
+            | MessageKind::RefundRequest
+    ) {
+        return None;
+    }
+    let body = frame.get(HEADER_SIZE..)?;
+    let originator = crate::InstitutionId::from_wire(body.get(..16)?.try_into().ok()?);
+    let originator_transaction_id = crate::TransactionId::from_wire(body.get(16..48)?.try_into().ok()?);
+    (originator.check().is_ok() && originator_transaction_id.check().is_ok()).then_some(SalvagedRequest {
+        kind,
+        originator,
+        originator_transaction_id,
+    })
 }
 
 /// Builds the `Reject` message for a decode error, ready to encode.

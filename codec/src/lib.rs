@@ -29,7 +29,7 @@ pub use field::{
 };
 pub use frame::{
     DecodeError, EncodeError, FRAME_SIZE_MAX, Frame, FrameDecoder, FrameEncoder, HEADER_SIZE, decode_frame,
-    encode_frame, seal_frame,
+    encode_frame, salvage_request, seal_frame,
 };
 pub use message::{
     Echo, LinkedRequest, Message, MessageKind, MessageRef, PROTOCOL_VERSION, PaymentCodeRequest, QrPaymentRequest,

@@ -11,7 +11,7 @@
 //! - Every transaction request gets exactly one reply from the switch or the receiver.
 
 use codec::code::{RejectReason, ReplyCode, TransactionStatus};
-use codec::frame::reject_for;
+use codec::frame::{reject_for, salvage_request};
 use codec::message::{ArchivedLinkedRequest, ArchivedStatusQuery, ArchivedTransactionDetails, PROOF_SIZE};
 use codec::signon::{SignOnTranscript, server_proof, verify_client_proof};
 use codec::{
@@ -140,9 +140,39 @@ impl Session {
         Control::Close(reason)
     }
 
-    /// A frame the decoder refused. Recoverable errors get a reject and the session goes on.
-    pub fn handle_decode_error(&mut self, error: &DecodeError, rejected_kind: u8, out: &mut Vec<Message>) -> Control {
-        out.push(reject_for(error, rejected_kind));
+    /// A frame the decoder refused; `frame` is its bytes when the decoder consumed it.
+    /// A transaction request whose originator and transaction id are still readable gets
+    /// its own reply kind with `FormatError`, so the originator has one definite answer for
+    /// it; anything else gets a reject. Unrecoverable errors close the session.
+    pub fn handle_decode_error(
+        &mut self,
+        now: Now,
+        error: &DecodeError,
+        rejected_kind: u8,
+        frame: &[u8],
+        out: &mut Vec<Message>,
+    ) -> Control {
+        let salvaged = match self.state {
+            State::SignedOn { participant } => salvage_request(frame, error).map(|request| (participant, request)),
+            _ => None,
+        };
+        match salvaged {
+            Some((participant, request)) => {
+                let answered = Answered {
+                    originator: request.originator,
+                    originator_transaction_id: request.originator_transaction_id,
+                    amount_minor: 0,
+                    currency: 0,
+                };
+                let reply = answer(answered, ReplyCode::FormatError, participant, self.config.switch_id, now);
+                out.push(match request.kind {
+                    MessageKind::ReversalRequest => Message::ReversalReply(reply),
+                    MessageKind::RefundRequest => Message::RefundReply(reply),
+                    _ => Message::PaymentReply(reply),
+                });
+            }
+            None => out.push(reject_for(error, rejected_kind)),
+        }
         if error.is_recoverable() {
             Control::Continue
         } else {
@@ -237,16 +267,20 @@ impl Session {
                 return Control::Close(CloseReason::SignedOff);
             }
             MessageRef::PaymentCodeRequest(request) => {
-                out.push(Message::PaymentReply(answer(&request.details, participant, switch_id, now)));
+                let reply = answer((&request.details).into(), ReplyCode::NoRoute, participant, switch_id, now);
+                out.push(Message::PaymentReply(reply));
             }
             MessageRef::QrPaymentRequest(request) => {
-                out.push(Message::PaymentReply(answer(&request.details, participant, switch_id, now)));
+                let reply = answer((&request.details).into(), ReplyCode::NoRoute, participant, switch_id, now);
+                out.push(Message::PaymentReply(reply));
             }
             MessageRef::ReversalRequest(request) => {
-                out.push(Message::ReversalReply(answer_linked(request, participant, switch_id, now)));
+                let reply = answer(request.into(), ReplyCode::UnknownOriginal, participant, switch_id, now);
+                out.push(Message::ReversalReply(reply));
             }
             MessageRef::RefundRequest(request) => {
-                out.push(Message::RefundReply(answer_linked(request, participant, switch_id, now)));
+                let reply = answer(request.into(), ReplyCode::UnknownOriginal, participant, switch_id, now);
+                out.push(Message::RefundReply(reply));
             }
             MessageRef::StatusQuery(query) => out.push(Message::StatusReply(status_unknown(query, participant, now))),
             MessageRef::SignOnRequest(_)
@@ -275,47 +309,50 @@ fn reject(reason: RejectReason, kind: MessageKind, detail: &str) -> Message {
     })
 }
 
-/// The switch's own answer to a payment request. Identity first: a request claiming another
-/// originator is refused. Otherwise, no route: this switch has no routing table yet.
-fn answer(
-    details: &ArchivedTransactionDetails,
-    participant: InstitutionId,
-    switch_id: InstitutionId,
-    now: Now,
-) -> Reply {
-    let originator = details.originator;
-    let code = if originator != participant { ReplyCode::NotAuthorised } else { ReplyCode::NoRoute };
-    Reply {
-        originator,
-        originator_transaction_id: details.originator_transaction_id,
-        switch_reference: 0,
-        amount_minor: details.amount_minor.to_native(),
-        reply_time_ms: now.unix_ms,
-        currency: details.currency.to_native(),
-        code: code.value(),
-        reserved: [0; 4],
-        authorization_code: AuthorizationCode::EMPTY,
-        responder: switch_id,
+/// The fields of a transaction request a switch answer echoes.
+#[derive(Debug, Clone, Copy)]
+struct Answered {
+    originator: InstitutionId,
+    originator_transaction_id: codec::TransactionId,
+    amount_minor: u64,
+    currency: u16,
+}
+
+impl From<&ArchivedTransactionDetails> for Answered {
+    fn from(details: &ArchivedTransactionDetails) -> Self {
+        Self {
+            originator: details.originator,
+            originator_transaction_id: details.originator_transaction_id,
+            amount_minor: details.amount_minor.to_native(),
+            currency: details.currency.to_native(),
+        }
     }
 }
 
-/// Reversals and refunds name an original; the switch holds no transactions yet, so none
-/// can be found.
-fn answer_linked(
-    request: &ArchivedLinkedRequest,
-    participant: InstitutionId,
-    switch_id: InstitutionId,
-    now: Now,
-) -> Reply {
-    let originator = request.originator;
-    let code = if originator != participant { ReplyCode::NotAuthorised } else { ReplyCode::UnknownOriginal };
+impl From<&ArchivedLinkedRequest> for Answered {
+    fn from(request: &ArchivedLinkedRequest) -> Self {
+        Self {
+            originator: request.originator,
+            originator_transaction_id: request.originator_transaction_id,
+            amount_minor: request.amount_minor.to_native(),
+            currency: request.currency.to_native(),
+        }
+    }
+}
+
+/// The switch's own answer to a transaction request. Identity first: a request claiming
+/// another originator is refused. Otherwise `code`: this switch has no routing table and
+/// holds no transactions yet, so payments get `NoRoute` and reversals and refunds
+/// `UnknownOriginal`.
+fn answer(request: Answered, code: ReplyCode, participant: InstitutionId, switch_id: InstitutionId, now: Now) -> Reply {
+    let code = if request.originator != participant { ReplyCode::NotAuthorised } else { code };
     Reply {
-        originator,
+        originator: request.originator,
         originator_transaction_id: request.originator_transaction_id,
         switch_reference: 0,
-        amount_minor: request.amount_minor.to_native(),
+        amount_minor: request.amount_minor,
         reply_time_ms: now.unix_ms,
-        currency: request.currency.to_native(),
+        currency: request.currency,
         code: code.value(),
         reserved: [0; 4],
         authorization_code: AuthorizationCode::EMPTY,
@@ -494,6 +531,38 @@ mod tests {
         }
     }
 
+    /// A request that fails a field check, but whose originator and transaction id are
+    /// readable, is answered in its own reply kind with `FormatError`.
+    #[test]
+    fn invalid_requests_get_a_format_error_reply_they_can_match() {
+        let mut harness = Harness::new();
+        harness.sign_on("ACQ0001");
+        let mut encoder = FrameEncoder::default();
+        encoder.encode(&payment("ACQ0001")).expect("valid");
+        let mut frame = encoder.bytes().to_vec();
+        frame[codec::HEADER_SIZE + 200] = b'X'; // a letter in the payment code
+        codec::seal_frame(&mut frame);
+        let mut decoder = codec::FrameDecoder::default();
+        decoder.feed(&frame);
+        let error = decoder.decode().map(|_| ()).expect_err("invalid field");
+        let control = harness.session.handle_decode_error(
+            at(2),
+            &error,
+            decoder.last_kind(),
+            decoder.last_frame(),
+            &mut harness.out,
+        );
+        assert_eq!(control, Control::Continue);
+        let Some(Message::PaymentReply(reply)) = harness.out.pop() else { panic!("expected a payment reply") };
+        assert_eq!(reply.code, ReplyCode::FormatError.value());
+        assert_eq!(reply.originator_transaction_id.to_string(), "ACQ0001-20260216-000000042");
+
+        // Before sign-on the same frame only gets a reject.
+        let mut fresh = Harness::new();
+        fresh.session.handle_decode_error(at(2), &error, decoder.last_kind(), decoder.last_frame(), &mut fresh.out);
+        assert!(matches!(fresh.out.pop(), Some(Message::Reject(_))));
+    }
+
     #[test]
     fn echo_is_answered_and_keeps_the_session_alive() {
         let mut harness = Harness::new();
@@ -525,10 +594,10 @@ mod tests {
     fn decode_errors_reject_and_close_only_when_unrecoverable() {
         let mut harness = Harness::new();
         let skip = DecodeError::UnknownKind { offset: 11, kind: 0x55 };
-        assert_eq!(harness.session.handle_decode_error(&skip, 0x55, &mut harness.out), Control::Continue);
+        assert_eq!(harness.session.handle_decode_error(at(1), &skip, 0x55, &[], &mut harness.out), Control::Continue);
         let fatal = DecodeError::BadChecksum { offset: 4, expected: 1, computed: 2 };
         assert_eq!(
-            harness.session.handle_decode_error(&fatal, 0x10, &mut harness.out),
+            harness.session.handle_decode_error(at(1), &fatal, 0x10, &[], &mut harness.out),
             Control::Close(CloseReason::FramingError)
         );
         let reasons: Vec<_> = harness

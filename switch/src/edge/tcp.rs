@@ -98,7 +98,13 @@ async fn serve_connection(mut stream: TcpStream, shared: &Shared) -> std::io::Re
                         Ok(None) => break,
                         Err(error) => {
                             tracing::info!(%peer, %error, "frame refused");
-                            control = session.handle_decode_error(&error, decoder.last_kind(), &mut outgoing);
+                            control = session.handle_decode_error(
+                                now,
+                                &error,
+                                decoder.last_kind(),
+                                decoder.last_frame(),
+                                &mut outgoing,
+                            );
                         }
                     }
                 }
