@@ -11,14 +11,20 @@
 //! - [`field`]: fixed-width fields; payment codes masked in `Debug`/`Display`.
 //! - [`code`]: the reply code table and the other code tables.
 //! - [`signon`]: challenge-response proofs for sign-on.
+//! - [`payment_code`]: consumer payment codes and the longest-prefix issuer table.
+//! - [`emv_qr`]: EMVCo merchant-presented QR (parse, validate, generate) and UnionPay URLs.
+//! - [`currency`]: ISO 4217 exponents and exact decimal amounts.
 //!
 //! The byte-exact format is documented in `PROTOCOL.md` beside this crate, and tests check
 //! the document against the code.
 
 pub mod code;
+pub mod currency;
+pub mod emv_qr;
 pub mod field;
 pub mod frame;
 pub mod message;
+pub mod payment_code;
 pub mod sample;
 pub mod signon;
 
