@@ -3,7 +3,8 @@
 //! Never floating point.
 
 /// (numeric code, alphabetic code, minor-unit exponent) for the currencies of the
-/// cross-border gateway's markets and the major settlement currencies.
+/// cross-border gateway's markets, the major settlement currencies and the national QR
+/// networks tested against (BRL for Pix).
 pub const CURRENCIES: &[(u16, &str, u8)] = &[
     (36, "AUD", 2),
     (124, "CAD", 2),
@@ -22,6 +23,19 @@ pub const CURRENCIES: &[(u16, &str, u8)] = &[
     (840, "USD", 2),
     (901, "TWD", 2),
     (978, "EUR", 2),
+    (96, "BND", 2),
+    (104, "MMK", 2),
+    (116, "KHR", 2),
+    (356, "INR", 2),
+    (418, "LAK", 2),
+    (496, "MNT", 2),
+    (524, "NPR", 2),
+    (554, "NZD", 2),
+    (586, "PKR", 2),
+    (682, "SAR", 2),
+    (756, "CHF", 2),
+    (784, "AED", 2),
+    (986, "BRL", 2),
     (48, "BHD", 3),
     (414, "KWD", 3),
 ];
@@ -88,6 +102,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn table_has_no_duplicates() {
+        let mut codes: Vec<u16> = CURRENCIES.iter().map(|c| c.0).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), CURRENCIES.len());
+    }
+
+    #[test]
     fn conversions_are_exact() {
         let cases: &[(&str, u16, Result<u64, AmountError>)] = &[
             ("38.00", 156, Ok(3800)),
@@ -115,7 +137,7 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn decimal_round_trips(minor in 0u64..=crate::message::AMOUNT_MINOR_MAX, index in 0usize..19) {
+        fn decimal_round_trips(minor in 0u64..=crate::message::AMOUNT_MINOR_MAX, index in 0usize..CURRENCIES.len()) {
             let currency = CURRENCIES[index].0;
             let text = decimal(minor, currency).expect("known currency");
             proptest::prop_assert_eq!(minor_units(&text, currency), Ok(minor));

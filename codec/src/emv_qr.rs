@@ -20,6 +20,19 @@ use std::fmt::Write as _;
 /// EMVCo's maximum payload length, in characters.
 pub const QR_LENGTH_MAX: usize = 512;
 
+/// Tags EMVCo makes mandatory (beyond one merchant account, 02-51).
+const MANDATORY_TAGS: [u8; 7] = [0, 52, 53, 58, 59, 60, 63];
+
+/// National networks whose real codes leave out tags EMVCo makes mandatory, by the GUID in
+/// their merchant account template, with the tags they may omit. A gateway must accept the
+/// codes those networks really issue; every other payload is held to EMVCo.
+pub const NATIONAL_DEVIATIONS: &[(&str, &[u8])] = &[
+    // Thailand's PromptPay (credit transfer, bill payment, e-wallet): no MCC, name or city.
+    ("A000000677010111", &[52, 59, 60]),
+    ("A000000677010112", &[52, 59, 60]),
+    ("A000000677010113", &[52, 59, 60]),
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum QrError {
     #[error("the QR payload is empty")]
@@ -245,14 +258,19 @@ impl<'a> MerchantQr<'a> {
             };
             Ok(())
         })?;
-        for tag in [0u8, 52, 53, 58, 59, 60, 63] {
-            if seen & (1 << tag) == 0 {
-                return Err(QrError::MissingTag { offset: 0, tag });
-            }
-        }
         if seen & (((1u128 << 52) - 1) & !0b11) == 0 {
             // No merchant account information (tags 02-51) at all.
             return Err(QrError::MissingTag { offset: 0, tag: 26 });
+        }
+        let parsed = Self { payload, spans, crc: 0 };
+        let optional: &[u8] = NATIONAL_DEVIATIONS
+            .iter()
+            .find(|(guid, _)| parsed.guids().any(|g| g == *guid))
+            .map_or(&[], |(_, tags)| tags);
+        for tag in MANDATORY_TAGS {
+            if seen & (1 << tag) == 0 && !optional.contains(&tag) {
+                return Err(QrError::MissingTag { offset: 0, tag });
+            }
         }
         let crc_offset = crc_seen_at.expect("tag 63 was seen") as usize;
         let crc_span = spans[63];
@@ -262,7 +280,7 @@ impl<'a> MerchantQr<'a> {
         if declared != computed {
             return Err(QrError::BadCrc { offset: crc_offset as u32, declared, computed });
         }
-        Ok(Self { payload, spans, crc: declared })
+        Ok(Self { crc: declared, ..parsed })
     }
 
     /// The whole payload.
@@ -709,6 +727,19 @@ mod tests {
         ));
         // Too long.
         assert_eq!(MerchantQr::parse(&"0".repeat(513)).map(|_| ()), Err(QrError::TooLong { length: 513 }));
+    }
+
+    #[test]
+    fn promptpay_may_omit_mcc_name_and_city_and_no_one_else_may() {
+        // As promptpay-qr (npm) generates it.
+        let promptpay = "00020101021229370016A000000677010111011300668123456785802TH530376454044.2263045D49";
+        let qr = MerchantQr::parse(promptpay).expect("PromptPay's real shape is accepted");
+        assert_eq!((qr.currency(), qr.amount_minor(), qr.merchant_name()), (764, Some(Ok(422)), ""));
+        let other = promptpay.replace("A000000677010111", "A000000677019999");
+        assert_eq!(
+            MerchantQr::parse(&resealed(&other[..other.len() - 8])).map(|_| ()),
+            Err(QrError::MissingTag { offset: 0, tag: 52 })
+        );
     }
 
     #[test]
