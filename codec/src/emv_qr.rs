@@ -208,12 +208,22 @@ pub enum Initiation {
     Dynamic,
 }
 
+/// Where a top-level value lies in the payload. Its tag is 4 bytes before `start`, so a
+/// present value never starts at 0: `start == 0` means absent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Span {
     start: u16,
     end: u16,
-    offset: u16,
-    present: bool,
+}
+
+impl Span {
+    fn present(self) -> bool {
+        self.start != 0
+    }
+
+    fn offset(self) -> u32 {
+        u32::from(self.start) - 4
+    }
 }
 
 /// A parsed, validated EMVCo merchant-presented payload, borrowing from it.
@@ -250,12 +260,8 @@ impl<'a> MerchantQr<'a> {
             }
             check_top_level(tlv)?;
             let start = tlv.offset as usize + 4;
-            spans[usize::from(tlv.tag)] = Span {
-                start: start as u16,
-                end: (start + tlv.value.len()) as u16,
-                offset: tlv.offset as u16,
-                present: true,
-            };
+            // The payload is at most 512 characters (2 KiB of UTF-8), so offsets fit u16.
+            spans[usize::from(tlv.tag)] = Span { start: start as u16, end: (start + tlv.value.len()) as u16 };
             Ok(())
         })?;
         if seen & (((1u128 << 52) - 1) & !0b11) == 0 {
@@ -290,7 +296,7 @@ impl<'a> MerchantQr<'a> {
 
     /// The value of top-level tag `tag`, if present.
     pub fn get(&self, tag: u8) -> Option<&'a str> {
-        let span = self.spans.get(usize::from(tag)).filter(|s| s.present)?;
+        let span = self.spans.get(usize::from(tag)).filter(|s| s.present())?;
         self.payload.get(usize::from(span.start)..usize::from(span.end))
     }
 
@@ -310,8 +316,8 @@ impl<'a> MerchantQr<'a> {
     pub fn merchant_accounts(&self) -> impl Iterator<Item = MerchantAccount<'a>> + '_ {
         (2u8..=51).filter_map(move |tag| {
             let span = self.spans[usize::from(tag)];
-            span.present.then(|| MerchantAccount {
-                tlv: Tlv { tag, value: self.get(tag).unwrap_or(""), offset: u32::from(span.offset) },
+            span.present().then(|| MerchantAccount {
+                tlv: Tlv { tag, value: self.get(tag).unwrap_or(""), offset: span.offset() },
             })
         })
     }
@@ -374,8 +380,8 @@ impl<'a> MerchantQr<'a> {
     pub fn unreserved_templates(&self) -> impl Iterator<Item = MerchantAccount<'a>> + '_ {
         (80u8..=99).filter_map(move |tag| {
             let span = self.spans[usize::from(tag)];
-            span.present.then(|| MerchantAccount {
-                tlv: Tlv { tag, value: self.get(tag).unwrap_or(""), offset: u32::from(span.offset) },
+            span.present().then(|| MerchantAccount {
+                tlv: Tlv { tag, value: self.get(tag).unwrap_or(""), offset: span.offset() },
             })
         })
     }
@@ -384,7 +390,7 @@ impl<'a> MerchantQr<'a> {
     pub fn objects(&self) -> impl Iterator<Item = Tlv<'a>> + '_ {
         (0u8..100).filter_map(move |tag| {
             let span = self.spans[usize::from(tag)];
-            span.present.then(|| Tlv { tag, value: self.get(tag).unwrap_or(""), offset: u32::from(span.offset) })
+            span.present().then(|| Tlv { tag, value: self.get(tag).unwrap_or(""), offset: span.offset() })
         })
     }
 }
@@ -527,6 +533,9 @@ impl<'a> UnionPayUrl<'a> {
 }
 
 /// Any merchant-presented code the switch accepts.
+// The EMV variant holds 400 bytes of spans; it lives briefly on the stack while a request
+// is translated, and boxing it would allocate per QR request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum MerchantCode<'a> {
     Emv(MerchantQr<'a>),
@@ -542,13 +551,24 @@ pub fn parse_merchant_code(payload: &str) -> Result<MerchantCode<'_>, QrError> {
     }
 }
 
+/// A merchant account template in a generated code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountSpec {
+    /// 26 to 51.
+    pub tag: u8,
+    /// The network's GUID (sub-tag 00).
+    pub guid: String,
+    /// Further (sub-tag, value) pairs; sub-tag 01 usually carries the merchant's id.
+    pub fields: Vec<(u8, String)>,
+}
+
 /// What a generated code contains. Values are written as given; [`QrSpec::encode`] checks
 /// them by parsing its own output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QrSpec {
     pub initiation: Initiation,
-    /// Merchant account templates (tag 26-51): (tag, GUID, further (sub-tag, value) pairs).
-    pub accounts: Vec<(u8, String, Vec<(u8, String)>)>,
+    /// Merchant account templates (tags 26-51).
+    pub accounts: Vec<AccountSpec>,
     pub merchant_category_code: u16,
     pub currency: u16,
     /// Written as given, e.g. `"38.00"`.
@@ -574,13 +594,13 @@ impl QrSpec {
         let mut out = String::with_capacity(256);
         push_tlv(&mut out, 0, "01");
         push_tlv(&mut out, 1, if self.initiation == Initiation::Static { "11" } else { "12" });
-        for (tag, guid, fields) in &self.accounts {
+        for account in &self.accounts {
             let mut template = String::new();
-            push_tlv(&mut template, 0, guid);
-            for (sub, value) in fields {
+            push_tlv(&mut template, 0, &account.guid);
+            for (sub, value) in &account.fields {
                 push_tlv(&mut template, *sub, value);
             }
-            push_tlv(&mut out, *tag, &template);
+            push_tlv(&mut out, account.tag, &template);
         }
         push_tlv(&mut out, 52, &format!("{:04}", self.merchant_category_code));
         push_tlv(&mut out, 53, &format!("{:03}", self.currency));
@@ -641,7 +661,11 @@ mod tests {
     fn spec() -> QrSpec {
         QrSpec {
             initiation: Initiation::Dynamic,
-            accounts: vec![(26, "A000000333010101".into(), vec![(1, "310115000123456".into())])],
+            accounts: vec![AccountSpec {
+                tag: 26,
+                guid: "A000000333010101".into(),
+                fields: vec![(1, "310115000123456".into())],
+            }],
             merchant_category_code: 5812,
             currency: 156,
             amount: Some("128.50".into()),

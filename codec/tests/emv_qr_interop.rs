@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use codec::emv_qr::{Initiation, MerchantQr, QrSpec};
+use codec::emv_qr::{AccountSpec, Initiation, MerchantQr, QrSpec};
 use serde_json::Value;
 
 fn peers(args: &[&str], input: Option<&str>) -> Vec<Value> {
@@ -63,7 +63,11 @@ fn payloads_from_independent_generators_parse_with_the_right_fields() {
 fn pix_spec(index: u32) -> QrSpec {
     QrSpec {
         initiation: Initiation::Static,
-        accounts: vec![(26, "br.gov.bcb.pix".into(), vec![(1, format!("loja{index}@example.com"))])],
+        accounts: vec![AccountSpec {
+            tag: 26,
+            guid: "br.gov.bcb.pix".into(),
+            fields: vec![(1, format!("loja{index}@example.com"))],
+        }],
         merchant_category_code: 5812,
         currency: 986,
         amount: Some(format!("{}.{:02}", 1 + index * 7, index % 100)),
