@@ -14,6 +14,7 @@
 //! - [`payment_code`]: consumer payment codes and the longest-prefix issuer table.
 //! - [`emv_qr`]: EMVCo merchant-presented QR (parse, validate, generate) and UnionPay URLs.
 //! - [`currency`]: ISO 4217 exponents and exact decimal amounts.
+//! - [`iso8583`]: ISO 8583 (1987) driven by data profiles, pyiso8583-compatible.
 //!
 //! The byte-exact format is documented in `PROTOCOL.md` beside this crate, and tests check
 //! the document against the code.
@@ -23,6 +24,7 @@ pub mod currency;
 pub mod emv_qr;
 pub mod field;
 pub mod frame;
+pub mod iso8583;
 pub mod message;
 pub mod payment_code;
 pub mod sample;
