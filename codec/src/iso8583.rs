@@ -162,8 +162,8 @@ impl Profile {
 
     /// Reads a profile in pyiso8583's spec shape with our `_profile` header and `content`.
     pub fn from_json(json: &str) -> Result<Self, ProfileError> {
-        let mut entries: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(json).map_err(|e| ProfileError::Json { profile: "?".into(), detail: e.to_string() })?;
+        let mut entries: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json)
+            .map_err(|e| ProfileError::Json { profile: "?".into(), detail: e.to_string() })?;
         let header: JsonHeader = entries
             .remove("_profile")
             .ok_or_else(|| ProfileError::Json { profile: "?".into(), detail: "no _profile header".into() })
@@ -171,8 +171,11 @@ impl Profile {
                 serde_json::from_value(v).map_err(|e| ProfileError::Json { profile: "?".into(), detail: e.to_string() })
             })?;
         let profile = header.name.clone();
-        let problem =
-            |key: &str, problem: &str| ProfileError::Field { profile: profile.clone(), key: key.into(), problem: problem.into() };
+        let problem = |key: &str, problem: &str| ProfileError::Field {
+            profile: profile.clone(),
+            key: key.into(),
+            problem: problem.into(),
+        };
         let length_header = match header.length_header.as_str() {
             "binary2" => LengthHeader::Binary2,
             "ascii4" => LengthHeader::Ascii4,
@@ -555,7 +558,12 @@ impl Profile {
         Ok(u128::from(u64::from_be_bytes(raw)) << 64)
     }
 
-    fn unpack_field(&self, spec: &FieldSpec, reader: &mut Reader<'_>, message: &mut IsoMessage) -> Result<(), IsoError> {
+    fn unpack_field(
+        &self,
+        spec: &FieldSpec,
+        reader: &mut Reader<'_>,
+        message: &mut IsoMessage,
+    ) -> Result<(), IsoError> {
         let field = spec.number;
         let offset = reader.position as u32;
         let length = if spec.is_fixed() {
@@ -564,9 +572,12 @@ impl Profile {
             let raw = reader.take(usize::from(spec.prefix_bytes), field)?;
             let bad = IsoError::BadLengthPrefix { field, offset };
             let length = match spec.prefix {
-                LengthEncoding::Ascii => {
-                    std::str::from_utf8(raw).ok().filter(|t| t.bytes().all(|b| b.is_ascii_digit())).ok_or(bad)?.parse().map_err(|_| bad)?
-                }
+                LengthEncoding::Ascii => std::str::from_utf8(raw)
+                    .ok()
+                    .filter(|t| t.bytes().all(|b| b.is_ascii_digit()))
+                    .ok_or(bad)?
+                    .parse()
+                    .map_err(|_| bad)?,
                 LengthEncoding::Bcd => {
                     let mut digits = Vec::with_capacity(raw.len() * 2);
                     unpack_bcd(raw, raw.len() * 2, &mut digits).ok_or(bad)?;
@@ -575,15 +586,21 @@ impl Profile {
                 LengthEncoding::Binary => raw.iter().fold(0usize, |n, &b| n << 8 | usize::from(b)),
             };
             if length > usize::from(spec.length_max) {
-                return Err(IsoError::TooLong { field, offset, length: length as u32, max: u32::from(spec.length_max) });
+                return Err(IsoError::TooLong {
+                    field,
+                    offset,
+                    length: length as u32,
+                    max: u32::from(spec.length_max),
+                });
             }
             length
         };
         let raw = reader.take(spec.wire_bytes(length), field)?;
         let start = message.values.len();
         match spec.data {
-            Data::Bcd => unpack_bcd(raw, length, &mut message.values)
-                .ok_or(IsoError::BadContent { field, offset, index: 0 })?,
+            Data::Bcd => {
+                unpack_bcd(raw, length, &mut message.values).ok_or(IsoError::BadContent { field, offset, index: 0 })?
+            }
             Data::Ascii | Data::Utf8 | Data::Binary => message.values.extend_from_slice(raw),
         }
         if let Some(index) = content_ok(spec, &message.values[start..]) {
@@ -653,11 +670,21 @@ impl Profile {
         let length = value.len();
         if spec.is_fixed() {
             if length != usize::from(spec.length_max) {
-                return Err(IsoError::WrongLength { field, offset, length: length as u32, expected: u32::from(spec.length_max) });
+                return Err(IsoError::WrongLength {
+                    field,
+                    offset,
+                    length: length as u32,
+                    expected: u32::from(spec.length_max),
+                });
             }
         } else {
             if length > usize::from(spec.length_max) {
-                return Err(IsoError::TooLong { field, offset, length: length as u32, max: u32::from(spec.length_max) });
+                return Err(IsoError::TooLong {
+                    field,
+                    offset,
+                    length: length as u32,
+                    max: u32::from(spec.length_max),
+                });
             }
             let width = usize::from(spec.prefix_bytes);
             match spec.prefix {
@@ -814,7 +841,10 @@ mod tests {
         // LLVAR longer than its maximum: field 2's prefix says 99.
         let mut bad = out.clone();
         bad[36..38].copy_from_slice(b"99");
-        assert_eq!(ascii.unpack(&bad, &mut message), Err(IsoError::TooLong { field: 2, offset: 36, length: 99, max: 32 }));
+        assert_eq!(
+            ascii.unpack(&bad, &mut message),
+            Err(IsoError::TooLong { field: 2, offset: 36, length: 99, max: 32 })
+        );
         let mut bad = out.clone();
         bad[36..38].copy_from_slice(b"9X");
         assert_eq!(ascii.unpack(&bad, &mut message), Err(IsoError::BadLengthPrefix { field: 2, offset: 36 }));
@@ -830,7 +860,10 @@ mod tests {
         assert_eq!(ascii.unpack(&bad, &mut message), Err(IsoError::BadMti { offset: 0 }));
         let mut long = out.clone();
         long.push(b'0');
-        assert_eq!(ascii.unpack(&long, &mut message), Err(IsoError::TrailingBytes { offset: out.len() as u32, count: 1 }));
+        assert_eq!(
+            ascii.unpack(&long, &mut message),
+            Err(IsoError::TrailingBytes { offset: out.len() as u32, count: 1 })
+        );
         // Packing checks too, and leaves the output as it was.
         let mut wrong = sample();
         wrong.set_str(3, "00000").expect("set");
