@@ -521,7 +521,7 @@ impl Profile {
         }
         let mut bitmap = self.read_bitmap(&mut reader)?;
         if bitmap & (1 << 127) != 0 {
-            bitmap |= u128::from(self.read_bitmap(&mut reader)? >> 64);
+            bitmap |= self.read_bitmap(&mut reader)? >> 64;
         }
         for field in 2..=FIELD_MAX {
             if bitmap & (1u128 << (128 - field)) == 0 || field == 65 {
