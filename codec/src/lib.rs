@@ -15,6 +15,7 @@
 //! - [`emv_qr`]: EMVCo merchant-presented QR (parse, validate, generate) and UnionPay URLs.
 //! - [`currency`]: ISO 4217 exponents and exact decimal amounts.
 //! - [`iso8583`]: ISO 8583 (1987) driven by data profiles, pyiso8583-compatible.
+//! - [`translate`]: ISO 8583 to and from the canonical model, lossless.
 //!
 //! The byte-exact format is documented in `PROTOCOL.md` beside this crate, and tests check
 //! the document against the code.
@@ -29,6 +30,7 @@ pub mod message;
 pub mod payment_code;
 pub mod sample;
 pub mod signon;
+pub mod translate;
 
 pub use code::{RejectReason, ReplyCode, ReversalReason, SignOffReason, TransactionStatus};
 pub use field::{
