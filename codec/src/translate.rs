@@ -72,6 +72,9 @@ pub enum TranslateError {
 }
 
 /// What an ISO 8583 message means in the model.
+// `Message` is large (a QR request); like `Message` itself it is built in place and moved
+// once, so it is not boxed.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Translated {
     Message(Message),
@@ -221,7 +224,7 @@ fn country_alpha2(numeric: u16) -> &'static str {
     }
 }
 
-fn field<'m>(message: &'m IsoMessage, number: u8) -> Result<&'m str, TranslateError> {
+fn field(message: &IsoMessage, number: u8) -> Result<&str, TranslateError> {
     message.get_str(usize::from(number)).ok_or(TranslateError::MissingField { field: number })
 }
 
