@@ -369,6 +369,13 @@ macro_rules! text_field {
             }
         }
 
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                // `Display` is the text, or the masked form for sensitive fields.
+                serializer.collect_str(self)
+            }
+        }
+
         impl std::str::FromStr for $name {
             type Err = FieldProblem;
             fn from_str(text: &str) -> Result<Self, FieldProblem> {

@@ -118,12 +118,13 @@ fn check_code<T: TryFrom<u16>>(value: u16, field: &'static str, offset: usize) -
 
 /// Switch to participant, first frame on every connection: the challenge the participant
 /// must prove its key over.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 #[rkyv(derive(Debug))]
 pub struct SignOnChallenge {
     /// The switch's own institution id (bound into the proof).
     pub switch_id: InstitutionId,
     /// 32 random bytes, new for every connection.
+    #[serde(serialize_with = "hex_bytes")]
     pub server_nonce: [u8; PROOF_SIZE],
     /// The highest protocol version the switch speaks.
     pub protocol_version: u16,
@@ -131,13 +132,15 @@ pub struct SignOnChallenge {
 }
 
 /// Participant to switch: who I am, and proof that I hold my key. Never the key itself.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 #[rkyv(derive(Debug))]
 pub struct SignOnRequest {
     pub participant: InstitutionId,
     /// 32 random bytes chosen by the participant (bound into the switch's proof).
+    #[serde(serialize_with = "hex_bytes")]
     pub client_nonce: [u8; PROOF_SIZE],
     /// HMAC-SHA256 under the participant's key; see [`crate::signon`].
+    #[serde(serialize_with = "hex_bytes")]
     pub proof: [u8; PROOF_SIZE],
     pub protocol_version: u16,
     /// Which of the participant's keys made the proof (keys rotate with an overlap).
@@ -147,11 +150,12 @@ pub struct SignOnRequest {
 
 /// Switch to participant: the sign-on outcome. On approval, the switch proves it holds the
 /// key too (mutual authentication) and states the session's timers.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 #[rkyv(derive(Debug))]
 pub struct SignOnResult {
     pub session_id: u64,
     /// HMAC-SHA256 under the participant's key; all zero when refused.
+    #[serde(serialize_with = "hex_bytes")]
     pub server_proof: [u8; PROOF_SIZE],
     /// The participant sends an echo when it has sent nothing for this long.
     pub echo_interval_ms: u32,
@@ -163,7 +167,7 @@ pub struct SignOnResult {
 }
 
 /// Echo (heartbeat), either way. The reply carries the request's values back.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 #[rkyv(derive(Debug))]
 pub struct Echo {
     pub sequence: u64,
@@ -171,7 +175,7 @@ pub struct Echo {
 }
 
 /// Sign-off request (reason: [`SignOffReason`]) and its reply (code: [`ReplyCode`]).
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 #[rkyv(derive(Debug))]
 pub struct SignOff {
     pub code: u16,
@@ -184,7 +188,7 @@ pub struct SignOff {
 
 /// The elements every payment request carries (the barcode payment interconnection rules'
 /// message elements). Embedded at offset 0 of both request bodies.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 #[rkyv(derive(Debug))]
 pub struct TransactionDetails {
     /// The institution that originated the request. Must equal the signed-on sender.
@@ -265,7 +269,7 @@ impl ArchivedTransactionDetails {
 
 /// Consumer-presented (B scans C, 被扫): the merchant's acquirer scanned the payer's
 /// payment code. Routed to the issuer by the code's prefix.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 #[rkyv(derive(Debug))]
 pub struct PaymentCodeRequest {
     pub details: TransactionDetails,
@@ -288,6 +292,22 @@ impl Default for QrPayload {
     }
 }
 
+impl serde::Serialize for QrPayload {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let length = self.0.iter().position(|&b| b == 0).unwrap_or(QR_PAYLOAD_SIZE_MAX);
+        serializer.collect_str(&String::from_utf8_lossy(&self.0[..length]))
+    }
+}
+
+/// Serialises bytes as lower-case hex (nonces and proofs in inspection output).
+fn hex_bytes<S: serde::Serializer>(bytes: &[u8; PROOF_SIZE], serializer: S) -> Result<S::Ok, S::Error> {
+    let mut text = String::with_capacity(2 * PROOF_SIZE);
+    for byte in bytes {
+        text.push_str(&format!("{byte:02x}"));
+    }
+    serializer.serialize_str(&text)
+}
+
 impl std::fmt::Debug for QrPayload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let length = self.0.iter().position(|&b| b == 0).unwrap_or(QR_PAYLOAD_SIZE_MAX);
@@ -297,7 +317,7 @@ impl std::fmt::Debug for QrPayload {
 
 /// Merchant-presented (C scans B, 主扫): the payer's wallet scanned the merchant's QR code.
 /// Routed to the acquirer by the QR's network GUID.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 #[rkyv(derive(Debug))]
 pub struct QrPaymentRequest {
     pub details: TransactionDetails,
@@ -338,7 +358,7 @@ impl ArchivedQrPaymentRequest {
 }
 
 /// A reply to a payment, reversal or refund: approved, declined, or a switch answer.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 #[rkyv(derive(Debug))]
 pub struct Reply {
     /// The originator of the request answered (echoed).
@@ -377,7 +397,7 @@ impl ArchivedReply {
 /// A request that refers to an earlier transaction: a reversal (kind `ReversalRequest`) or
 /// a refund (kind `RefundRequest`). The original is named by its switch reference, or, when
 /// the sender never learnt it (it timed out), by the original originator transaction id.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 #[rkyv(derive(Debug))]
 pub struct LinkedRequest {
     pub originator: InstitutionId,
@@ -400,7 +420,7 @@ pub struct LinkedRequest {
 }
 
 /// Ask the switch for a transaction's state.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 #[rkyv(derive(Debug))]
 pub struct StatusQuery {
     pub originator: InstitutionId,
@@ -412,7 +432,7 @@ pub struct StatusQuery {
 }
 
 /// The switch's answer to a status query.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 #[rkyv(derive(Debug))]
 pub struct StatusReply {
     pub originator: InstitutionId,
@@ -429,7 +449,7 @@ pub struct StatusReply {
 }
 
 /// The switch's answer to a frame it could not accept: which check failed and where.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 #[rkyv(derive(Debug))]
 pub struct Reject {
     /// Byte offset in the rejected frame (from its first header byte) of the problem.
@@ -696,7 +716,7 @@ macro_rules! message_kinds {
         // The QR request (720 bytes) makes this enum large. Messages are built in place and
         // passed by reference; boxing the variant would allocate for every QR message.
         #[allow(clippy::large_enum_variant)]
-        #[derive(Debug, Clone, PartialEq, Eq)]
+        #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
         pub enum Message {
             $($(#[$meta])* $variant($body),)*
         }

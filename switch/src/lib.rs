@@ -4,8 +4,10 @@
 //! - [`edge`]: sockets and event loops that drive the core.
 //! - [`participant`]: the participant directory.
 //! - [`config`]: configuration and the embedded default.
+//! - [`inspect`]: `switch inspect`, the integrator's decoder for QR, ISO 8583 and frames.
 
 pub mod config;
 pub mod core;
 pub mod edge;
+pub mod inspect;
 pub mod participant;

@@ -20,6 +20,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Decode a participant's message and print its fields as JSON (sensitive values
+    /// masked). Exits 1 with the offset and field on stderr when the input is invalid.
+    #[command(subcommand)]
+    Inspect(Inspect),
     /// Run the switch. With no options: the embedded demo network on 127.0.0.1:7400.
     Run {
         /// Address for participant connections.
@@ -28,10 +32,47 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum Inspect {
+    /// An EMVCo merchant-presented QR payload, or a UnionPay QR URL.
+    Qr { payload: String },
+    /// An ISO 8583 message in hex (without its length header unless --framed).
+    Iso8583 {
+        hex: String,
+        /// The participant profile: binary or ascii.
+        #[arg(long, default_value = "binary")]
+        profile: String,
+        /// The hex starts with the profile's TCP length header.
+        #[arg(long)]
+        framed: bool,
+    },
+    /// One native-protocol frame in hex.
+    Frame { hex: String },
+}
+
 fn main() {
     if let Err(error) = main_inner() {
         eprintln!("switch: error: {error:#}");
         std::process::exit(1);
+    }
+}
+
+fn inspect(command: Inspect) -> anyhow::Result<()> {
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let result = match command {
+        Inspect::Qr { payload } => switch::inspect::qr(&payload),
+        Inspect::Iso8583 { hex, profile, framed } => switch::inspect::iso8583(&hex, &profile, framed, now_ms),
+        Inspect::Frame { hex } => switch::inspect::frame(&hex),
+    };
+    match result {
+        Ok(value) => {
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            Ok(())
+        }
+        Err(error) => {
+            eprintln!("switch inspect: {error}");
+            std::process::exit(1);
+        }
     }
 }
 
@@ -44,6 +85,7 @@ fn main_inner() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { listen } => run(SwitchConfig { listen, ..SwitchConfig::embedded_default() }),
+        Command::Inspect(command) => inspect(command),
     }
 }
 
