@@ -105,7 +105,7 @@ fn two_digits(bytes: &[u8]) -> Option<u8> {
 
 /// Reads the data object at byte `position` of `list` (whose first byte is at payload
 /// offset `base`). Returns it and the position after it.
-fn next_tlv(list: &str, position: usize, base: usize) -> Result<(Tlv<'_>, usize), QrError> {
+fn next_tlv(list: &str, position: usize, base: usize, ascii: bool) -> Result<(Tlv<'_>, usize), QrError> {
     let offset = (base + position) as u32;
     let bytes = list.as_bytes();
     let Some(header) = bytes.get(position..position + 4) else {
@@ -116,7 +116,9 @@ fn next_tlv(list: &str, position: usize, base: usize) -> Result<(Tlv<'_>, usize)
     let start = position + 4;
     // The header is ASCII, so `start` is a char boundary.
     let rest = &list[start..];
-    let end = if rest.is_ascii() {
+    // `ascii` is known for the whole payload: checking the rest again at every object
+    // would make parsing quadratic.
+    let end = if ascii {
         Some(usize::from(declared)).filter(|&n| n <= rest.len())
     } else {
         rest.char_indices().map(|(i, _)| i).chain(std::iter::once(rest.len())).nth(usize::from(declared))
@@ -142,7 +144,7 @@ impl<'a> Iterator for TlvIter<'a> {
         if self.position >= self.list.len() {
             return None;
         }
-        let (tlv, next) = next_tlv(self.list, self.position, self.base).ok()?;
+        let (tlv, next) = next_tlv(self.list, self.position, self.base, self.list.is_ascii()).ok()?;
         self.position = next;
         Some(tlv)
     }
@@ -160,8 +162,9 @@ fn check_list<'a>(
 ) -> Result<u128, QrError> {
     let mut seen = 0u128;
     let mut position = 0;
+    let ascii = list.is_ascii();
     while position < list.len() {
-        let (tlv, next) = next_tlv(list, position, base)?;
+        let (tlv, next) = next_tlv(list, position, base, ascii)?;
         if seen & (1 << tlv.tag) != 0 {
             return Err(QrError::DuplicateTag { offset: tlv.offset, tag: tlv.tag });
         }

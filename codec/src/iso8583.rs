@@ -436,6 +436,7 @@ fn content_ok(spec: &FieldSpec, value: &[u8]) -> Option<usize> {
     match (spec.content, spec.data) {
         (Content::Numeric, _) => value.iter().position(|b| !b.is_ascii_digit()),
         (Content::Alphanumeric, _) => value.iter().position(|b| !b.is_ascii_alphanumeric()),
+        (Content::Text, Data::Utf8) if value.is_ascii() => value.iter().position(|b| !(0x20..=0x7E).contains(b)),
         (Content::Text, Data::Utf8) => match std::str::from_utf8(value) {
             Ok(text) => text.char_indices().find(|(_, c)| c.is_control()).map(|(i, _)| i),
             Err(error) => Some(error.valid_up_to()),
@@ -469,15 +470,23 @@ impl<'a> Reader<'a> {
 }
 
 fn unpack_bcd(packed: &[u8], digits: usize, out: &mut Vec<u8>) -> Option<()> {
-    // An odd count carries a leading pad nibble, which must be 0.
-    let skip = packed.len() * 2 - digits;
-    for (index, nibble) in packed.iter().flat_map(|b| [b >> 4, b & 0x0F]).enumerate() {
-        if nibble > 9 || (index < skip && nibble != 0) {
+    let mut bytes = packed;
+    if digits % 2 == 1 {
+        // An odd count carries a leading pad nibble, which must be 0.
+        let (&first, rest) = bytes.split_first()?;
+        if first > 9 {
             return None;
         }
-        if index >= skip {
-            out.push(b'0' + nibble);
+        out.push(b'0' + first);
+        bytes = rest;
+    }
+    out.reserve(bytes.len() * 2);
+    for &byte in bytes {
+        let (high, low) = (byte >> 4, byte & 0x0F);
+        if high > 9 || low > 9 {
+            return None;
         }
+        out.extend_from_slice(&[b'0' + high, b'0' + low]);
     }
     Some(())
 }
@@ -509,9 +518,14 @@ impl Profile {
         let mut reader = Reader { bytes, position: 0 };
         if self.mti_bcd {
             let raw = reader.take(2, 0)?;
-            let mut digits = Vec::with_capacity(4);
-            unpack_bcd(raw, 4, &mut digits).ok_or(IsoError::BadMti { offset: 0 })?;
-            message.mti.copy_from_slice(&digits);
+            let mut digits = [0u8; 4];
+            for (index, nibble) in raw.iter().flat_map(|b| [b >> 4, b & 0x0F]).enumerate() {
+                if nibble > 9 {
+                    return Err(IsoError::BadMti { offset: 0 });
+                }
+                digits[index] = b'0' + nibble;
+            }
+            message.mti = digits;
         } else {
             let raw = reader.take(4, 0)?;
             if !raw.iter().all(u8::is_ascii_digit) {
@@ -643,8 +657,9 @@ impl Profile {
             if self.bitmap_binary {
                 out.extend_from_slice(&raw);
             } else {
+                const HEX: &[u8; 16] = b"0123456789ABCDEF";
                 for byte in raw {
-                    let _ = fmt::Write::write_fmt(&mut HexSink(out), format_args!("{byte:02X}"));
+                    out.extend_from_slice(&[HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0x0F)]]);
                 }
             }
         }
@@ -687,14 +702,16 @@ impl Profile {
                 });
             }
             let width = usize::from(spec.prefix_bytes);
+            // The length in decimal, right-aligned in 8 digits (max_len fits the prefix).
+            let mut digits = [b'0'; 8];
+            let mut rest = length;
+            for slot in digits.iter_mut().rev() {
+                *slot = b'0' + (rest % 10) as u8;
+                rest /= 10;
+            }
             match spec.prefix {
-                LengthEncoding::Ascii => {
-                    let _ = fmt::Write::write_fmt(&mut HexSink(out), format_args!("{length:0width$}"));
-                }
-                LengthEncoding::Bcd => {
-                    let digits = format!("{length:0w$}", w = width * 2);
-                    pack_bcd(digits.as_bytes(), out);
-                }
+                LengthEncoding::Ascii => out.extend_from_slice(&digits[8 - width..]),
+                LengthEncoding::Bcd => pack_bcd(&digits[8 - 2 * width..], out),
                 LengthEncoding::Binary => out.extend_from_slice(&(length as u64).to_be_bytes()[8 - width..]),
             }
         }
