@@ -755,16 +755,6 @@ impl Profile {
     }
 }
 
-/// Lets `write!` append ASCII to a byte vector.
-struct HexSink<'a>(&'a mut Vec<u8>);
-
-impl fmt::Write for HexSink<'_> {
-    fn write_str(&mut self, text: &str) -> fmt::Result {
-        self.0.extend_from_slice(text.as_bytes());
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
