@@ -376,6 +376,15 @@ macro_rules! text_field {
             }
         }
 
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(deserializer)?;
+                Self::new(&text).map_err(|problem| {
+                    serde::de::Error::custom(format_args!("{} {text:?} {problem}", stringify!($name)))
+                })
+            }
+        }
+
         impl std::str::FromStr for $name {
             type Err = FieldProblem;
             fn from_str(text: &str) -> Result<Self, FieldProblem> {

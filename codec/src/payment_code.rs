@@ -45,8 +45,10 @@ pub enum IssuerTableError {
 }
 
 /// One row of the issuer table: codes starting with `prefix`, of `length_min..=length_max`
-/// digits, belong to `issuer`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// digits, belong to `issuer`. Deserialises from configuration (TOML, JSON), e.g.
+/// `{ prefix = "62", length_min = 19, length_max = 19, issuer = "UNIONPAY" }`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct IssuerPrefix {
     pub prefix: String,
     pub length_min: u8,
@@ -233,6 +235,25 @@ mod tests {
             IssuerTable::new(vec![row("62", 16, 19), row("62", 18, 19)]),
             Err(IssuerTableError::DuplicatePrefix { entry: 1, .. })
         ));
+    }
+
+    #[test]
+    fn tables_load_from_configuration() {
+        let rows: Vec<IssuerPrefix> = serde_json::from_str(
+            r#"[{"prefix": "62", "length_min": 16, "length_max": 19, "issuer": "UNIONPAY"},
+                {"prefix": "9", "length_min": 18, "length_max": 18, "issuer": "WAL0001"}]"#,
+        )
+        .expect("valid rows");
+        let table = IssuerTable::new(rows).expect("valid table");
+        check(&table, "912345678901234567", Ok("WAL0001"));
+        let error = serde_json::from_str::<Vec<IssuerPrefix>>(
+            r#"[{"prefix": "62", "length_min": 16, "length_max": 19, "issuer": "union pay"}]"#,
+        )
+        .expect_err("bad id");
+        assert!(
+            error.to_string().contains("InstitutionId \"union pay\" has a character outside its charset"),
+            "{error}"
+        );
     }
 
     #[test]
