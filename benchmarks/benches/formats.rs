@@ -5,38 +5,15 @@
 
 use std::hint::black_box;
 
-use codec::emv_qr::{AccountSpec, Initiation, MerchantQr, QrSpec};
+use codec::emv_qr::MerchantQr;
 use codec::iso8583::{IsoMessage, Profile};
 use codec::payment_code::IssuerTable;
 use criterion::{Criterion, criterion_group, criterion_main};
 
-/// A dynamic cross-border code: UTF-8 names and the alternate-language template.
-fn dynamic_utf8_payload() -> String {
-    QrSpec {
-        initiation: Initiation::Dynamic,
-        accounts: vec![AccountSpec {
-            tag: 26,
-            guid: "A000000333010101".into(),
-            fields: vec![(1, "310115000123456".into())],
-        }],
-        merchant_category_code: 5812,
-        currency: 156,
-        amount: Some("128.50".into()),
-        country: "CN".into(),
-        merchant_name: "全聚德 QUANJUDE".into(),
-        merchant_city: "北京".into(),
-        postal_code: Some("100005".into()),
-        additional_data: vec![(1, "INV-2026-0001".into()), (7, "T0000042".into())],
-        alternate_language: Some(("zh".into(), "全聚德烤鸭店".into(), Some("北京".into()))),
-    }
-    .encode()
-    .expect("valid spec")
-}
-
 fn emv_qr(c: &mut Criterion) {
     let mut group = c.benchmark_group("emv_qr");
     let static_ascii = codec::sample::SAMPLE_QR_PAYLOAD;
-    let dynamic = dynamic_utf8_payload();
+    let dynamic = codec::sample::cross_border_qr_spec().encode().expect("valid spec");
     group.bench_function("parse_with_crc/static_ascii_122", |b| {
         b.iter(|| {
             let qr = MerchantQr::parse(black_box(static_ascii)).expect("valid");

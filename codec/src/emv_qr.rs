@@ -661,29 +661,9 @@ mod tests {
         assert_eq!(qr.initiation(), Some(Initiation::Static));
     }
 
-    fn spec() -> QrSpec {
-        QrSpec {
-            initiation: Initiation::Dynamic,
-            accounts: vec![AccountSpec {
-                tag: 26,
-                guid: "A000000333010101".into(),
-                fields: vec![(1, "310115000123456".into())],
-            }],
-            merchant_category_code: 5812,
-            currency: 156,
-            amount: Some("128.50".into()),
-            country: "CN".into(),
-            merchant_name: "全聚德 QUANJUDE".into(),
-            merchant_city: "北京".into(),
-            postal_code: Some("100005".into()),
-            additional_data: vec![(1, "INV-2026-0001".into()), (7, "T0000042".into())],
-            alternate_language: Some(("zh".into(), "全聚德烤鸭店".into(), Some("北京".into()))),
-        }
-    }
-
     #[test]
     fn generated_payloads_parse_back() {
-        let payload = spec().encode().expect("valid spec");
+        let payload = crate::sample::cross_border_qr_spec().encode().expect("valid spec");
         let qr = MerchantQr::parse(&payload).expect("parses");
         assert_eq!(qr.merchant_name(), "全聚德 QUANJUDE");
         assert_eq!(qr.alternate_language(), Some(("zh", "全聚德烤鸭店", Some("北京"))));

@@ -80,6 +80,19 @@ impl FieldSpec {
         self.prefix_bytes == 0
     }
 
+    /// A variable field's length against its maximum.
+    fn check_length_max(&self, length: usize, offset: u32) -> Result<(), IsoError> {
+        if length > usize::from(self.length_max) {
+            return Err(IsoError::TooLong {
+                field: self.number,
+                offset,
+                length: length as u32,
+                max: u32::from(self.length_max),
+            });
+        }
+        Ok(())
+    }
+
     /// Wire bytes of `length` units of data.
     fn wire_bytes(&self, length: usize) -> usize {
         if self.data == Data::Bcd { length.div_ceil(2) } else { length }
@@ -599,14 +612,7 @@ impl Profile {
                 }
                 LengthEncoding::Binary => raw.iter().fold(0usize, |n, &b| n << 8 | usize::from(b)),
             };
-            if length > usize::from(spec.length_max) {
-                return Err(IsoError::TooLong {
-                    field,
-                    offset,
-                    length: length as u32,
-                    max: u32::from(spec.length_max),
-                });
-            }
+            spec.check_length_max(length, offset)?;
             length
         };
         let raw = reader.take(spec.wire_bytes(length), field)?;
@@ -693,14 +699,7 @@ impl Profile {
                 });
             }
         } else {
-            if length > usize::from(spec.length_max) {
-                return Err(IsoError::TooLong {
-                    field,
-                    offset,
-                    length: length as u32,
-                    max: u32::from(spec.length_max),
-                });
-            }
+            spec.check_length_max(length, offset)?;
             let width = usize::from(spec.prefix_bytes);
             // The length in decimal, right-aligned in 8 digits (max_len fits the prefix).
             let mut digits = [b'0'; 8];

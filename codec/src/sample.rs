@@ -67,6 +67,27 @@ pub fn qr_payment_request() -> QrPaymentRequest {
     request
 }
 
+/// A dynamic cross-border merchant QR: UTF-8 names and the alternate-language template.
+pub fn cross_border_qr_spec() -> crate::emv_qr::QrSpec {
+    crate::emv_qr::QrSpec {
+        initiation: crate::emv_qr::Initiation::Dynamic,
+        accounts: vec![crate::emv_qr::AccountSpec {
+            tag: 26,
+            guid: "A000000333010101".into(),
+            fields: vec![(1, "310115000123456".into())],
+        }],
+        merchant_category_code: 5812,
+        currency: 156,
+        amount: Some("128.50".into()),
+        country: "CN".into(),
+        merchant_name: "全聚德 QUANJUDE".into(),
+        merchant_city: "北京".into(),
+        postal_code: Some("100005".into()),
+        additional_data: vec![(1, "INV-2026-0001".into()), (7, "T0000042".into())],
+        alternate_language: Some(("zh".into(), "全聚德烤鸭店".into(), Some("北京".into()))),
+    }
+}
+
 /// The issuer's approval of [`payment_code_request`], as forwarded back.
 pub fn payment_reply() -> Reply {
     Reply {

@@ -240,9 +240,12 @@ fn sub_text<T: std::str::FromStr<Err = crate::field::FieldProblem>>(value: &str,
     value.parse().map_err(|problem| TranslateError::BadSubelement { tag, problem: format!("{problem}") })
 }
 
-fn hex_reference(value: &str, tag: u8) -> Result<u64, TranslateError> {
-    u64::from_str_radix(value, 16)
-        .map_err(|_| TranslateError::BadSubelement { tag, problem: "not 16 hexadecimal digits".into() })
+/// A switch reference subelement (16 hex digits), or zero when absent.
+fn reference(subelements: &Subelements<'_>, tag: u8) -> Result<u64, TranslateError> {
+    subelements.get(tag).map_or(Ok(0), |value| {
+        u64::from_str_radix(value, 16)
+            .map_err(|_| TranslateError::BadSubelement { tag, problem: "not 16 hexadecimal digits".into() })
+    })
 }
 
 fn reply_code_from_iso(code: &str) -> ReplyCode {
@@ -505,9 +508,7 @@ fn details(
     Ok(TransactionDetails {
         originator: text(field(message, 32)?, 32)?,
         originator_transaction_id: transaction_id(message, subelements)?,
-        switch_reference: subelements
-            .get(tag::SWITCH_REFERENCE)
-            .map_or(Ok(0), |v| hex_reference(v, tag::SWITCH_REFERENCE))?,
+        switch_reference: reference(subelements, tag::SWITCH_REFERENCE)?,
         amount_minor: parse_number(field(message, 4)?, 4)?,
         transaction_time_ms: time_ms(message, subelements, now_ms)?,
         currency: parse_number(field(message, 49)?, 49)?,
@@ -535,9 +536,7 @@ fn reply(message: &IsoMessage, subelements: &Subelements<'_>, now_ms: i64) -> Re
     Ok(Reply {
         originator: text(field(message, 32)?, 32)?,
         originator_transaction_id: transaction_id(message, subelements)?,
-        switch_reference: subelements
-            .get(tag::SWITCH_REFERENCE)
-            .map_or(Ok(0), |v| hex_reference(v, tag::SWITCH_REFERENCE))?,
+        switch_reference: reference(subelements, tag::SWITCH_REFERENCE)?,
         amount_minor: message.get_str(4).map_or(Ok(0), |v| parse_number(v, 4))?,
         reply_time_ms: time_ms(message, subelements, now_ms)?,
         currency: message.get_str(49).map_or(Ok(0), |v| parse_number(v, 49))?,
@@ -552,12 +551,8 @@ fn linked(message: &IsoMessage, subelements: &Subelements<'_>, now_ms: i64) -> R
     Ok(LinkedRequest {
         originator: text(field(message, 32)?, 32)?,
         originator_transaction_id: transaction_id(message, subelements)?,
-        switch_reference: subelements
-            .get(tag::SWITCH_REFERENCE)
-            .map_or(Ok(0), |v| hex_reference(v, tag::SWITCH_REFERENCE))?,
-        original_switch_reference: subelements
-            .get(tag::ORIGINAL_SWITCH_REFERENCE)
-            .map_or(Ok(0), |v| hex_reference(v, tag::ORIGINAL_SWITCH_REFERENCE))?,
+        switch_reference: reference(subelements, tag::SWITCH_REFERENCE)?,
+        original_switch_reference: reference(subelements, tag::ORIGINAL_SWITCH_REFERENCE)?,
         amount_minor: parse_number(field(message, 4)?, 4)?,
         transaction_time_ms: time_ms(message, subelements, now_ms)?,
         currency: parse_number(field(message, 49)?, 49)?,
