@@ -1,12 +1,20 @@
-//! The switch's configuration and its embedded default.
+//! The switch's configuration: the embedded default, and TOML files validated at start-up.
 //!
 //! The embedded default is a demo network on loopback: a switch on 127.0.0.1:7400 and a few
 //! participants whose demo keys are printed in the README. It lets `switch run` work with no
 //! file at all; production configuration never uses these keys.
+//!
+//! A file is read whole and checked before anything starts: unknown keys, bad values and
+//! inconsistencies are refused with the file, the key and what is wrong
+//! (`deploy/switch.example.toml` documents every key). Secrets come from hex in the file or,
+//! better, from a separate file (`secret_file`), so the main file can be shared.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use codec::InstitutionId;
+use serde::Deserialize;
 
 use crate::core::session::SessionConfig;
 use crate::participant::{Participant, Role, SharedKey};
@@ -46,5 +54,284 @@ impl SwitchConfig {
                 demo("WAL0001", "Demo foreign wallet", &[Role::Issuer]),
             ],
         }
+    }
+}
+
+/// A configuration file that cannot be used: which file, which key, what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read")]
+    Read { file: PathBuf, source: std::io::Error },
+    #[error("{file}: {detail}")]
+    Syntax { file: PathBuf, detail: String },
+    #[error("{file}: {key}: {problem}")]
+    Invalid { file: PathBuf, key: String, problem: String },
+}
+
+/// Bounds on the session timers a file may set (milliseconds).
+const SIGN_ON_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 1_000..=300_000;
+const ECHO_INTERVAL_MS: std::ops::RangeInclusive<u32> = 1_000..=600_000;
+/// The shortest shared key accepted, in bytes (HMAC-SHA256 wants at least 16; 32 is better).
+const KEY_SIZE_MIN: usize = 16;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    switch: FileSwitch,
+    #[serde(default)]
+    session: FileSession,
+    #[serde(default, rename = "participant")]
+    participants: Vec<FileParticipant>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSwitch {
+    id: InstitutionId,
+    listen: SocketAddr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSession {
+    sign_on_timeout_ms: u64,
+    echo_interval_ms: u32,
+    idle_timeout_ms: u32,
+}
+
+impl Default for FileSession {
+    fn default() -> Self {
+        let defaults = SessionConfig::default();
+        Self {
+            sign_on_timeout_ms: defaults.sign_on_timeout_ms,
+            echo_interval_ms: defaults.echo_interval_ms,
+            idle_timeout_ms: defaults.idle_timeout_ms,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileParticipant {
+    id: InstitutionId,
+    name: String,
+    roles: Vec<FileRole>,
+    #[serde(rename = "key")]
+    keys: Vec<FileKey>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum FileRole {
+    Issuer,
+    Acquirer,
+    Network,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileKey {
+    id: u16,
+    #[serde(default)]
+    secret_hex: Option<String>,
+    #[serde(default)]
+    secret_file: Option<PathBuf>,
+}
+
+impl SwitchConfig {
+    /// Reads and validates a TOML configuration file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: path.into(), source })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses and validates `text`, reporting errors against `path` (relative secret files
+    /// are found beside it).
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|error| ConfigError::Syntax {
+            file: path.into(),
+            detail: error.to_string().trim_end().to_string(),
+        })?;
+        let invalid = |key: String, problem: String| ConfigError::Invalid { file: path.into(), key, problem };
+
+        let session = &file.session;
+        if !SIGN_ON_TIMEOUT_MS.contains(&session.sign_on_timeout_ms) {
+            return Err(invalid("session.sign_on_timeout_ms".into(), format!("must be {SIGN_ON_TIMEOUT_MS:?}")));
+        }
+        if !ECHO_INTERVAL_MS.contains(&session.echo_interval_ms) {
+            return Err(invalid("session.echo_interval_ms".into(), format!("must be {ECHO_INTERVAL_MS:?}")));
+        }
+        if session.idle_timeout_ms < session.echo_interval_ms.saturating_mul(2) {
+            return Err(invalid(
+                "session.idle_timeout_ms".into(),
+                "must be at least twice session.echo_interval_ms, or idle sessions are cut between echoes".into(),
+            ));
+        }
+        if file.participants.is_empty() {
+            return Err(invalid("participant".into(), "at least one [[participant]] is needed".into()));
+        }
+
+        let mut seen = HashSet::new();
+        let mut participants = Vec::with_capacity(file.participants.len());
+        for (index, participant) in file.participants.into_iter().enumerate() {
+            let key = |field: &str| format!("participant[{index}] ({}).{field}", participant.id);
+            if !seen.insert(participant.id) {
+                return Err(invalid(key("id"), "appears twice".into()));
+            }
+            if participant.roles.is_empty() {
+                return Err(invalid(key("roles"), "needs at least one of issuer, acquirer, network".into()));
+            }
+            if participant.keys.is_empty() {
+                return Err(invalid(key("key"), "needs at least one [[participant.key]]".into()));
+            }
+            let mut key_ids = HashSet::new();
+            let mut keys = Vec::with_capacity(participant.keys.len());
+            for (key_index, file_key) in participant.keys.iter().enumerate() {
+                let name = |field: &str| key(&format!("key[{key_index}].{field}"));
+                if !key_ids.insert(file_key.id) {
+                    return Err(invalid(name("id"), format!("key id {} appears twice", file_key.id)));
+                }
+                let secret = match (&file_key.secret_hex, &file_key.secret_file) {
+                    (Some(secret_hex), None) => hex::decode(secret_hex)
+                        .ok()
+                        .ok_or_else(|| invalid(name("secret_hex"), "is not hexadecimal".into()))?,
+                    (None, Some(secret_path)) => {
+                        let resolved = path.parent().unwrap_or(Path::new(".")).join(secret_path);
+                        let text = std::fs::read_to_string(&resolved).map_err(|error| {
+                            invalid(name("secret_file"), format!("cannot read {}: {error}", resolved.display()))
+                        })?;
+                        hex::decode(text.trim()).ok().ok_or_else(|| {
+                            invalid(
+                                name("secret_file"),
+                                format!("{} does not hold one hexadecimal key", resolved.display()),
+                            )
+                        })?
+                    }
+                    _ => {
+                        return Err(invalid(
+                            name("secret_hex"),
+                            "give exactly one of secret_hex and secret_file".into(),
+                        ));
+                    }
+                };
+                if secret.len() < KEY_SIZE_MIN {
+                    return Err(invalid(
+                        name("secret_hex"),
+                        format!("is {} bytes; at least {KEY_SIZE_MIN} are needed", secret.len()),
+                    ));
+                }
+                keys.push(SharedKey { key_id: file_key.id, secret });
+            }
+            participants.push(Participant {
+                id: participant.id,
+                name: participant.name,
+                roles: participant
+                    .roles
+                    .iter()
+                    .map(|role| match role {
+                        FileRole::Issuer => Role::Issuer,
+                        FileRole::Acquirer => Role::Acquirer,
+                        FileRole::Network => Role::Network,
+                    })
+                    .collect(),
+                keys,
+            });
+        }
+        Ok(Self {
+            listen: file.switch.listen,
+            session: SessionConfig {
+                switch_id: file.switch.id,
+                sign_on_timeout_ms: session.sign_on_timeout_ms,
+                echo_interval_ms: session.echo_interval_ms,
+                idle_timeout_ms: session.idle_timeout_ms,
+            },
+            participants,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<SwitchConfig, String> {
+        SwitchConfig::from_toml(text, Path::new("test.toml")).map_err(|e| e.to_string())
+    }
+
+    const MINIMAL: &str = r#"
+        [switch]
+        id = "CSWITCH"
+        listen = "127.0.0.1:7400"
+
+        [[participant]]
+        id = "ACQ0001"
+        name = "Acquirer"
+        roles = ["acquirer"]
+        [[participant.key]]
+        id = 1
+        secret_hex = "00112233445566778899aabbccddeeff"
+    "#;
+
+    #[test]
+    fn a_minimal_file_loads_with_default_timers() {
+        let config = parse(MINIMAL).expect("valid");
+        assert_eq!(config.participants.len(), 1);
+        assert_eq!(config.participants[0].keys[0].secret.len(), 16);
+        assert_eq!(config.session.idle_timeout_ms, 90_000);
+    }
+
+    #[test]
+    fn errors_name_the_file_the_key_and_the_problem() {
+        let cases = [
+            (MINIMAL.replace("listen =", "lissen ="), "test.toml: "),
+            (
+                MINIMAL.replace("\"CSWITCH\"", "\"c switch\""),
+                "InstitutionId \"c switch\" has a character outside its charset",
+            ),
+            (MINIMAL.replace("\"acquirer\"", "\"bank\""), "unknown variant `bank`"),
+            (
+                MINIMAL.replace("00112233445566778899aabbccddeeff", "0011"),
+                "test.toml: participant[0] (ACQ0001).key[0].secret_hex: is 2 bytes; at least 16 are needed",
+            ),
+            (
+                MINIMAL.replace("00112233445566778899aabbccddeeff", "zz"),
+                "participant[0] (ACQ0001).key[0].secret_hex: is not hexadecimal",
+            ),
+            (
+                MINIMAL.replace("roles = [\"acquirer\"]", "roles = []"),
+                "participant[0] (ACQ0001).roles: needs at least one",
+            ),
+            (
+                format!(
+                    "{MINIMAL}\n[session]\nsign_on_timeout_ms = 10\necho_interval_ms = 30000\nidle_timeout_ms = 90000\n"
+                ),
+                "session.sign_on_timeout_ms: must be 1000..=300000",
+            ),
+            (
+                format!(
+                    "{MINIMAL}\n[session]\nsign_on_timeout_ms = 10000\necho_interval_ms = 30000\nidle_timeout_ms = 40000\n"
+                ),
+                "session.idle_timeout_ms: must be at least twice",
+            ),
+            (
+                MINIMAL.replace("secret_hex = \"00112233445566778899aabbccddeeff\"", "secret_file = \"missing.key\""),
+                "key[0].secret_file: cannot read missing.key",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = parse(&text).expect_err("invalid");
+            assert!(error.contains(expected), "expected {expected:?} in {error:?}");
+        }
+        let twice = format!("{MINIMAL}{}", &MINIMAL[MINIMAL.find("[[participant]]").expect("present")..]);
+        assert!(parse(&twice).expect_err("duplicate").contains("participant[1] (ACQ0001).id: appears twice"));
+    }
+
+    #[test]
+    fn the_example_in_deploy_is_valid() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/switch.example.toml"));
+        let config = SwitchConfig::from_file(path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.participants.len() >= 3);
+        // Its secret files sit beside it, as the example explains.
+        assert!(config.participants.iter().all(|p| !p.keys.is_empty()));
     }
 }

@@ -26,9 +26,12 @@ enum Command {
     Inspect(Inspect),
     /// Run the switch. With no options: the embedded demo network on 127.0.0.1:7400.
     Run {
-        /// Address for participant connections.
-        #[arg(long, default_value = SwitchConfig::LISTEN_DEFAULT)]
-        listen: std::net::SocketAddr,
+        /// A TOML configuration file (see deploy/switch.example.toml), validated at start.
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// Address for participant connections (overrides the file's switch.listen).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
     },
 }
 
@@ -84,7 +87,16 @@ fn main_inner() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { listen } => run(SwitchConfig { listen, ..SwitchConfig::embedded_default() }),
+        Command::Run { config, listen } => {
+            let mut config = match config {
+                Some(path) => SwitchConfig::from_file(&path)?,
+                None => SwitchConfig::embedded_default(),
+            };
+            if let Some(listen) = listen {
+                config.listen = listen;
+            }
+            run(config)
+        }
         Command::Inspect(command) => inspect(command),
     }
 }
