@@ -71,6 +71,7 @@ pub enum ConfigError {
 /// Bounds on the session timers a file may set (milliseconds).
 const SIGN_ON_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 1_000..=300_000;
 const ECHO_INTERVAL_MS: std::ops::RangeInclusive<u32> = 1_000..=600_000;
+const DRAIN_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 0..=600_000;
 /// The shortest shared key accepted, in bytes (HMAC-SHA256 wants at least 16; 32 is better).
 const KEY_SIZE_MIN: usize = 16;
 
@@ -91,12 +92,14 @@ struct FileSwitch {
     listen: SocketAddr,
 }
 
+/// Each timer may be left out, keeping its default.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 struct FileSession {
     sign_on_timeout_ms: u64,
     echo_interval_ms: u32,
     idle_timeout_ms: u32,
+    drain_timeout_ms: u64,
 }
 
 impl Default for FileSession {
@@ -106,6 +109,7 @@ impl Default for FileSession {
             sign_on_timeout_ms: defaults.sign_on_timeout_ms,
             echo_interval_ms: defaults.echo_interval_ms,
             idle_timeout_ms: defaults.idle_timeout_ms,
+            drain_timeout_ms: defaults.drain_timeout_ms,
         }
     }
 }
@@ -166,6 +170,9 @@ impl SwitchConfig {
                 "session.idle_timeout_ms".into(),
                 "must be at least twice session.echo_interval_ms, or idle sessions are cut between echoes".into(),
             ));
+        }
+        if !DRAIN_TIMEOUT_MS.contains(&session.drain_timeout_ms) {
+            return Err(invalid("session.drain_timeout_ms".into(), format!("must be {DRAIN_TIMEOUT_MS:?}")));
         }
         if file.participants.is_empty() {
             return Err(invalid("participant".into(), "at least one [[participant]] is needed".into()));
@@ -244,6 +251,7 @@ impl SwitchConfig {
                 sign_on_timeout_ms: session.sign_on_timeout_ms,
                 echo_interval_ms: session.echo_interval_ms,
                 idle_timeout_ms: session.idle_timeout_ms,
+                drain_timeout_ms: session.drain_timeout_ms,
             },
             participants,
         })

@@ -13,16 +13,28 @@ use switch::edge::tcp::{Shared, serve};
 use switch::participant::Directory;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-async fn start_switch() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let config = SwitchConfig::embedded_default();
+struct Running {
+    address: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<()>,
+}
+
+async fn start_switch_with(drain_timeout_ms: u64) -> Running {
+    let mut config = SwitchConfig::embedded_default();
+    config.session.drain_timeout_ms = drain_timeout_ms;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let address = listener.local_addr().expect("local address");
     let shared = Arc::new(Shared::new(config.session, Directory::new(config.participants)));
     let (stop, stopped) = tokio::sync::oneshot::channel();
-    tokio::spawn(serve(listener, shared, async {
+    let served = tokio::spawn(serve(listener, shared, async {
         let _ = stopped.await;
     }));
-    (address, stop)
+    Running { address, stop, served }
+}
+
+async fn start_switch() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let running = start_switch_with(5_000).await;
+    (running.address, running.stop)
 }
 
 fn id(text: &str) -> InstitutionId {
@@ -109,4 +121,51 @@ async fn open_loop_run_is_answered_in_full() {
     assert_eq!(report.missing, 0, "{}", report.render());
     assert_eq!(report.replies_by_code.get(&ReplyCode::NoRoute.value()), Some(&1_000));
     assert_eq!(report.latency_us.len(), 1_000);
+}
+
+#[tokio::test]
+async fn shutdown_signs_off_sessions_and_waits_for_their_answer() {
+    let running = start_switch_with(5_000).await;
+    let mut client = Client::connect(running.address, id("ACQ0001"), 1, &demo_key("ACQ0001")).await.expect("sign on");
+    running.stop.send(()).expect("switch running");
+    let reason = client
+        .reader
+        .next(|m| match m {
+            MessageRef::SignOffRequest(sign_off) => sign_off.code.to_native(),
+            other => panic!("expected a sign-off, got {:?}", other.kind()),
+        })
+        .await
+        .expect("sign-off");
+    assert_eq!(reason, codec::SignOffReason::Shutdown.value());
+    // New work while draining is refused explicitly.
+    client.writer.send(&Message::PaymentCodeRequest(codec::sample::payment_code_request())).await.expect("send");
+    let code = client
+        .reader
+        .next(|m| match m {
+            MessageRef::PaymentReply(reply) => reply.code(),
+            other => panic!("expected a reply, got {:?}", other.kind()),
+        })
+        .await
+        .expect("reply");
+    assert_eq!(code, ReplyCode::SystemBusy);
+    let reply = codec::SignOff { code: ReplyCode::Approved.value(), reserved: [0; 6] };
+    client.writer.send(&Message::SignOffReply(reply)).await.expect("send");
+    assert!(client.reader.next(|_| ()).await.is_err(), "the switch closes after the sign-off reply");
+    // The drain ended on the answer, long before its 5 s deadline.
+    tokio::time::timeout(Duration::from_secs(2), running.served).await.expect("drained promptly").expect("serve");
+}
+
+#[tokio::test]
+async fn a_silent_session_is_closed_at_the_drain_deadline() {
+    let running = start_switch_with(300).await;
+    let mut client = Client::connect(running.address, id("ACQ0001"), 1, &demo_key("ACQ0001")).await.expect("sign on");
+    let started = std::time::Instant::now();
+    running.stop.send(()).expect("switch running");
+    tokio::time::timeout(Duration::from_secs(3), running.served).await.expect("drain bounded").expect("serve");
+    assert!(started.elapsed() >= Duration::from_millis(300), "waited for the deadline");
+    // The sign-off was sent, then the connection closed.
+    assert!(client.reader.next(|m| matches!(m, MessageRef::SignOffRequest(_))).await.expect("sign-off"));
+    assert!(client.reader.next(|_| ()).await.is_err());
+    // New connections are refused once draining started.
+    assert!(tokio::net::TcpStream::connect(running.address).await.is_err());
 }

@@ -34,6 +34,8 @@ pub struct SessionConfig {
     pub sign_on_timeout_ms: u64,
     pub echo_interval_ms: u32,
     pub idle_timeout_ms: u32,
+    /// On shutdown, how long a session may take to answer the switch's sign-off.
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for SessionConfig {
@@ -43,6 +45,7 @@ impl Default for SessionConfig {
             sign_on_timeout_ms: 10_000,
             echo_interval_ms: 30_000,
             idle_timeout_ms: 90_000,
+            drain_timeout_ms: 5_000,
         }
     }
 }
@@ -63,12 +66,26 @@ pub enum CloseReason {
     IdleTimeout,
     SignedOff,
     FramingError,
+    /// Shutdown before the session had signed on.
+    Shutdown,
+    /// Shutdown, and the participant did not answer the sign-off in time.
+    DrainDeadline,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    AwaitingSignOn { deadline_ms: u64 },
-    SignedOn { participant: InstitutionId },
+    AwaitingSignOn {
+        deadline_ms: u64,
+    },
+    SignedOn {
+        participant: InstitutionId,
+    },
+    /// The switch is shutting down: it sent a sign-off and waits for the reply until
+    /// `deadline_ms`; new requests are answered `SystemBusy`.
+    Draining {
+        participant: InstitutionId,
+        deadline_ms: u64,
+    },
     Closed,
 }
 
@@ -107,7 +124,7 @@ impl Session {
     /// The participant, once signed on.
     pub fn participant(&self) -> Option<InstitutionId> {
         match self.state {
-            State::SignedOn { participant } => Some(participant),
+            State::SignedOn { participant } | State::Draining { participant, .. } => Some(participant),
             _ => None,
         }
     }
@@ -117,6 +134,7 @@ impl Session {
         match self.state {
             State::AwaitingSignOn { deadline_ms } => deadline_ms,
             State::SignedOn { .. } => self.last_received_ms + u64::from(self.config.idle_timeout_ms),
+            State::Draining { deadline_ms, .. } => deadline_ms,
             State::Closed => self.last_received_ms,
         }
     }
@@ -134,10 +152,33 @@ impl Session {
                 }));
                 CloseReason::IdleTimeout
             }
+            State::Draining { .. } => CloseReason::DrainDeadline,
             State::Closed => CloseReason::SignedOff,
         };
         self.state = State::Closed;
         Control::Close(reason)
+    }
+
+    /// The switch is shutting down: a signed-on session is asked to sign off and given
+    /// `drain_timeout_ms` to answer; one that never signed on is closed at once.
+    pub fn handle_shutdown(&mut self, now: Now, out: &mut Vec<Message>) -> Control {
+        match self.state {
+            State::AwaitingSignOn { .. } => {
+                self.state = State::Closed;
+                Control::Close(CloseReason::Shutdown)
+            }
+            State::SignedOn { participant } => {
+                out.push(Message::SignOffRequest(SignOff {
+                    code: codec::SignOffReason::Shutdown.value(),
+                    reserved: [0; 6],
+                }));
+                let deadline_ms = now.monotonic_ms + self.config.drain_timeout_ms;
+                self.state = State::Draining { participant, deadline_ms };
+                Control::Continue
+            }
+            State::Draining { .. } => Control::Continue,
+            State::Closed => Control::Close(CloseReason::Shutdown),
+        }
     }
 
     /// A frame the decoder refused; `frame` is its bytes when the decoder consumed it.
@@ -153,7 +194,9 @@ impl Session {
         out: &mut Vec<Message>,
     ) -> Control {
         let salvaged = match self.state {
-            State::SignedOn { participant } => salvage_request(frame, error).map(|request| (participant, request)),
+            State::SignedOn { participant } | State::Draining { participant, .. } => {
+                salvage_request(frame, error).map(|request| (participant, request))
+            }
             _ => None,
         };
         match salvaged {
@@ -193,7 +236,8 @@ impl Session {
         match self.state {
             State::Closed => Control::Close(CloseReason::SignedOff),
             State::AwaitingSignOn { .. } => self.handle_sign_on(message, directory, out),
-            State::SignedOn { participant } => self.handle_signed_on(now, participant, message, out),
+            State::SignedOn { participant } => self.handle_signed_on(now, participant, false, message, out),
+            State::Draining { participant, .. } => self.handle_signed_on(now, participant, true, message, out),
         }
     }
 
@@ -243,20 +287,32 @@ impl Session {
         Control::Continue
     }
 
+    /// A message on a signed-on session; `draining` while the switch shuts down, when new
+    /// transactions are refused with `SystemBusy` and a sign-off reply ends the session.
     fn handle_signed_on(
         &mut self,
         now: Now,
         participant: InstitutionId,
+        draining: bool,
         message: MessageRef<'_>,
         out: &mut Vec<Message>,
     ) -> Control {
         let switch_id = self.config.switch_id;
+        let (no_route, unknown_original) = if draining {
+            (ReplyCode::SystemBusy, ReplyCode::SystemBusy)
+        } else {
+            (ReplyCode::NoRoute, ReplyCode::UnknownOriginal)
+        };
         match message {
             MessageRef::EchoRequest(echo) => {
                 out.push(Message::EchoReply(Echo {
                     sequence: echo.sequence.to_native(),
                     sent_time_ms: echo.sent_time_ms.to_native(),
                 }));
+            }
+            MessageRef::SignOffReply(_) if draining => {
+                self.state = State::Closed;
+                return Control::Close(CloseReason::SignedOff);
             }
             MessageRef::EchoReply(_) | MessageRef::SignOffReply(_) => {}
             MessageRef::SignOffRequest(_) => {
@@ -267,19 +323,19 @@ impl Session {
                 return Control::Close(CloseReason::SignedOff);
             }
             MessageRef::PaymentCodeRequest(request) => {
-                let reply = answer((&request.details).into(), ReplyCode::NoRoute, participant, switch_id, now);
+                let reply = answer((&request.details).into(), no_route, participant, switch_id, now);
                 out.push(Message::PaymentReply(reply));
             }
             MessageRef::QrPaymentRequest(request) => {
-                let reply = answer((&request.details).into(), ReplyCode::NoRoute, participant, switch_id, now);
+                let reply = answer((&request.details).into(), no_route, participant, switch_id, now);
                 out.push(Message::PaymentReply(reply));
             }
             MessageRef::ReversalRequest(request) => {
-                let reply = answer(request.into(), ReplyCode::UnknownOriginal, participant, switch_id, now);
+                let reply = answer(request.into(), unknown_original, participant, switch_id, now);
                 out.push(Message::ReversalReply(reply));
             }
             MessageRef::RefundRequest(request) => {
-                let reply = answer(request.into(), ReplyCode::UnknownOriginal, participant, switch_id, now);
+                let reply = answer(request.into(), unknown_original, participant, switch_id, now);
                 out.push(Message::RefundReply(reply));
             }
             MessageRef::StatusQuery(query) => out.push(Message::StatusReply(status_unknown(query, participant, now))),
@@ -577,6 +633,36 @@ mod tests {
             Control::Close(CloseReason::IdleTimeout)
         );
         assert!(matches!(harness.out.pop(), Some(Message::SignOffRequest(_))));
+    }
+
+    #[test]
+    fn shutdown_signs_off_refuses_new_work_and_ends_on_the_reply_or_deadline() {
+        let mut harness = Harness::new();
+        harness.sign_on("ACQ0001");
+        assert_eq!(harness.session.handle_shutdown(at(1_000), &mut harness.out), Control::Continue);
+        let Some(Message::SignOffRequest(sign_off)) = harness.out.pop() else { panic!("expected a sign-off") };
+        assert_eq!(sign_off.code, codec::SignOffReason::Shutdown.value());
+        assert_eq!(harness.session.deadline_ms(), 6_000);
+        // New work during the drain gets an explicit answer.
+        assert_eq!(harness.send(1_100, &payment("ACQ0001")), Control::Continue);
+        assert_eq!(harness.reply_code(), ReplyCode::SystemBusy);
+        // The participant's sign-off reply ends the session.
+        let reply = Message::SignOffReply(SignOff { code: ReplyCode::Approved.value(), reserved: [0; 6] });
+        assert_eq!(harness.send(1_200, &reply), Control::Close(CloseReason::SignedOff));
+
+        // A participant that never answers is closed at the deadline.
+        let mut silent = Harness::new();
+        silent.sign_on("ACQ0001");
+        silent.session.handle_shutdown(at(1_000), &mut silent.out);
+        assert_eq!(silent.session.handle_timeout(at(5_999), &mut silent.out), Control::Continue);
+        assert_eq!(
+            silent.session.handle_timeout(at(6_000), &mut silent.out),
+            Control::Close(CloseReason::DrainDeadline)
+        );
+        // One that never signed on is closed at once.
+        let mut fresh = Harness::new();
+        assert_eq!(fresh.session.handle_shutdown(at(1), &mut fresh.out), Control::Close(CloseReason::Shutdown));
+        assert!(fresh.out.is_empty());
     }
 
     #[test]

@@ -40,17 +40,24 @@ impl Shared {
     }
 }
 
-/// Accepts connections until `shutdown` resolves.
+/// Accepts connections until `shutdown` resolves, then drains: stops accepting, asks every
+/// signed-on session to sign off, and returns once each has answered or reached its drain
+/// deadline (`SessionConfig::drain_timeout_ms`).
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
+    let (draining_tx, draining) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
-            () = &mut shutdown => return,
+            () = &mut shutdown => break,
+            // Reap finished connection tasks so the set stays as small as the live sessions.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let shared = Arc::clone(&shared);
-                    tokio::spawn(async move {
-                        if let Err(error) = serve_connection(stream, &shared).await {
+                    let draining = draining.clone();
+                    connections.spawn(async move {
+                        if let Err(error) = serve_connection(stream, &shared, draining).await {
                             tracing::debug!(%peer, %error, "connection ended with an I/O error");
                         }
                     });
@@ -63,9 +70,25 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
             },
         }
     }
+    drop(listener);
+    tracing::info!(sessions = connections.len(), "draining: signing off every session");
+    // Receivers only stop listening when their task has ended, so a send error means none
+    // is left to tell.
+    let _ = draining_tx.send(true);
+    // Each session closes by its own drain deadline; this bound only guards against a task
+    // stuck in a write to a peer that stopped reading.
+    let bound = Duration::from_millis(shared.session.drain_timeout_ms) + Duration::from_secs(1);
+    if tokio::time::timeout(bound, async { while connections.join_next().await.is_some() {} }).await.is_err() {
+        tracing::warn!(sessions = connections.len(), "drain bound passed; closing the remaining connections");
+        connections.abort_all();
+    }
 }
 
-async fn serve_connection(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+async fn serve_connection(
+    mut stream: TcpStream,
+    shared: &Shared,
+    mut draining: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let peer = stream.peer_addr()?;
     let mut nonce = [0u8; 32];
@@ -80,14 +103,26 @@ async fn serve_connection(mut stream: TcpStream, shared: &Shared) -> std::io::Re
     stream.write_all(encoder.bytes()).await?;
     encoder.clear();
 
+    let mut drain_seen = false;
     loop {
         let deadline = shared.started + Duration::from_millis(session.deadline_ms());
-        let read = tokio::time::timeout_at(deadline.into(), stream.read(decoder.spare())).await;
         let mut control = Control::Continue;
+        let read = tokio::select! {
+            // Once seen, the drain signal is not waited for again.
+            changed = draining.wait_for(|draining| *draining), if !drain_seen => {
+                drain_seen = true;
+                if changed.is_ok() {
+                    control = session.handle_shutdown(shared.now(), &mut outgoing);
+                }
+                None
+            }
+            read = tokio::time::timeout_at(deadline.into(), stream.read(decoder.spare())) => Some(read),
+        };
         match read {
-            Err(_elapsed) => control = session.handle_timeout(shared.now(), &mut outgoing),
-            Ok(Ok(0)) => return Ok(()),
-            Ok(Ok(count)) => {
+            None => {}
+            Some(Err(_elapsed)) => control = session.handle_timeout(shared.now(), &mut outgoing),
+            Some(Ok(Ok(0))) => return Ok(()),
+            Some(Ok(Ok(count))) => {
                 decoder.commit(count);
                 let now = shared.now();
                 while control == Control::Continue {
@@ -109,7 +144,7 @@ async fn serve_connection(mut stream: TcpStream, shared: &Shared) -> std::io::Re
                     }
                 }
             }
-            Ok(Err(error)) => return Err(error),
+            Some(Ok(Err(error))) => return Err(error),
         }
         for message in outgoing.drain(..) {
             // Messages the session builds are valid by construction; a failure is a bug.
