@@ -22,6 +22,8 @@ use crate::participant::{Participant, Role, SharedKey};
 #[derive(Debug, Clone)]
 pub struct SwitchConfig {
     pub listen: SocketAddr,
+    /// The admin HTTP port (`/livez`, `/readyz`, `/metrics`).
+    pub admin_listen: SocketAddr,
     pub session: SessionConfig,
     pub participants: Vec<Participant>,
 }
@@ -33,6 +35,7 @@ pub fn demo_key(id: &str) -> Vec<u8> {
 
 impl SwitchConfig {
     pub const LISTEN_DEFAULT: &'static str = "127.0.0.1:7400";
+    pub const ADMIN_LISTEN_DEFAULT: &'static str = "127.0.0.1:7401";
 
     /// The embedded default: demo participants on loopback.
     pub fn embedded_default() -> Self {
@@ -44,6 +47,7 @@ impl SwitchConfig {
         };
         Self {
             listen: Self::LISTEN_DEFAULT.parse().expect("valid address"),
+            admin_listen: Self::ADMIN_LISTEN_DEFAULT.parse().expect("valid address"),
             session: SessionConfig::default(),
             participants: vec![
                 demo("ACQ0001", "Demo acquirer 1", &[Role::Acquirer]),
@@ -90,6 +94,12 @@ struct FileConfig {
 struct FileSwitch {
     id: InstitutionId,
     listen: SocketAddr,
+    #[serde(default = "admin_listen_default")]
+    admin_listen: SocketAddr,
+}
+
+fn admin_listen_default() -> SocketAddr {
+    SwitchConfig::ADMIN_LISTEN_DEFAULT.parse().expect("valid address")
 }
 
 /// Each timer may be left out, keeping its default.
@@ -246,6 +256,7 @@ impl SwitchConfig {
         }
         Ok(Self {
             listen: file.switch.listen,
+            admin_listen: file.switch.admin_listen,
             session: SessionConfig {
                 switch_id: file.switch.id,
                 sign_on_timeout_ms: session.sign_on_timeout_ms,

@@ -4,10 +4,12 @@
 //! - [`edge`]: sockets and event loops that drive the core.
 //! - [`participant`]: the participant directory.
 //! - [`config`]: configuration and the embedded default.
+//! - [`metrics`]: counters and histograms for `/metrics`.
 //! - [`inspect`]: `switch inspect`, the integrator's decoder for QR, ISO 8583 and frames.
 
 pub mod config;
 pub mod core;
 pub mod edge;
 pub mod inspect;
+pub mod metrics;
 pub mod participant;

@@ -32,6 +32,9 @@ enum Command {
         /// Address for participant connections (overrides the file's switch.listen).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Address of the admin HTTP port: /livez, /readyz, /metrics (default 127.0.0.1:7401).
+        #[arg(long)]
+        admin_listen: Option<std::net::SocketAddr>,
     },
 }
 
@@ -87,13 +90,16 @@ fn main_inner() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config, listen } => {
+        Command::Run { config, listen, admin_listen } => {
             let mut config = match config {
                 Some(path) => SwitchConfig::from_file(&path)?,
                 None => SwitchConfig::embedded_default(),
             };
             if let Some(listen) = listen {
                 config.listen = listen;
+            }
+            if let Some(admin_listen) = admin_listen {
+                config.admin_listen = admin_listen;
             }
             run(config)
         }
@@ -107,9 +113,17 @@ fn run(config: SwitchConfig) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let admin = tokio::net::TcpListener::bind(config.admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (admin)", config.admin_listen))?;
         let shared = Arc::new(Shared::new(config.session.clone(), Directory::new(config.participants.clone())));
+        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin_task = tokio::spawn(switch::edge::admin::serve_admin(admin, Arc::clone(&shared.metrics), async {
+            let _ = admin_stopped.await;
+        }));
         tracing::info!(
             listen = %listener.local_addr()?,
+            admin = %config.admin_listen,
             participants = shared.directory.len(),
             switch_id = %config.session.switch_id,
             "switch running; Ctrl-C stops it"
@@ -121,6 +135,9 @@ fn run(config: SwitchConfig) -> anyhow::Result<()> {
             }
         })
         .await;
+        // The admin port answers (readyz 503) through the drain, and stops after it.
+        let _ = admin_stop.send(());
+        let _ = admin_task.await;
         tracing::info!("switch stopped");
         Ok(())
     })

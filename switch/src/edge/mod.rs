@@ -1,3 +1,4 @@
 //! The edge: sockets and event loops that drive the deterministic core.
 
+pub mod admin;
 pub mod tcp;

@@ -15,7 +15,8 @@ use codec::{FrameDecoder, FrameEncoder, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::core::session::{Control, Now, Session, SessionConfig};
+use crate::core::session::{CloseReason, Control, Now, Session, SessionConfig};
+use crate::metrics::Metrics;
 use crate::participant::Directory;
 
 /// What every connection task shares: immutable after start.
@@ -25,13 +26,20 @@ pub struct Shared {
     pub directory: Directory,
     /// Start of the monotonic clock the sessions use.
     pub started: Instant,
+    pub metrics: Arc<Metrics>,
     /// Session ids, unique for this process. Relaxed: only uniqueness matters.
     next_session_id: AtomicU64,
 }
 
 impl Shared {
     pub fn new(session: SessionConfig, directory: Directory) -> Self {
-        Self { session, directory, started: Instant::now(), next_session_id: AtomicU64::new(1) }
+        Self {
+            session,
+            directory,
+            started: Instant::now(),
+            metrics: Arc::new(Metrics::default()),
+            next_session_id: AtomicU64::new(1),
+        }
     }
 
     fn now(&self) -> Now {
@@ -71,6 +79,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
         }
     }
     drop(listener);
+    shared.metrics.set_draining();
     tracing::info!(sessions = connections.len(), "draining: signing off every session");
     // Receivers only stop listening when their task has ended, so a send error means none
     // is left to tell.
@@ -84,11 +93,28 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
     }
 }
 
+/// Counts a connection open for as long as it lives, and its close reason, whichever way
+/// its task ends.
+struct ConnectionGuard<'a> {
+    metrics: &'a Metrics,
+    /// Whether this connection was counted in `switch_sessions_signed_on`.
+    signed_on: bool,
+    reason: Option<CloseReason>,
+}
+
+impl Drop for ConnectionGuard<'_> {
+    fn drop(&mut self) {
+        self.metrics.connection_closed(self.signed_on, self.reason);
+    }
+}
+
 async fn serve_connection(
     mut stream: TcpStream,
     shared: &Shared,
     mut draining: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    shared.metrics.connection_opened();
+    let mut guard = ConnectionGuard { metrics: &shared.metrics, signed_on: false, reason: None };
     stream.set_nodelay(true)?;
     let peer = stream.peer_addr()?;
     let mut nonce = [0u8; 32];
@@ -107,6 +133,7 @@ async fn serve_connection(
     loop {
         let deadline = shared.started + Duration::from_millis(session.deadline_ms());
         let mut control = Control::Continue;
+        let mut frames = 0u64;
         let read = tokio::select! {
             // Once seen, the drain signal is not waited for again.
             changed = draining.wait_for(|draining| *draining), if !drain_seen => {
@@ -128,10 +155,12 @@ async fn serve_connection(
                 while control == Control::Continue {
                     match decoder.decode() {
                         Ok(Some(frame)) => {
+                            frames += 1;
                             control = session.handle_message(now, frame.message, &shared.directory, &mut outgoing);
                         }
                         Ok(None) => break,
                         Err(error) => {
+                            frames += 1;
                             tracing::info!(%peer, %error, "frame refused");
                             control = session.handle_decode_error(
                                 now,
@@ -146,15 +175,24 @@ async fn serve_connection(
             }
             Some(Ok(Err(error))) => return Err(error),
         }
+        let batch_started = Instant::now();
         for message in outgoing.drain(..) {
+            shared.metrics.sent(&message);
+            // Counted as signed on from the approving result until the connection ends.
+            guard.signed_on |= matches!(&message, Message::SignOnResult(result) if result.code == 0);
             // Messages the session builds are valid by construction; a failure is a bug.
             encoder.encode(&message).expect("the session built an invalid message");
+        }
+        if frames > 0 {
+            shared.metrics.frames_received(frames);
+            shared.metrics.batch_processed(batch_started.elapsed());
         }
         if !encoder.is_empty() {
             stream.write_all(encoder.bytes()).await?;
             encoder.clear();
         }
         if let Control::Close(reason) = control {
+            guard.reason = Some(reason);
             tracing::info!(%peer, participant = ?session.participant(), ?reason, "closing session");
             stream.shutdown().await?;
             return Ok(());

@@ -1,0 +1,247 @@
+//! The switch's metrics, exposed at the admin port's `/metrics` in the Prometheus text
+//! format: one `switch_` prefix, base units (seconds), `_total` counters.
+//!
+//! Invariants: every label value comes from a closed table (reply codes, reject reasons,
+//! close reasons), never from input, so the series count is bounded; counting is relaxed
+//! atomics on the connection tasks, with no lock.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+
+use codec::{Message, RejectReason, ReplyCode};
+
+use crate::core::session::CloseReason;
+
+/// Every close reason, for a fixed label set.
+const CLOSE_REASONS: [CloseReason; 8] = [
+    CloseReason::SignOnRefused,
+    CloseReason::SignOnTimeout,
+    CloseReason::NotSignedOn,
+    CloseReason::IdleTimeout,
+    CloseReason::SignedOff,
+    CloseReason::FramingError,
+    CloseReason::Shutdown,
+    CloseReason::DrainDeadline,
+];
+
+/// Upper bounds of the batch-processing histogram, in seconds.
+const BATCH_BUCKETS_S: [f64; 10] =
+    [0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01];
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    connections_open: AtomicI64,
+    sessions_signed_on: AtomicI64,
+    sign_on_approved: AtomicU64,
+    sign_on_refused: AtomicU64,
+    frames_received: AtomicU64,
+    /// Indexed by `RejectReason` value (1..=13).
+    frames_rejected: [AtomicU64; 16],
+    /// Indexed by position in `ReplyCode::ALL`.
+    replies: [AtomicU64; 32],
+    /// Indexed by position in `CLOSE_REASONS`.
+    closes: [AtomicU64; 8],
+    batch_buckets: [AtomicU64; BATCH_BUCKETS_S.len()],
+    batch_count: AtomicU64,
+    batch_sum_ns: AtomicU64,
+    draining: AtomicBool,
+}
+
+const _: () = assert!(codec::ReplyCode::ALL.len() <= 32);
+
+impl Metrics {
+    pub fn connection_opened(&self) {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self, signed_on: bool, reason: Option<CloseReason>) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+        if signed_on {
+            self.sessions_signed_on.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(index) = reason.and_then(|r| CLOSE_REASONS.iter().position(|&c| c == r)) {
+            self.closes[index].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn frames_received(&self, count: u64) {
+        self.frames_received.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// Counts what the switch sends: sign-on outcomes, replies by code, rejects by reason.
+    pub fn sent(&self, message: &Message) {
+        match message {
+            Message::SignOnResult(result) if result.code == ReplyCode::Approved.value() => {
+                self.sign_on_approved.fetch_add(1, Ordering::Relaxed);
+                self.sessions_signed_on.fetch_add(1, Ordering::Relaxed);
+            }
+            Message::SignOnResult(_) => {
+                self.sign_on_refused.fetch_add(1, Ordering::Relaxed);
+            }
+            Message::PaymentReply(reply) | Message::ReversalReply(reply) | Message::RefundReply(reply) => {
+                if let Some(index) = ReplyCode::ALL.iter().position(|c| c.value() == reply.code) {
+                    self.replies[index].fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Message::Reject(reject) => {
+                if let Some(slot) = self.frames_rejected.get(usize::from(reject.reason)) {
+                    slot.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Time from a read's arrival to its replies being encoded.
+    pub fn batch_processed(&self, elapsed: std::time::Duration) {
+        let seconds = elapsed.as_secs_f64();
+        if let Some(index) = BATCH_BUCKETS_S.iter().position(|&bound| seconds <= bound) {
+            self.batch_buckets[index].fetch_add(1, Ordering::Relaxed);
+        }
+        self.batch_count.fetch_add(1, Ordering::Relaxed);
+        self.batch_sum_ns.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
+        // Writing to a String cannot fail.
+        let mut section = |name: &str, kind: &str, help: &str, lines: Vec<String>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for line in lines {
+                let _ = writeln!(out, "{line}");
+            }
+        };
+        section(
+            "switch_build_info",
+            "gauge",
+            "Build of the running switch.",
+            vec![format!("switch_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))],
+        );
+        section(
+            "switch_connections_open",
+            "gauge",
+            "Participant TCP connections open.",
+            vec![format!("switch_connections_open {}", self.connections_open.load(Ordering::Relaxed))],
+        );
+        section(
+            "switch_sessions_signed_on",
+            "gauge",
+            "Sessions signed on.",
+            vec![format!("switch_sessions_signed_on {}", self.sessions_signed_on.load(Ordering::Relaxed))],
+        );
+        section(
+            "switch_sign_on_total",
+            "counter",
+            "Sign-on attempts by result.",
+            vec![
+                format!("switch_sign_on_total{{result=\"approved\"}} {}", load(&self.sign_on_approved)),
+                format!("switch_sign_on_total{{result=\"refused\"}} {}", load(&self.sign_on_refused)),
+            ],
+        );
+        section(
+            "switch_frames_received_total",
+            "counter",
+            "Native frames received (valid or not).",
+            vec![format!("switch_frames_received_total {}", load(&self.frames_received))],
+        );
+        section(
+            "switch_frames_rejected_total",
+            "counter",
+            "Frames refused, by reject reason.",
+            RejectReason::ALL
+                .iter()
+                .map(|reason| {
+                    let count = load(&self.frames_rejected[usize::from(reason.value())]);
+                    format!("switch_frames_rejected_total{{reason=\"{reason:?}\"}} {count}")
+                })
+                .collect(),
+        );
+        section(
+            "switch_replies_total",
+            "counter",
+            "Replies sent to participants, by reply code.",
+            ReplyCode::ALL
+                .iter()
+                .enumerate()
+                .map(|(index, code)| {
+                    format!("switch_replies_total{{code=\"{code:?}\"}} {}", load(&self.replies[index]))
+                })
+                .collect(),
+        );
+        section(
+            "switch_sessions_closed_total",
+            "counter",
+            "Connections closed by the switch, by reason.",
+            CLOSE_REASONS
+                .iter()
+                .enumerate()
+                .map(|(index, reason)| {
+                    format!("switch_sessions_closed_total{{reason=\"{reason:?}\"}} {}", load(&self.closes[index]))
+                })
+                .collect(),
+        );
+        let mut cumulative = 0;
+        let mut lines: Vec<String> = BATCH_BUCKETS_S
+            .iter()
+            .enumerate()
+            .map(|(index, bound)| {
+                cumulative += load(&self.batch_buckets[index]);
+                format!("switch_batch_processing_seconds_bucket{{le=\"{bound}\"}} {cumulative}")
+            })
+            .collect();
+        let count = load(&self.batch_count);
+        lines.push(format!("switch_batch_processing_seconds_bucket{{le=\"+Inf\"}} {count}"));
+        lines.push(format!("switch_batch_processing_seconds_sum {}", load(&self.batch_sum_ns) as f64 / 1e9));
+        lines.push(format!("switch_batch_processing_seconds_count {count}"));
+        section(
+            "switch_batch_processing_seconds",
+            "histogram",
+            "Time from a read's arrival to its replies being encoded.",
+            lines,
+        );
+        section(
+            "switch_draining",
+            "gauge",
+            "1 while the switch drains for shutdown.",
+            vec![format!("switch_draining {}", u8::from(self.is_draining()))],
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_is_well_formed_and_bounded() {
+        let metrics = Metrics::default();
+        metrics.connection_opened();
+        metrics
+            .sent(&Message::PaymentReply(codec::Reply { code: ReplyCode::NoRoute.value(), ..codec::Reply::default() }));
+        metrics.batch_processed(std::time::Duration::from_micros(30));
+        let text = metrics.render();
+        assert!(text.contains("switch_replies_total{code=\"NoRoute\"} 1"), "{text}");
+        assert!(text.contains("switch_connections_open 1"));
+        assert!(text.contains("switch_batch_processing_seconds_bucket{le=\"0.00005\"} 1"), "{text}");
+        assert!(text.contains("switch_batch_processing_seconds_count 1"));
+        // Every sample line belongs to a declared family.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().expect("name");
+            let family = name.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count");
+            assert!(text.contains(&format!("# TYPE {family} ")), "{name} has no TYPE line");
+        }
+        let series = text.lines().filter(|l| !l.starts_with('#')).count();
+        assert!(series < 80, "{series} series");
+    }
+}
