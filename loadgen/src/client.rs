@@ -31,6 +31,11 @@ pub struct FrameWriter {
 }
 
 impl FrameReader {
+    /// Bytes received but not yet decoded (zero: the next `next` will read the socket).
+    pub fn buffered(&self) -> usize {
+        self.decoder.buffered()
+    }
+
     /// Reads until one frame is complete and hands it to `f`. Errors on end of stream or on
     /// a frame the codec refuses.
     pub async fn next<R>(&mut self, f: impl FnOnce(MessageRef<'_>) -> R) -> anyhow::Result<R> {

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use codec::InstitutionId;
 use loadgen::client::Client;
+use loadgen::issuer::{IssuerBehaviour, run_issuer};
 use loadgen::run::{RunConfig, run_open_loop};
 
 #[derive(Debug, Parser)]
@@ -30,6 +31,13 @@ struct Cli {
     /// Seconds of sending.
     #[arg(long, default_value_t = 5.0)]
     duration_s: f64,
+    /// Issuers to play, comma-separated, each signed on with its demo key (`demo-key-{ID}`);
+    /// empty to play only the acquirer.
+    #[arg(long, default_value = "WECHATPAY,ALIPAY,UNIONPAY", value_delimiter = ',')]
+    issuers: Vec<String>,
+    /// Issuers decline every Nth request (0: approve all).
+    #[arg(long, default_value_t = 0)]
+    decline_every: u64,
 }
 
 fn main() {
@@ -55,10 +63,26 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         drain_timeout: Duration::from_secs(5),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    let behaviour = IssuerBehaviour { decline_every: cli.decline_every, silent: false };
     let report = runtime.block_on(async {
+        let mut issuers = Vec::new();
+        for issuer in cli.issuers.iter().filter(|name| !name.is_empty()) {
+            let id = InstitutionId::new(issuer).map_err(|problem| anyhow::anyhow!("--issuers {issuer:?} {problem}"))?;
+            let client = Client::connect(cli.switch, id, 1, format!("demo-key-{issuer}").as_bytes()).await?;
+            issuers.push((id, tokio::spawn(run_issuer(client, behaviour))));
+        }
         let client = Client::connect(cli.switch, participant, cli.key_id, key.as_bytes()).await?;
-        println!("signed on to {} as {} (session {})", cli.switch, participant, client.session_id);
-        run_open_loop(client, &config).await
+        println!(
+            "signed on to {} as {} (session {}); playing issuers {:?}",
+            cli.switch, participant, client.session_id, cli.issuers
+        );
+        let report = run_open_loop(client, &config).await?;
+        for (id, task) in issuers {
+            task.abort();
+            let _ = task.await;
+            let _ = id;
+        }
+        anyhow::Ok(report)
     })?;
     print!("{}", report.render());
     Ok(report.is_valid())

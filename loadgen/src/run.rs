@@ -95,14 +95,21 @@ impl RunReport {
     }
 }
 
-/// The consumer-presented request number `sequence` of this run (WeChat Pay-style code).
+/// The consumer-presented request number `sequence` of this run. Codes rotate over WeChat
+/// Pay (13, 18 digits), Alipay (28, 18 digits) and UnionPay (62, 19 digits), and are unique
+/// per session (codes are single use).
 fn request(participant: InstitutionId, session_id: u64, sequence: u64) -> anyhow::Result<Message> {
     let mut request = codec::sample::payment_code_request();
     request.details.originator = participant;
     request.details.originator_transaction_id =
         TransactionId::new(&format!("LG{session_id}-{sequence}")).map_err(|e| anyhow::anyhow!("transaction id {e}"))?;
-    request.payment_code =
-        PaymentCode::new(&format!("13{:016}", sequence)).map_err(|e| anyhow::anyhow!("payment code {e}"))?;
+    let unique = format!("{:04}{:012}", session_id % 10_000, sequence % 1_000_000_000_000);
+    let code = match sequence % 3 {
+        0 => format!("13{unique}"),
+        1 => format!("28{unique}"),
+        _ => format!("62{unique}0"),
+    };
+    request.payment_code = PaymentCode::new(&code).map_err(|e| anyhow::anyhow!("payment code {e}"))?;
     Ok(Message::PaymentCodeRequest(request))
 }
 

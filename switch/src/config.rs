@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use codec::InstitutionId;
 use serde::Deserialize;
 
+use crate::core::exchange::{ExchangeConfig, Routes};
 use crate::core::session::SessionConfig;
 use crate::participant::{Participant, Role, SharedKey};
 
@@ -25,6 +26,8 @@ pub struct SwitchConfig {
     /// The admin HTTP port (`/livez`, `/readyz`, `/metrics`).
     pub admin_listen: SocketAddr,
     pub session: SessionConfig,
+    pub exchange: ExchangeConfig,
+    pub routes: Routes,
     pub participants: Vec<Participant>,
 }
 
@@ -49,6 +52,8 @@ impl SwitchConfig {
             listen: Self::LISTEN_DEFAULT.parse().expect("valid address"),
             admin_listen: Self::ADMIN_LISTEN_DEFAULT.parse().expect("valid address"),
             session: SessionConfig::default(),
+            exchange: ExchangeConfig::default(),
+            routes: Routes::embedded_default(),
             participants: vec![
                 demo("ACQ0001", "Demo acquirer 1", &[Role::Acquirer]),
                 demo("ACQ0002", "Demo acquirer 2", &[Role::Acquirer]),
@@ -85,8 +90,55 @@ struct FileConfig {
     switch: FileSwitch,
     #[serde(default)]
     session: FileSession,
+    #[serde(default)]
+    exchange: FileExchange,
     #[serde(default, rename = "participant")]
     participants: Vec<FileParticipant>,
+    /// Payment-code prefixes to issuers; the built-in table when absent.
+    #[serde(default)]
+    issuer_prefix: Vec<codec::payment_code::IssuerPrefix>,
+    /// QR network GUIDs to acquirers.
+    #[serde(default)]
+    qr_network: Vec<FileQrNetwork>,
+    /// UnionPay URL institution codes to acquirers.
+    #[serde(default)]
+    unionpay_institution: Vec<FileUnionPayInstitution>,
+}
+
+/// Each setting may be left out, keeping its default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileExchange {
+    reply_deadline_ms: u64,
+    reversal_retry_ms: u64,
+    in_flight_max: usize,
+    completed_max: usize,
+}
+
+impl Default for FileExchange {
+    fn default() -> Self {
+        let defaults = ExchangeConfig::default();
+        Self {
+            reply_deadline_ms: defaults.reply_deadline_ms,
+            reversal_retry_ms: defaults.reversal_retry_ms,
+            in_flight_max: defaults.in_flight_max,
+            completed_max: defaults.completed_max,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileQrNetwork {
+    guid: String,
+    acquirer: InstitutionId,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUnionPayInstitution {
+    code: String,
+    acquirer: InstitutionId,
 }
 
 #[derive(Debug, Deserialize)]
@@ -254,7 +306,80 @@ impl SwitchConfig {
                 keys,
             });
         }
+        let exchange = &file.exchange;
+        if !(100..=600_000).contains(&exchange.reply_deadline_ms) {
+            return Err(invalid("exchange.reply_deadline_ms".into(), "must be 100..=600000".into()));
+        }
+        if !(100..=3_600_000).contains(&exchange.reversal_retry_ms) {
+            return Err(invalid("exchange.reversal_retry_ms".into(), "must be 100..=3600000".into()));
+        }
+        if exchange.in_flight_max == 0 || exchange.completed_max == 0 {
+            return Err(invalid("exchange".into(), "in_flight_max and completed_max must be at least 1".into()));
+        }
+        // Routes lead only to configured participants with the role that receives them.
+        let has_role =
+            |id: &InstitutionId, role: Role| participants.iter().any(|p| p.id == *id && p.roles.contains(&role));
+        for (index, row) in file.issuer_prefix.iter().enumerate() {
+            if !has_role(&row.issuer, Role::Issuer) {
+                return Err(invalid(
+                    format!("issuer_prefix[{index}].issuer"),
+                    format!("{} is not a participant with the issuer role", row.issuer),
+                ));
+            }
+        }
+        let issuers = if file.issuer_prefix.is_empty() {
+            codec::payment_code::IssuerTable::china_default()
+        } else {
+            codec::payment_code::IssuerTable::new(file.issuer_prefix)
+                .map_err(|error| invalid("issuer_prefix".into(), error.to_string()))?
+        };
+        let mut qr_networks = std::collections::HashMap::new();
+        for (index, row) in file.qr_network.into_iter().enumerate() {
+            if !has_role(&row.acquirer, Role::Acquirer) && !has_role(&row.acquirer, Role::Network) {
+                return Err(invalid(
+                    format!("qr_network[{index}].acquirer"),
+                    format!("{} is not a participant with the acquirer or network role", row.acquirer),
+                ));
+            }
+            if row.guid.is_empty()
+                || row.guid.len() > 32
+                || qr_networks.insert(row.guid.clone(), row.acquirer).is_some()
+            {
+                return Err(invalid(
+                    format!("qr_network[{index}].guid"),
+                    "must be 1 to 32 characters and appear once".into(),
+                ));
+            }
+        }
+        let mut unionpay_institutions = std::collections::HashMap::new();
+        for (index, row) in file.unionpay_institution.into_iter().enumerate() {
+            if !has_role(&row.acquirer, Role::Acquirer) && !has_role(&row.acquirer, Role::Network) {
+                return Err(invalid(
+                    format!("unionpay_institution[{index}].acquirer"),
+                    format!("{} is not a participant with the acquirer or network role", row.acquirer),
+                ));
+            }
+            if row.code.len() != 8
+                || !row.code.bytes().all(|b| b.is_ascii_digit())
+                || unionpay_institutions.insert(row.code.clone(), row.acquirer).is_some()
+            {
+                return Err(invalid(
+                    format!("unionpay_institution[{index}].code"),
+                    "must be 8 digits and appear once".into(),
+                ));
+            }
+        }
         Ok(Self {
+            exchange: ExchangeConfig {
+                switch_id: file.switch.id,
+                node: 0,
+                shard: 0,
+                reply_deadline_ms: exchange.reply_deadline_ms,
+                reversal_retry_ms: exchange.reversal_retry_ms,
+                in_flight_max: exchange.in_flight_max,
+                completed_max: exchange.completed_max,
+            },
+            routes: Routes { issuers, qr_networks, unionpay_institutions },
             listen: file.switch.listen,
             admin_listen: file.switch.admin_listen,
             session: SessionConfig {
@@ -343,6 +468,25 @@ mod tests {
         }
         let twice = format!("{MINIMAL}{}", &MINIMAL[MINIMAL.find("[[participant]]").expect("present")..]);
         assert!(parse(&twice).expect_err("duplicate").contains("participant[1] (ACQ0001).id: appears twice"));
+    }
+
+    #[test]
+    fn routes_must_lead_to_participants_with_the_right_role() {
+        let with_route = format!(
+            "{MINIMAL}\n[[issuer_prefix]]\nprefix = \"62\"\nlength_min = 19\nlength_max = 19\nissuer = \"ACQ0001\"\n"
+        );
+        let error = parse(&with_route).expect_err("ACQ0001 is no issuer");
+        assert!(
+            error.contains("issuer_prefix[0].issuer: ACQ0001 is not a participant with the issuer role"),
+            "{error}"
+        );
+        let with_qr = format!("{MINIMAL}\n[[qr_network]]\nguid = \"A000000333010101\"\nacquirer = \"ACQ0001\"\n");
+        let config = parse(&with_qr).expect("valid");
+        assert_eq!(
+            config.routes.qr_networks.get("A000000333010101").map(ToString::to_string).as_deref(),
+            Some("ACQ0001")
+        );
+        assert_eq!(config.routes.issuers.entries().len(), 13, "the built-in issuer table when none is given");
     }
 
     #[test]

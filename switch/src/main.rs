@@ -116,7 +116,10 @@ fn run(config: SwitchConfig) -> anyhow::Result<()> {
         let admin = tokio::net::TcpListener::bind(config.admin_listen)
             .await
             .with_context(|| format!("cannot listen on {} (admin)", config.admin_listen))?;
-        let shared = Arc::new(Shared::new(config.session.clone(), Directory::new(config.participants.clone())));
+        let shared = Arc::new(
+            Shared::new(config.session.clone(), Directory::new(config.participants.clone()))
+                .with_exchange(config.exchange.clone(), config.routes.clone()),
+        );
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin_task = tokio::spawn(switch::edge::admin::serve_admin(admin, Arc::clone(&shared.metrics), async {
             let _ = admin_stopped.await;

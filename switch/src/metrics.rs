@@ -13,7 +13,7 @@ use codec::{Message, RejectReason, ReplyCode};
 use crate::core::session::CloseReason;
 
 /// Every close reason, for a fixed label set.
-const CLOSE_REASONS: [CloseReason; 8] = [
+const CLOSE_REASONS: [CloseReason; 9] = [
     CloseReason::SignOnRefused,
     CloseReason::SignOnTimeout,
     CloseReason::NotSignedOn,
@@ -22,6 +22,7 @@ const CLOSE_REASONS: [CloseReason; 8] = [
     CloseReason::FramingError,
     CloseReason::Shutdown,
     CloseReason::DrainDeadline,
+    CloseReason::Backlogged,
 ];
 
 /// Upper bounds of the batch-processing histogram, in seconds.
@@ -40,7 +41,7 @@ pub struct Metrics {
     /// Indexed by position in `ReplyCode::ALL`.
     replies: [AtomicU64; 32],
     /// Indexed by position in `CLOSE_REASONS`.
-    closes: [AtomicU64; 8],
+    closes: [AtomicU64; 9],
     batch_buckets: [AtomicU64; BATCH_BUCKETS_S.len()],
     batch_count: AtomicU64,
     batch_sum_ns: AtomicU64,

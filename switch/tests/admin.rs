@@ -56,7 +56,7 @@ async fn liveness_readiness_and_metrics() {
     for expected in [
         "switch_sign_on_total{result=\"approved\"} 1",
         "switch_sign_on_total{result=\"refused\"} 1",
-        "switch_replies_total{code=\"NoRoute\"} 1",
+        "switch_replies_total{code=\"DestinationUnavailable\"} 1",
         "switch_frames_rejected_total{reason=\"BadMagic\"} 1",
         "switch_sessions_signed_on 1",
         "switch_sessions_closed_total{reason=\"SignOnRefused\"} 1",

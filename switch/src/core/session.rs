@@ -10,13 +10,13 @@
 //!   originator field names anyone else is answered `NotAuthorised` and goes no further.
 //! - Every transaction request gets exactly one reply from the switch or the receiver.
 
-use codec::code::{RejectReason, ReplyCode, TransactionStatus};
+use codec::code::{RejectReason, ReplyCode};
 use codec::frame::{reject_for, salvage_request};
-use codec::message::{ArchivedLinkedRequest, ArchivedStatusQuery, ArchivedTransactionDetails, PROOF_SIZE};
+use codec::message::{ArchivedLinkedRequest, ArchivedTransactionDetails, PROOF_SIZE};
 use codec::signon::{SignOnTranscript, server_proof, verify_client_proof};
 use codec::{
     AuthorizationCode, DecodeError, Echo, InstitutionId, Message, MessageKind, MessageRef, PROTOCOL_VERSION, Reply,
-    SignOff, SignOnChallenge, SignOnResult, StatusReply,
+    SignOff, SignOnChallenge, SignOnResult,
 };
 
 use crate::participant::Directory;
@@ -70,6 +70,8 @@ pub enum CloseReason {
     Shutdown,
     /// Shutdown, and the participant did not answer the sign-off in time.
     DrainDeadline,
+    /// The participant read too slowly: its outbound queue filled up.
+    Backlogged,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,7 +209,9 @@ impl Session {
                     amount_minor: 0,
                     currency: 0,
                 };
-                let reply = answer(answered, ReplyCode::FormatError, participant, self.config.switch_id, now);
+                let code =
+                    if request.originator == participant { ReplyCode::FormatError } else { ReplyCode::NotAuthorised };
+                let reply = answer(answered, code, self.config.switch_id, now);
                 out.push(match request.kind {
                     MessageKind::ReversalRequest => Message::ReversalReply(reply),
                     MessageKind::RefundRequest => Message::RefundReply(reply),
@@ -224,20 +228,24 @@ impl Session {
         }
     }
 
-    /// A validated frame from the participant.
+    /// A validated frame from the participant. Answers for the participant go to `out`;
+    /// transactions and answers for the exchange (routing, matching) go to `exchange`.
     pub fn handle_message(
         &mut self,
         now: Now,
         message: MessageRef<'_>,
         directory: &Directory,
         out: &mut Vec<Message>,
+        exchange: &mut Vec<Message>,
     ) -> Control {
         self.last_received_ms = now.monotonic_ms;
         match self.state {
             State::Closed => Control::Close(CloseReason::SignedOff),
             State::AwaitingSignOn { .. } => self.handle_sign_on(message, directory, out),
-            State::SignedOn { participant } => self.handle_signed_on(now, participant, false, message, out),
-            State::Draining { participant, .. } => self.handle_signed_on(now, participant, true, message, out),
+            State::SignedOn { participant } => self.handle_signed_on(now, participant, false, message, out, exchange),
+            State::Draining { participant, .. } => {
+                self.handle_signed_on(now, participant, true, message, out, exchange)
+            }
         }
     }
 
@@ -289,6 +297,8 @@ impl Session {
 
     /// A message on a signed-on session; `draining` while the switch shuts down, when new
     /// transactions are refused with `SystemBusy` and a sign-off reply ends the session.
+    /// Transactions that pass the identity check, and answers to what the switch sent,
+    /// go to the exchange.
     fn handle_signed_on(
         &mut self,
         now: Now,
@@ -296,12 +306,18 @@ impl Session {
         draining: bool,
         message: MessageRef<'_>,
         out: &mut Vec<Message>,
+        exchange: &mut Vec<Message>,
     ) -> Control {
         let switch_id = self.config.switch_id;
-        let (no_route, unknown_original) = if draining {
-            (ReplyCode::SystemBusy, ReplyCode::SystemBusy)
-        } else {
-            (ReplyCode::NoRoute, ReplyCode::UnknownOriginal)
+        // Identity first: a request claiming another originator goes no further.
+        let refusal = |originator: InstitutionId| {
+            if originator != participant {
+                Some(ReplyCode::NotAuthorised)
+            } else if draining {
+                Some(ReplyCode::SystemBusy)
+            } else {
+                None
+            }
         };
         match message {
             MessageRef::EchoRequest(echo) => {
@@ -316,38 +332,45 @@ impl Session {
             }
             MessageRef::EchoReply(_) | MessageRef::SignOffReply(_) => {}
             MessageRef::SignOffRequest(_) => {
-                // No transaction is ever left in flight on a session at this stage (requests
-                // are answered at once), so the drain is immediate.
+                // In-flight transactions stay with the exchange; their answers still reach
+                // the participant's other sessions, or time out and are reversed.
                 out.push(Message::SignOffReply(SignOff { code: ReplyCode::Approved.value(), reserved: [0; 6] }));
                 self.state = State::Closed;
                 return Control::Close(CloseReason::SignedOff);
             }
-            MessageRef::PaymentCodeRequest(request) => {
-                let reply = answer((&request.details).into(), no_route, participant, switch_id, now);
-                out.push(Message::PaymentReply(reply));
+            MessageRef::PaymentCodeRequest(request) => match refusal(request.details.originator) {
+                Some(code) => out.push(Message::PaymentReply(answer((&request.details).into(), code, switch_id, now))),
+                None => exchange.push(message.to_message()),
+            },
+            MessageRef::QrPaymentRequest(request) => match refusal(request.details.originator) {
+                Some(code) => out.push(Message::PaymentReply(answer((&request.details).into(), code, switch_id, now))),
+                None => exchange.push(message.to_message()),
+            },
+            MessageRef::ReversalRequest(request) => match refusal(request.originator) {
+                Some(code) => out.push(Message::ReversalReply(answer(request.into(), code, switch_id, now))),
+                None => exchange.push(message.to_message()),
+            },
+            MessageRef::RefundRequest(request) => match refusal(request.originator) {
+                Some(code) => out.push(Message::RefundReply(answer(request.into(), code, switch_id, now))),
+                None => exchange.push(message.to_message()),
+            },
+            MessageRef::StatusQuery(_) => {
+                // Answered as the session's participant: a query never sees another's
+                // transactions.
+                if let Message::StatusQuery(mut query) = message.to_message() {
+                    query.originator = participant;
+                    exchange.push(Message::StatusQuery(query));
+                }
             }
-            MessageRef::QrPaymentRequest(request) => {
-                let reply = answer((&request.details).into(), no_route, participant, switch_id, now);
-                out.push(Message::PaymentReply(reply));
+            MessageRef::PaymentReply(_) | MessageRef::ReversalReply(_) | MessageRef::RefundReply(_) => {
+                // The exchange checks it sent the request being answered to this participant.
+                exchange.push(message.to_message());
             }
-            MessageRef::ReversalRequest(request) => {
-                let reply = answer(request.into(), unknown_original, participant, switch_id, now);
-                out.push(Message::ReversalReply(reply));
-            }
-            MessageRef::RefundRequest(request) => {
-                let reply = answer(request.into(), unknown_original, participant, switch_id, now);
-                out.push(Message::RefundReply(reply));
-            }
-            MessageRef::StatusQuery(query) => out.push(Message::StatusReply(status_unknown(query, participant, now))),
             MessageRef::SignOnRequest(_)
             | MessageRef::SignOnChallenge(_)
             | MessageRef::SignOnResult(_)
-            | MessageRef::PaymentReply(_)
-            | MessageRef::ReversalReply(_)
-            | MessageRef::RefundReply(_)
             | MessageRef::StatusReply(_)
             | MessageRef::Reject(_) => {
-                // Replies to requests the switch never sent, or switch-only kinds.
                 out.push(reject(RejectReason::UnexpectedKind, message.kind(), "kind not expected from a participant"));
             }
         }
@@ -396,12 +419,8 @@ impl From<&ArchivedLinkedRequest> for Answered {
     }
 }
 
-/// The switch's own answer to a transaction request. Identity first: a request claiming
-/// another originator is refused. Otherwise `code`: this switch has no routing table and
-/// holds no transactions yet, so payments get `NoRoute` and reversals and refunds
-/// `UnknownOriginal`.
-fn answer(request: Answered, code: ReplyCode, participant: InstitutionId, switch_id: InstitutionId, now: Now) -> Reply {
-    let code = if request.originator != participant { ReplyCode::NotAuthorised } else { code };
+/// The switch's own answer to a transaction request it refuses before the exchange.
+fn answer(request: Answered, code: ReplyCode, switch_id: InstitutionId, now: Now) -> Reply {
     Reply {
         originator: request.originator,
         originator_transaction_id: request.originator_transaction_id,
@@ -413,21 +432,6 @@ fn answer(request: Answered, code: ReplyCode, participant: InstitutionId, switch
         reserved: [0; 4],
         authorization_code: AuthorizationCode::EMPTY,
         responder: switch_id,
-    }
-}
-
-fn status_unknown(query: &ArchivedStatusQuery, participant: InstitutionId, now: Now) -> StatusReply {
-    StatusReply {
-        // Answer as the session's participant: a query never reveals another's transactions.
-        originator: participant,
-        original_originator_transaction_id: query.original_originator_transaction_id,
-        original_switch_reference: query.original_switch_reference.to_native(),
-        amount_minor: 0,
-        reply_time_ms: now.unix_ms,
-        currency: 0,
-        code: 0,
-        status: TransactionStatus::Unknown.value(),
-        reserved: [0; 3],
     }
 }
 
@@ -460,6 +464,7 @@ mod tests {
         session: Session,
         directory: Directory,
         out: Vec<Message>,
+        exchange: Vec<Message>,
     }
 
     impl Harness {
@@ -469,12 +474,13 @@ mod tests {
                 session: Session::new(config.session.clone(), at(0), 9, NONCE),
                 directory: Directory::new(config.participants),
                 out: Vec::new(),
+                exchange: Vec::new(),
             }
         }
 
         fn send(&mut self, ms: u64, message: &Message) -> Control {
-            let Self { session, directory, out } = self;
-            with_ref(message, |message| session.handle_message(at(ms), message, directory, out))
+            let Self { session, directory, out, exchange } = self;
+            with_ref(message, |message| session.handle_message(at(ms), message, directory, out, exchange))
         }
 
         fn sign_on_request(&self, id: &str, key: &[u8]) -> codec::SignOnRequest {
@@ -556,8 +562,10 @@ mod tests {
         harness.sign_on("ACQ0001");
         assert_eq!(harness.send(2, &payment("ACQ0002")), Control::Continue);
         assert_eq!(harness.reply_code(), ReplyCode::NotAuthorised);
+        assert!(harness.exchange.is_empty(), "a spoofed request never reaches the exchange");
         assert_eq!(harness.send(3, &payment("ACQ0001")), Control::Continue);
-        assert_eq!(harness.reply_code(), ReplyCode::NoRoute, "no routing table yet: an explicit answer");
+        assert!(harness.out.is_empty());
+        assert_eq!(harness.exchange, vec![payment("ACQ0001")], "an honest one goes on to the exchange");
     }
 
     #[test]
@@ -573,16 +581,16 @@ mod tests {
                 }
                 other => other,
             };
-            let before = harness.out.len();
+            let before = harness.out.len() + harness.exchange.len();
             let control = harness.send(2, &message);
-            let answers = &harness.out[before..];
+            let handled = harness.out.len() + harness.exchange.len() - before;
             match kind {
                 MessageKind::SignOffRequest => {
                     assert_eq!(control, Control::Close(CloseReason::SignedOff));
                     return;
                 }
-                MessageKind::EchoReply | MessageKind::SignOffReply => assert!(answers.is_empty(), "{kind:?}"),
-                _ => assert_eq!(answers.len(), 1, "{kind:?} gets one answer: {answers:?}"),
+                MessageKind::EchoReply | MessageKind::SignOffReply => assert_eq!(handled, 0, "{kind:?}"),
+                _ => assert_eq!(handled, 1, "{kind:?} is answered or handed on exactly once"),
             }
         }
     }

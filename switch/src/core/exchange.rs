@@ -1,0 +1,920 @@
+//! The exchange: routes requests, matches replies, times out and reverses. Deterministic:
+//! it takes `now` and events, and returns the messages to send to which session. One
+//! exchange per shard owns its transactions; nothing here is shared.
+//!
+//! A transaction's life:
+//!
+//! ```text
+//! request ─▶ duplicate? ─▶ route ─▶ receiver signed on? ─▶ in-flight limit ─▶ forward + timer
+//!              │ Duplicate   │ NoRoute   │ DestinationUnavailable │ SystemBusy
+//! reply (from the receiver only) ─▶ answer the originator        (Approved / Declined)
+//! timer ─▶ Timeout to the originator + reversal to the receiver, stored and forwarded
+//!          until acknowledged (resent on its reconnect); a late approval is never forwarded
+//! ```
+//!
+//! Invariants:
+//! - Every request gets exactly one reply to its originator: a switch answer at once, the
+//!   receiver's answer, or `Timeout`, whichever comes first; later ones are dropped.
+//! - A reply is accepted only from the participant the request was sent to.
+//! - A timed-out transaction is always reversed (its outcome at the receiver is unknown),
+//!   so a late approval needs no second reversal and is never forwarded.
+//! - Memory is bounded: in-flight transactions by `in_flight_max`, remembered completed
+//!   ones (for duplicates and status queries) by `completed_max`, oldest forgotten first.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+
+use codec::code::{ReplyCode, ReversalReason, TransactionStatus};
+use codec::emv_qr::{MerchantCode, parse_merchant_code};
+use codec::field::FieldText;
+use codec::payment_code::{IssuerTable, PaymentCodeError};
+use codec::{
+    AuthorizationCode, InstitutionId, LinkedRequest, Message, PaymentCode, Reply, StatusQuery, StatusReply,
+    SwitchReference, TransactionId,
+};
+
+use crate::core::session::Now;
+
+/// A connection's id, unique for the process.
+pub type SessionId = u64;
+
+/// A message for one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    pub session: SessionId,
+    pub message: Message,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExchangeConfig {
+    pub switch_id: InstitutionId,
+    pub node: u8,
+    pub shard: u8,
+    /// How long the receiver has to answer before the originator gets `Timeout`.
+    pub reply_deadline_ms: u64,
+    /// How often an unacknowledged reversal is sent again.
+    pub reversal_retry_ms: u64,
+    pub in_flight_max: usize,
+    pub completed_max: usize,
+}
+
+impl Default for ExchangeConfig {
+    fn default() -> Self {
+        Self {
+            switch_id: InstitutionId::new("CSWITCH").expect("valid id"),
+            node: 0,
+            shard: 0,
+            reply_deadline_ms: 10_000,
+            reversal_retry_ms: 5_000,
+            in_flight_max: 100_000,
+            completed_max: 1_000_000,
+        }
+    }
+}
+
+/// Where requests go: consumer-presented by payment-code prefix to the issuer,
+/// merchant-presented by the QR's network GUID (or UnionPay URL institution code) to the
+/// acquirer.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    pub issuers: IssuerTable,
+    pub qr_networks: HashMap<String, InstitutionId>,
+    pub unionpay_institutions: HashMap<String, InstitutionId>,
+}
+
+impl Routes {
+    /// The demo network's routes: the default issuer table, and UnionPay's QR GUID and
+    /// institution code to the UNIONPAY participant.
+    pub fn embedded_default() -> Self {
+        let unionpay = InstitutionId::new("UNIONPAY").expect("valid id");
+        Self {
+            issuers: IssuerTable::china_default(),
+            qr_networks: HashMap::from([("A000000333010101".to_string(), unionpay)]),
+            unionpay_institutions: HashMap::from([("00010000".to_string(), unionpay)]),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    InFlight {
+        deadline_ms: u64,
+    },
+    Approved,
+    Declined(ReplyCode),
+    /// Answered `Timeout`; a reversal is pending or acknowledged.
+    TimedOut,
+    Reversed,
+}
+
+#[derive(Debug, Clone)]
+struct Transaction {
+    originator: InstitutionId,
+    originator_session: SessionId,
+    originator_transaction_id: TransactionId,
+    receiver: InstitutionId,
+    amount_minor: u64,
+    currency: u16,
+    state: State,
+}
+
+#[derive(Debug, Clone)]
+struct PendingReversal {
+    original: u64,
+    receiver: InstitutionId,
+    message: Message,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Reply(u64),
+    ReversalRetry(u64),
+}
+
+/// What a switch answer echoes of the request it answers.
+#[derive(Debug, Clone, Copy)]
+struct Answering {
+    originator: InstitutionId,
+    id: TransactionId,
+    amount_minor: u64,
+    currency: u16,
+}
+
+/// What happened to an answer from a receiver (for logs and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerOutcome {
+    Forwarded,
+    /// An approval after the timeout: covered by the pending reversal, not forwarded.
+    LateApproval,
+    /// A second answer, or one for a transaction the switch no longer remembers.
+    Unmatched,
+    /// An answer from a participant the request was not sent to.
+    WrongSender,
+    ReversalAcknowledged,
+}
+
+#[derive(Debug)]
+pub struct Exchange {
+    config: ExchangeConfig,
+    routes: Routes,
+    sessions: HashMap<InstitutionId, Vec<SessionId>>,
+    round_robin: usize,
+    sequence: u64,
+    transactions: HashMap<u64, Transaction>,
+    in_flight: usize,
+    by_originator: HashMap<(InstitutionId, TransactionId), u64>,
+    used_codes: HashSet<PaymentCode>,
+    /// Completed transactions, oldest first, to forget beyond `completed_max`.
+    completed: VecDeque<u64>,
+    timers: BinaryHeap<Reverse<(u64, Timer)>>,
+    reversals: HashMap<u64, PendingReversal>,
+}
+
+impl Exchange {
+    pub fn new(config: ExchangeConfig, routes: Routes) -> Self {
+        Self {
+            config,
+            routes,
+            sessions: HashMap::new(),
+            round_robin: 0,
+            sequence: 0,
+            transactions: HashMap::new(),
+            in_flight: 0,
+            by_originator: HashMap::new(),
+            used_codes: HashSet::new(),
+            completed: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            reversals: HashMap::new(),
+        }
+    }
+
+    /// A session signed on: it can receive requests, and pending reversals for its
+    /// participant are sent to it at once.
+    pub fn session_up(&mut self, participant: InstitutionId, session: SessionId, out: &mut Vec<Outbound>) {
+        self.sessions.entry(participant).or_default().push(session);
+        for pending in self.reversals.values().filter(|p| p.receiver == participant) {
+            out.push(Outbound { session, message: pending.message.clone() });
+        }
+    }
+
+    pub fn session_down(&mut self, participant: InstitutionId, session: SessionId) {
+        if let Some(sessions) = self.sessions.get_mut(&participant) {
+            sessions.retain(|&s| s != session);
+        }
+    }
+
+    /// When [`Exchange::handle_timers`] must next run (monotonic ms).
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        self.timers.peek().map(|Reverse((deadline, _))| *deadline)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    fn session_of(&mut self, participant: InstitutionId) -> Option<SessionId> {
+        let sessions = self.sessions.get(&participant).filter(|s| !s.is_empty())?;
+        self.round_robin = self.round_robin.wrapping_add(1);
+        Some(sessions[self.round_robin % sessions.len()])
+    }
+
+    fn next_reference(&mut self) -> u64 {
+        self.sequence += 1;
+        SwitchReference::new(self.config.node, self.config.shard, self.sequence).0
+    }
+
+    fn answer(&self, to: Answering, reference: u64, code: ReplyCode, now: Now) -> Reply {
+        Reply {
+            originator: to.originator,
+            originator_transaction_id: to.id,
+            switch_reference: reference,
+            amount_minor: to.amount_minor,
+            reply_time_ms: now.unix_ms,
+            currency: to.currency,
+            code: code.value(),
+            reserved: [0; 4],
+            authorization_code: AuthorizationCode::EMPTY,
+            responder: self.config.switch_id,
+        }
+    }
+
+    /// A request from a signed-on originator (identity already checked by its session).
+    pub fn handle_request(&mut self, now: Now, session: SessionId, message: Message, out: &mut Vec<Outbound>) {
+        match message {
+            Message::PaymentCodeRequest(mut request) => {
+                let details = &request.details;
+                let (originator, id, amount, currency) =
+                    (details.originator, details.originator_transaction_id, details.amount_minor, details.currency);
+                let switch_answer = |exchange: &Self, code| {
+                    Message::PaymentReply(exchange.answer(
+                        Answering { originator, id, amount_minor: amount, currency },
+                        0,
+                        code,
+                        now,
+                    ))
+                };
+                if self.by_originator.contains_key(&(originator, id)) || self.used_codes.contains(&request.payment_code)
+                {
+                    out.push(Outbound { session, message: switch_answer(self, ReplyCode::Duplicate) });
+                    return;
+                }
+                let receiver = match self.routes.issuers.lookup(request.payment_code.digits()) {
+                    Ok(entry) => entry.issuer,
+                    Err(PaymentCodeError::UnknownPrefix) => {
+                        out.push(Outbound { session, message: switch_answer(self, ReplyCode::NoRoute) });
+                        return;
+                    }
+                    Err(_) => {
+                        out.push(Outbound { session, message: switch_answer(self, ReplyCode::FormatError) });
+                        return;
+                    }
+                };
+                let code = request.payment_code;
+                if let Some(reference) = self.admit(now, session, originator, id, receiver, amount, currency, out) {
+                    self.used_codes.insert(code);
+                    request.details.switch_reference = reference;
+                    self.forward(receiver, Message::PaymentCodeRequest(request), out);
+                }
+            }
+            Message::QrPaymentRequest(mut request) => {
+                let details = &request.details;
+                let (originator, id, amount, currency) =
+                    (details.originator, details.originator_transaction_id, details.amount_minor, details.currency);
+                if self.by_originator.contains_key(&(originator, id)) {
+                    let reply = self.answer(
+                        Answering { originator, id, amount_minor: amount, currency },
+                        0,
+                        ReplyCode::Duplicate,
+                        now,
+                    );
+                    out.push(Outbound { session, message: Message::PaymentReply(reply) });
+                    return;
+                }
+                // A stack copy of the payload, so the parsed code can fill the request.
+                let payload = request.qr_payload;
+                let length = usize::from(request.qr_length).min(payload.0.len());
+                let text = std::str::from_utf8(&payload.0[..length]).unwrap_or("");
+                let route = match parse_merchant_code(text) {
+                    Ok(MerchantCode::Emv(qr)) => {
+                        // Fill what the wallet left for the switch, from the code itself.
+                        if request.details.merchant_name.is_empty() {
+                            request.details.merchant_name = qr.merchant_name().parse().unwrap_or_default();
+                        }
+                        if request.details.merchant_city.is_empty() {
+                            request.details.merchant_city = qr.merchant_city().parse().unwrap_or_default();
+                        }
+                        if request.details.merchant_category_code == 0 {
+                            request.details.merchant_category_code = qr.merchant_category_code();
+                        }
+                        let account = qr
+                            .merchant_accounts()
+                            .find(|a| a.guid().is_some_and(|g| self.routes.qr_networks.contains_key(g)));
+                        if request.details.merchant_id.is_empty()
+                            && let Some(id) = account.and_then(|a| a.field(1))
+                        {
+                            request.details.merchant_id = id.parse().unwrap_or_default();
+                        }
+                        Ok(account.and_then(|a| a.guid()).and_then(|g| self.routes.qr_networks.get(g).copied()))
+                    }
+                    Ok(MerchantCode::UnionPayUrl(url)) => {
+                        Ok(self.routes.unionpay_institutions.get(url.institution_code).copied())
+                    }
+                    Err(_) => Err(()),
+                };
+                let receiver = match route {
+                    Ok(Some(receiver)) => receiver,
+                    Ok(None) | Err(()) => {
+                        let code = if route.is_err() { ReplyCode::FormatError } else { ReplyCode::NoRoute };
+                        let reply =
+                            self.answer(Answering { originator, id, amount_minor: amount, currency }, 0, code, now);
+                        out.push(Outbound { session, message: Message::PaymentReply(reply) });
+                        return;
+                    }
+                };
+                if let Some(reference) = self.admit(now, session, originator, id, receiver, amount, currency, out) {
+                    request.details.switch_reference = reference;
+                    self.forward(receiver, Message::QrPaymentRequest(request), out);
+                }
+            }
+            Message::StatusQuery(query) => {
+                let reply = self.status(&query, now);
+                out.push(Outbound { session, message: Message::StatusReply(reply) });
+            }
+            // Originator cancels and refunds arrive with the journal (issue 5): until then
+            // the switch keeps no approvals to undo, and says so explicitly.
+            Message::ReversalRequest(request) => {
+                let reply = self.unknown_original(&request, now);
+                out.push(Outbound { session, message: Message::ReversalReply(reply) });
+            }
+            Message::RefundRequest(request) => {
+                let reply = self.unknown_original(&request, now);
+                out.push(Outbound { session, message: Message::RefundReply(reply) });
+            }
+            other => debug_assert!(false, "not a request: {:?}", other.kind()),
+        }
+    }
+
+    fn unknown_original(&self, request: &LinkedRequest, now: Now) -> Reply {
+        let to = Answering {
+            originator: request.originator,
+            id: request.originator_transaction_id,
+            amount_minor: request.amount_minor,
+            currency: request.currency,
+        };
+        self.answer(to, 0, ReplyCode::UnknownOriginal, now)
+    }
+
+    /// Checks the receiver and the in-flight limit, and records a new transaction. Answers
+    /// the originator itself and returns `None` when the request cannot go on.
+    #[allow(clippy::too_many_arguments)]
+    fn admit(
+        &mut self,
+        now: Now,
+        session: SessionId,
+        originator: InstitutionId,
+        id: TransactionId,
+        receiver: InstitutionId,
+        amount: u64,
+        currency: u16,
+        out: &mut Vec<Outbound>,
+    ) -> Option<u64> {
+        let code = if self.sessions.get(&receiver).is_none_or(|s| s.is_empty()) {
+            Some(ReplyCode::DestinationUnavailable)
+        } else if self.in_flight >= self.config.in_flight_max {
+            Some(ReplyCode::SystemBusy)
+        } else {
+            None
+        };
+        if let Some(code) = code {
+            let reply = self.answer(Answering { originator, id, amount_minor: amount, currency }, 0, code, now);
+            out.push(Outbound { session, message: Message::PaymentReply(reply) });
+            return None;
+        }
+        let reference = self.next_reference();
+        let deadline_ms = now.monotonic_ms + self.config.reply_deadline_ms;
+        self.transactions.insert(
+            reference,
+            Transaction {
+                originator,
+                originator_session: session,
+                originator_transaction_id: id,
+                receiver,
+                amount_minor: amount,
+                currency,
+                state: State::InFlight { deadline_ms },
+            },
+        );
+        self.in_flight += 1;
+        self.by_originator.insert((originator, id), reference);
+        self.timers.push(Reverse((deadline_ms, Timer::Reply(reference))));
+        Some(reference)
+    }
+
+    fn forward(&mut self, receiver: InstitutionId, message: Message, out: &mut Vec<Outbound>) {
+        // `admit` checked the receiver has a session.
+        if let Some(session) = self.session_of(receiver) {
+            out.push(Outbound { session, message });
+        }
+    }
+
+    /// An answer from a receiver: a payment or refund reply, or a reversal acknowledgement.
+    pub fn handle_answer(
+        &mut self,
+        now: Now,
+        sender: InstitutionId,
+        message: Message,
+        out: &mut Vec<Outbound>,
+    ) -> AnswerOutcome {
+        match message {
+            Message::ReversalReply(reply) => {
+                let reference = reply.switch_reference;
+                match self.reversals.get(&reference) {
+                    Some(pending) if pending.receiver != sender => AnswerOutcome::WrongSender,
+                    Some(_) => {
+                        let pending = self.reversals.remove(&reference).expect("present");
+                        if let Some(transaction) = self.transactions.get_mut(&pending.original) {
+                            transaction.state = State::Reversed;
+                        }
+                        AnswerOutcome::ReversalAcknowledged
+                    }
+                    None => AnswerOutcome::Unmatched,
+                }
+            }
+            Message::PaymentReply(reply) | Message::RefundReply(reply) => {
+                let reference = reply.switch_reference;
+                let Some(transaction) = self.transactions.get_mut(&reference) else {
+                    return AnswerOutcome::Unmatched;
+                };
+                if transaction.receiver != sender {
+                    return AnswerOutcome::WrongSender;
+                }
+                let code = ReplyCode::try_from(reply.code).unwrap_or(ReplyCode::DoNotHonour);
+                match transaction.state {
+                    State::InFlight { .. } => {
+                        transaction.state = if code.is_approved() { State::Approved } else { State::Declined(code) };
+                        // The originator's fields come from the switch's record, never from
+                        // the receiver's echo.
+                        let answer = Reply {
+                            originator: transaction.originator,
+                            originator_transaction_id: transaction.originator_transaction_id,
+                            switch_reference: reference,
+                            amount_minor: transaction.amount_minor,
+                            reply_time_ms: now.unix_ms,
+                            currency: transaction.currency,
+                            code: code.value(),
+                            reserved: [0; 4],
+                            authorization_code: if code.is_approved() {
+                                reply.authorization_code
+                            } else {
+                                AuthorizationCode::EMPTY
+                            },
+                            responder: sender,
+                        };
+                        out.push(Outbound {
+                            session: transaction.originator_session,
+                            message: Message::PaymentReply(answer),
+                        });
+                        self.in_flight -= 1;
+                        self.remember_completed(reference);
+                        AnswerOutcome::Forwarded
+                    }
+                    State::TimedOut | State::Reversed if code.is_approved() => AnswerOutcome::LateApproval,
+                    _ => AnswerOutcome::Unmatched,
+                }
+            }
+            other => {
+                debug_assert!(false, "not an answer: {:?}", other.kind());
+                AnswerOutcome::Unmatched
+            }
+        }
+    }
+
+    /// Fires due timers: replies `Timeout` and starts reversals; resends reversals.
+    pub fn handle_timers(&mut self, now: Now, out: &mut Vec<Outbound>) {
+        while let Some(&Reverse((deadline, timer))) = self.timers.peek() {
+            if deadline > now.monotonic_ms {
+                break;
+            }
+            self.timers.pop();
+            match timer {
+                Timer::Reply(reference) => self.time_out(now, reference, deadline, out),
+                Timer::ReversalRetry(reversal) => {
+                    if let Some(pending) = self.reversals.get(&reversal) {
+                        let (receiver, message) = (pending.receiver, pending.message.clone());
+                        if let Some(session) = self.session_of(receiver) {
+                            out.push(Outbound { session, message });
+                        }
+                        let next = now.monotonic_ms + self.config.reversal_retry_ms;
+                        self.timers.push(Reverse((next, Timer::ReversalRetry(reversal))));
+                    }
+                }
+            }
+        }
+    }
+
+    fn time_out(&mut self, now: Now, reference: u64, deadline: u64, out: &mut Vec<Outbound>) {
+        let Some(transaction) = self.transactions.get_mut(&reference) else { return };
+        if transaction.state != (State::InFlight { deadline_ms: deadline }) {
+            return;
+        }
+        transaction.state = State::TimedOut;
+        let transaction = transaction.clone();
+        self.in_flight -= 1;
+        let to = Answering {
+            originator: transaction.originator,
+            id: transaction.originator_transaction_id,
+            amount_minor: transaction.amount_minor,
+            currency: transaction.currency,
+        };
+        let reply = self.answer(to, reference, ReplyCode::Timeout, now);
+        out.push(Outbound { session: transaction.originator_session, message: Message::PaymentReply(reply) });
+
+        // The outcome at the receiver is unknown: reverse, stored and forwarded.
+        let reversal = self.next_reference();
+        let message = Message::ReversalRequest(LinkedRequest {
+            originator: self.config.switch_id,
+            originator_transaction_id: TransactionId::new(&format!("REV{reversal:016X}")).expect("valid id"),
+            switch_reference: reversal,
+            original_switch_reference: reference,
+            amount_minor: transaction.amount_minor,
+            transaction_time_ms: now.unix_ms,
+            currency: transaction.currency,
+            reason: ReversalReason::Timeout.value(),
+            reserved: [0; 4],
+            original_originator_transaction_id: transaction.originator_transaction_id,
+        });
+        if let Some(session) = self.session_of(transaction.receiver) {
+            out.push(Outbound { session, message: message.clone() });
+        }
+        self.reversals
+            .insert(reversal, PendingReversal { original: reference, receiver: transaction.receiver, message });
+        self.timers.push(Reverse((now.monotonic_ms + self.config.reversal_retry_ms, Timer::ReversalRetry(reversal))));
+        self.remember_completed(reference);
+    }
+
+    fn remember_completed(&mut self, reference: u64) {
+        self.completed.push_back(reference);
+        while self.completed.len() > self.config.completed_max {
+            let Some(oldest) = self.completed.pop_front() else { break };
+            // A transaction whose reversal is still pending stays: the reversal needs it.
+            if self.reversals.values().any(|p| p.original == oldest) {
+                self.completed.push_back(oldest);
+                break;
+            }
+            if let Some(transaction) = self.transactions.remove(&oldest) {
+                self.by_originator.remove(&(transaction.originator, transaction.originator_transaction_id));
+            }
+        }
+    }
+
+    fn status(&self, query: &StatusQuery, now: Now) -> StatusReply {
+        let reference = if query.original_switch_reference != 0 {
+            Some(query.original_switch_reference)
+        } else {
+            self.by_originator.get(&(query.originator, query.original_originator_transaction_id)).copied()
+        };
+        // A query only ever sees the asker's own transactions.
+        let found = reference
+            .and_then(|r| self.transactions.get(&r).map(|t| (r, t)))
+            .filter(|(_, t)| t.originator == query.originator);
+        let (reference, status, code, amount, currency) = match found {
+            None => (0, TransactionStatus::Unknown, 0, 0, 0),
+            Some((reference, t)) => {
+                let (status, code) = match t.state {
+                    State::InFlight { .. } => (TransactionStatus::InFlight, 0),
+                    State::Approved => (TransactionStatus::Approved, ReplyCode::Approved.value()),
+                    State::Declined(code) => (TransactionStatus::Declined, code.value()),
+                    State::TimedOut => (TransactionStatus::TimedOut, ReplyCode::Timeout.value()),
+                    State::Reversed => (TransactionStatus::Reversed, ReplyCode::Timeout.value()),
+                };
+                (reference, status, code, t.amount_minor, t.currency)
+            }
+        };
+        StatusReply {
+            originator: query.originator,
+            original_originator_transaction_id: query.original_originator_transaction_id,
+            original_switch_reference: reference,
+            amount_minor: amount,
+            reply_time_ms: now.unix_ms,
+            currency,
+            code,
+            status: status.value(),
+            reserved: [0; 3],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use codec::{Echo, PaymentCodeRequest, QrPaymentRequest};
+
+    use super::*;
+
+    const ACQUIRER: SessionId = 1;
+    const WECHAT: SessionId = 2;
+    const UNIONPAY: SessionId = 3;
+
+    fn id(text: &str) -> InstitutionId {
+        InstitutionId::new(text).expect("valid id")
+    }
+
+    fn at(ms: u64) -> Now {
+        Now { monotonic_ms: ms, unix_ms: 1_771_286_370_000 + ms as i64 }
+    }
+
+    fn exchange() -> Exchange {
+        let mut exchange = Exchange::new(
+            ExchangeConfig { reply_deadline_ms: 1_000, reversal_retry_ms: 500, ..ExchangeConfig::default() },
+            Routes::embedded_default(),
+        );
+        let mut out = Vec::new();
+        exchange.session_up(id("ACQ0001"), ACQUIRER, &mut out);
+        exchange.session_up(id("WECHATPAY"), WECHAT, &mut out);
+        exchange.session_up(id("UNIONPAY"), UNIONPAY, &mut out);
+        assert!(out.is_empty());
+        exchange
+    }
+
+    fn payment(id_text: &str, code: &str) -> PaymentCodeRequest {
+        let mut request = codec::sample::payment_code_request();
+        request.details.originator_transaction_id = TransactionId::new(id_text).expect("valid");
+        request.payment_code = PaymentCode::new(code).expect("valid");
+        request
+    }
+
+    fn reply_code(out: &[Outbound], session: SessionId) -> (ReplyCode, u64) {
+        match out.iter().find(|o| o.session == session).map(|o| &o.message) {
+            Some(Message::PaymentReply(reply)) => {
+                (ReplyCode::try_from(reply.code).expect("valid"), reply.switch_reference)
+            }
+            other => panic!("expected a reply to session {session}, got {other:?}"),
+        }
+    }
+
+    fn issuer_reply(reference: u64, code: ReplyCode) -> Message {
+        Message::PaymentReply(Reply {
+            switch_reference: reference,
+            code: code.value(),
+            authorization_code: if code.is_approved() {
+                "A1B2C3".parse().expect("valid")
+            } else {
+                AuthorizationCode::EMPTY
+            },
+            ..codec::sample::payment_reply()
+        })
+    }
+
+    #[test]
+    fn consumer_presented_is_routed_by_prefix_and_the_reply_matched() {
+        let mut exchange = exchange();
+        let mut out = Vec::new();
+        exchange.handle_request(
+            at(0),
+            ACQUIRER,
+            Message::PaymentCodeRequest(payment("T1", "134567890123451234")),
+            &mut out,
+        );
+        let [Outbound { session: WECHAT, message: Message::PaymentCodeRequest(forwarded) }] = out.as_slice() else {
+            panic!("expected a forward to WeChat Pay: {out:?}");
+        };
+        let reference = forwarded.details.switch_reference;
+        assert_ne!(reference, 0);
+        assert_eq!(exchange.in_flight(), 1);
+        out.clear();
+        assert_eq!(
+            exchange.handle_answer(at(50), id("WECHATPAY"), issuer_reply(reference, ReplyCode::Approved), &mut out),
+            AnswerOutcome::Forwarded
+        );
+        assert_eq!(reply_code(&out, ACQUIRER), (ReplyCode::Approved, reference));
+        assert_eq!(exchange.in_flight(), 0);
+        // A second answer is not forwarded; the timer finds nothing to do.
+        out.clear();
+        assert_eq!(
+            exchange.handle_answer(at(60), id("WECHATPAY"), issuer_reply(reference, ReplyCode::Approved), &mut out),
+            AnswerOutcome::Unmatched
+        );
+        exchange.handle_timers(at(5_000), &mut out);
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn declines_pass_through_and_only_the_receiver_may_answer() {
+        let mut exchange = exchange();
+        let mut out = Vec::new();
+        exchange.handle_request(
+            at(0),
+            ACQUIRER,
+            Message::PaymentCodeRequest(payment("T1", "134567890123451234")),
+            &mut out,
+        );
+        let reference = match &out[0].message {
+            Message::PaymentCodeRequest(r) => r.details.switch_reference,
+            _ => unreachable!(),
+        };
+        out.clear();
+        assert_eq!(
+            exchange.handle_answer(at(1), id("UNIONPAY"), issuer_reply(reference, ReplyCode::Approved), &mut out),
+            AnswerOutcome::WrongSender
+        );
+        assert!(out.is_empty());
+        exchange.handle_answer(at(2), id("WECHATPAY"), issuer_reply(reference, ReplyCode::InsufficientFunds), &mut out);
+        assert_eq!(reply_code(&out, ACQUIRER).0, ReplyCode::InsufficientFunds);
+    }
+
+    #[test]
+    fn switch_answers_no_route_unavailable_duplicate_busy() {
+        let mut exchange = exchange();
+        let mut out = Vec::new();
+        exchange.handle_request(
+            at(0),
+            ACQUIRER,
+            Message::PaymentCodeRequest(payment("T1", "994567890123451234")),
+            &mut out,
+        );
+        assert_eq!(reply_code(&out, ACQUIRER).0, ReplyCode::NoRoute);
+        out.clear();
+        // Alipay is routed but not signed on.
+        exchange.handle_request(
+            at(0),
+            ACQUIRER,
+            Message::PaymentCodeRequest(payment("T2", "281234567890123456")),
+            &mut out,
+        );
+        assert_eq!(reply_code(&out, ACQUIRER).0, ReplyCode::DestinationUnavailable);
+        out.clear();
+        exchange.handle_request(
+            at(0),
+            ACQUIRER,
+            Message::PaymentCodeRequest(payment("T3", "134567890123451234")),
+            &mut out,
+        );
+        out.clear();
+        // Same originator transaction id; then the same payment code under a new id.
+        exchange.handle_request(
+            at(0),
+            ACQUIRER,
+            Message::PaymentCodeRequest(payment("T3", "134567890123450000")),
+            &mut out,
+        );
+        assert_eq!(reply_code(&out, ACQUIRER).0, ReplyCode::Duplicate);
+        out.clear();
+        exchange.handle_request(
+            at(0),
+            ACQUIRER,
+            Message::PaymentCodeRequest(payment("T4", "134567890123451234")),
+            &mut out,
+        );
+        assert_eq!(reply_code(&out, ACQUIRER).0, ReplyCode::Duplicate);
+        out.clear();
+        // Wrong length for the prefix.
+        exchange.handle_request(
+            at(0),
+            ACQUIRER,
+            Message::PaymentCodeRequest(payment("T5", "1345678901234512")),
+            &mut out,
+        );
+        assert_eq!(reply_code(&out, ACQUIRER).0, ReplyCode::FormatError);
+        let mut busy =
+            Exchange::new(ExchangeConfig { in_flight_max: 0, ..ExchangeConfig::default() }, Routes::embedded_default());
+        busy.session_up(id("WECHATPAY"), WECHAT, &mut out);
+        out.clear();
+        busy.handle_request(
+            at(0),
+            ACQUIRER,
+            Message::PaymentCodeRequest(payment("T6", "134567890123459999")),
+            &mut out,
+        );
+        assert_eq!(reply_code(&out, ACQUIRER).0, ReplyCode::SystemBusy);
+    }
+
+    #[test]
+    fn merchant_presented_is_routed_by_guid_and_filled_from_the_code() {
+        let mut exchange = exchange();
+        let mut out = Vec::new();
+        let mut request: QrPaymentRequest = codec::sample::qr_payment_request();
+        request.details.originator = id("ACQ0001");
+        exchange.handle_request(at(0), ACQUIRER, Message::QrPaymentRequest(request), &mut out);
+        let [Outbound { session: UNIONPAY, message: Message::QrPaymentRequest(forwarded) }] = out.as_slice() else {
+            panic!("expected a forward to UnionPay: {out:?}");
+        };
+        assert_eq!(forwarded.details.merchant_name.as_str(), "JINGAN COFFEE");
+        assert_eq!(forwarded.details.merchant_id.as_str(), "310115000123456");
+        assert_eq!(forwarded.details.merchant_category_code, 5814);
+    }
+
+    #[test]
+    fn timeout_answers_the_originator_and_reverses_until_acknowledged() {
+        let mut exchange = exchange();
+        let mut out = Vec::new();
+        exchange.handle_request(
+            at(0),
+            ACQUIRER,
+            Message::PaymentCodeRequest(payment("T1", "134567890123451234")),
+            &mut out,
+        );
+        let reference = match &out[0].message {
+            Message::PaymentCodeRequest(r) => r.details.switch_reference,
+            _ => unreachable!(),
+        };
+        out.clear();
+        assert_eq!(exchange.next_deadline_ms(), Some(1_000));
+        exchange.handle_timers(at(999), &mut out);
+        assert!(out.is_empty());
+        exchange.handle_timers(at(1_000), &mut out);
+        assert_eq!(reply_code(&out, ACQUIRER), (ReplyCode::Timeout, reference));
+        let reversal = match out.iter().find(|o| o.session == WECHAT).map(|o| &o.message) {
+            Some(Message::ReversalRequest(r)) => r.clone(),
+            other => panic!("expected a reversal to WeChat Pay: {other:?}"),
+        };
+        assert_eq!((reversal.original_switch_reference, reversal.reason), (reference, ReversalReason::Timeout.value()));
+        out.clear();
+        // A late approval is never forwarded.
+        assert_eq!(
+            exchange.handle_answer(at(1_100), id("WECHATPAY"), issuer_reply(reference, ReplyCode::Approved), &mut out),
+            AnswerOutcome::LateApproval
+        );
+        assert!(out.is_empty());
+        // The issuer goes away; the reversal waits and is resent when it signs on again.
+        exchange.session_down(id("WECHATPAY"), WECHAT);
+        exchange.handle_timers(at(1_500), &mut out);
+        assert!(out.is_empty(), "no session to send to: {out:?}");
+        exchange.session_up(id("WECHATPAY"), 9, &mut out);
+        assert!(matches!(out.as_slice(), [Outbound { session: 9, message: Message::ReversalRequest(_) }]), "{out:?}");
+        out.clear();
+        let ack = Message::ReversalReply(Reply {
+            switch_reference: reversal.switch_reference,
+            ..codec::sample::payment_reply()
+        });
+        assert_eq!(
+            exchange.handle_answer(at(1_600), id("WECHATPAY"), ack, &mut out),
+            AnswerOutcome::ReversalAcknowledged
+        );
+        exchange.handle_timers(at(10_000), &mut out);
+        assert!(out.is_empty(), "acknowledged: no more retries: {out:?}");
+        // The record says reversed.
+        let query = StatusQuery {
+            originator: id("ACQ0001"),
+            original_originator_transaction_id: TransactionId::new("T1").expect("valid"),
+            original_switch_reference: 0,
+            query_time_ms: 0,
+        };
+        exchange.handle_request(at(2_000), ACQUIRER, Message::StatusQuery(query), &mut out);
+        let Some(Message::StatusReply(status)) = out.pop().map(|o| o.message) else {
+            panic!("expected a status reply")
+        };
+        assert_eq!((status.status, status.original_switch_reference), (TransactionStatus::Reversed.value(), reference));
+    }
+
+    #[test]
+    fn status_queries_see_only_the_askers_transactions() {
+        let mut exchange = exchange();
+        let mut out = Vec::new();
+        exchange.handle_request(
+            at(0),
+            ACQUIRER,
+            Message::PaymentCodeRequest(payment("T1", "134567890123451234")),
+            &mut out,
+        );
+        let reference = match &out[0].message {
+            Message::PaymentCodeRequest(r) => r.details.switch_reference,
+            _ => unreachable!(),
+        };
+        out.clear();
+        let query = StatusQuery {
+            originator: id("ACQ0002"),
+            original_originator_transaction_id: TransactionId::new("T1").expect("valid"),
+            original_switch_reference: reference,
+            query_time_ms: 0,
+        };
+        exchange.handle_request(at(1), 7, Message::StatusQuery(query), &mut out);
+        let Some(Message::StatusReply(status)) = out.pop().map(|o| o.message) else {
+            panic!("expected a status reply")
+        };
+        assert_eq!(status.status, TransactionStatus::Unknown.value());
+        let _ = Echo::default();
+    }
+
+    #[test]
+    fn completed_memory_is_bounded() {
+        let mut exchange =
+            Exchange::new(ExchangeConfig { completed_max: 3, ..ExchangeConfig::default() }, Routes::embedded_default());
+        let mut out = Vec::new();
+        exchange.session_up(id("WECHATPAY"), WECHAT, &mut out);
+        for n in 0..10u64 {
+            out.clear();
+            exchange.handle_request(
+                at(0),
+                ACQUIRER,
+                Message::PaymentCodeRequest(payment(&format!("T{n}"), &format!("13{n:016}"))),
+                &mut out,
+            );
+            let reference = match &out[0].message {
+                Message::PaymentCodeRequest(r) => r.details.switch_reference,
+                _ => unreachable!(),
+            };
+            exchange.handle_answer(at(1), id("WECHATPAY"), issuer_reply(reference, ReplyCode::Approved), &mut out);
+        }
+        assert_eq!(exchange.transactions.len(), 3);
+        assert_eq!(exchange.by_originator.len(), 3);
+    }
+}

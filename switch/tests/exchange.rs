@@ -1,0 +1,121 @@
+//! The switch routing real participants on loopback: acquirers and issuers are the load
+//! generator's clients, as independent of the switch's code as a bank's would be.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use codec::{InstitutionId, Message, MessageRef, ReplyCode};
+use loadgen::client::Client;
+use loadgen::issuer::{IssuerBehaviour, run_issuer};
+use switch::config::{SwitchConfig, demo_key};
+use switch::core::exchange::{ExchangeConfig, Routes};
+use switch::edge::tcp::{Shared, serve};
+use switch::participant::Directory;
+
+fn id(text: &str) -> InstitutionId {
+    InstitutionId::new(text).expect("valid id")
+}
+
+async fn start(reply_deadline_ms: u64) -> SocketAddr {
+    let config = SwitchConfig::embedded_default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let exchange = ExchangeConfig { reply_deadline_ms, reversal_retry_ms: 200, ..ExchangeConfig::default() };
+    let shared = Arc::new(
+        Shared::new(config.session, Directory::new(config.participants))
+            .with_exchange(exchange, Routes::embedded_default()),
+    );
+    tokio::spawn(serve(listener, shared, std::future::pending()));
+    address
+}
+
+async fn connect(address: SocketAddr, participant: &str) -> Client {
+    Client::connect(address, id(participant), 1, &demo_key(participant)).await.expect("sign on")
+}
+
+fn code(reply: &codec::Reply) -> ReplyCode {
+    ReplyCode::try_from(reply.code).expect("a code from the table")
+}
+
+async fn next_reply(client: &mut Client) -> codec::Reply {
+    client
+        .reader
+        .next(|m| match m.to_message() {
+            Message::PaymentReply(reply) => reply,
+            other => panic!("expected a payment reply, got {:?}", other.kind()),
+        })
+        .await
+        .expect("reply")
+}
+
+#[tokio::test]
+async fn both_payment_modes_are_routed_and_answered() {
+    let address = start(5_000).await;
+    let wechat = connect(address, "WECHATPAY").await;
+    let unionpay = connect(address, "UNIONPAY").await;
+    let wechat_task = tokio::spawn(run_issuer(wechat, IssuerBehaviour { decline_every: 2, silent: false }));
+    let unionpay_task = tokio::spawn(run_issuer(unionpay, IssuerBehaviour::default()));
+    let mut acquirer = connect(address, "ACQ0001").await;
+
+    // Consumer-presented, by payment-code prefix to WeChat Pay: approved, then declined.
+    let mut request = codec::sample::payment_code_request();
+    acquirer.writer.send(&Message::PaymentCodeRequest(request.clone())).await.expect("send");
+    let reply = next_reply(&mut acquirer).await;
+    assert_eq!((code(&reply), reply.responder.to_string()), (ReplyCode::Approved, "WECHATPAY".to_string()));
+    assert_ne!(reply.switch_reference, 0);
+    assert_eq!(reply.originator_transaction_id, request.details.originator_transaction_id);
+    request.details.originator_transaction_id = "T-2".parse().expect("valid");
+    request.payment_code = "134567890123450002".parse().expect("valid");
+    acquirer.writer.send(&Message::PaymentCodeRequest(request.clone())).await.expect("send");
+    assert_eq!(code(&next_reply(&mut acquirer).await), ReplyCode::InsufficientFunds);
+    // The same payment code again: refused without reaching the issuer.
+    request.details.originator_transaction_id = "T-3".parse().expect("valid");
+    acquirer.writer.send(&Message::PaymentCodeRequest(request)).await.expect("send");
+    assert_eq!(code(&next_reply(&mut acquirer).await), ReplyCode::Duplicate);
+
+    // Merchant-presented, by the QR's GUID to UnionPay.
+    let mut qr = codec::sample::qr_payment_request();
+    qr.details.originator = id("ACQ0001");
+    acquirer.writer.send(&Message::QrPaymentRequest(qr)).await.expect("send");
+    let reply = next_reply(&mut acquirer).await;
+    assert_eq!((code(&reply), reply.responder.to_string()), (ReplyCode::Approved, "UNIONPAY".to_string()));
+
+    // No route for an unknown prefix.
+    let mut unknown = codec::sample::payment_code_request();
+    unknown.details.originator_transaction_id = "T-4".parse().expect("valid");
+    unknown.payment_code = "994567890123450004".parse().expect("valid");
+    acquirer.writer.send(&Message::PaymentCodeRequest(unknown)).await.expect("send");
+    assert_eq!(code(&next_reply(&mut acquirer).await), ReplyCode::NoRoute);
+
+    wechat_task.abort();
+    unionpay_task.abort();
+}
+
+#[tokio::test]
+async fn a_timeout_is_answered_and_reversed_after_the_issuer_reconnects() {
+    let address = start(300).await;
+    let silent = connect(address, "WECHATPAY").await;
+    let silent_task = tokio::spawn(run_issuer(silent, IssuerBehaviour { decline_every: 0, silent: true }));
+    let mut acquirer = connect(address, "ACQ0001").await;
+    acquirer.writer.send(&Message::PaymentCodeRequest(codec::sample::payment_code_request())).await.expect("send");
+    let started = std::time::Instant::now();
+    let reply = next_reply(&mut acquirer).await;
+    assert_eq!(code(&reply), ReplyCode::Timeout);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // The silent issuer goes away; a new session of WeChat Pay gets the reversal.
+    silent_task.abort();
+    let _ = silent_task.await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut issuer = connect(address, "WECHATPAY").await;
+    let reversal = issuer
+        .reader
+        .next(|m| match m {
+            MessageRef::ReversalRequest(reversal) => reversal.original_switch_reference.to_native(),
+            other => panic!("expected a reversal, got {:?}", other.kind()),
+        })
+        .await
+        .expect("reversal");
+    assert_eq!(reversal, reply.switch_reference);
+}
