@@ -158,6 +158,8 @@ pub struct Exchange {
     config: ExchangeConfig,
     routes: Routes,
     sessions: HashMap<InstitutionId, Vec<SessionId>>,
+    /// Every signed-on session, whatever its participant.
+    live: HashSet<SessionId>,
     round_robin: usize,
     sequence: u64,
     transactions: HashMap<u64, Transaction>,
@@ -176,6 +178,7 @@ impl Exchange {
             config,
             routes,
             sessions: HashMap::new(),
+            live: HashSet::new(),
             round_robin: 0,
             sequence: 0,
             transactions: HashMap::new(),
@@ -192,6 +195,7 @@ impl Exchange {
     /// participant are sent to it at once.
     pub fn session_up(&mut self, participant: InstitutionId, session: SessionId, out: &mut Vec<Outbound>) {
         self.sessions.entry(participant).or_default().push(session);
+        self.live.insert(session);
         for pending in self.reversals.values().filter(|p| p.receiver == participant) {
             out.push(Outbound { session, message: pending.message.clone() });
         }
@@ -200,6 +204,21 @@ impl Exchange {
     pub fn session_down(&mut self, participant: InstitutionId, session: SessionId) {
         if let Some(sessions) = self.sessions.get_mut(&participant) {
             sessions.retain(|&s| s != session);
+        }
+        self.live.remove(&session);
+    }
+
+    /// A message the edge could not deliver (its session ended, or its queue was full).
+    /// An approval that never reached its originator is reversed: the payer must not be
+    /// charged for a payment the merchant was never told of. Anything else is covered
+    /// already: an undelivered request times out and is reversed, an undelivered reversal
+    /// is resent, and a decline or switch answer moved no value.
+    pub fn handle_undeliverable(&mut self, now: Now, message: Message, out: &mut Vec<Outbound>) {
+        if let Message::PaymentReply(reply) = message
+            && reply.code == ReplyCode::Approved.value()
+            && self.transactions.get(&reply.switch_reference).is_some_and(|t| t.state == State::Approved)
+        {
+            self.reverse(now, reply.switch_reference, ReversalReason::ReplyUndeliverable, out);
         }
     }
 
@@ -470,11 +489,13 @@ impl Exchange {
                             },
                             responder: sender,
                         };
-                        out.push(Outbound {
-                            session: transaction.originator_session,
-                            message: Message::PaymentReply(answer),
-                        });
+                        let originator_session = transaction.originator_session;
                         self.in_flight -= 1;
+                        if self.live.contains(&originator_session) {
+                            out.push(Outbound { session: originator_session, message: Message::PaymentReply(answer) });
+                        } else {
+                            self.handle_undeliverable(now, Message::PaymentReply(answer), out);
+                        }
                         self.remember_completed(reference);
                         AnswerOutcome::Forwarded
                     }
@@ -530,6 +551,16 @@ impl Exchange {
         out.push(Outbound { session: transaction.originator_session, message: Message::PaymentReply(reply) });
 
         // The outcome at the receiver is unknown: reverse, stored and forwarded.
+        self.reverse(now, reference, ReversalReason::Timeout, out);
+        self.remember_completed(reference);
+    }
+
+    /// Starts the reversal of `reference` at its receiver: sent now if it is signed on,
+    /// and again every `reversal_retry_ms` and on its every sign-on, until acknowledged.
+    fn reverse(&mut self, now: Now, reference: u64, reason: ReversalReason, out: &mut Vec<Outbound>) {
+        let Some(transaction) = self.transactions.get_mut(&reference) else { return };
+        transaction.state = State::TimedOut;
+        let transaction = transaction.clone();
         let reversal = self.next_reference();
         let message = Message::ReversalRequest(LinkedRequest {
             originator: self.config.switch_id,
@@ -539,7 +570,7 @@ impl Exchange {
             amount_minor: transaction.amount_minor,
             transaction_time_ms: now.unix_ms,
             currency: transaction.currency,
-            reason: ReversalReason::Timeout.value(),
+            reason: reason.value(),
             reserved: [0; 4],
             original_originator_transaction_id: transaction.originator_transaction_id,
         });
@@ -549,7 +580,6 @@ impl Exchange {
         self.reversals
             .insert(reversal, PendingReversal { original: reference, receiver: transaction.receiver, message });
         self.timers.push(Reverse((now.monotonic_ms + self.config.reversal_retry_ms, Timer::ReversalRetry(reversal))));
-        self.remember_completed(reference);
     }
 
     fn remember_completed(&mut self, reference: u64) {
@@ -866,6 +896,58 @@ mod tests {
     }
 
     #[test]
+    fn an_approval_that_cannot_reach_its_originator_is_reversed() {
+        let mut exchange = exchange();
+        let mut out = Vec::new();
+        exchange.handle_request(
+            at(0),
+            ACQUIRER,
+            Message::PaymentCodeRequest(payment("T1", "134567890123451234")),
+            &mut out,
+        );
+        let reference = match &out[0].message {
+            Message::PaymentCodeRequest(r) => r.details.switch_reference,
+            _ => unreachable!(),
+        };
+        out.clear();
+        // The acquirer's session ends before the approval arrives.
+        exchange.session_down(id("ACQ0001"), ACQUIRER);
+        exchange.handle_answer(at(10), id("WECHATPAY"), issuer_reply(reference, ReplyCode::Approved), &mut out);
+        let [Outbound { session: WECHAT, message: Message::ReversalRequest(reversal) }] = out.as_slice() else {
+            panic!("expected only a reversal to the issuer: {out:?}");
+        };
+        assert_eq!(
+            (reversal.original_switch_reference, reversal.reason),
+            (reference, ReversalReason::ReplyUndeliverable.value())
+        );
+
+        // The same when the edge finds the originator's queue full.
+        let mut exchange = self::exchange();
+        exchange.handle_request(
+            at(0),
+            ACQUIRER,
+            Message::PaymentCodeRequest(payment("T2", "134567890123452222")),
+            &mut out,
+        );
+        let reference = match &out.last().expect("forward").message {
+            Message::PaymentCodeRequest(r) => r.details.switch_reference,
+            _ => unreachable!(),
+        };
+        out.clear();
+        exchange.handle_answer(at(10), id("WECHATPAY"), issuer_reply(reference, ReplyCode::Approved), &mut out);
+        let approval = out.pop().expect("the approval").message;
+        exchange.handle_undeliverable(at(11), approval, &mut out);
+        assert!(
+            matches!(out.as_slice(), [Outbound { session: WECHAT, message: Message::ReversalRequest(_) }]),
+            "{out:?}"
+        );
+        // A decline that cannot be delivered moved no value: nothing to undo.
+        out.clear();
+        exchange.handle_undeliverable(at(12), issuer_reply(reference, ReplyCode::InsufficientFunds), &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
     fn status_queries_see_only_the_askers_transactions() {
         let mut exchange = exchange();
         let mut out = Vec::new();
@@ -899,6 +981,7 @@ mod tests {
         let mut exchange =
             Exchange::new(ExchangeConfig { completed_max: 3, ..ExchangeConfig::default() }, Routes::embedded_default());
         let mut out = Vec::new();
+        exchange.session_up(id("ACQ0001"), ACQUIRER, &mut out);
         exchange.session_up(id("WECHATPAY"), WECHAT, &mut out);
         for n in 0..10u64 {
             out.clear();

@@ -53,6 +53,7 @@ async fn run(mut exchange: Exchange, mut events: mpsc::Receiver<Event>, started:
     let mut sessions: HashMap<SessionId, (InstitutionId, mpsc::Sender<Message>)> = HashMap::new();
     let mut out: Vec<Outbound> = Vec::with_capacity(EVENT_BATCH_MAX);
     let mut batch: Vec<Event> = Vec::with_capacity(EVENT_BATCH_MAX);
+    let mut undelivered: Vec<Outbound> = Vec::new();
     loop {
         let deadline = exchange.next_deadline_ms().map(|ms| started + Duration::from_millis(ms));
         tokio::select! {
@@ -84,16 +85,20 @@ async fn run(mut exchange: Exchange, mut events: mpsc::Receiver<Event>, started:
         exchange.handle_timers(now, &mut out);
         for Outbound { session, message } in out.drain(..) {
             let Some((participant, queue)) = sessions.get(&session) else {
-                // The session ended; `session_down` has told the exchange already.
+                // The session ended between the event and this delivery.
+                exchange.handle_undeliverable(now, message, &mut undelivered);
                 continue;
             };
-            if queue.try_send(message).is_err() {
+            if let Err(error) = queue.try_send(message) {
                 let participant = *participant;
                 tracing::warn!(%participant, session, "outbound queue full or closed: dropping the session");
                 sessions.remove(&session);
                 exchange.session_down(participant, session);
+                exchange.handle_undeliverable(now, error.into_inner(), &mut undelivered);
             }
         }
+        // What undeliverable messages caused (reversals) goes out with the next batch.
+        out.append(&mut undelivered);
     }
 }
 
