@@ -672,6 +672,22 @@ mod tests {
         request
     }
 
+    /// The acquirer sends payment `id` with `code`, at time 0.
+    fn pay(exchange: &mut Exchange, id: &str, code: &str, out: &mut Vec<Outbound>) {
+        exchange.handle_request(at(0), ACQUIRER, Message::PaymentCodeRequest(payment(id, code)), out);
+    }
+
+    /// The switch reference of the last request forwarded in `out`.
+    fn forwarded_reference(out: &[Outbound]) -> u64 {
+        match out.iter().rev().find_map(|o| match &o.message {
+            Message::PaymentCodeRequest(request) => Some(request.details.switch_reference),
+            _ => None,
+        }) {
+            Some(reference) => reference,
+            None => panic!("nothing was forwarded: {out:?}"),
+        }
+    }
+
     fn reply_code(out: &[Outbound], session: SessionId) -> (ReplyCode, u64) {
         match out.iter().find(|o| o.session == session).map(|o| &o.message) {
             Some(Message::PaymentReply(reply)) => {
@@ -698,12 +714,7 @@ mod tests {
     fn consumer_presented_is_routed_by_prefix_and_the_reply_matched() {
         let mut exchange = exchange();
         let mut out = Vec::new();
-        exchange.handle_request(
-            at(0),
-            ACQUIRER,
-            Message::PaymentCodeRequest(payment("T1", "134567890123451234")),
-            &mut out,
-        );
+        pay(&mut exchange, "T1", "134567890123451234", &mut out);
         let [Outbound { session: WECHAT, message: Message::PaymentCodeRequest(forwarded) }] = out.as_slice() else {
             panic!("expected a forward to WeChat Pay: {out:?}");
         };
@@ -731,16 +742,8 @@ mod tests {
     fn declines_pass_through_and_only_the_receiver_may_answer() {
         let mut exchange = exchange();
         let mut out = Vec::new();
-        exchange.handle_request(
-            at(0),
-            ACQUIRER,
-            Message::PaymentCodeRequest(payment("T1", "134567890123451234")),
-            &mut out,
-        );
-        let reference = match &out[0].message {
-            Message::PaymentCodeRequest(r) => r.details.switch_reference,
-            _ => unreachable!(),
-        };
+        pay(&mut exchange, "T1", "134567890123451234", &mut out);
+        let reference = forwarded_reference(&out);
         out.clear();
         assert_eq!(
             exchange.handle_answer(at(1), id("UNIONPAY"), issuer_reply(reference, ReplyCode::Approved), &mut out),
@@ -755,65 +758,30 @@ mod tests {
     fn switch_answers_no_route_unavailable_duplicate_busy() {
         let mut exchange = exchange();
         let mut out = Vec::new();
-        exchange.handle_request(
-            at(0),
-            ACQUIRER,
-            Message::PaymentCodeRequest(payment("T1", "994567890123451234")),
-            &mut out,
-        );
+        pay(&mut exchange, "T1", "994567890123451234", &mut out);
         assert_eq!(reply_code(&out, ACQUIRER).0, ReplyCode::NoRoute);
         out.clear();
         // Alipay is routed but not signed on.
-        exchange.handle_request(
-            at(0),
-            ACQUIRER,
-            Message::PaymentCodeRequest(payment("T2", "281234567890123456")),
-            &mut out,
-        );
+        pay(&mut exchange, "T2", "281234567890123456", &mut out);
         assert_eq!(reply_code(&out, ACQUIRER).0, ReplyCode::DestinationUnavailable);
         out.clear();
-        exchange.handle_request(
-            at(0),
-            ACQUIRER,
-            Message::PaymentCodeRequest(payment("T3", "134567890123451234")),
-            &mut out,
-        );
+        pay(&mut exchange, "T3", "134567890123451234", &mut out);
         out.clear();
         // Same originator transaction id; then the same payment code under a new id.
-        exchange.handle_request(
-            at(0),
-            ACQUIRER,
-            Message::PaymentCodeRequest(payment("T3", "134567890123450000")),
-            &mut out,
-        );
+        pay(&mut exchange, "T3", "134567890123450000", &mut out);
         assert_eq!(reply_code(&out, ACQUIRER).0, ReplyCode::Duplicate);
         out.clear();
-        exchange.handle_request(
-            at(0),
-            ACQUIRER,
-            Message::PaymentCodeRequest(payment("T4", "134567890123451234")),
-            &mut out,
-        );
+        pay(&mut exchange, "T4", "134567890123451234", &mut out);
         assert_eq!(reply_code(&out, ACQUIRER).0, ReplyCode::Duplicate);
         out.clear();
         // Wrong length for the prefix.
-        exchange.handle_request(
-            at(0),
-            ACQUIRER,
-            Message::PaymentCodeRequest(payment("T5", "1345678901234512")),
-            &mut out,
-        );
+        pay(&mut exchange, "T5", "1345678901234512", &mut out);
         assert_eq!(reply_code(&out, ACQUIRER).0, ReplyCode::FormatError);
         let mut busy =
             Exchange::new(ExchangeConfig { in_flight_max: 0, ..ExchangeConfig::default() }, Routes::embedded_default());
         busy.session_up(id("WECHATPAY"), WECHAT, &mut out);
         out.clear();
-        busy.handle_request(
-            at(0),
-            ACQUIRER,
-            Message::PaymentCodeRequest(payment("T6", "134567890123459999")),
-            &mut out,
-        );
+        pay(&mut busy, "T6", "134567890123459999", &mut out);
         assert_eq!(reply_code(&out, ACQUIRER).0, ReplyCode::SystemBusy);
     }
 
@@ -836,16 +804,8 @@ mod tests {
     fn timeout_answers_the_originator_and_reverses_until_acknowledged() {
         let mut exchange = exchange();
         let mut out = Vec::new();
-        exchange.handle_request(
-            at(0),
-            ACQUIRER,
-            Message::PaymentCodeRequest(payment("T1", "134567890123451234")),
-            &mut out,
-        );
-        let reference = match &out[0].message {
-            Message::PaymentCodeRequest(r) => r.details.switch_reference,
-            _ => unreachable!(),
-        };
+        pay(&mut exchange, "T1", "134567890123451234", &mut out);
+        let reference = forwarded_reference(&out);
         out.clear();
         assert_eq!(exchange.next_deadline_ms(), Some(1_000));
         exchange.handle_timers(at(999), &mut out);
@@ -899,16 +859,8 @@ mod tests {
     fn an_approval_that_cannot_reach_its_originator_is_reversed() {
         let mut exchange = exchange();
         let mut out = Vec::new();
-        exchange.handle_request(
-            at(0),
-            ACQUIRER,
-            Message::PaymentCodeRequest(payment("T1", "134567890123451234")),
-            &mut out,
-        );
-        let reference = match &out[0].message {
-            Message::PaymentCodeRequest(r) => r.details.switch_reference,
-            _ => unreachable!(),
-        };
+        pay(&mut exchange, "T1", "134567890123451234", &mut out);
+        let reference = forwarded_reference(&out);
         out.clear();
         // The acquirer's session ends before the approval arrives.
         exchange.session_down(id("ACQ0001"), ACQUIRER);
@@ -923,16 +875,8 @@ mod tests {
 
         // The same when the edge finds the originator's queue full.
         let mut exchange = self::exchange();
-        exchange.handle_request(
-            at(0),
-            ACQUIRER,
-            Message::PaymentCodeRequest(payment("T2", "134567890123452222")),
-            &mut out,
-        );
-        let reference = match &out.last().expect("forward").message {
-            Message::PaymentCodeRequest(r) => r.details.switch_reference,
-            _ => unreachable!(),
-        };
+        pay(&mut exchange, "T2", "134567890123452222", &mut out);
+        let reference = forwarded_reference(&out);
         out.clear();
         exchange.handle_answer(at(10), id("WECHATPAY"), issuer_reply(reference, ReplyCode::Approved), &mut out);
         let approval = out.pop().expect("the approval").message;
@@ -951,16 +895,8 @@ mod tests {
     fn status_queries_see_only_the_askers_transactions() {
         let mut exchange = exchange();
         let mut out = Vec::new();
-        exchange.handle_request(
-            at(0),
-            ACQUIRER,
-            Message::PaymentCodeRequest(payment("T1", "134567890123451234")),
-            &mut out,
-        );
-        let reference = match &out[0].message {
-            Message::PaymentCodeRequest(r) => r.details.switch_reference,
-            _ => unreachable!(),
-        };
+        pay(&mut exchange, "T1", "134567890123451234", &mut out);
+        let reference = forwarded_reference(&out);
         out.clear();
         let query = StatusQuery {
             originator: id("ACQ0002"),
@@ -991,10 +927,7 @@ mod tests {
                 Message::PaymentCodeRequest(payment(&format!("T{n}"), &format!("13{n:016}"))),
                 &mut out,
             );
-            let reference = match &out[0].message {
-                Message::PaymentCodeRequest(r) => r.details.switch_reference,
-                _ => unreachable!(),
-            };
+            let reference = forwarded_reference(&out);
             exchange.handle_answer(at(1), id("WECHATPAY"), issuer_reply(reference, ReplyCode::Approved), &mut out);
         }
         assert_eq!(exchange.transactions.len(), 3);
