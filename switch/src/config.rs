@@ -112,6 +112,7 @@ struct FileExchange {
     reply_deadline_ms: u64,
     reversal_retry_ms: u64,
     in_flight_max: usize,
+    in_flight_per_participant_max: usize,
     completed_max: usize,
 }
 
@@ -122,6 +123,7 @@ impl Default for FileExchange {
             reply_deadline_ms: defaults.reply_deadline_ms,
             reversal_retry_ms: defaults.reversal_retry_ms,
             in_flight_max: defaults.in_flight_max,
+            in_flight_per_participant_max: defaults.in_flight_per_participant_max,
             completed_max: defaults.completed_max,
         }
     }
@@ -313,8 +315,11 @@ impl SwitchConfig {
         if !(100..=3_600_000).contains(&exchange.reversal_retry_ms) {
             return Err(invalid("exchange.reversal_retry_ms".into(), "must be 100..=3600000".into()));
         }
-        if exchange.in_flight_max == 0 || exchange.completed_max == 0 {
-            return Err(invalid("exchange".into(), "in_flight_max and completed_max must be at least 1".into()));
+        if exchange.in_flight_max == 0 || exchange.in_flight_per_participant_max == 0 || exchange.completed_max == 0 {
+            return Err(invalid(
+                "exchange".into(),
+                "in_flight_max, in_flight_per_participant_max and completed_max must be at least 1".into(),
+            ));
         }
         // Routes lead only to configured participants with the role that receives them.
         let has_role =
@@ -377,6 +382,7 @@ impl SwitchConfig {
                 reply_deadline_ms: exchange.reply_deadline_ms,
                 reversal_retry_ms: exchange.reversal_retry_ms,
                 in_flight_max: exchange.in_flight_max,
+                in_flight_per_participant_max: exchange.in_flight_per_participant_max,
                 completed_max: exchange.completed_max,
             },
             routes: Routes { issuers, qr_networks, unionpay_institutions },

@@ -55,6 +55,10 @@ pub struct ExchangeConfig {
     /// How often an unacknowledged reversal is sent again.
     pub reversal_retry_ms: u64,
     pub in_flight_max: usize,
+    /// In flight at once per participant, as originator and as receiver apart: beyond it
+    /// the request is shed with `SystemBusy`, so one slow or silent receiver (or one
+    /// flooding originator) uses up only its own allowance.
+    pub in_flight_per_participant_max: usize,
     pub completed_max: usize,
 }
 
@@ -67,6 +71,7 @@ impl Default for ExchangeConfig {
             reply_deadline_ms: 10_000,
             reversal_retry_ms: 5_000,
             in_flight_max: 100_000,
+            in_flight_per_participant_max: 2_048,
             completed_max: 1_000_000,
         }
     }
@@ -164,6 +169,9 @@ pub struct Exchange {
     sequence: u64,
     transactions: HashMap<u64, Transaction>,
     in_flight: usize,
+    /// In flight per originator and per receiver.
+    originating: HashMap<InstitutionId, usize>,
+    receiving: HashMap<InstitutionId, usize>,
     by_originator: HashMap<(InstitutionId, TransactionId), u64>,
     used_codes: HashSet<PaymentCode>,
     /// Completed transactions, oldest first, to forget beyond `completed_max`.
@@ -183,6 +191,8 @@ impl Exchange {
             sequence: 0,
             transactions: HashMap::new(),
             in_flight: 0,
+            originating: HashMap::new(),
+            receiving: HashMap::new(),
             by_originator: HashMap::new(),
             used_codes: HashSet::new(),
             completed: VecDeque::new(),
@@ -399,7 +409,10 @@ impl Exchange {
     ) -> Option<u64> {
         let code = if self.sessions.get(&receiver).is_none_or(|s| s.is_empty()) {
             Some(ReplyCode::DestinationUnavailable)
-        } else if self.in_flight >= self.config.in_flight_max {
+        } else if self.in_flight >= self.config.in_flight_max
+            || self.originating.get(&originator).copied().unwrap_or(0) >= self.config.in_flight_per_participant_max
+            || self.receiving.get(&receiver).copied().unwrap_or(0) >= self.config.in_flight_per_participant_max
+        {
             Some(ReplyCode::SystemBusy)
         } else {
             None
@@ -424,9 +437,24 @@ impl Exchange {
             },
         );
         self.in_flight += 1;
+        *self.originating.entry(originator).or_default() += 1;
+        *self.receiving.entry(receiver).or_default() += 1;
         self.by_originator.insert((originator, id), reference);
         self.timers.push(Reverse((deadline_ms, Timer::Reply(reference))));
         Some(reference)
+    }
+
+    /// A transaction left flight (answered or timed out): its allowances free up.
+    fn leave_flight(&mut self, originator: InstitutionId, receiver: InstitutionId) {
+        self.in_flight -= 1;
+        for (counts, participant) in [(&mut self.originating, originator), (&mut self.receiving, receiver)] {
+            if let Some(count) = counts.get_mut(&participant) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(&participant);
+                }
+            }
+        }
     }
 
     fn forward(&mut self, receiver: InstitutionId, message: Message, out: &mut Vec<Outbound>) {
@@ -490,7 +518,8 @@ impl Exchange {
                             responder: sender,
                         };
                         let originator_session = transaction.originator_session;
-                        self.in_flight -= 1;
+                        let (originator, receiver) = (transaction.originator, transaction.receiver);
+                        self.leave_flight(originator, receiver);
                         if self.live.contains(&originator_session) {
                             out.push(Outbound { session: originator_session, message: Message::PaymentReply(answer) });
                         } else {
@@ -540,7 +569,7 @@ impl Exchange {
         }
         transaction.state = State::TimedOut;
         let transaction = transaction.clone();
-        self.in_flight -= 1;
+        self.leave_flight(transaction.originator, transaction.receiver);
         let to = Answering {
             originator: transaction.originator,
             id: transaction.originator_transaction_id,
@@ -783,6 +812,43 @@ mod tests {
         out.clear();
         pay(&mut busy, "T6", "134567890123459999", &mut out);
         assert_eq!(reply_code(&out, ACQUIRER).0, ReplyCode::SystemBusy);
+    }
+
+    #[test]
+    fn a_silent_receiver_uses_up_only_its_own_allowance() {
+        let config = ExchangeConfig { in_flight_per_participant_max: 2, ..ExchangeConfig::default() };
+        let mut exchange = Exchange::new(config, Routes::embedded_default());
+        let mut out = Vec::new();
+        exchange.session_up(id("ACQ0001"), ACQUIRER, &mut out);
+        exchange.session_up(id("WECHATPAY"), WECHAT, &mut out);
+        exchange.session_up(id("UNIONPAY"), UNIONPAY, &mut out);
+        // WeChat Pay answers nothing: two requests fill its allowance, the third is shed.
+        pay(&mut exchange, "W1", "134567890123450001", &mut out);
+        pay(&mut exchange, "W2", "134567890123450002", &mut out);
+        out.clear();
+        pay(&mut exchange, "W3", "134567890123450003", &mut out);
+        assert_eq!(reply_code(&out, ACQUIRER).0, ReplyCode::SystemBusy);
+        out.clear();
+        // UnionPay's traffic is not held up by it (given room in the acquirer's own
+        // originating allowance, which counts too)...
+        let mut other = Exchange::new(
+            ExchangeConfig { in_flight_per_participant_max: 3, ..ExchangeConfig::default() },
+            Routes::embedded_default(),
+        );
+        other.session_up(id("ACQ0001"), ACQUIRER, &mut out);
+        other.session_up(id("WECHATPAY"), WECHAT, &mut out);
+        other.session_up(id("UNIONPAY"), UNIONPAY, &mut out);
+        pay(&mut other, "W1", "134567890123450001", &mut out);
+        pay(&mut other, "W2", "134567890123450002", &mut out);
+        out.clear();
+        pay(&mut other, "U1", "6212345678901234561", &mut out);
+        assert!(matches!(out.as_slice(), [Outbound { session: UNIONPAY, .. }]), "{out:?}");
+        // ...and the allowance frees up when WeChat Pay's requests time out.
+        out.clear();
+        exchange.handle_timers(at(20_000), &mut out);
+        out.clear();
+        pay(&mut exchange, "W4", "134567890123450004", &mut out);
+        assert!(matches!(out.as_slice(), [Outbound { session: WECHAT, .. }]), "{out:?}");
     }
 
     #[test]
