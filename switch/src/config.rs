@@ -184,8 +184,20 @@ struct FileParticipant {
     id: InstitutionId,
     name: String,
     roles: Vec<FileRole>,
+    #[serde(default)]
+    status: FileStatus,
+    #[serde(default)]
+    reply_deadline_ms: Option<u64>,
     #[serde(rename = "key")]
     keys: Vec<FileKey>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum FileStatus {
+    #[default]
+    Active,
+    Suspended,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -244,6 +256,7 @@ impl SwitchConfig {
 
         let mut seen = HashSet::new();
         let mut participants = Vec::with_capacity(file.participants.len());
+        let mut policies = std::collections::HashMap::new();
         for (index, participant) in file.participants.into_iter().enumerate() {
             let key = |field: &str| format!("participant[{index}] ({}).{field}", participant.id);
             if !seen.insert(participant.id) {
@@ -255,6 +268,16 @@ impl SwitchConfig {
             if participant.keys.is_empty() {
                 return Err(invalid(key("key"), "needs at least one [[participant.key]]".into()));
             }
+            if participant.reply_deadline_ms.is_some_and(|ms| !(100..=600_000).contains(&ms)) {
+                return Err(invalid(key("reply_deadline_ms"), "must be 100..=600000".into()));
+            }
+            policies.insert(
+                participant.id,
+                crate::core::exchange::ParticipantPolicy {
+                    suspended: participant.status == FileStatus::Suspended,
+                    reply_deadline_ms: participant.reply_deadline_ms,
+                },
+            );
             let mut key_ids = HashSet::new();
             let mut keys = Vec::with_capacity(participant.keys.len());
             for (key_index, file_key) in participant.keys.iter().enumerate() {
@@ -384,6 +407,7 @@ impl SwitchConfig {
                 in_flight_max: exchange.in_flight_max,
                 in_flight_per_participant_max: exchange.in_flight_per_participant_max,
                 completed_max: exchange.completed_max,
+                policies,
             },
             routes: Routes { issuers, qr_networks, unionpay_institutions },
             listen: file.switch.listen,

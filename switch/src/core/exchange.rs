@@ -60,6 +60,18 @@ pub struct ExchangeConfig {
     /// flooding originator) uses up only its own allowance.
     pub in_flight_per_participant_max: usize,
     pub completed_max: usize,
+    /// Per-participant policy; participants not listed are active with the defaults.
+    pub policies: HashMap<InstitutionId, ParticipantPolicy>,
+}
+
+/// What the exchange applies to one participant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ParticipantPolicy {
+    /// A suspended participant may sign on (it still receives the reversals owed to it),
+    /// but its new requests are refused `NotAuthorised` and none are routed to it.
+    pub suspended: bool,
+    /// Its reply deadline as a receiver, instead of `reply_deadline_ms`.
+    pub reply_deadline_ms: Option<u64>,
 }
 
 impl Default for ExchangeConfig {
@@ -73,6 +85,7 @@ impl Default for ExchangeConfig {
             in_flight_max: 100_000,
             in_flight_per_participant_max: 2_048,
             completed_max: 1_000_000,
+            policies: HashMap::new(),
         }
     }
 }
@@ -407,7 +420,10 @@ impl Exchange {
         currency: u16,
         out: &mut Vec<Outbound>,
     ) -> Option<u64> {
-        let code = if self.sessions.get(&receiver).is_none_or(|s| s.is_empty()) {
+        let (originator_policy, receiver_policy) = (self.policy(originator), self.policy(receiver));
+        let code = if originator_policy.suspended {
+            Some(ReplyCode::NotAuthorised)
+        } else if receiver_policy.suspended || self.sessions.get(&receiver).is_none_or(|s| s.is_empty()) {
             Some(ReplyCode::DestinationUnavailable)
         } else if self.in_flight >= self.config.in_flight_max
             || self.originating.get(&originator).copied().unwrap_or(0) >= self.config.in_flight_per_participant_max
@@ -423,7 +439,7 @@ impl Exchange {
             return None;
         }
         let reference = self.next_reference();
-        let deadline_ms = now.monotonic_ms + self.config.reply_deadline_ms;
+        let deadline_ms = now.monotonic_ms + receiver_policy.reply_deadline_ms.unwrap_or(self.config.reply_deadline_ms);
         self.transactions.insert(
             reference,
             Transaction {
@@ -442,6 +458,10 @@ impl Exchange {
         self.by_originator.insert((originator, id), reference);
         self.timers.push(Reverse((deadline_ms, Timer::Reply(reference))));
         Some(reference)
+    }
+
+    fn policy(&self, participant: InstitutionId) -> ParticipantPolicy {
+        self.config.policies.get(&participant).copied().unwrap_or_default()
     }
 
     /// A transaction left flight (answered or timed out): its allowances free up.
@@ -849,6 +869,32 @@ mod tests {
         out.clear();
         pay(&mut exchange, "W4", "134567890123450004", &mut out);
         assert!(matches!(out.as_slice(), [Outbound { session: WECHAT, .. }]), "{out:?}");
+    }
+
+    #[test]
+    fn suspended_participants_and_per_receiver_deadlines() {
+        let mut policies = HashMap::new();
+        policies.insert(id("UNIONPAY"), ParticipantPolicy { suspended: true, reply_deadline_ms: None });
+        policies.insert(id("WECHATPAY"), ParticipantPolicy { suspended: false, reply_deadline_ms: Some(250) });
+        let config = ExchangeConfig { policies, ..ExchangeConfig::default() };
+        let mut exchange = Exchange::new(config, Routes::embedded_default());
+        let mut out = Vec::new();
+        for (participant, session) in [("ACQ0001", ACQUIRER), ("WECHATPAY", WECHAT), ("UNIONPAY", UNIONPAY)] {
+            exchange.session_up(id(participant), session, &mut out);
+        }
+        // Nothing new is routed to a suspended participant, even signed on.
+        pay(&mut exchange, "U1", "6212345678901234561", &mut out);
+        assert_eq!(reply_code(&out, ACQUIRER).0, ReplyCode::DestinationUnavailable);
+        out.clear();
+        // WeChat Pay's own deadline applies to requests it receives.
+        pay(&mut exchange, "W1", "134567890123450001", &mut out);
+        assert_eq!(exchange.next_deadline_ms(), Some(250));
+        out.clear();
+        // A suspended originator's new requests are refused.
+        let mut request = payment("S1", "134567890123450002");
+        request.details.originator = id("UNIONPAY");
+        exchange.handle_request(at(1), UNIONPAY, Message::PaymentCodeRequest(request), &mut out);
+        assert_eq!(reply_code(&out, UNIONPAY).0, ReplyCode::NotAuthorised);
     }
 
     #[test]
