@@ -114,6 +114,8 @@ struct FileExchange {
     in_flight_max: usize,
     in_flight_per_participant_max: usize,
     completed_max: usize,
+    breaker_failures: u32,
+    breaker_open_ms: u64,
 }
 
 impl Default for FileExchange {
@@ -125,6 +127,8 @@ impl Default for FileExchange {
             in_flight_max: defaults.in_flight_max,
             in_flight_per_participant_max: defaults.in_flight_per_participant_max,
             completed_max: defaults.completed_max,
+            breaker_failures: defaults.breaker_failures,
+            breaker_open_ms: defaults.breaker_open_ms,
         }
     }
 }
@@ -188,6 +192,8 @@ struct FileParticipant {
     status: FileStatus,
     #[serde(default)]
     reply_deadline_ms: Option<u64>,
+    #[serde(default)]
+    rate_per_second: Option<u32>,
     #[serde(rename = "key")]
     keys: Vec<FileKey>,
 }
@@ -268,6 +274,9 @@ impl SwitchConfig {
             if participant.keys.is_empty() {
                 return Err(invalid(key("key"), "needs at least one [[participant.key]]".into()));
             }
+            if participant.rate_per_second == Some(0) {
+                return Err(invalid(key("rate_per_second"), "must be at least 1 (leave it out for no limit)".into()));
+            }
             if participant.reply_deadline_ms.is_some_and(|ms| !(100..=600_000).contains(&ms)) {
                 return Err(invalid(key("reply_deadline_ms"), "must be 100..=600000".into()));
             }
@@ -276,6 +285,7 @@ impl SwitchConfig {
                 crate::core::exchange::ParticipantPolicy {
                     suspended: participant.status == FileStatus::Suspended,
                     reply_deadline_ms: participant.reply_deadline_ms,
+                    rate_per_second: participant.rate_per_second,
                 },
             );
             let mut key_ids = HashSet::new();
@@ -408,6 +418,8 @@ impl SwitchConfig {
                 in_flight_per_participant_max: exchange.in_flight_per_participant_max,
                 completed_max: exchange.completed_max,
                 policies,
+                breaker_failures: exchange.breaker_failures,
+                breaker_open_ms: exchange.breaker_open_ms,
             },
             routes: Routes { issuers, qr_networks, unionpay_institutions },
             listen: file.switch.listen,

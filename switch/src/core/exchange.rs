@@ -62,6 +62,10 @@ pub struct ExchangeConfig {
     pub completed_max: usize,
     /// Per-participant policy; participants not listed are active with the defaults.
     pub policies: HashMap<InstitutionId, ParticipantPolicy>,
+    /// Consecutive timeouts at a receiver that open its circuit breaker (0: never).
+    pub breaker_failures: u32,
+    /// How long an open breaker refuses before letting one probe through.
+    pub breaker_open_ms: u64,
 }
 
 /// What the exchange applies to one participant.
@@ -72,6 +76,9 @@ pub struct ParticipantPolicy {
     pub suspended: bool,
     /// Its reply deadline as a receiver, instead of `reply_deadline_ms`.
     pub reply_deadline_ms: Option<u64>,
+    /// Requests it may originate per second, with bursts up to one second's worth
+    /// (`None`: unlimited). Beyond it, `SystemBusy`.
+    pub rate_per_second: Option<u32>,
 }
 
 impl Default for ExchangeConfig {
@@ -86,6 +93,8 @@ impl Default for ExchangeConfig {
             in_flight_per_participant_max: 2_048,
             completed_max: 1_000_000,
             policies: HashMap::new(),
+            breaker_failures: 5,
+            breaker_open_ms: 10_000,
         }
     }
 }
@@ -143,6 +152,24 @@ struct PendingReversal {
     message: Message,
 }
 
+/// A receiver's circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Breaker {
+    /// Counting consecutive timeouts.
+    Closed { failures: u32 },
+    /// Refusing until `until_ms`.
+    Open { until_ms: u64 },
+    /// One probe request is in flight; its outcome closes or reopens the breaker.
+    Probing,
+}
+
+/// A token bucket in thousandths of a request, refilled by elapsed time.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens_milli: u64,
+    refilled_ms: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
     Reply(u64),
@@ -185,6 +212,8 @@ pub struct Exchange {
     /// In flight per originator and per receiver.
     originating: HashMap<InstitutionId, usize>,
     receiving: HashMap<InstitutionId, usize>,
+    breakers: HashMap<InstitutionId, Breaker>,
+    buckets: HashMap<InstitutionId, Bucket>,
     by_originator: HashMap<(InstitutionId, TransactionId), u64>,
     used_codes: HashSet<PaymentCode>,
     /// Completed transactions, oldest first, to forget beyond `completed_max`.
@@ -206,6 +235,8 @@ impl Exchange {
             in_flight: 0,
             originating: HashMap::new(),
             receiving: HashMap::new(),
+            breakers: HashMap::new(),
+            buckets: HashMap::new(),
             by_originator: HashMap::new(),
             used_codes: HashSet::new(),
             completed: VecDeque::new(),
@@ -421,6 +452,8 @@ impl Exchange {
         out: &mut Vec<Outbound>,
     ) -> Option<u64> {
         let (originator_policy, receiver_policy) = (self.policy(originator), self.policy(receiver));
+        // Order matters: a token is spent only on a request the limits admit, and the
+        // breaker is asked last, because letting a probe through changes its state.
         let code = if originator_policy.suspended {
             Some(ReplyCode::NotAuthorised)
         } else if receiver_policy.suspended || self.sessions.get(&receiver).is_none_or(|s| s.is_empty()) {
@@ -428,8 +461,11 @@ impl Exchange {
         } else if self.in_flight >= self.config.in_flight_max
             || self.originating.get(&originator).copied().unwrap_or(0) >= self.config.in_flight_per_participant_max
             || self.receiving.get(&receiver).copied().unwrap_or(0) >= self.config.in_flight_per_participant_max
+            || !self.take_token(originator, originator_policy.rate_per_second, now)
         {
             Some(ReplyCode::SystemBusy)
+        } else if !self.breaker_admits(receiver, now) {
+            Some(ReplyCode::DestinationUnavailable)
         } else {
             None
         };
@@ -458,6 +494,60 @@ impl Exchange {
         self.by_originator.insert((originator, id), reference);
         self.timers.push(Reverse((deadline_ms, Timer::Reply(reference))));
         Some(reference)
+    }
+
+    /// Whether the receiver's breaker lets a request through now. An open breaker past its
+    /// time lets exactly one probe through.
+    fn breaker_admits(&mut self, receiver: InstitutionId, now: Now) -> bool {
+        match self.breakers.get(&receiver).copied() {
+            None | Some(Breaker::Closed { .. }) => true,
+            Some(Breaker::Open { until_ms }) if now.monotonic_ms >= until_ms => {
+                self.breakers.insert(receiver, Breaker::Probing);
+                true
+            }
+            Some(Breaker::Open { .. } | Breaker::Probing) => false,
+        }
+    }
+
+    /// A receiver answered (`answered`) or timed out: closes, counts or opens its breaker.
+    fn breaker_record(&mut self, receiver: InstitutionId, answered: bool, now: Now) {
+        if self.config.breaker_failures == 0 {
+            return;
+        }
+        let state = self.breakers.get(&receiver).copied().unwrap_or(Breaker::Closed { failures: 0 });
+        let next = match (state, answered) {
+            (_, true) => None,
+            (Breaker::Closed { failures }, false) if failures + 1 < self.config.breaker_failures => {
+                Some(Breaker::Closed { failures: failures + 1 })
+            }
+            (Breaker::Closed { .. } | Breaker::Probing, false) => {
+                tracing::warn!(%receiver, "circuit breaker open");
+                Some(Breaker::Open { until_ms: now.monotonic_ms + self.config.breaker_open_ms })
+            }
+            (open @ Breaker::Open { .. }, false) => Some(open),
+        };
+        match next {
+            Some(breaker) => self.breakers.insert(receiver, breaker),
+            None => self.breakers.remove(&receiver),
+        };
+    }
+
+    /// Takes one request's token from the originator's bucket, if it has a rate.
+    fn take_token(&mut self, originator: InstitutionId, rate_per_second: Option<u32>, now: Now) -> bool {
+        let Some(rate) = rate_per_second else { return true };
+        // One second's worth of burst; tokens in thousandths so low rates refill smoothly.
+        let capacity = u64::from(rate) * 1_000;
+        let bucket =
+            self.buckets.entry(originator).or_insert(Bucket { tokens_milli: capacity, refilled_ms: now.monotonic_ms });
+        let elapsed = now.monotonic_ms.saturating_sub(bucket.refilled_ms);
+        bucket.tokens_milli = (bucket.tokens_milli + elapsed * u64::from(rate)).min(capacity);
+        bucket.refilled_ms = now.monotonic_ms;
+        if bucket.tokens_milli >= 1_000 {
+            bucket.tokens_milli -= 1_000;
+            true
+        } else {
+            false
+        }
     }
 
     fn policy(&self, participant: InstitutionId) -> ParticipantPolicy {
@@ -540,6 +630,7 @@ impl Exchange {
                         let originator_session = transaction.originator_session;
                         let (originator, receiver) = (transaction.originator, transaction.receiver);
                         self.leave_flight(originator, receiver);
+                        self.breaker_record(receiver, true, now);
                         if self.live.contains(&originator_session) {
                             out.push(Outbound { session: originator_session, message: Message::PaymentReply(answer) });
                         } else {
@@ -590,6 +681,7 @@ impl Exchange {
         transaction.state = State::TimedOut;
         let transaction = transaction.clone();
         self.leave_flight(transaction.originator, transaction.receiver);
+        self.breaker_record(transaction.receiver, false, now);
         let to = Answering {
             originator: transaction.originator,
             id: transaction.originator_transaction_id,
@@ -874,8 +966,11 @@ mod tests {
     #[test]
     fn suspended_participants_and_per_receiver_deadlines() {
         let mut policies = HashMap::new();
-        policies.insert(id("UNIONPAY"), ParticipantPolicy { suspended: true, reply_deadline_ms: None });
-        policies.insert(id("WECHATPAY"), ParticipantPolicy { suspended: false, reply_deadline_ms: Some(250) });
+        policies.insert(id("UNIONPAY"), ParticipantPolicy { suspended: true, ..ParticipantPolicy::default() });
+        policies.insert(
+            id("WECHATPAY"),
+            ParticipantPolicy { reply_deadline_ms: Some(250), ..ParticipantPolicy::default() },
+        );
         let config = ExchangeConfig { policies, ..ExchangeConfig::default() };
         let mut exchange = Exchange::new(config, Routes::embedded_default());
         let mut out = Vec::new();
@@ -895,6 +990,82 @@ mod tests {
         request.details.originator = id("UNIONPAY");
         exchange.handle_request(at(1), UNIONPAY, Message::PaymentCodeRequest(request), &mut out);
         assert_eq!(reply_code(&out, UNIONPAY).0, ReplyCode::NotAuthorised);
+    }
+
+    #[test]
+    fn a_receiver_that_keeps_timing_out_is_cut_off_then_probed() {
+        let config = ExchangeConfig {
+            breaker_failures: 2,
+            breaker_open_ms: 5_000,
+            reply_deadline_ms: 100,
+            ..ExchangeConfig::default()
+        };
+        let mut exchange = Exchange::new(config, Routes::embedded_default());
+        let mut out = Vec::new();
+        exchange.session_up(id("ACQ0001"), ACQUIRER, &mut out);
+        exchange.session_up(id("WECHATPAY"), WECHAT, &mut out);
+        // Two timeouts open the breaker.
+        pay(&mut exchange, "W1", "134567890123450001", &mut out);
+        pay(&mut exchange, "W2", "134567890123450002", &mut out);
+        exchange.handle_timers(at(100), &mut out);
+        out.clear();
+        exchange.handle_request(
+            at(200),
+            ACQUIRER,
+            Message::PaymentCodeRequest(payment("W3", "134567890123450003")),
+            &mut out,
+        );
+        assert_eq!(reply_code(&out, ACQUIRER).0, ReplyCode::DestinationUnavailable, "open: refused at once");
+        out.clear();
+        // After the cool-down, one probe goes through; a second request waits for it.
+        exchange.handle_request(
+            at(5_100),
+            ACQUIRER,
+            Message::PaymentCodeRequest(payment("W4", "134567890123450004")),
+            &mut out,
+        );
+        let probe = forwarded_reference(&out);
+        out.clear();
+        exchange.handle_request(
+            at(5_101),
+            ACQUIRER,
+            Message::PaymentCodeRequest(payment("W5", "134567890123450005")),
+            &mut out,
+        );
+        assert_eq!(reply_code(&out, ACQUIRER).0, ReplyCode::DestinationUnavailable);
+        out.clear();
+        // The probe's answer closes the breaker.
+        exchange.handle_answer(at(5_150), id("WECHATPAY"), issuer_reply(probe, ReplyCode::Approved), &mut out);
+        out.clear();
+        exchange.handle_request(
+            at(5_200),
+            ACQUIRER,
+            Message::PaymentCodeRequest(payment("W6", "134567890123450006")),
+            &mut out,
+        );
+        assert!(matches!(out.as_slice(), [Outbound { session: WECHAT, .. }]), "{out:?}");
+    }
+
+    #[test]
+    fn an_originator_over_its_rate_is_shed() {
+        let mut policies = HashMap::new();
+        policies.insert(id("ACQ0001"), ParticipantPolicy { rate_per_second: Some(2), ..ParticipantPolicy::default() });
+        let mut exchange =
+            Exchange::new(ExchangeConfig { policies, ..ExchangeConfig::default() }, Routes::embedded_default());
+        let mut out = Vec::new();
+        exchange.session_up(id("ACQ0001"), ACQUIRER, &mut out);
+        exchange.session_up(id("WECHATPAY"), WECHAT, &mut out);
+        // A burst of two, then shed, then one more half a second later.
+        for (n, ms, expect_forward) in [(1, 0, true), (2, 0, true), (3, 0, false), (4, 500, true), (5, 500, false)] {
+            out.clear();
+            let request = payment(&format!("R{n}"), &format!("1345678901234500{n:02}"));
+            exchange.handle_request(at(ms), ACQUIRER, Message::PaymentCodeRequest(request), &mut out);
+            if expect_forward {
+                assert!(matches!(out.as_slice(), [Outbound { session: WECHAT, .. }]), "request {n}: {out:?}");
+            } else {
+                assert_eq!(reply_code(&out, ACQUIRER).0, ReplyCode::SystemBusy, "request {n}");
+            }
+        }
     }
 
     #[test]
