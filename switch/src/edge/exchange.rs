@@ -20,7 +20,6 @@ use codec::{InstitutionId, Message};
 use tokio::sync::mpsc;
 
 use crate::core::exchange::{Exchange, Outbound, SessionId};
-use crate::core::session::Now;
 
 /// Events waiting for the exchange, from all connections.
 pub const EVENT_QUEUE: usize = 16_384;
@@ -43,12 +42,6 @@ pub fn spawn_exchange(exchange: Exchange, started: Instant) -> (mpsc::Sender<Eve
     (events, tokio::spawn(run(exchange, receiver, started)))
 }
 
-fn now(started: Instant) -> Now {
-    let unix_ms =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    Now { monotonic_ms: started.elapsed().as_millis() as u64, unix_ms }
-}
-
 async fn run(mut exchange: Exchange, mut events: mpsc::Receiver<Event>, started: Instant) {
     let mut sessions: HashMap<SessionId, (InstitutionId, mpsc::Sender<Message>)> = HashMap::new();
     let mut out: Vec<Outbound> = Vec::with_capacity(EVENT_BATCH_MAX);
@@ -64,7 +57,7 @@ async fn run(mut exchange: Exchange, mut events: mpsc::Receiver<Event>, started:
             }
             () = sleep_until(deadline) => {}
         }
-        let now = now(started);
+        let now = super::now(started);
         for event in batch.drain(..) {
             match event {
                 Event::SessionUp { participant, session, outbound } => {

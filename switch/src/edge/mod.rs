@@ -3,3 +3,11 @@
 pub mod admin;
 pub mod exchange;
 pub mod tcp;
+
+/// The clocks the core needs, read once per batch: monotonic since `started` for
+/// deadlines, wall clock for message timestamps. The only place the switch reads clocks.
+pub(crate) fn now(started: std::time::Instant) -> crate::core::session::Now {
+    let unix_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    crate::core::session::Now { monotonic_ms: started.elapsed().as_millis() as u64, unix_ms }
+}

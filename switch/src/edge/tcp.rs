@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use codec::{FrameDecoder, FrameEncoder, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -60,8 +60,7 @@ impl Shared {
     }
 
     fn now(&self) -> Now {
-        let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        Now { monotonic_ms: self.started.elapsed().as_millis() as u64, unix_ms }
+        super::now(self.started)
     }
 }
 
