@@ -371,42 +371,45 @@ impl SwitchConfig {
             codec::payment_code::IssuerTable::new(file.issuer_prefix)
                 .map_err(|error| invalid("issuer_prefix".into(), error.to_string()))?
         };
-        let mut qr_networks = std::collections::HashMap::new();
-        for (index, row) in file.qr_network.into_iter().enumerate() {
-            if !has_role(&row.acquirer, Role::Acquirer) && !has_role(&row.acquirer, Role::Network) {
-                return Err(invalid(
-                    format!("qr_network[{index}].acquirer"),
-                    format!("{} is not a participant with the acquirer or network role", row.acquirer),
-                ));
+        // QR GUIDs and UnionPay institution codes both lead to acquirers (or networks):
+        // one check for both tables.
+        let acquirer_routes = |table: &str,
+                               field: &str,
+                               rows: Vec<(String, InstitutionId)>,
+                               key_ok: fn(&str) -> bool,
+                               rule: &str|
+         -> Result<std::collections::HashMap<String, InstitutionId>, ConfigError> {
+            let mut routes = std::collections::HashMap::new();
+            for (index, (key, acquirer)) in rows.into_iter().enumerate() {
+                if !has_role(&acquirer, Role::Acquirer) && !has_role(&acquirer, Role::Network) {
+                    return Err(invalid(
+                        format!("{table}[{index}].acquirer"),
+                        format!("{acquirer} is not a participant with the acquirer or network role"),
+                    ));
+                }
+                if !key_ok(&key) || routes.insert(key, acquirer).is_some() {
+                    return Err(invalid(
+                        format!("{table}[{index}].{field}"),
+                        format!("must be {rule} and appear once"),
+                    ));
+                }
             }
-            if row.guid.is_empty()
-                || row.guid.len() > 32
-                || qr_networks.insert(row.guid.clone(), row.acquirer).is_some()
-            {
-                return Err(invalid(
-                    format!("qr_network[{index}].guid"),
-                    "must be 1 to 32 characters and appear once".into(),
-                ));
-            }
-        }
-        let mut unionpay_institutions = std::collections::HashMap::new();
-        for (index, row) in file.unionpay_institution.into_iter().enumerate() {
-            if !has_role(&row.acquirer, Role::Acquirer) && !has_role(&row.acquirer, Role::Network) {
-                return Err(invalid(
-                    format!("unionpay_institution[{index}].acquirer"),
-                    format!("{} is not a participant with the acquirer or network role", row.acquirer),
-                ));
-            }
-            if row.code.len() != 8
-                || !row.code.bytes().all(|b| b.is_ascii_digit())
-                || unionpay_institutions.insert(row.code.clone(), row.acquirer).is_some()
-            {
-                return Err(invalid(
-                    format!("unionpay_institution[{index}].code"),
-                    "must be 8 digits and appear once".into(),
-                ));
-            }
-        }
+            Ok(routes)
+        };
+        let qr_networks = acquirer_routes(
+            "qr_network",
+            "guid",
+            file.qr_network.into_iter().map(|row| (row.guid, row.acquirer)).collect(),
+            |guid| !guid.is_empty() && guid.len() <= 32,
+            "1 to 32 characters",
+        )?;
+        let unionpay_institutions = acquirer_routes(
+            "unionpay_institution",
+            "code",
+            file.unionpay_institution.into_iter().map(|row| (row.code, row.acquirer)).collect(),
+            |code| code.len() == 8 && code.bytes().all(|b| b.is_ascii_digit()),
+            "8 digits",
+        )?;
         Ok(Self {
             exchange: ExchangeConfig {
                 switch_id: file.switch.id,
@@ -529,6 +532,12 @@ mod tests {
             Some("ACQ0001")
         );
         assert_eq!(config.routes.issuers.entries().len(), 13, "the built-in issuer table when none is given");
+        let bad_code = format!("{MINIMAL}\n[[unionpay_institution]]\ncode = \"0001\"\nacquirer = \"ACQ0001\"\n");
+        let error = parse(&bad_code).expect_err("4 digits");
+        assert!(error.contains("unionpay_institution[0].code: must be 8 digits and appear once"), "{error}");
+        let twice = format!("{with_qr}\n[[qr_network]]\nguid = \"A000000333010101\"\nacquirer = \"ACQ0001\"\n");
+        let error = parse(&twice).expect_err("duplicate GUID");
+        assert!(error.contains("qr_network[1].guid: must be 1 to 32 characters and appear once"), "{error}");
     }
 
     #[test]
