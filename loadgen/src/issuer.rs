@@ -11,7 +11,8 @@ use crate::client::Client;
 pub struct IssuerBehaviour {
     /// Decline every Nth request with `InsufficientFunds` (0: approve all).
     pub decline_every: u64,
-    /// Read requests but never answer them (a silent issuer, for timeout tests).
+    /// Read requests and reversals but never answer them (a silent issuer, for timeout
+    /// tests); echoes and sign-offs are still answered, so the session stays up.
     pub silent: bool,
 }
 
@@ -75,7 +76,7 @@ pub async fn run_issuer(client: Client, behaviour: IssuerBehaviour) -> anyhow::R
             }
             Message::ReversalRequest(reversal) => {
                 report.reversals += 1;
-                Some(Message::ReversalReply(Reply {
+                (!behaviour.silent).then_some(Message::ReversalReply(Reply {
                     originator: reversal.originator,
                     originator_transaction_id: reversal.originator_transaction_id,
                     switch_reference: reversal.switch_reference,

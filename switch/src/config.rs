@@ -25,6 +25,8 @@ pub struct SwitchConfig {
     pub listen: SocketAddr,
     /// The admin HTTP port (`/livez`, `/readyz`, `/metrics`).
     pub admin_listen: SocketAddr,
+    /// Shards (event-loop threads); `None`: one per core.
+    pub shards: Option<usize>,
     pub session: SessionConfig,
     pub exchange: ExchangeConfig,
     pub routes: Routes,
@@ -51,6 +53,7 @@ impl SwitchConfig {
         Self {
             listen: Self::LISTEN_DEFAULT.parse().expect("valid address"),
             admin_listen: Self::ADMIN_LISTEN_DEFAULT.parse().expect("valid address"),
+            shards: None,
             session: SessionConfig::default(),
             exchange: ExchangeConfig::default(),
             routes: Routes::embedded_default(),
@@ -154,6 +157,8 @@ struct FileSwitch {
     listen: SocketAddr,
     #[serde(default = "admin_listen_default")]
     admin_listen: SocketAddr,
+    /// Absent: one shard per core.
+    shards: Option<usize>,
 }
 
 fn admin_listen_default() -> SocketAddr {
@@ -341,6 +346,9 @@ impl SwitchConfig {
                 keys,
             });
         }
+        if file.switch.shards.is_some_and(|shards| !(1..=crate::core::shard::SHARDS_MAX).contains(&shards)) {
+            return Err(invalid("switch.shards".into(), format!("must be 1..={}", crate::core::shard::SHARDS_MAX)));
+        }
         let exchange = &file.exchange;
         if !(100..=600_000).contains(&exchange.reply_deadline_ms) {
             return Err(invalid("exchange.reply_deadline_ms".into(), "must be 100..=600000".into()));
@@ -427,6 +435,7 @@ impl SwitchConfig {
             routes: Routes { issuers, qr_networks, unionpay_institutions },
             listen: file.switch.listen,
             admin_listen: file.switch.admin_listen,
+            shards: file.switch.shards,
             session: SessionConfig {
                 switch_id: file.switch.id,
                 sign_on_timeout_ms: session.sign_on_timeout_ms,

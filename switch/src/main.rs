@@ -35,6 +35,10 @@ enum Command {
         /// Address of the admin HTTP port: /livez, /readyz, /metrics (default 127.0.0.1:7401).
         #[arg(long)]
         admin_listen: Option<std::net::SocketAddr>,
+        /// Shards: event-loop threads, each owning its connections and transactions
+        /// (overrides the file's switch.shards; default one per core).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+        shards: Option<u16>,
     },
 }
 
@@ -90,7 +94,7 @@ fn main_inner() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config, listen, admin_listen } => {
+        Command::Run { config, listen, admin_listen, shards } => {
             let mut config = match config {
                 Some(path) => SwitchConfig::from_file(&path)?,
                 None => SwitchConfig::embedded_default(),
@@ -101,6 +105,9 @@ fn main_inner() -> anyhow::Result<()> {
             if let Some(admin_listen) = admin_listen {
                 config.admin_listen = admin_listen;
             }
+            if let Some(shards) = shards {
+                config.shards = Some(usize::from(shards));
+            }
             run(config)
         }
         Command::Inspect(command) => inspect(command),
@@ -108,7 +115,10 @@ fn main_inner() -> anyhow::Result<()> {
 }
 
 fn run(config: SwitchConfig) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    // One core per shard by default; the shards run on their own threads, this runtime only
+    // accepts connections, serves the admin port and waits for the signal.
+    let shards = config.shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -118,7 +128,8 @@ fn run(config: SwitchConfig) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {} (admin)", config.admin_listen))?;
         let shared = Arc::new(
             Shared::new(config.session.clone(), Directory::new(config.participants.clone()))
-                .with_exchange(config.exchange.clone(), config.routes.clone()),
+                .with_exchange(config.exchange.clone(), config.routes.clone())
+                .with_shards(shards),
         );
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin_task = tokio::spawn(switch::edge::admin::serve_admin(admin, Arc::clone(&shared.metrics), async {
@@ -128,6 +139,7 @@ fn run(config: SwitchConfig) -> anyhow::Result<()> {
             listen = %listener.local_addr()?,
             admin = %config.admin_listen,
             participants = shared.directory.len(),
+            shards,
             switch_id = %config.session.switch_id,
             "switch running; Ctrl-C stops it"
         );

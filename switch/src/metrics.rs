@@ -46,6 +46,8 @@ pub struct Metrics {
     batch_count: AtomicU64,
     batch_sum_ns: AtomicU64,
     draining: AtomicBool,
+    handoffs_dropped: AtomicU64,
+    shards: AtomicU64,
 }
 
 const _: () = assert!(codec::ReplyCode::ALL.len() <= 32);
@@ -101,6 +103,15 @@ impl Metrics {
         }
         self.batch_count.fetch_add(1, Ordering::Relaxed);
         self.batch_sum_ns.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// An answer dropped at a full shard inbox (its transaction times out and is reversed).
+    pub fn handoff_dropped(&self) {
+        self.handoffs_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set_shards(&self, shards: usize) {
+        self.shards.store(shards as u64, Ordering::Relaxed);
     }
 
     pub fn set_draining(&self) {
@@ -209,6 +220,18 @@ impl Metrics {
             "histogram",
             "Time from a read's arrival to its replies being encoded.",
             lines,
+        );
+        section(
+            "switch_shards",
+            "gauge",
+            "Shards (event-loop threads) running.",
+            vec![format!("switch_shards {}", load(&self.shards))],
+        );
+        section(
+            "switch_handoffs_dropped_total",
+            "counter",
+            "Answers dropped at a full shard inbox; their transactions time out and are reversed.",
+            vec![format!("switch_handoffs_dropped_total {}", load(&self.handoffs_dropped))],
         );
         section(
             "switch_draining",

@@ -51,8 +51,18 @@ async fn liveness_readiness_and_metrics() {
     let mut sink = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(2), garbage.read_to_end(&mut sink)).await;
 
-    let (status, metrics) = get(admin_address, "/metrics").await;
-    assert_eq!(status, 200);
+    // A connection is counted closed just after its socket closes, on its shard's thread:
+    // poll briefly rather than race it.
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        let status;
+        (status, metrics) = get(admin_address, "/metrics").await;
+        assert_eq!(status, 200);
+        if metrics.contains("switch_sessions_closed_total{reason=\"FramingError\"} 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for expected in [
         "switch_sign_on_total{result=\"approved\"} 1",
         "switch_sign_on_total{result=\"refused\"} 1",

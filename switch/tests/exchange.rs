@@ -17,6 +17,9 @@ fn id(text: &str) -> InstitutionId {
     InstitutionId::new(text).expect("valid id")
 }
 
+/// Two shards, so requests, answers and deliveries cross shards as they do in production.
+const SHARDS: usize = 2;
+
 async fn start(reply_deadline_ms: u64) -> SocketAddr {
     let config = SwitchConfig::embedded_default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -24,7 +27,8 @@ async fn start(reply_deadline_ms: u64) -> SocketAddr {
     let exchange = ExchangeConfig { reply_deadline_ms, reversal_retry_ms: 200, ..ExchangeConfig::default() };
     let shared = Arc::new(
         Shared::new(config.session, Directory::new(config.participants))
-            .with_exchange(exchange, Routes::embedded_default()),
+            .with_exchange(exchange, Routes::embedded_default())
+            .with_shards(SHARDS),
     );
     tokio::spawn(serve(listener, shared, std::future::pending()));
     address
@@ -118,4 +122,49 @@ async fn a_timeout_is_answered_and_reversed_after_the_issuer_reconnects() {
         .await
         .expect("reversal");
     assert_eq!(reversal, reply.switch_reference);
+}
+
+#[tokio::test]
+async fn duplicates_meet_their_original_across_connections_and_shards() {
+    let address = start(5_000).await;
+    let wechat = connect(address, "WECHATPAY").await;
+    let wechat_task = tokio::spawn(run_issuer(wechat, IssuerBehaviour::default()));
+    // Two sessions of one acquirer, on different shards (connections are dealt round-robin).
+    let mut first = connect(address, "ACQ0001").await;
+    let mut second = connect(address, "ACQ0001").await;
+
+    // Many transactions from both sessions: each is answered once, on its own session.
+    for n in 0..200u64 {
+        let mut request = codec::sample::payment_code_request();
+        request.details.originator_transaction_id = format!("MX-{n}").parse().expect("valid");
+        request.payment_code = format!("13{n:016}").parse().expect("valid");
+        let client = if n % 2 == 0 { &mut first } else { &mut second };
+        client.writer.queue(&Message::PaymentCodeRequest(request)).expect("queue");
+    }
+    first.writer.flush().await.expect("send");
+    second.writer.flush().await.expect("send");
+    for (client, parity) in [(&mut first, 0), (&mut second, 1)] {
+        for _ in 0..100 {
+            let reply = next_reply(client).await;
+            assert_eq!(code(&reply), ReplyCode::Approved);
+            let n: u64 = reply.originator_transaction_id.to_string()[3..].parse().expect("ours");
+            assert_eq!(n % 2, parity, "answered on the session that asked");
+        }
+    }
+
+    // The same transaction id on the other session, with a fresh code: still a duplicate.
+    let mut again = codec::sample::payment_code_request();
+    again.details.originator_transaction_id = "MX-0".parse().expect("valid");
+    again.payment_code = "139999999999999999".parse().expect("valid");
+    second.writer.send(&Message::PaymentCodeRequest(again)).await.expect("send");
+    assert_eq!(code(&next_reply(&mut second).await), ReplyCode::Duplicate);
+    // A used code under new ids, from either session: duplicates whichever shard owns them.
+    for (n, client) in [&mut first, &mut second].into_iter().enumerate() {
+        let mut reuse = codec::sample::payment_code_request();
+        reuse.details.originator_transaction_id = format!("REUSE-{n}").parse().expect("valid");
+        reuse.payment_code = format!("13{:016}", 7).parse().expect("valid");
+        client.writer.send(&Message::PaymentCodeRequest(reuse)).await.expect("send");
+        assert_eq!(code(&next_reply(client).await), ReplyCode::Duplicate);
+    }
+    wechat_task.abort();
 }

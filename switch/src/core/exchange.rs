@@ -23,6 +23,9 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use dashmap::DashSet;
 
 use codec::code::{ReplyCode, ReversalReason, TransactionStatus};
 use codec::emv_qr::{MerchantCode, parse_merchant_code};
@@ -37,6 +40,32 @@ use crate::core::session::Now;
 
 /// A connection's id, unique for the process.
 pub type SessionId = u64;
+
+/// Single-use payment codes the switch has forwarded and still remembers, shared by every
+/// shard's exchange (a code's duplicates may arrive under any transaction id, so on any
+/// shard). A code is claimed with one atomic insert-if-absent and released when its
+/// transaction is forgotten, so the set is bounded like the transactions.
+#[derive(Debug, Clone, Default)]
+pub struct UsedCodes(Arc<DashSet<PaymentCode>>);
+
+impl UsedCodes {
+    /// Claims `code`: `false` when it is already claimed.
+    pub fn claim(&self, code: PaymentCode) -> bool {
+        self.0.insert(code)
+    }
+
+    pub fn release(&self, code: &PaymentCode) {
+        self.0.remove(code);
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// A message for one session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +108,23 @@ pub struct ParticipantPolicy {
     /// Requests it may originate per second, with bursts up to one second's worth
     /// (`None`: unlimited). Beyond it, `SystemBusy`.
     pub rate_per_second: Option<u32>,
+}
+
+impl ExchangeConfig {
+    /// Shard `index`'s share of this configuration among `shards`: its shard bits, and every
+    /// limit divided (rounded up) so the shards together enforce about the configured value.
+    /// Transactions spread evenly over shards by the owner hash, so an even split is fair.
+    pub fn for_shard(&self, index: usize, shards: usize) -> Self {
+        let split = |value: usize| value.div_ceil(shards);
+        let mut config = self.clone();
+        config.shard = index as u8;
+        config.in_flight_max = split(self.in_flight_max);
+        config.in_flight_per_participant_max = split(self.in_flight_per_participant_max);
+        for policy in config.policies.values_mut() {
+            policy.rate_per_second = policy.rate_per_second.map(|rate| rate.div_ceil(shards as u32));
+        }
+        config
+    }
 }
 
 impl Default for ExchangeConfig {
@@ -143,6 +189,9 @@ struct Transaction {
     amount_minor: u64,
     currency: u16,
     state: State,
+    /// A consumer-presented request's code, claimed in [`UsedCodes`] until this record is
+    /// forgotten.
+    payment_code: Option<PaymentCode>,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +234,74 @@ struct Answering {
     currency: u16,
 }
 
+impl Answering {
+    fn details(details: &codec::TransactionDetails) -> Self {
+        Self {
+            originator: details.originator,
+            id: details.originator_transaction_id,
+            amount_minor: details.amount_minor,
+            currency: details.currency,
+        }
+    }
+
+    fn linked(request: &LinkedRequest) -> Self {
+        Self {
+            originator: request.originator,
+            id: request.originator_transaction_id,
+            amount_minor: request.amount_minor,
+            currency: request.currency,
+        }
+    }
+
+    fn reply(self, reference: u64, code: ReplyCode, responder: InstitutionId, now: Now) -> Reply {
+        Reply {
+            originator: self.originator,
+            originator_transaction_id: self.id,
+            switch_reference: reference,
+            amount_minor: self.amount_minor,
+            reply_time_ms: now.unix_ms,
+            currency: self.currency,
+            code: code.value(),
+            reserved: [0; 4],
+            authorization_code: AuthorizationCode::EMPTY,
+            responder,
+        }
+    }
+}
+
+/// The switch's own answer with `code` to a request that never reached an exchange (shed
+/// at a full hand-off queue): the reply kind the request expects, echoing its identifiers.
+/// A status query gets status `Unknown` with `code`, meaning "ask again". `None` for a
+/// message that is not a request.
+pub fn switch_answer(request: &Message, code: ReplyCode, responder: InstitutionId, now: Now) -> Option<Message> {
+    Some(match request {
+        Message::PaymentCodeRequest(request) => {
+            Message::PaymentReply(Answering::details(&request.details).reply(0, code, responder, now))
+        }
+        Message::QrPaymentRequest(request) => {
+            Message::PaymentReply(Answering::details(&request.details).reply(0, code, responder, now))
+        }
+        Message::ReversalRequest(request) => {
+            Message::ReversalReply(Answering::linked(request).reply(0, code, responder, now))
+        }
+        Message::RefundRequest(request) => {
+            Message::RefundReply(Answering::linked(request).reply(0, code, responder, now))
+        }
+        Message::StatusQuery(query) => Message::StatusReply(StatusReply {
+            originator: query.originator,
+            original_originator_transaction_id: query.original_originator_transaction_id,
+            original_switch_reference: query.original_switch_reference,
+            amount_minor: 0,
+            reply_time_ms: now.unix_ms,
+            currency: 0,
+            code: code.value(),
+            status: TransactionStatus::Unknown.value(),
+            reserved: [0; 3],
+        }),
+        _ => return None,
+    })
+}
+
 /// What happened to an answer from a receiver (for logs and metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AnswerOutcome {
@@ -215,7 +332,7 @@ pub struct Exchange {
     breakers: HashMap<InstitutionId, Breaker>,
     buckets: HashMap<InstitutionId, Bucket>,
     by_originator: HashMap<(InstitutionId, TransactionId), u64>,
-    used_codes: HashSet<PaymentCode>,
+    used_codes: UsedCodes,
     /// Completed transactions, oldest first, to forget beyond `completed_max`.
     completed: VecDeque<u64>,
     timers: BinaryHeap<Reverse<(u64, Timer)>>,
@@ -238,11 +355,17 @@ impl Exchange {
             breakers: HashMap::new(),
             buckets: HashMap::new(),
             by_originator: HashMap::new(),
-            used_codes: HashSet::new(),
+            used_codes: UsedCodes::default(),
             completed: VecDeque::new(),
             timers: BinaryHeap::new(),
             reversals: HashMap::new(),
         }
+    }
+
+    /// Shares `codes` with other exchanges (the other shards'), instead of a set of its own.
+    pub fn with_used_codes(mut self, codes: UsedCodes) -> Self {
+        self.used_codes = codes;
+        self
     }
 
     /// A session signed on: it can receive requests, and pending reversals for its
@@ -297,18 +420,7 @@ impl Exchange {
     }
 
     fn answer(&self, to: Answering, reference: u64, code: ReplyCode, now: Now) -> Reply {
-        Reply {
-            originator: to.originator,
-            originator_transaction_id: to.id,
-            switch_reference: reference,
-            amount_minor: to.amount_minor,
-            reply_time_ms: now.unix_ms,
-            currency: to.currency,
-            code: code.value(),
-            reserved: [0; 4],
-            authorization_code: AuthorizationCode::EMPTY,
-            responder: self.config.switch_id,
-        }
+        to.reply(reference, code, self.config.switch_id, now)
     }
 
     /// A request from a signed-on originator (identity already checked by its session).
@@ -326,8 +438,7 @@ impl Exchange {
                         now,
                     ))
                 };
-                if self.by_originator.contains_key(&(originator, id)) || self.used_codes.contains(&request.payment_code)
-                {
+                if self.by_originator.contains_key(&(originator, id)) {
                     out.push(Outbound { session, message: switch_answer(self, ReplyCode::Duplicate) });
                     return;
                 }
@@ -343,11 +454,19 @@ impl Exchange {
                     }
                 };
                 let code = request.payment_code;
-                if let Some(reference) = self.admit(now, session, originator, id, receiver, amount, currency, out) {
-                    self.used_codes.insert(code);
-                    request.details.switch_reference = reference;
-                    self.forward(receiver, Message::PaymentCodeRequest(request), out);
+                if !self.used_codes.claim(code) {
+                    out.push(Outbound { session, message: switch_answer(self, ReplyCode::Duplicate) });
+                    return;
                 }
+                let Some(reference) = self.admit(now, session, originator, id, receiver, amount, currency, out) else {
+                    self.used_codes.release(&code);
+                    return;
+                };
+                if let Some(transaction) = self.transactions.get_mut(&reference) {
+                    transaction.payment_code = Some(code);
+                }
+                request.details.switch_reference = reference;
+                self.forward(receiver, Message::PaymentCodeRequest(request), out);
             }
             Message::QrPaymentRequest(mut request) => {
                 let details = &request.details;
@@ -428,13 +547,7 @@ impl Exchange {
     }
 
     fn unknown_original(&self, request: &LinkedRequest, now: Now) -> Reply {
-        let to = Answering {
-            originator: request.originator,
-            id: request.originator_transaction_id,
-            amount_minor: request.amount_minor,
-            currency: request.currency,
-        };
-        self.answer(to, 0, ReplyCode::UnknownOriginal, now)
+        self.answer(Answering::linked(request), 0, ReplyCode::UnknownOriginal, now)
     }
 
     /// Checks the receiver and the in-flight limit, and records a new transaction. Answers
@@ -486,6 +599,7 @@ impl Exchange {
                 amount_minor: amount,
                 currency,
                 state: State::InFlight { deadline_ms },
+                payment_code: None,
             },
         );
         self.in_flight += 1;
@@ -734,6 +848,9 @@ impl Exchange {
             }
             if let Some(transaction) = self.transactions.remove(&oldest) {
                 self.by_originator.remove(&(transaction.originator, transaction.originator_transaction_id));
+                if let Some(code) = &transaction.payment_code {
+                    self.used_codes.release(code);
+                }
             }
         }
     }
@@ -1215,5 +1332,31 @@ mod tests {
         }
         assert_eq!(exchange.transactions.len(), 3);
         assert_eq!(exchange.by_originator.len(), 3);
+        assert_eq!(exchange.used_codes.len(), 3, "codes are forgotten with their transactions");
+    }
+
+    #[test]
+    fn a_code_is_single_use_across_exchanges_that_share_the_set() {
+        let codes = UsedCodes::default();
+        let (mut first, mut second) = (exchange().with_used_codes(codes.clone()), exchange().with_used_codes(codes));
+        let mut out = Vec::new();
+        pay(&mut first, "T1", "134567890123451234", &mut out);
+        forwarded_reference(&out);
+        out.clear();
+        // Another transaction id, so possibly another shard: the code is still spent.
+        pay(&mut second, "T2", "134567890123451234", &mut out);
+        assert_eq!(reply_code(&out, ACQUIRER).0, ReplyCode::Duplicate);
+        out.clear();
+        // A request the limits refuse does not spend its code.
+        let mut busy =
+            Exchange::new(ExchangeConfig { in_flight_max: 0, ..ExchangeConfig::default() }, Routes::embedded_default())
+                .with_used_codes(second.used_codes.clone());
+        busy.session_up(id("ACQ0001"), ACQUIRER, &mut out);
+        busy.session_up(id("WECHATPAY"), WECHAT, &mut out);
+        pay(&mut busy, "T3", "134567890123459999", &mut out);
+        assert_eq!(reply_code(&out, ACQUIRER).0, ReplyCode::SystemBusy);
+        out.clear();
+        pay(&mut second, "T4", "134567890123459999", &mut out);
+        forwarded_reference(&out);
     }
 }

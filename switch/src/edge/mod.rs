@@ -1,7 +1,7 @@
 //! The edge: sockets and event loops that drive the deterministic core.
 
 pub mod admin;
-pub mod exchange;
+pub mod shard;
 pub mod tcp;
 
 /// The clocks the core needs, read once per batch: monotonic since `started` for

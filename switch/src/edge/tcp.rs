@@ -1,28 +1,32 @@
-//! The portable TCP edge (tokio): accepts connections and drives one [`Session`] per
-//! connection, reading many frames per read and writing every reply of a read in one write.
+//! The portable TCP edge (tokio): accepts connections, hands each to a shard, and drives
+//! one [`Session`] per connection on its shard's thread, reading many frames per read and
+//! writing every reply of a read (and every message its shard queued) in one write.
 //!
 //! Invariants:
-//! - A connection is owned by exactly one task; its decoder, encoder and session are never
-//!   shared, so nothing on the per-message path takes a lock.
+//! - A connection is owned by exactly one task on one shard; its decoder, encoder and
+//!   session are never shared, so nothing on the per-message path takes a lock.
 //! - Per connection, memory is bounded by the decoder's and encoder's fixed buffers.
 //! - Every frame's reply is written before the connection is closed.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use codec::{FrameDecoder, FrameEncoder, Message};
+use codec::{FrameDecoder, FrameEncoder, InstitutionId, Message, ReplyCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use codec::InstitutionId;
-use tokio::sync::mpsc;
-
-use crate::core::exchange::{Exchange, ExchangeConfig, Routes};
+use crate::core::exchange::{Exchange, ExchangeConfig, Routes, SessionId, UsedCodes, switch_answer};
 use crate::core::session::{CloseReason, Control, Now, Session, SessionConfig};
-use crate::edge::exchange::{Event, OUTBOUND_QUEUE, spawn_exchange};
+use crate::core::shard;
+use crate::edge::shard::{Event, Mesh, OUTBOUND_QUEUE, Touched, run_shard};
 use crate::metrics::Metrics;
 use crate::participant::Directory;
+
+/// Messages moved from a connection's queue per wake-up, written in one write.
+const OUTBOUND_BATCH_MAX: usize = 256;
 
 /// What every connection task shares: immutable after start.
 #[derive(Debug)]
@@ -34,6 +38,8 @@ pub struct Shared {
     /// Start of the monotonic clock the sessions use.
     pub started: Instant,
     pub metrics: Arc<Metrics>,
+    /// Shards (threads with their own event loop and exchange); 1 unless set.
+    pub shards: usize,
     /// Session ids, unique for this process. Relaxed: only uniqueness matters.
     next_session_id: AtomicU64,
 }
@@ -48,6 +54,7 @@ impl Shared {
             routes: Routes::embedded_default(),
             started: Instant::now(),
             metrics: Arc::new(Metrics::default()),
+            shards: 1,
             next_session_id: AtomicU64::new(1),
         }
     }
@@ -59,35 +66,81 @@ impl Shared {
         self
     }
 
+    /// Runs `shards` shards (1..=256).
+    pub fn with_shards(mut self, shards: usize) -> Self {
+        assert!((1..=shard::SHARDS_MAX).contains(&shards), "1 to {} shards", shard::SHARDS_MAX);
+        self.shards = shards;
+        self
+    }
+
     fn now(&self) -> Now {
         super::now(self.started)
     }
 }
 
-/// Accepts connections until `shutdown` resolves, then drains: stops accepting, asks every
-/// signed-on session to sign off, and returns once each has answered or reached its drain
-/// deadline (`SessionConfig::drain_timeout_ms`).
+/// Connections accepted but not yet taken up by their shard.
+const HANDOFF_QUEUE: usize = 1_024;
+
+/// Accepts connections until `shutdown` resolves, handing them round-robin to the shards
+/// (`Shared::shards` threads, each with its own event loop and exchange). Then drains:
+/// stops accepting, asks every signed-on session to sign off, and returns once each has
+/// answered or reached its drain deadline (`SessionConfig::drain_timeout_ms`). The shard
+/// loops keep running until every shard's connections are gone, so answers crossing shards
+/// during the drain still find their transaction.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
-    let exchange = Exchange::new(shared.exchange.clone(), shared.routes.clone());
-    let (events, exchange_task) = spawn_exchange(exchange, shared.started);
-    let (draining_tx, draining) = tokio::sync::watch::channel(false);
-    let mut connections = tokio::task::JoinSet::new();
+    let shards = shared.shards;
+    shared.metrics.set_shards(shards);
+    let mesh = Arc::new(Mesh::new(shards));
+    let used_codes = UsedCodes::default();
+    let (draining_tx, draining) = watch::channel(false);
+    let (stop_tx, stop) = watch::channel(false);
+    let mut handoffs = Vec::with_capacity(shards);
+    let mut drained = Vec::with_capacity(shards);
+    let mut threads = Vec::with_capacity(shards);
+    for index in 0..shards {
+        let (handoff, accepted) = mpsc::channel(HANDOFF_QUEUE);
+        let (drained_tx, drained_rx) = oneshot::channel();
+        let config = shared.exchange.for_shard(index, shards);
+        let exchange = Exchange::new(config, shared.routes.clone()).with_used_codes(used_codes.clone());
+        let shard = ShardThread {
+            index,
+            shared: Arc::clone(&shared),
+            mesh: Arc::clone(&mesh),
+            draining: draining.clone(),
+            stop: stop.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("shard-{index}"))
+            .spawn(move || shard.run(exchange, accepted, drained_tx));
+        match thread {
+            Ok(thread) => threads.push(thread),
+            Err(error) => {
+                // Without its threads the switch cannot run; nothing is accepted yet.
+                tracing::error!(%error, shard = index, "cannot start a shard thread");
+                std::process::exit(1);
+            }
+        }
+        handoffs.push(handoff);
+        drained.push(drained_rx);
+    }
+    let mut next = 0usize;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            // Reap finished connection tasks so the set stays as small as the live sessions.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let shared = Arc::clone(&shared);
-                    let draining = draining.clone();
-                    let events = events.clone();
-                    connections.spawn(async move {
-                        if let Err(error) = serve_connection(stream, &shared, draining, events).await {
-                            tracing::debug!(%peer, %error, "connection ended with an I/O error");
+                    let stream = match stream.into_std() {
+                        Ok(stream) => stream,
+                        Err(error) => {
+                            tracing::debug!(%peer, %error, "accepted connection unusable");
+                            continue;
                         }
-                    });
+                    };
+                    next = (next + 1) % shards;
+                    if handoffs[next].try_send((stream, peer)).is_err() {
+                        tracing::warn!(%peer, shard = next, "shard not taking connections; refused");
+                    }
                 }
                 Err(error) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -99,21 +152,96 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
     }
     drop(listener);
     shared.metrics.set_draining();
-    tracing::info!(sessions = connections.len(), "draining: signing off every session");
-    // Receivers only stop listening when their task has ended, so a send error means none
+    tracing::info!("draining: signing off every session");
+    // Receivers only stop listening when their shard has ended, so a send error means none
     // is left to tell.
     let _ = draining_tx.send(true);
-    // Each session closes by its own drain deadline; this bound only guards against a task
-    // stuck in a write to a peer that stopped reading.
-    let bound = Duration::from_millis(shared.session.drain_timeout_ms) + Duration::from_secs(1);
-    if tokio::time::timeout(bound, async { while connections.join_next().await.is_some() {} }).await.is_err() {
-        tracing::warn!(sessions = connections.len(), "drain bound passed; closing the remaining connections");
-        connections.abort_all();
-        while connections.join_next().await.is_some() {}
+    drop(handoffs);
+    for done in drained {
+        let _ = done.await;
     }
-    // The last sender: the exchange task ends once every connection has gone.
-    drop(events);
-    let _ = exchange_task.await;
+    let _ = stop_tx.send(true);
+    for thread in threads {
+        // The thread has finished its work (its loop saw `stop`); joining only reaps it.
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+}
+
+/// What one shard's thread needs besides its exchange.
+struct ShardThread {
+    index: usize,
+    shared: Arc<Shared>,
+    mesh: Arc<Mesh>,
+    draining: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+}
+
+impl ShardThread {
+    /// The shard's thread: its own single-threaded runtime runs its loop and connections.
+    fn run(
+        self,
+        exchange: Exchange,
+        mut accepted: mpsc::Receiver<(std::net::TcpStream, SocketAddr)>,
+        drained: oneshot::Sender<()>,
+    ) {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!(%error, shard = self.index, "cannot start a shard's runtime");
+                std::process::exit(1);
+            }
+        };
+        runtime.block_on(async move {
+            let shared = &self.shared;
+            let shard_loop = tokio::spawn(run_shard(
+                self.index,
+                exchange,
+                Arc::clone(&self.mesh),
+                Arc::clone(&shared.metrics),
+                shared.started,
+                self.stop.clone(),
+            ));
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    // Reap finished connection tasks so the set stays as small as the live sessions.
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                    handed = accepted.recv() => {
+                        let Some((stream, peer)) = handed else { break };
+                        let stream = match TcpStream::from_std(stream) {
+                            Ok(stream) => stream,
+                            Err(error) => {
+                                tracing::debug!(%peer, %error, "connection unusable");
+                                continue;
+                            }
+                        };
+                        let connection = Connection {
+                            shared: Arc::clone(shared),
+                            mesh: Arc::clone(&self.mesh),
+                            home: self.index,
+                            draining: self.draining.clone(),
+                        };
+                        connections.spawn(async move {
+                            if let Err(error) = connection.serve(stream).await {
+                                tracing::debug!(%peer, %error, "connection ended with an I/O error");
+                            }
+                        });
+                    }
+                }
+            }
+            // Each session closes by its own drain deadline; this bound only guards against
+            // a task stuck in a write to a peer that stopped reading.
+            let bound = Duration::from_millis(shared.session.drain_timeout_ms) + Duration::from_secs(1);
+            if tokio::time::timeout(bound, async { while connections.join_next().await.is_some() {} }).await.is_err() {
+                tracing::warn!(sessions = connections.len(), "drain bound passed; closing the remaining connections");
+                connections.abort_all();
+                while connections.join_next().await.is_some() {}
+            }
+            let _ = drained.send(());
+            // The loop runs on until every shard has drained (`stop`).
+            let _ = shard_loop.await;
+        });
+    }
 }
 
 /// Counts a connection open for as long as it lives, and its close reason, whichever way
@@ -131,155 +259,201 @@ impl Drop for ConnectionGuard<'_> {
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
-    shared: &Shared,
-    draining: tokio::sync::watch::Receiver<bool>,
-    events: mpsc::Sender<Event>,
-) -> std::io::Result<()> {
-    shared.metrics.connection_opened();
-    let mut guard = ConnectionGuard { metrics: &shared.metrics, signed_on: false, reason: None };
-    let session_id = shared.next_session_id.fetch_add(1, Ordering::Relaxed);
-    let mut registered = None;
-    let result = connection_loop(stream, shared, draining, &events, session_id, &mut registered, &mut guard).await;
-    // Whichever way the connection ended, the exchange stops sending to it.
-    if let Some(participant) = registered {
-        let _ = events.send(Event::SessionDown { participant, session: session_id }).await;
-    }
-    result
+/// One accepted connection, owned by its home shard's runtime.
+struct Connection {
+    shared: Arc<Shared>,
+    mesh: Arc<Mesh>,
+    home: usize,
+    draining: watch::Receiver<bool>,
 }
 
-/// The next message the exchange sends this connection; pending until it has signed on.
-async fn next_outbound(outbound: &mut Option<mpsc::Receiver<Message>>) -> Option<Message> {
-    match outbound {
-        Some(receiver) => receiver.recv().await,
-        None => std::future::pending().await,
+impl Connection {
+    async fn serve(self, stream: TcpStream) -> std::io::Result<()> {
+        let shared = &*self.shared;
+        shared.metrics.connection_opened();
+        let mut guard = ConnectionGuard { metrics: &shared.metrics, signed_on: false, reason: None };
+        let session_id = shared.next_session_id.fetch_add(1, Ordering::Relaxed);
+        let mut registered = None;
+        let result = self.run(stream, session_id, &mut registered, &mut guard).await;
+        // Whichever way the connection ended, no shard sends to it any more.
+        if let Some(participant) = registered {
+            self.mesh.broadcast(|_| Event::SessionDown { participant, session: session_id }).await;
+        }
+        result
     }
-}
 
-#[allow(clippy::too_many_arguments)]
-async fn connection_loop(
-    mut stream: TcpStream,
-    shared: &Shared,
-    mut draining: tokio::sync::watch::Receiver<bool>,
-    events: &mpsc::Sender<Event>,
-    session_id: u64,
-    registered: &mut Option<InstitutionId>,
-    guard: &mut ConnectionGuard<'_>,
-) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
-    let peer = stream.peer_addr()?;
-    let mut nonce = [0u8; 32];
-    getrandom::fill(&mut nonce).map_err(std::io::Error::other)?;
-    let mut session = Session::new(shared.session.clone(), shared.now(), session_id, nonce);
-    let mut decoder = FrameDecoder::default();
-    let mut encoder = FrameEncoder::default();
-    let mut outgoing: Vec<Message> = Vec::with_capacity(64);
-    let mut to_exchange: Vec<Message> = Vec::with_capacity(64);
-    let mut outbound: Option<mpsc::Receiver<Message>> = None;
+    async fn run(
+        &self,
+        mut stream: TcpStream,
+        session_id: u64,
+        registered: &mut Option<InstitutionId>,
+        guard: &mut ConnectionGuard<'_>,
+    ) -> std::io::Result<()> {
+        let shared = &*self.shared;
+        let mut draining = self.draining.clone();
+        stream.set_nodelay(true)?;
+        let peer = stream.peer_addr()?;
+        let mut nonce = [0u8; 32];
+        getrandom::fill(&mut nonce).map_err(std::io::Error::other)?;
+        let mut session = Session::new(shared.session.clone(), shared.now(), session_id, nonce);
+        let mut decoder = FrameDecoder::default();
+        let mut encoder = FrameEncoder::default();
+        let mut outgoing: Vec<Message> = Vec::with_capacity(64);
+        let mut to_exchange: Vec<Message> = Vec::with_capacity(64);
+        let mut outbound: Option<mpsc::Receiver<Message>> = None;
+        let mut touched = Touched::default();
 
-    encoder.encode(&session.challenge()).expect("the challenge is valid");
-    stream.write_all(encoder.bytes()).await?;
-    encoder.clear();
+        encoder.encode(&session.challenge()).expect("the challenge is valid");
+        stream.write_all(encoder.bytes()).await?;
+        encoder.clear();
 
-    let mut drain_seen = false;
-    loop {
-        let deadline = shared.started + Duration::from_millis(session.deadline_ms());
-        let mut control = Control::Continue;
-        let mut frames = 0u64;
-        let read = tokio::select! {
-            // Once seen, the drain signal is not waited for again.
-            changed = draining.wait_for(|draining| *draining), if !drain_seen => {
-                drain_seen = true;
-                if changed.is_ok() {
-                    control = session.handle_shutdown(shared.now(), &mut outgoing);
+        let mut drain_seen = false;
+        loop {
+            let deadline = shared.started + Duration::from_millis(session.deadline_ms());
+            let mut control = Control::Continue;
+            let mut frames = 0u64;
+            let read = tokio::select! {
+                // Once seen, the drain signal is not waited for again.
+                changed = draining.wait_for(|draining| *draining), if !drain_seen => {
+                    drain_seen = true;
+                    if changed.is_ok() {
+                        control = session.handle_shutdown(shared.now(), &mut outgoing);
+                    }
+                    None
                 }
-                None
-            }
-            message = next_outbound(&mut outbound) => {
-                match message {
-                    Some(message) => outgoing.push(message),
-                    // The exchange dropped this session's queue: it could not keep up.
-                    None => control = Control::Close(CloseReason::Backlogged),
+                received = next_outbound(&mut outbound, &mut outgoing) => {
+                    if !received {
+                        // The shard dropped this session's queue: it could not keep up.
+                        control = Control::Close(CloseReason::Backlogged);
+                    }
+                    None
                 }
-                None
-            }
-            read = tokio::time::timeout_at(deadline.into(), stream.read(decoder.spare())) => Some(read),
-        };
-        match read {
-            None => {}
-            Some(Err(_elapsed)) => control = session.handle_timeout(shared.now(), &mut outgoing),
-            Some(Ok(Ok(0))) => return Ok(()),
-            Some(Ok(Ok(count))) => {
-                decoder.commit(count);
-                let now = shared.now();
-                while control == Control::Continue {
-                    match decoder.decode() {
-                        Ok(Some(frame)) => {
-                            frames += 1;
-                            control = session.handle_message(
-                                now,
-                                frame.message,
-                                &shared.directory,
-                                &mut outgoing,
-                                &mut to_exchange,
-                            );
-                        }
-                        Ok(None) => break,
-                        Err(error) => {
-                            frames += 1;
-                            tracing::info!(%peer, %error, "frame refused");
-                            control = session.handle_decode_error(
-                                now,
-                                &error,
-                                decoder.last_kind(),
-                                decoder.last_frame(),
-                                &mut outgoing,
-                            );
+                read = tokio::time::timeout_at(deadline.into(), stream.read(decoder.spare())) => Some(read),
+            };
+            match read {
+                None => {}
+                Some(Err(_elapsed)) => control = session.handle_timeout(shared.now(), &mut outgoing),
+                Some(Ok(Ok(0))) => return Ok(()),
+                Some(Ok(Ok(count))) => {
+                    decoder.commit(count);
+                    let now = shared.now();
+                    while control == Control::Continue {
+                        match decoder.decode() {
+                            Ok(Some(frame)) => {
+                                frames += 1;
+                                control = session.handle_message(
+                                    now,
+                                    frame.message,
+                                    &shared.directory,
+                                    &mut outgoing,
+                                    &mut to_exchange,
+                                );
+                            }
+                            Ok(None) => break,
+                            Err(error) => {
+                                frames += 1;
+                                tracing::info!(%peer, %error, "frame refused");
+                                control = session.handle_decode_error(
+                                    now,
+                                    &error,
+                                    decoder.last_kind(),
+                                    decoder.last_frame(),
+                                    &mut outgoing,
+                                );
+                            }
                         }
                     }
                 }
+                Some(Ok(Err(error))) => return Err(error),
             }
-            Some(Ok(Err(error))) => return Err(error),
+            // Signed on: every shard learns of the session before it hands any shard anything.
+            if let (None, Some(participant)) = (&*registered, session.participant()) {
+                let (sender, receiver) = mpsc::channel(OUTBOUND_QUEUE);
+                outbound = Some(receiver);
+                *registered = Some(participant);
+                let (home, mut sender) = (self.home, Some(sender));
+                self.mesh
+                    .broadcast(|shard| Event::SessionUp {
+                        participant,
+                        session: session_id,
+                        home,
+                        outbound: if shard == home { sender.take() } else { None },
+                    })
+                    .await;
+            }
+            if !to_exchange.is_empty() {
+                self.hand_off(session_id, *registered, &mut to_exchange, &mut outgoing, &mut touched);
+            }
+            let batch_started = Instant::now();
+            for message in outgoing.drain(..) {
+                shared.metrics.sent(&message);
+                // Counted as signed on from the approving result until the connection ends.
+                guard.signed_on |= matches!(&message, Message::SignOnResult(result) if result.code == 0);
+                // Messages the session and exchange build are valid by construction.
+                encoder.encode(&message).expect("the switch built an invalid message");
+            }
+            if frames > 0 {
+                shared.metrics.frames_received(frames);
+                shared.metrics.batch_processed(batch_started.elapsed());
+            }
+            if !encoder.is_empty() {
+                stream.write_all(encoder.bytes()).await?;
+                encoder.clear();
+            }
+            if let Control::Close(reason) = control {
+                guard.reason = Some(reason);
+                tracing::info!(%peer, participant = ?session.participant(), ?reason, "closing session");
+                stream.shutdown().await?;
+                return Ok(());
+            }
         }
-        // Signed on: register with the exchange before handing it anything.
-        if let (None, Some(participant)) = (&*registered, session.participant()) {
-            let (sender, receiver) = mpsc::channel(OUTBOUND_QUEUE);
-            outbound = Some(receiver);
-            *registered = Some(participant);
-            let _ = events.send(Event::SessionUp { participant, session: session_id, outbound: sender }).await;
-        }
-        for message in to_exchange.drain(..) {
-            let event = match (&message, *registered) {
+    }
+
+    /// Hands a read's requests and answers to the shards that own them, waking each shard
+    /// once. A request whose owner's inbox is full is answered `SystemBusy` here and now.
+    fn hand_off(
+        &self,
+        session: SessionId,
+        registered: Option<InstitutionId>,
+        messages: &mut Vec<Message>,
+        outgoing: &mut Vec<Message>,
+        touched: &mut Touched,
+    ) {
+        let shards = self.mesh.shards();
+        for message in messages.drain(..) {
+            let owner = shard::owner(&message, shards);
+            let event = match (&message, registered) {
                 (Message::PaymentReply(_) | Message::ReversalReply(_) | Message::RefundReply(_), Some(participant)) => {
                     Event::Answer { participant, message }
                 }
-                _ => Event::Request { session: session_id, message },
+                _ => Event::Request { session, message },
             };
-            // Bounded: a busy exchange slows this connection's reading, nobody else's.
-            let _ = events.send(event).await;
+            match self.mesh.try_push(owner, event, touched) {
+                Ok(()) => {}
+                Err(Event::Request { message, .. }) => {
+                    let now = self.shared.now();
+                    if let Some(busy) =
+                        switch_answer(&message, ReplyCode::SystemBusy, self.shared.session.switch_id, now)
+                    {
+                        outgoing.push(busy);
+                    }
+                }
+                Err(_) => {
+                    tracing::warn!(shard = owner, "shard inbox full: answer dropped (its transaction will time out)");
+                    self.shared.metrics.handoff_dropped();
+                }
+            }
         }
-        let batch_started = Instant::now();
-        for message in outgoing.drain(..) {
-            shared.metrics.sent(&message);
-            // Counted as signed on from the approving result until the connection ends.
-            guard.signed_on |= matches!(&message, Message::SignOnResult(result) if result.code == 0);
-            // Messages the session and exchange build are valid by construction.
-            encoder.encode(&message).expect("the switch built an invalid message");
-        }
-        if frames > 0 {
-            shared.metrics.frames_received(frames);
-            shared.metrics.batch_processed(batch_started.elapsed());
-        }
-        if !encoder.is_empty() {
-            stream.write_all(encoder.bytes()).await?;
-            encoder.clear();
-        }
-        if let Control::Close(reason) = control {
-            guard.reason = Some(reason);
-            tracing::info!(%peer, participant = ?session.participant(), ?reason, "closing session");
-            stream.shutdown().await?;
-            return Ok(());
-        }
+        self.mesh.wake(touched);
+    }
+}
+
+/// Moves what the shard queued for this connection into `outgoing`, waiting for at least
+/// one message; pending until the session has signed on. `false` when the shard dropped
+/// the queue.
+async fn next_outbound(outbound: &mut Option<mpsc::Receiver<Message>>, outgoing: &mut Vec<Message>) -> bool {
+    match outbound {
+        Some(receiver) => receiver.recv_many(outgoing, OUTBOUND_BATCH_MAX).await > 0,
+        None => std::future::pending().await,
     }
 }

@@ -1,0 +1,247 @@
+//! Shards: one thread each, with its own event loop, its own connections and its own
+//! [`Exchange`]. Shards talk only through the [`Mesh`]: one bounded inbox per shard
+//! (a crossbeam `ArrayQueue`) and a wake-up, drained in batches.
+//!
+//! ```text
+//!  connection on shard h ──Request/Answer──▶ inbox of the owner (core::shard::owner)
+//!  owner's exchange ──Outbound──▶ its own connection's queue, or Deliver ──▶ inbox of the
+//!                                 session's home shard ──▶ that connection's queue
+//!  home shard cannot deliver ──Undeliverable──▶ inbox of the message's owner
+//! ```
+//!
+//! Invariants:
+//! - Every queue is bounded. A request that finds its owner's inbox full is answered
+//!   `SystemBusy` at once by its connection (shed early, never queued); an answer that finds
+//!   it full is dropped and counted, and its transaction times out and is reversed as the
+//!   protocol already provides. Session events (sign-on and end) are never dropped: their
+//!   sender waits for room, and there are at most two per connection per shard.
+//! - Events from one producer reach a shard in the order they were pushed (the queue is
+//!   FIFO), so a session's sign-on is always seen before its first request.
+//! - A connection whose outbound queue is full is too slow to keep: its queue is dropped
+//!   (its task then closes the connection), so one slow participant never stalls others.
+//! - A shard loop wakes once per batch of pushes, not once per message.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use codec::{InstitutionId, Message};
+use crossbeam_queue::ArrayQueue;
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::core::exchange::{Exchange, Outbound, SessionId};
+use crate::core::shard::{SHARDS_MAX, owner};
+use crate::metrics::Metrics;
+
+/// Events waiting in one shard's inbox, from every shard.
+pub const SHARD_INBOX: usize = 16_384;
+/// Messages waiting to be written to one connection.
+pub const OUTBOUND_QUEUE: usize = 4_096;
+/// Events handled per batch before timers and delivery.
+const EVENT_BATCH_MAX: usize = 1_024;
+
+#[derive(Debug)]
+pub enum Event {
+    /// A session signed on. Sent to every shard; only its home shard gets its queue.
+    SessionUp { participant: InstitutionId, session: SessionId, home: usize, outbound: Option<mpsc::Sender<Message>> },
+    /// A session ended. Sent to every shard.
+    SessionDown { participant: InstitutionId, session: SessionId },
+    /// A request from an originator's session, to the shard that owns it.
+    Request { session: SessionId, message: Message },
+    /// An answer from a receiver, to the shard named in its switch reference.
+    Answer { participant: InstitutionId, message: Message },
+    /// A message another shard's exchange sends to a session this shard is home to.
+    Deliver { session: SessionId, message: Message },
+    /// A message this shard could not deliver, back to the shard whose exchange sent it.
+    Undeliverable { message: Message },
+}
+
+#[derive(Debug)]
+struct Inbox {
+    queue: ArrayQueue<Event>,
+    wake: Notify,
+}
+
+/// Every shard's inbox; shared by all shards and their connections.
+#[derive(Debug)]
+pub struct Mesh {
+    inboxes: Vec<Inbox>,
+}
+
+/// Which shards were pushed to since the last [`Mesh::wake`]: one wake-up per batch.
+#[derive(Debug, Default)]
+pub struct Touched([u64; SHARDS_MAX / 64]);
+
+impl Mesh {
+    pub fn new(shards: usize) -> Self {
+        assert!((1..=SHARDS_MAX).contains(&shards), "1 to {SHARDS_MAX} shards");
+        let inboxes = (0..shards).map(|_| Inbox { queue: ArrayQueue::new(SHARD_INBOX), wake: Notify::new() }).collect();
+        Self { inboxes }
+    }
+
+    pub fn shards(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Queues `event` for `shard` (woken at the next [`Mesh::wake`]); gives it back when the
+    /// inbox is full.
+    // Giving the event back by value is the point (the caller answers or reroutes it);
+    // boxing it would allocate per message.
+    #[allow(clippy::result_large_err)]
+    pub fn try_push(&self, shard: usize, event: Event, touched: &mut Touched) -> Result<(), Event> {
+        self.inboxes[shard].queue.push(event)?;
+        touched.0[shard / 64] |= 1 << (shard % 64);
+        Ok(())
+    }
+
+    /// Wakes every shard pushed to since the last call.
+    pub fn wake(&self, touched: &mut Touched) {
+        for (word_index, word) in touched.0.iter_mut().enumerate() {
+            while *word != 0 {
+                let bit = word.trailing_zeros() as usize;
+                *word &= *word - 1;
+                self.inboxes[word_index * 64 + bit].wake.notify_one();
+            }
+        }
+    }
+
+    /// Sends a session event to every shard, waiting for room where an inbox is full:
+    /// session events are never dropped.
+    pub async fn broadcast(&self, mut event: impl FnMut(usize) -> Event) {
+        let mut touched = Touched::default();
+        for shard in 0..self.shards() {
+            let mut pending = event(shard);
+            loop {
+                match self.try_push(shard, pending, &mut touched) {
+                    Ok(()) => break,
+                    Err(back) => {
+                        pending = back;
+                        self.wake(&mut touched);
+                        self.inboxes[shard].wake.notify_one();
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            }
+        }
+        self.wake(&mut touched);
+    }
+}
+
+/// Where this shard sends a session's messages.
+#[derive(Debug)]
+enum Route {
+    Home { participant: InstitutionId, outbound: mpsc::Sender<Message> },
+    Remote { home: usize },
+}
+
+/// Runs shard `index`'s loop until `stop` turns true.
+pub async fn run_shard(
+    index: usize,
+    mut exchange: Exchange,
+    mesh: std::sync::Arc<Mesh>,
+    metrics: std::sync::Arc<Metrics>,
+    started: Instant,
+    mut stop: watch::Receiver<bool>,
+) {
+    let inbox = &mesh.inboxes[index];
+    let mut routes: HashMap<SessionId, Route> = HashMap::new();
+    let mut out: Vec<Outbound> = Vec::with_capacity(EVENT_BATCH_MAX);
+    let mut undelivered: Vec<Outbound> = Vec::new();
+    let mut touched = Touched::default();
+    loop {
+        if inbox.queue.is_empty() {
+            let deadline = exchange.next_deadline_ms().map(|ms| started + Duration::from_millis(ms));
+            tokio::select! {
+                () = inbox.wake.notified() => {}
+                () = sleep_until(deadline) => {}
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+        }
+        let now = super::now(started);
+        for _ in 0..EVENT_BATCH_MAX {
+            let Some(event) = inbox.queue.pop() else { break };
+            match event {
+                Event::SessionUp { participant, session, home, outbound } => {
+                    let route = match outbound {
+                        Some(outbound) => Route::Home { participant, outbound },
+                        None => Route::Remote { home },
+                    };
+                    routes.insert(session, route);
+                    exchange.session_up(participant, session, &mut out);
+                }
+                Event::SessionDown { participant, session } => {
+                    routes.remove(&session);
+                    exchange.session_down(participant, session);
+                }
+                Event::Request { session, message } => exchange.handle_request(now, session, message, &mut out),
+                Event::Answer { participant, message } => {
+                    let outcome = exchange.handle_answer(now, participant, message, &mut out);
+                    tracing::debug!(%participant, ?outcome, "answer");
+                }
+                Event::Deliver { session, message } => {
+                    if let Err(message) = deliver_home(&mut routes, &mut exchange, session, message) {
+                        let owner = owner(&message, mesh.shards());
+                        if owner == index {
+                            exchange.handle_undeliverable(now, message, &mut undelivered);
+                        } else if mesh.try_push(owner, Event::Undeliverable { message }, &mut touched).is_err() {
+                            metrics.handoff_dropped();
+                        }
+                    }
+                }
+                Event::Undeliverable { message } => exchange.handle_undeliverable(now, message, &mut undelivered),
+            }
+        }
+        exchange.handle_timers(now, &mut out);
+        for Outbound { session, message } in out.drain(..) {
+            let undeliverable = match routes.get(&session) {
+                Some(Route::Home { .. }) => deliver_home(&mut routes, &mut exchange, session, message).err(),
+                Some(&Route::Remote { home }) => {
+                    match mesh.try_push(home, Event::Deliver { session, message }, &mut touched) {
+                        Ok(()) => None,
+                        Err(Event::Deliver { message, .. }) => Some(message),
+                        Err(_) => unreachable!("try_push gives back what it was given"),
+                    }
+                }
+                // The session ended between the event and this delivery.
+                None => Some(message),
+            };
+            if let Some(message) = undeliverable {
+                exchange.handle_undeliverable(now, message, &mut undelivered);
+            }
+        }
+        mesh.wake(&mut touched);
+        // What undeliverable messages caused (reversals) goes out with the next batch.
+        out.append(&mut undelivered);
+    }
+}
+
+/// Queues `message` for a session whose home is this shard. A full queue drops the session
+/// (its connection then closes); the message comes back to be handled as undeliverable.
+#[allow(clippy::result_large_err)] // the caller's own message, given back by value
+fn deliver_home(
+    routes: &mut HashMap<SessionId, Route>,
+    exchange: &mut Exchange,
+    session: SessionId,
+    message: Message,
+) -> Result<(), Message> {
+    let Some(Route::Home { participant, outbound }) = routes.get(&session) else {
+        return Err(message);
+    };
+    match outbound.try_send(message) {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            let participant = *participant;
+            tracing::warn!(%participant, session, "outbound queue full or closed: dropping the session");
+            routes.remove(&session);
+            // This shard stops sending at once; the others hear when the connection ends.
+            exchange.session_down(participant, session);
+            Err(error.into_inner())
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
