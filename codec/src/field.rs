@@ -320,7 +320,8 @@ pub(crate) use archive_as_copy;
 macro_rules! text_field {
     ($(#[$meta:meta])* $name:ident, $size:literal, $charset:expr, mandatory = $mandatory:literal) => {
         $(#[$meta])*
-        #[derive(Portable, rkyv::bytecheck::CheckBytes, Clone, Copy, PartialEq, Eq, Hash)]
+        /// Ordered by bytes: zero-padded text, so the same order as the text.
+        #[derive(Portable, rkyv::bytecheck::CheckBytes, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
         #[bytecheck(crate = rkyv::bytecheck)]
         #[rkyv(crate = rkyv)]
         #[repr(transparent)]

@@ -5,6 +5,7 @@
 //! - [`participant`]: the participant directory.
 //! - [`config`]: configuration and the embedded default.
 //! - [`metrics`]: counters and histograms for `/metrics`.
+//! - [`status`]: participant and link state for the admin port.
 //! - [`inspect`]: `switch inspect`, the integrator's decoder for QR, ISO 8583 and frames.
 
 pub mod config;
@@ -13,3 +14,4 @@ pub mod edge;
 pub mod inspect;
 pub mod metrics;
 pub mod participant;
+pub mod status;

@@ -132,7 +132,7 @@ fn run(config: SwitchConfig) -> anyhow::Result<()> {
                 .with_shards(shards),
         );
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-        let admin_task = tokio::spawn(switch::edge::admin::serve_admin(admin, Arc::clone(&shared.metrics), async {
+        let admin_task = tokio::spawn(switch::edge::admin::serve_admin(admin, Arc::clone(&shared), async {
             let _ = admin_stopped.await;
         }));
         tracing::info!(

@@ -61,6 +61,10 @@ impl Directory {
         self.participants.get(id)
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &Participant> {
+        self.participants.values()
+    }
+
     pub fn len(&self) -> usize {
         self.participants.len()
     }

@@ -31,7 +31,7 @@ async fn liveness_readiness_and_metrics() {
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let admin_address = admin.local_addr().expect("address");
     let shared = Arc::new(Shared::new(config.session, Directory::new(config.participants)));
-    tokio::spawn(serve_admin(admin, Arc::clone(&shared.metrics), std::future::pending()));
+    tokio::spawn(serve_admin(admin, Arc::clone(&shared), std::future::pending()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let served = tokio::spawn(serve(listener, Arc::clone(&shared), async {
         let _ = stopped.await;
@@ -75,6 +75,21 @@ async fn liveness_readiness_and_metrics() {
     ] {
         assert!(metrics.contains(expected), "missing {expected:?} in\n{metrics}");
     }
+
+    // Participant and link state: the acquirer's one session, the issuers' none; its
+    // request was refused at once, so nothing is left in flight.
+    let (status, document) = get(admin_address, "/participants").await;
+    assert_eq!(status, 200);
+    let document: serde_json::Value = serde_json::from_str(&document).expect("JSON");
+    let find = |id: &str| {
+        document["participants"].as_array().expect("array").iter().find(|p| p["id"] == id).cloned().expect("listed")
+    };
+    let acquirer = find("ACQ0001");
+    assert_eq!(acquirer["sessions"].as_array().map(Vec::len), Some(1), "{acquirer}");
+    assert_eq!(acquirer["sessions"][0]["shard"], 0);
+    assert_eq!(acquirer["in_flight_originating"], 0);
+    assert_eq!(find("WECHATPAY")["sessions"].as_array().map(Vec::len), Some(0));
+    assert_eq!(find("WECHATPAY")["roles"], serde_json::json!(["issuer", "acquirer"]));
 
     // Draining: not ready, still live; the silent session holds the drain open for 1 s.
     stop.send(()).expect("running");

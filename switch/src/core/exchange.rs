@@ -201,6 +201,31 @@ struct PendingReversal {
     message: Message,
 }
 
+/// One participant's share of an exchange's state (see [`Exchange::participant_flights`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct ParticipantFlight {
+    pub participant: InstitutionId,
+    /// Transactions in flight that it originated.
+    pub originating: usize,
+    /// Transactions in flight waiting for its answer.
+    pub receiving: usize,
+    /// Reversals sent to it and not yet acknowledged.
+    pub reversals_pending: usize,
+    pub breaker: BreakerState,
+}
+
+/// A receiver's circuit breaker as the admin port shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    #[default]
+    Closed,
+    /// Lets one request through to test the receiver.
+    Probing,
+    /// Refusing requests to it with `DestinationUnavailable`.
+    Open,
+}
+
 /// A receiver's circuit breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Breaker {
@@ -406,6 +431,36 @@ impl Exchange {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    /// What this exchange holds for each participant with anything in flight, a pending
+    /// reversal or a breaker not closed, sorted by participant (for the admin port).
+    pub fn participant_flights(&self, now: Now) -> Vec<ParticipantFlight> {
+        let mut flights: std::collections::BTreeMap<InstitutionId, ParticipantFlight> = Default::default();
+        fn entry(
+            flights: &mut std::collections::BTreeMap<InstitutionId, ParticipantFlight>,
+            participant: InstitutionId,
+        ) -> &mut ParticipantFlight {
+            flights.entry(participant).or_insert(ParticipantFlight { participant, ..ParticipantFlight::default() })
+        }
+        for (&participant, &count) in &self.originating {
+            entry(&mut flights, participant).originating = count;
+        }
+        for (&participant, &count) in &self.receiving {
+            entry(&mut flights, participant).receiving = count;
+        }
+        for pending in self.reversals.values() {
+            entry(&mut flights, pending.receiver).reversals_pending += 1;
+        }
+        for (&participant, breaker) in &self.breakers {
+            entry(&mut flights, participant).breaker = match breaker {
+                Breaker::Closed { .. } => BreakerState::Closed,
+                Breaker::Open { until_ms } if now.monotonic_ms >= *until_ms => BreakerState::Probing,
+                Breaker::Open { .. } => BreakerState::Open,
+                Breaker::Probing => BreakerState::Probing,
+            };
+        }
+        flights.into_values().collect()
     }
 
     fn session_of(&mut self, participant: InstitutionId) -> Option<SessionId> {
@@ -1207,6 +1262,11 @@ mod tests {
         pay(&mut exchange, "T1", "134567890123451234", &mut out);
         let reference = forwarded_reference(&out);
         out.clear();
+        let flights = exchange.participant_flights(at(0));
+        assert_eq!(
+            flights.iter().map(|f| (f.participant, f.originating, f.receiving)).collect::<Vec<_>>(),
+            [(id("ACQ0001"), 1, 0), (id("WECHATPAY"), 0, 1)]
+        );
         assert_eq!(exchange.next_deadline_ms(), Some(1_000));
         exchange.handle_timers(at(999), &mut out);
         assert!(out.is_empty());
@@ -1228,6 +1288,11 @@ mod tests {
         exchange.session_down(id("WECHATPAY"), WECHAT);
         exchange.handle_timers(at(1_500), &mut out);
         assert!(out.is_empty(), "no session to send to: {out:?}");
+        let flights = exchange.participant_flights(at(1_500));
+        assert_eq!(
+            flights.iter().map(|f| (f.participant, f.receiving, f.reversals_pending)).collect::<Vec<_>>(),
+            [(id("WECHATPAY"), 0, 1)]
+        );
         exchange.session_up(id("WECHATPAY"), 9, &mut out);
         assert!(matches!(out.as_slice(), [Outbound { session: 9, message: Message::ReversalRequest(_) }]), "{out:?}");
         out.clear();

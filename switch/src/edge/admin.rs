@@ -1,6 +1,7 @@
-//! The admin HTTP port: `/livez`, `/readyz` and `/metrics`.
+//! The admin HTTP port: `/livez`, `/readyz`, `/metrics` and `/participants` (JSON:
+//! each participant's sessions, in-flight counts, pending reversals and breaker).
 //!
-//! Three read-only GET endpoints do not justify a web framework: this is a small, bounded
+//! Four read-only GET endpoints do not justify a web framework: this is a small, bounded
 //! HTTP/1.1 responder (one request per connection, request head at most 8 KiB, 5 s to send
 //! it). The authenticated, state-changing admin API (issue 8) may replace it.
 //!
@@ -13,7 +14,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::metrics::Metrics;
+use crate::edge::tcp::Shared;
 
 /// Longest request head read.
 const REQUEST_HEAD_MAX: usize = 8192;
@@ -21,16 +22,16 @@ const REQUEST_HEAD_MAX: usize = 8192;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves the admin port until `shutdown` resolves.
-pub async fn serve_admin(listener: TcpListener, metrics: Arc<Metrics>, shutdown: impl Future<Output = ()>) {
+pub async fn serve_admin(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let metrics = Arc::clone(&metrics);
+                    let shared = Arc::clone(&shared);
                     tokio::spawn(async move {
-                        if let Err(error) = respond(stream, &metrics).await {
+                        if let Err(error) = respond(stream, &shared).await {
                             tracing::debug!(%error, "admin request failed");
                         }
                     });
@@ -44,7 +45,7 @@ pub async fn serve_admin(listener: TcpListener, metrics: Arc<Metrics>, shutdown:
     }
 }
 
-async fn respond(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+async fn respond(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
@@ -61,7 +62,7 @@ async fn respond(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()
     let (status, content_type, body) = match read {
         Err(_) => ("408 Request Timeout", "text/plain", "request head not received in time\n".to_string()),
         Ok(Err(error)) => return Err(error),
-        Ok(Ok(())) => route(&head, metrics),
+        Ok(Ok(())) => route(&head, shared),
     };
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -71,7 +72,8 @@ async fn respond(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()
     stream.shutdown().await
 }
 
-fn route(head: &[u8], metrics: &Metrics) -> (&'static str, &'static str, String) {
+fn route(head: &[u8], shared: &Shared) -> (&'static str, &'static str, String) {
+    let metrics = &shared.metrics;
     let line = head.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or_default();
     let mut parts = line.split(|&b| b == b' ');
     let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
@@ -83,6 +85,7 @@ fn route(head: &[u8], metrics: &Metrics) -> (&'static str, &'static str, String)
         b"/readyz" if metrics.is_draining() => ("503 Service Unavailable", "text/plain", "draining\n".into()),
         b"/readyz" => ("200 OK", "text/plain", "ready\n".into()),
         b"/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-        _ => ("404 Not Found", "text/plain", "try /livez, /readyz or /metrics\n".into()),
+        b"/participants" => ("200 OK", "application/json", shared.status.render(&shared.directory, &shared.exchange)),
+        _ => ("404 Not Found", "text/plain", "try /livez, /readyz, /metrics or /participants\n".into()),
     }
 }

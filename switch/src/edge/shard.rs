@@ -31,6 +31,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use crate::core::exchange::{Exchange, Outbound, SessionId};
 use crate::core::shard::{SHARDS_MAX, owner};
 use crate::metrics::Metrics;
+use crate::status::{PUBLISH_INTERVAL_MS, Status};
 
 /// Events waiting in one shard's inbox, from every shard.
 pub const SHARD_INBOX: usize = 16_384;
@@ -139,6 +140,7 @@ pub async fn run_shard(
     mut exchange: Exchange,
     mesh: std::sync::Arc<Mesh>,
     metrics: std::sync::Arc<Metrics>,
+    status: std::sync::Arc<Status>,
     started: Instant,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -147,9 +149,16 @@ pub async fn run_shard(
     let mut out: Vec<Outbound> = Vec::with_capacity(EVENT_BATCH_MAX);
     let mut undelivered: Vec<Outbound> = Vec::new();
     let mut touched = Touched::default();
+    // The admin summary: republished after a change, at most every PUBLISH_INTERVAL_MS.
+    let (mut changed, mut next_publish_ms) = (false, 0u64);
     loop {
         if inbox.queue.is_empty() {
-            let deadline = exchange.next_deadline_ms().map(|ms| started + Duration::from_millis(ms));
+            let publish = changed.then_some(next_publish_ms);
+            let deadline = [exchange.next_deadline_ms(), publish]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|ms| started + Duration::from_millis(ms));
             tokio::select! {
                 () = inbox.wake.notified() => {}
                 () = sleep_until(deadline) => {}
@@ -209,6 +218,11 @@ pub async fn run_shard(
             }
         }
         mesh.wake(&mut touched);
+        changed = true;
+        if now.monotonic_ms >= next_publish_ms {
+            status.publish(index, exchange.participant_flights(now));
+            (changed, next_publish_ms) = (false, now.monotonic_ms + PUBLISH_INTERVAL_MS);
+        }
         // What undeliverable messages caused (reversals) goes out with the next batch.
         out.append(&mut undelivered);
     }

@@ -24,6 +24,7 @@ use crate::core::shard;
 use crate::edge::shard::{Event, Mesh, OUTBOUND_QUEUE, Touched, run_shard};
 use crate::metrics::Metrics;
 use crate::participant::Directory;
+use crate::status::{Link, Status};
 
 /// Messages moved from a connection's queue per wake-up, written in one write.
 const OUTBOUND_BATCH_MAX: usize = 256;
@@ -38,6 +39,8 @@ pub struct Shared {
     /// Start of the monotonic clock the sessions use.
     pub started: Instant,
     pub metrics: Arc<Metrics>,
+    /// Sessions and per-participant exchange state, for the admin port.
+    pub status: Arc<Status>,
     /// Shards (threads with their own event loop and exchange); 1 unless set.
     pub shards: usize,
     /// Session ids, unique for this process. Relaxed: only uniqueness matters.
@@ -54,6 +57,7 @@ impl Shared {
             routes: Routes::embedded_default(),
             started: Instant::now(),
             metrics: Arc::new(Metrics::default()),
+            status: Arc::new(Status::default()),
             shards: 1,
             next_session_id: AtomicU64::new(1),
         }
@@ -198,6 +202,7 @@ impl ShardThread {
                 exchange,
                 Arc::clone(&self.mesh),
                 Arc::clone(&shared.metrics),
+                Arc::clone(&shared.status),
                 shared.started,
                 self.stop.clone(),
             ));
@@ -277,6 +282,7 @@ impl Connection {
         let result = self.run(stream, session_id, &mut registered, &mut guard).await;
         // Whichever way the connection ended, no shard sends to it any more.
         if let Some(participant) = registered {
+            shared.status.link_down(session_id);
             self.mesh.broadcast(|_| Event::SessionDown { participant, session: session_id }).await;
         }
         result
@@ -371,6 +377,13 @@ impl Connection {
                 let (sender, receiver) = mpsc::channel(OUTBOUND_QUEUE);
                 outbound = Some(receiver);
                 *registered = Some(participant);
+                shared.status.link_up(Link {
+                    session: session_id,
+                    participant,
+                    shard: self.home,
+                    peer,
+                    signed_on_unix_ms: shared.now().unix_ms,
+                });
                 let (home, mut sender) = (self.home, Some(sender));
                 self.mesh
                     .broadcast(|shard| Event::SessionUp {
