@@ -21,17 +21,29 @@ fn id(text: &str) -> InstitutionId {
 const SHARDS: usize = 2;
 
 async fn start(reply_deadline_ms: u64) -> SocketAddr {
+    start_with(ExchangeConfig { reply_deadline_ms, reversal_retry_ms: 200, ..ExchangeConfig::default() }).await.0
+}
+
+async fn start_with(exchange: ExchangeConfig) -> (SocketAddr, Arc<Shared>) {
     let config = SwitchConfig::embedded_default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
-    let exchange = ExchangeConfig { reply_deadline_ms, reversal_retry_ms: 200, ..ExchangeConfig::default() };
     let shared = Arc::new(
         Shared::new(config.session, Directory::new(config.participants))
             .with_exchange(exchange, Routes::embedded_default())
             .with_shards(SHARDS),
     );
-    tokio::spawn(serve(listener, shared, std::future::pending()));
-    address
+    tokio::spawn(serve(listener, Arc::clone(&shared), std::future::pending()));
+    (address, shared)
+}
+
+/// Consumer-presented request `n` of a test, to the issuer `prefix` names (13 WeChat Pay,
+/// 28 Alipay): ids and codes unique per `n`.
+fn payment(prefix: &str, n: u64) -> Message {
+    let mut request = codec::sample::payment_code_request();
+    request.details.originator_transaction_id = format!("P{prefix}-{n}").parse().expect("valid");
+    request.payment_code = format!("{prefix}{n:016}").parse().expect("valid");
+    Message::PaymentCodeRequest(request)
 }
 
 async fn connect(address: SocketAddr, participant: &str) -> Client {
@@ -167,4 +179,129 @@ async fn duplicates_meet_their_original_across_connections_and_shards() {
         assert_eq!(code(&next_reply(client).await), ReplyCode::Duplicate);
     }
     wechat_task.abort();
+}
+
+#[tokio::test]
+async fn spoofing_a_missing_destination_and_queries_over_tcp() {
+    let address = start(5_000).await;
+    let wechat = connect(address, "WECHATPAY").await;
+    let wechat_task = tokio::spawn(run_issuer(wechat, IssuerBehaviour::default()));
+    let mut acquirer = connect(address, "ACQ0001").await;
+
+    // A request naming another originator is refused, whatever the session's rights.
+    let mut spoofed = codec::sample::payment_code_request();
+    spoofed.details.originator = id("ACQ0002");
+    acquirer.writer.send(&Message::PaymentCodeRequest(spoofed)).await.expect("send");
+    assert_eq!(code(&next_reply(&mut acquirer).await), ReplyCode::NotAuthorised);
+
+    // Alipay is configured but not signed on.
+    acquirer.writer.send(&payment("28", 1)).await.expect("send");
+    assert_eq!(code(&next_reply(&mut acquirer).await), ReplyCode::DestinationUnavailable);
+
+    // An approval, then the switch's record of it, asked by id and by reference.
+    acquirer.writer.send(&payment("13", 2)).await.expect("send");
+    let approved = next_reply(&mut acquirer).await;
+    assert_eq!(code(&approved), ReplyCode::Approved);
+    for reference in [0, approved.switch_reference] {
+        let query = codec::StatusQuery {
+            originator: id("ACQ0001"),
+            original_originator_transaction_id: approved.originator_transaction_id,
+            original_switch_reference: reference,
+            query_time_ms: 0,
+        };
+        acquirer.writer.send(&Message::StatusQuery(query)).await.expect("send");
+        let status = acquirer
+            .reader
+            .next(|m| match m.to_message() {
+                Message::StatusReply(status) => status,
+                other => panic!("expected a status reply, got {:?}", other.kind()),
+            })
+            .await
+            .expect("status");
+        assert_eq!(status.status, codec::code::TransactionStatus::Approved.value());
+        assert_eq!(status.original_switch_reference, approved.switch_reference);
+    }
+    wechat_task.abort();
+}
+
+#[tokio::test]
+async fn overload_is_shed_at_once_and_in_flight_state_stays_at_its_limit() {
+    const IN_FLIGHT_MAX: usize = 64;
+    const OFFERED: u64 = 4_000;
+    let (address, shared) = start_with(ExchangeConfig {
+        reply_deadline_ms: 1_500,
+        in_flight_max: IN_FLIGHT_MAX,
+        in_flight_per_participant_max: IN_FLIGHT_MAX,
+        ..ExchangeConfig::default()
+    })
+    .await;
+    let silent = connect(address, "WECHATPAY").await;
+    let silent_task = tokio::spawn(run_issuer(silent, IssuerBehaviour { decline_every: 0, silent: true }));
+    let mut acquirer = connect(address, "ACQ0001").await;
+
+    // Far more than the limit, all at once, to an issuer that never answers.
+    for n in 0..OFFERED {
+        acquirer.writer.queue(&payment("13", n)).expect("queue");
+        if n % 256 == 255 {
+            acquirer.writer.flush().await.expect("send");
+        }
+    }
+    acquirer.writer.flush().await.expect("send");
+    let started = std::time::Instant::now();
+    let mut seen = std::collections::HashSet::new();
+    let mut codes = std::collections::BTreeMap::new();
+    let mut busy_before_any_timeout = 0;
+    for _ in 0..OFFERED {
+        let reply = next_reply(&mut acquirer).await;
+        assert!(seen.insert(reply.originator_transaction_id), "answered twice: {:?}", reply.originator_transaction_id);
+        if code(&reply) == ReplyCode::SystemBusy && !codes.contains_key(&ReplyCode::Timeout) {
+            busy_before_any_timeout += 1;
+        }
+        *codes.entry(code(&reply)).or_insert(0usize) += 1;
+        // Held state never exceeds the limit (the shards' summaries, sampled).
+        let document: serde_json::Value =
+            serde_json::from_str(&shared.status.render(&shared.directory, &shared.exchange)).expect("JSON");
+        let in_flight: u64 = document["participants"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|p| p["in_flight_originating"].as_u64().expect("count"))
+            .sum();
+        assert!(in_flight <= IN_FLIGHT_MAX as u64, "{in_flight} in flight");
+    }
+    // Exactly the limit was admitted (each shard its even share); everything else was shed
+    // at once with SystemBusy, long before the admitted ones timed out.
+    assert_eq!(codes.get(&ReplyCode::Timeout), Some(&IN_FLIGHT_MAX), "{codes:?}");
+    assert_eq!(codes.get(&ReplyCode::SystemBusy), Some(&(OFFERED as usize - IN_FLIGHT_MAX)), "{codes:?}");
+    assert_eq!(busy_before_any_timeout, OFFERED as usize - IN_FLIGHT_MAX);
+    assert!(started.elapsed() >= Duration::from_millis(1_000), "timeouts come at the deadline");
+    silent_task.abort();
+}
+
+#[tokio::test]
+async fn a_silent_issuer_does_not_hold_up_another_issuers_traffic() {
+    let (address, _) =
+        start_with(ExchangeConfig { reply_deadline_ms: 3_000, breaker_failures: 0, ..ExchangeConfig::default() }).await;
+    let silent = connect(address, "WECHATPAY").await;
+    let silent_task = tokio::spawn(run_issuer(silent, IssuerBehaviour { decline_every: 0, silent: true }));
+    let alipay = connect(address, "ALIPAY").await;
+    let alipay_task = tokio::spawn(run_issuer(alipay, IssuerBehaviour::default()));
+    let mut acquirer = connect(address, "ACQ0001").await;
+
+    // Interleaved: every other request goes to the issuer that never answers.
+    for n in 0..400u64 {
+        acquirer.writer.queue(&payment(if n % 2 == 0 { "13" } else { "28" }, n)).expect("queue");
+    }
+    acquirer.writer.flush().await.expect("send");
+    // Every Alipay approval arrives before any WeChat Pay timeout: nothing of Alipay's
+    // waited behind the silent issuer's requests.
+    for _ in 0..200 {
+        let reply = next_reply(&mut acquirer).await;
+        assert_eq!((code(&reply), reply.responder.to_string()), (ReplyCode::Approved, "ALIPAY".to_string()));
+    }
+    for _ in 0..200 {
+        assert_eq!(code(&next_reply(&mut acquirer).await), ReplyCode::Timeout);
+    }
+    silent_task.abort();
+    alipay_task.abort();
 }

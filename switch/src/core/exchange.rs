@@ -120,6 +120,7 @@ impl ExchangeConfig {
         config.shard = index as u8;
         config.in_flight_max = split(self.in_flight_max);
         config.in_flight_per_participant_max = split(self.in_flight_per_participant_max);
+        config.completed_max = split(self.completed_max);
         for policy in config.policies.values_mut() {
             policy.rate_per_second = policy.rate_per_second.map(|rate| rate.div_ceil(shards as u32));
         }
