@@ -668,7 +668,10 @@ impl Validate for ArchivedReject {
 /// Declares the kind table once: the `MessageKind` byte, the owned `Message`, the borrowed
 /// zero-copy `MessageRef`, and the per-kind dispatch the frame codec needs.
 macro_rules! message_kinds {
-    ($($(#[$meta:meta])* $variant:ident = $value:literal => $body:ident / $archived:ident, $size:literal;)*) => {
+    // What `Message` holds for a body: the body, or a box of it for a `boxed` kind.
+    (@held $body:ident) => { $body };
+    (@held $body:ident boxed) => { Box<$body> };
+    ($($(#[$meta:meta])* $variant:ident = $value:literal => $body:ident / $archived:ident, $size:literal $(, $boxed:ident)?;)*) => {
         /// The kind byte of a frame. Each kind has one body layout of a fixed size.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         #[repr(u8)]
@@ -712,13 +715,12 @@ macro_rules! message_kinds {
             const _: () = assert!(std::mem::align_of::<$archived>() <= 8);
         )*
 
-        /// An owned message: the model the encoder takes.
-        // The QR request (720 bytes) makes this enum large. Messages are built in place and
-        // passed by reference; boxing the variant would allocate for every QR message.
-        #[allow(clippy::large_enum_variant)]
+        /// An owned message: the model the encoder takes. The QR request (720 bytes) is
+        /// boxed: owned messages move through the switch's queues, and every move copies
+        /// the enum's full size (240 bytes with the box, 728 without).
         #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
         pub enum Message {
-            $($(#[$meta])* $variant($body),)*
+            $($(#[$meta])* $variant(message_kinds!(@held $body $($boxed)?)),)*
         }
 
         impl Message {
@@ -747,7 +749,8 @@ macro_rules! message_kinds {
                 match *self {
                     $(Self::$variant(body) => Message::$variant(
                         rkyv::deserialize::<$body, rkyv::rancor::Panic>(body)
-                            .unwrap_or_else(|never| match never {}),
+                            .unwrap_or_else(|never| match never {})
+                            .into(),
                     ),)*
                 }
             }
@@ -771,6 +774,7 @@ macro_rules! message_kinds {
         pub(crate) fn serialize_body(message: &Message, out: &mut rkyv::util::AlignedVec<16>) {
             match message {
                 $(Message::$variant(body) => {
+                    let body: &$body = std::borrow::Borrow::borrow(body);
                     rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Panic>(body, &mut *out)
                         .unwrap_or_else(|never| match never {});
                 })*
@@ -806,7 +810,7 @@ message_kinds! {
     /// Consumer-presented payment request (payment code).
     PaymentCodeRequest = 0x10 => PaymentCodeRequest / ArchivedPaymentCodeRequest, 232;
     /// Merchant-presented payment request (QR payload).
-    QrPaymentRequest = 0x11 => QrPaymentRequest / ArchivedQrPaymentRequest, 720;
+    QrPaymentRequest = 0x11 => QrPaymentRequest / ArchivedQrPaymentRequest, 720, boxed;
     /// Reply to either payment request.
     PaymentReply = 0x12 => Reply / ArchivedReply, 104;
     /// Reversal of an earlier request.
@@ -839,3 +843,6 @@ pub const BODY_SIZE_MAX: usize = {
     max
 };
 const _: () = assert!(BODY_SIZE_MAX <= 1024);
+
+// Owned messages move through queues by value: keep them small (see `Message`).
+const _: () = assert!(std::mem::size_of::<Message>() <= 240);

@@ -150,7 +150,7 @@ pub fn all_kinds() -> Vec<Message> {
         Message::SignOffRequest(SignOff { code: SignOffReason::Maintenance.value(), reserved: [0; 6] }),
         Message::SignOffReply(SignOff { code: ReplyCode::Approved.value(), reserved: [0; 6] }),
         Message::PaymentCodeRequest(payment_code_request()),
-        Message::QrPaymentRequest(qr_payment_request()),
+        Message::QrPaymentRequest(qr_payment_request().into()),
         Message::PaymentReply(payment_reply()),
         Message::ReversalRequest(linked_request(ReversalReason::OriginatorCancel.value())),
         Message::ReversalReply(Reply {

@@ -579,7 +579,7 @@ pub fn from_iso(message: &IsoMessage, now_ms: i64) -> Result<Translated, Transla
                     request
                         .set_payload(payload)
                         .map_err(|p| TranslateError::BadSubelement { tag: tag::QR_PAYLOAD, problem: p.to_string() })?;
-                    Message::QrPaymentRequest(request)
+                    Message::QrPaymentRequest(request.into())
                 }
                 (None, Some(code)) => Message::PaymentCodeRequest(PaymentCodeRequest {
                     details,

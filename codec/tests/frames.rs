@@ -389,7 +389,7 @@ fn message() -> impl Strategy<Value = Message> {
                     payload.pop();
                 }
                 request.set_payload(&payload).expect("fits");
-                Message::QrPaymentRequest(request)
+                Message::QrPaymentRequest(request.into())
             }
         ),
         reply().prop_map(Message::PaymentReply),

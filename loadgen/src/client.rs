@@ -57,6 +57,35 @@ impl FrameReader {
     }
 }
 
+impl FrameReader {
+    /// Hands every complete frame to `f`, reading once first if none is buffered; returns
+    /// how many frames it handed (at least one). Errors on end of stream or on a frame the
+    /// codec refuses.
+    pub async fn read_batch(&mut self, mut f: impl FnMut(MessageRef<'_>)) -> anyhow::Result<usize> {
+        loop {
+            let mut frames = 0;
+            loop {
+                match self.decoder.decode() {
+                    Ok(Some(frame)) => {
+                        f(frame.message);
+                        frames += 1;
+                    }
+                    Ok(None) => break,
+                    Err(error) => bail!("the switch sent a frame we cannot decode: {error}"),
+                }
+            }
+            if frames > 0 {
+                return Ok(frames);
+            }
+            let count = self.stream.read(self.decoder.spare()).await.context("reading from the switch")?;
+            if count == 0 {
+                bail!("the switch closed the connection");
+            }
+            self.decoder.commit(count);
+        }
+    }
+}
+
 impl FrameWriter {
     /// Queues a frame; nothing is sent until [`FrameWriter::flush`].
     pub fn queue(&mut self, message: &Message) -> anyhow::Result<()> {

@@ -8,7 +8,7 @@ use clap::Parser;
 use codec::InstitutionId;
 use loadgen::client::Client;
 use loadgen::issuer::{IssuerBehaviour, run_issuer};
-use loadgen::run::{RunConfig, run_open_loop};
+use loadgen::run::{RunConfig, run_closed_loop, run_open_loop};
 
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version, about = "Load generator for the clearing switch")]
@@ -28,6 +28,14 @@ struct Cli {
     /// Requests per second (open loop).
     #[arg(long, default_value_t = 1000)]
     rate: u64,
+    /// Run closed loop instead: keep this many requests outstanding and measure throughput
+    /// (`--rate` is then ignored).
+    #[arg(long)]
+    in_flight: Option<usize>,
+    /// The switch's admin address: read its CPU time before and after the run and report
+    /// the switch's CPU per transaction.
+    #[arg(long)]
+    admin: Option<SocketAddr>,
     /// Seconds of sending.
     #[arg(long, default_value_t = 5.0)]
     duration_s: f64,
@@ -76,14 +84,52 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             "signed on to {} as {} (session {}); playing issuers {:?}",
             cli.switch, participant, client.session_id, cli.issuers
         );
-        let report = run_open_loop(client, &config).await?;
-        for (id, task) in issuers {
+        let cpu_before = match cli.admin {
+            Some(admin) => Some(switch_cpu_seconds(admin).await?),
+            None => None,
+        };
+        let (text, valid, transactions) = match cli.in_flight {
+            Some(in_flight) => {
+                let report = run_closed_loop(client, in_flight, config.duration, config.drain_timeout).await?;
+                let valid = report.answered == report.sent;
+                (report.render(), valid, report.answered)
+            }
+            None => {
+                let report = run_open_loop(client, &config).await?;
+                (report.render(), report.is_valid(), report.sent)
+            }
+        };
+        let cpu = match (cli.admin, cpu_before) {
+            (Some(admin), Some(before)) => Some(switch_cpu_seconds(admin).await? - before),
+            _ => None,
+        };
+        for (_, task) in issuers {
             task.abort();
             let _ = task.await;
-            let _ = id;
         }
-        anyhow::Ok(report)
+        anyhow::Ok((text, valid, transactions, cpu))
     })?;
-    print!("{}", report.render());
-    Ok(report.is_valid())
+    let (text, valid, transactions, cpu) = report;
+    print!("{text}");
+    if let Some(cpu) = cpu {
+        println!(
+            "switch CPU: {cpu:.2} s for {transactions} transactions: {:.2} us per transaction",
+            cpu * 1e6 / transactions.max(1) as f64
+        );
+    }
+    Ok(valid)
+}
+
+/// The switch's `process_cpu_seconds_total`, from its admin port's `/metrics`.
+async fn switch_cpu_seconds(admin: SocketAddr) -> anyhow::Result<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(admin).await.with_context(|| format!("admin port {admin}"))?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: switch\r\n\r\n").await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    response
+        .lines()
+        .find_map(|line| line.strip_prefix("process_cpu_seconds_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .context("the switch's /metrics has no process_cpu_seconds_total")
 }

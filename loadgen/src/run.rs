@@ -95,22 +95,50 @@ impl RunReport {
     }
 }
 
-/// The consumer-presented request number `sequence` of this run. Codes rotate over WeChat
-/// Pay (13, 18 digits), Alipay (28, 18 digits) and UnionPay (62, 19 digits), and are unique
-/// per session (codes are single use).
-fn request(participant: InstitutionId, session_id: u64, sequence: u64) -> anyhow::Result<Message> {
-    let mut request = codec::sample::payment_code_request();
-    request.details.originator = participant;
-    request.details.originator_transaction_id =
-        TransactionId::new(&format!("LG{session_id}-{sequence}")).map_err(|e| anyhow::anyhow!("transaction id {e}"))?;
-    let unique = format!("{:04}{:012}", session_id % 10_000, sequence % 1_000_000_000_000);
-    let code = match sequence % 3 {
-        0 => format!("13{unique}"),
-        1 => format!("28{unique}"),
-        _ => format!("62{unique}0"),
-    };
-    request.payment_code = PaymentCode::new(&code).map_err(|e| anyhow::anyhow!("payment code {e}"))?;
-    Ok(Message::PaymentCodeRequest(request))
+/// Makes a run's consumer-presented requests. Codes rotate over WeChat Pay (13, 18
+/// digits), Alipay (28, 18 digits) and UnionPay (62, 19 digits), and are unique per session
+/// (codes are single use). One template and one text buffer, reused: no allocation per
+/// request.
+struct Requests {
+    template: codec::PaymentCodeRequest,
+    session_id: u64,
+    text: String,
+}
+
+impl Requests {
+    fn new(participant: InstitutionId, session_id: u64) -> Self {
+        let mut template = codec::sample::payment_code_request();
+        template.details.originator = participant;
+        Self { template, session_id, text: String::with_capacity(40) }
+    }
+
+    /// Request number `sequence` of this run.
+    fn make(&mut self, sequence: u64) -> anyhow::Result<Message> {
+        use std::fmt::Write;
+        let mut request = self.template.clone();
+        self.text.clear();
+        let _ = write!(self.text, "LG{}-{sequence}", self.session_id);
+        request.details.originator_transaction_id =
+            TransactionId::new(&self.text).map_err(|e| anyhow::anyhow!("transaction id {e}"))?;
+        self.text.clear();
+        let prefix = ["13", "28", "62"][(sequence % 3) as usize];
+        let _ = write!(self.text, "{prefix}{:04}{:012}", self.session_id % 10_000, sequence % 1_000_000_000_000);
+        if prefix == "62" {
+            self.text.push('0');
+        }
+        request.payment_code = PaymentCode::new(&self.text).map_err(|e| anyhow::anyhow!("payment code {e}"))?;
+        Ok(Message::PaymentCodeRequest(request))
+    }
+}
+
+/// The run's sequence number in a reply's transaction id, and the reply's code.
+fn reply_of(message: MessageRef<'_>) -> Option<(Option<u64>, u16)> {
+    match message {
+        MessageRef::PaymentReply(reply) => {
+            Some((sequence_of(reply.originator_transaction_id.as_str()), reply.code.to_native()))
+        }
+        _ => None,
+    }
 }
 
 fn sequence_of(id: &str) -> Option<u64> {
@@ -129,6 +157,7 @@ pub async fn run_open_loop(client: Client, config: &RunConfig) -> anyhow::Result
     let start = Instant::now();
 
     let sender_intended = Arc::clone(&intended);
+    let mut requests = Requests::new(participant, session_id);
     let sender = tokio::spawn(async move {
         let mut late_sends = 0u64;
         for sequence in 0..scheduled {
@@ -150,7 +179,7 @@ pub async fn run_open_loop(client: Client, config: &RunConfig) -> anyhow::Result
             }
             // Release: the reader must see the slot before it can see the reply.
             sender_intended[sequence as usize].store(due_ns, Ordering::Release);
-            writer.queue(&request(participant, session_id, sequence)?)?;
+            writer.queue(&requests.make(sequence)?)?;
         }
         writer.flush().await?;
         anyhow::Ok((late_sends, start.elapsed(), writer))
@@ -172,12 +201,7 @@ pub async fn run_open_loop(client: Client, config: &RunConfig) -> anyhow::Result
         if drain_deadline.is_some() && wait.is_zero() {
             break;
         }
-        let next = reader.next(|message| match message {
-            MessageRef::PaymentReply(reply) => {
-                Some((sequence_of(reply.originator_transaction_id.as_str()), reply.code.to_native()))
-            }
-            _ => None,
-        });
+        let next = reader.next(reply_of);
         let Ok(result) = tokio::time::timeout(wait.min(Duration::from_millis(50)), next).await else {
             continue;
         };
@@ -210,4 +234,114 @@ pub async fn run_open_loop(client: Client, config: &RunConfig) -> anyhow::Result
         missing: scheduled - answered,
         latency_us,
     })
+}
+
+#[derive(Debug)]
+pub struct ClosedLoopReport {
+    pub in_flight: usize,
+    pub sent: u64,
+    pub answered: u64,
+    pub elapsed: Duration,
+    pub replies_by_code: BTreeMap<u16, u64>,
+    /// Latency from send to reply, in microseconds.
+    pub latency_us: Histogram<u64>,
+}
+
+impl ClosedLoopReport {
+    pub fn throughput(&self) -> f64 {
+        self.answered as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
+    }
+
+    pub fn render(&self) -> String {
+        let h = &self.latency_us;
+        let mut text = format!(
+            "closed loop, {} in flight: {} answered of {} sent in {:.2} s: {:.0}/s\n",
+            self.in_flight,
+            self.answered,
+            self.sent,
+            self.elapsed.as_secs_f64(),
+            self.throughput()
+        );
+        text.push_str("replies:");
+        for (&code, &count) in &self.replies_by_code {
+            match ReplyCode::try_from(code) {
+                Ok(code) => text.push_str(&format!(" {code:?} ({}) {count};", code.value())),
+                Err(code) => text.push_str(&format!(" unknown ({code}) {count};")),
+            }
+        }
+        text.push_str(&format!(
+            "\nlatency from send, us: p50 {} p90 {} p99 {} p99.9 {} max {}\n",
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.9),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+            h.max()
+        ));
+        text
+    }
+}
+
+/// A closed-loop run: keeps `in_flight` requests outstanding for `duration`, sending one
+/// for each reply (in batches: everything one read brought in is answered in one write),
+/// then waits up to `drain_timeout` for the rest. Measures throughput, not a schedule.
+pub async fn run_closed_loop(
+    client: Client,
+    in_flight: usize,
+    duration: Duration,
+    drain_timeout: Duration,
+) -> anyhow::Result<ClosedLoopReport> {
+    ensure!(in_flight > 0, "at least one request in flight");
+    let Client { participant, session_id, mut reader, mut writer } = client;
+    let mut requests = Requests::new(participant, session_id);
+    let mut latency_us = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")?;
+    let mut replies_by_code = BTreeMap::new();
+    // Send times of the outstanding requests, by sequence: at most `in_flight` entries.
+    let mut outstanding: std::collections::HashMap<u64, Instant> = std::collections::HashMap::with_capacity(in_flight);
+    let start = Instant::now();
+    let mut sent = 0u64;
+    for _ in 0..in_flight {
+        writer.queue(&requests.make(sent)?)?;
+        outstanding.insert(sent, Instant::now());
+        sent += 1;
+    }
+    writer.flush().await?;
+    let (mut answered, mut to_send) = (0u64, 0usize);
+    let mut bad: Option<anyhow::Error> = None;
+    let send_until = start + duration;
+    while !outstanding.is_empty() {
+        let now = Instant::now();
+        let wait = if now < send_until { send_until - now + drain_timeout } else { drain_timeout };
+        let batch = reader.read_batch(|message| {
+            let Some((sequence, code)) = reply_of(message) else { return };
+            let Some(sent_at) = sequence.and_then(|s| outstanding.remove(&s)) else {
+                bad.get_or_insert_with(|| anyhow::anyhow!("a reply names a request not outstanding"));
+                return;
+            };
+            latency_us.saturating_record((sent_at.elapsed().as_micros() as u64).max(1));
+            *replies_by_code.entry(code).or_insert(0) += 1;
+            answered += 1;
+            to_send += 1;
+        });
+        match tokio::time::timeout(wait, batch).await {
+            Ok(result) => {
+                result?;
+            }
+            Err(_) => break,
+        }
+        if let Some(error) = bad.take() {
+            return Err(error);
+        }
+        if Instant::now() < send_until {
+            let now = Instant::now();
+            for _ in 0..std::mem::take(&mut to_send) {
+                writer.queue(&requests.make(sent)?)?;
+                outstanding.insert(sent, now);
+                sent += 1;
+            }
+            writer.flush().await?;
+        }
+    }
+    let elapsed = start.elapsed();
+    writer.close().await?;
+    Ok(ClosedLoopReport { in_flight, sent, answered, elapsed, replies_by_code, latency_us })
 }

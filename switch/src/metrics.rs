@@ -221,6 +221,14 @@ impl Metrics {
             "Time from a read's arrival to its replies being encoded.",
             lines,
         );
+        if let Some(seconds) = process_cpu_seconds() {
+            section(
+                "process_cpu_seconds_total",
+                "counter",
+                "User and system CPU time of the switch process.",
+                vec![format!("process_cpu_seconds_total {seconds}")],
+            );
+        }
         section(
             "switch_shards",
             "gauge",
@@ -241,6 +249,17 @@ impl Metrics {
         );
         out
     }
+}
+
+/// This process's user plus system CPU time, from `/proc/self/stat` (Linux; `None`
+/// elsewhere). Its tick is `USER_HZ`, which Linux fixes at 100 for user space.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let user: u64 = fields.nth(11)?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some((user + system) as f64 / 100.0)
 }
 
 #[cfg(test)]
@@ -265,6 +284,8 @@ mod tests {
             let family = name.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count");
             assert!(text.contains(&format!("# TYPE {family} ")), "{name} has no TYPE line");
         }
+        #[cfg(target_os = "linux")]
+        assert!(text.contains("process_cpu_seconds_total "), "{text}");
         let series = text.lines().filter(|l| !l.starts_with('#')).count();
         assert!(series < 80, "{series} series");
     }

@@ -93,7 +93,7 @@ async fn both_payment_modes_are_routed_and_answered() {
     // Merchant-presented, by the QR's GUID to UnionPay.
     let mut qr = codec::sample::qr_payment_request();
     qr.details.originator = id("ACQ0001");
-    acquirer.writer.send(&Message::QrPaymentRequest(qr)).await.expect("send");
+    acquirer.writer.send(&Message::QrPaymentRequest(qr.into())).await.expect("send");
     let reply = next_reply(&mut acquirer).await;
     assert_eq!((code(&reply), reply.responder.to_string()), (ReplyCode::Approved, "UNIONPAY".to_string()));
 

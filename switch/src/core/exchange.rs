@@ -21,11 +21,11 @@
 //! - Memory is bounded: in-flight transactions by `in_flight_max`, remembered completed
 //!   ones (for duplicates and status queries) by `completed_max`, oldest forgotten first.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use dashmap::DashSet;
+use foldhash::fast::RandomState;
 
 use codec::code::{ReplyCode, ReversalReason, TransactionStatus};
 use codec::emv_qr::{MerchantCode, parse_merchant_code};
@@ -37,6 +37,13 @@ use codec::{
 };
 
 use crate::core::session::Now;
+use crate::core::timers::Timers;
+
+/// The exchange's own maps: foldhash (randomly seeded per process, so keys that
+/// participants choose cannot be aimed at one bucket) instead of SipHash, which was the
+/// single largest cost in a profile of the per-message path.
+type FastMap<K, V> = HashMap<K, V, RandomState>;
+type FastSet<K> = HashSet<K, RandomState>;
 
 /// A connection's id, unique for the process.
 pub type SessionId = u64;
@@ -46,9 +53,14 @@ pub type SessionId = u64;
 /// shard). A code is claimed with one atomic insert-if-absent and released when its
 /// transaction is forgotten, so the set is bounded like the transactions.
 #[derive(Debug, Clone, Default)]
-pub struct UsedCodes(Arc<DashSet<PaymentCode>>);
+pub struct UsedCodes(Arc<DashSet<PaymentCode, RandomState>>);
 
 impl UsedCodes {
+    /// Room for `capacity` codes reserved up front.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self(Arc::new(DashSet::with_capacity_and_hasher(capacity, RandomState::default())))
+    }
+
     /// Claims `code`: `false` when it is already claimed.
     pub fn claim(&self, code: PaymentCode) -> bool {
         self.0.insert(code)
@@ -345,46 +357,51 @@ pub enum AnswerOutcome {
 pub struct Exchange {
     config: ExchangeConfig,
     routes: Routes,
-    sessions: HashMap<InstitutionId, Vec<SessionId>>,
+    sessions: FastMap<InstitutionId, Vec<SessionId>>,
     /// Every signed-on session, whatever its participant.
-    live: HashSet<SessionId>,
+    live: FastSet<SessionId>,
     round_robin: usize,
     sequence: u64,
-    transactions: HashMap<u64, Transaction>,
+    transactions: FastMap<u64, Transaction>,
     in_flight: usize,
     /// In flight per originator and per receiver.
-    originating: HashMap<InstitutionId, usize>,
-    receiving: HashMap<InstitutionId, usize>,
-    breakers: HashMap<InstitutionId, Breaker>,
-    buckets: HashMap<InstitutionId, Bucket>,
-    by_originator: HashMap<(InstitutionId, TransactionId), u64>,
+    originating: FastMap<InstitutionId, usize>,
+    receiving: FastMap<InstitutionId, usize>,
+    breakers: FastMap<InstitutionId, Breaker>,
+    buckets: FastMap<InstitutionId, Bucket>,
+    by_originator: FastMap<(InstitutionId, TransactionId), u64>,
     used_codes: UsedCodes,
     /// Completed transactions, oldest first, to forget beyond `completed_max`.
     completed: VecDeque<u64>,
-    timers: BinaryHeap<Reverse<(u64, Timer)>>,
-    reversals: HashMap<u64, PendingReversal>,
+    timers: Timers<Timer>,
+    reversals: FastMap<u64, PendingReversal>,
 }
 
 impl Exchange {
+    /// Reserves room for every transaction it may hold (`in_flight_max + completed_max`) up
+    /// front: tables never grow on the message path, where a rehash of a million entries
+    /// stalled a shard for hundreds of milliseconds. Untouched room costs address space,
+    /// not memory.
     pub fn new(config: ExchangeConfig, routes: Routes) -> Self {
+        let records = config.in_flight_max.saturating_add(config.completed_max);
         Self {
-            config,
             routes,
-            sessions: HashMap::new(),
-            live: HashSet::new(),
+            sessions: FastMap::default(),
+            live: FastSet::default(),
             round_robin: 0,
             sequence: 0,
-            transactions: HashMap::new(),
+            transactions: FastMap::with_capacity_and_hasher(records, RandomState::default()),
             in_flight: 0,
-            originating: HashMap::new(),
-            receiving: HashMap::new(),
-            breakers: HashMap::new(),
-            buckets: HashMap::new(),
-            by_originator: HashMap::new(),
+            originating: FastMap::default(),
+            receiving: FastMap::default(),
+            breakers: FastMap::default(),
+            buckets: FastMap::default(),
+            by_originator: FastMap::with_capacity_and_hasher(records, RandomState::default()),
             used_codes: UsedCodes::default(),
-            completed: VecDeque::new(),
-            timers: BinaryHeap::new(),
-            reversals: HashMap::new(),
+            completed: VecDeque::with_capacity(config.completed_max.saturating_add(1)),
+            timers: Timers::default(),
+            reversals: FastMap::default(),
+            config,
         }
     }
 
@@ -427,7 +444,7 @@ impl Exchange {
 
     /// When [`Exchange::handle_timers`] must next run (monotonic ms).
     pub fn next_deadline_ms(&self) -> Option<u64> {
-        self.timers.peek().map(|Reverse((deadline, _))| *deadline)
+        self.timers.next_deadline()
     }
 
     pub fn in_flight(&self) -> usize {
@@ -644,7 +661,8 @@ impl Exchange {
             return None;
         }
         let reference = self.next_reference();
-        let deadline_ms = now.monotonic_ms + receiver_policy.reply_deadline_ms.unwrap_or(self.config.reply_deadline_ms);
+        let reply_ms = receiver_policy.reply_deadline_ms.unwrap_or(self.config.reply_deadline_ms);
+        let deadline_ms = now.monotonic_ms + reply_ms;
         self.transactions.insert(
             reference,
             Transaction {
@@ -662,7 +680,7 @@ impl Exchange {
         *self.originating.entry(originator).or_default() += 1;
         *self.receiving.entry(receiver).or_default() += 1;
         self.by_originator.insert((originator, id), reference);
-        self.timers.push(Reverse((deadline_ms, Timer::Reply(reference))));
+        self.timers.add(now.monotonic_ms, reply_ms, Timer::Reply(reference));
         Some(reference)
     }
 
@@ -822,11 +840,7 @@ impl Exchange {
 
     /// Fires due timers: replies `Timeout` and starts reversals; resends reversals.
     pub fn handle_timers(&mut self, now: Now, out: &mut Vec<Outbound>) {
-        while let Some(&Reverse((deadline, timer))) = self.timers.peek() {
-            if deadline > now.monotonic_ms {
-                break;
-            }
-            self.timers.pop();
+        while let Some((deadline, timer)) = self.timers.pop_due(now.monotonic_ms) {
             match timer {
                 Timer::Reply(reference) => self.time_out(now, reference, deadline, out),
                 Timer::ReversalRetry(reversal) => {
@@ -835,8 +849,11 @@ impl Exchange {
                         if let Some(session) = self.session_of(receiver) {
                             out.push(Outbound { session, message });
                         }
-                        let next = now.monotonic_ms + self.config.reversal_retry_ms;
-                        self.timers.push(Reverse((next, Timer::ReversalRetry(reversal))));
+                        self.timers.add(
+                            now.monotonic_ms,
+                            self.config.reversal_retry_ms,
+                            Timer::ReversalRetry(reversal),
+                        );
                     }
                 }
             }
@@ -890,23 +907,24 @@ impl Exchange {
         }
         self.reversals
             .insert(reversal, PendingReversal { original: reference, receiver: transaction.receiver, message });
-        self.timers.push(Reverse((now.monotonic_ms + self.config.reversal_retry_ms, Timer::ReversalRetry(reversal))));
+        self.timers.add(now.monotonic_ms, self.config.reversal_retry_ms, Timer::ReversalRetry(reversal));
     }
 
     fn remember_completed(&mut self, reference: u64) {
         self.completed.push_back(reference);
         while self.completed.len() > self.config.completed_max {
             let Some(oldest) = self.completed.pop_front() else { break };
-            // A transaction whose reversal is still pending stays: the reversal needs it.
-            if self.reversals.values().any(|p| p.original == oldest) {
+            let std::collections::hash_map::Entry::Occupied(entry) = self.transactions.entry(oldest) else { continue };
+            // A transaction whose reversal is still pending (timed out, not yet reversed)
+            // stays: the reversal needs it.
+            if entry.get().state == State::TimedOut {
                 self.completed.push_back(oldest);
                 break;
             }
-            if let Some(transaction) = self.transactions.remove(&oldest) {
-                self.by_originator.remove(&(transaction.originator, transaction.originator_transaction_id));
-                if let Some(code) = &transaction.payment_code {
-                    self.used_codes.release(code);
-                }
+            let transaction = entry.remove();
+            self.by_originator.remove(&(transaction.originator, transaction.originator_transaction_id));
+            if let Some(code) = &transaction.payment_code {
+                self.used_codes.release(code);
             }
         }
     }
@@ -1247,7 +1265,7 @@ mod tests {
         let mut out = Vec::new();
         let mut request: QrPaymentRequest = codec::sample::qr_payment_request();
         request.details.originator = id("ACQ0001");
-        exchange.handle_request(at(0), ACQUIRER, Message::QrPaymentRequest(request), &mut out);
+        exchange.handle_request(at(0), ACQUIRER, Message::QrPaymentRequest(request.into()), &mut out);
         let [Outbound { session: UNIONPAY, message: Message::QrPaymentRequest(forwarded) }] = out.as_slice() else {
             panic!("expected a forward to UnionPay: {out:?}");
         };

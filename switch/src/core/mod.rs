@@ -4,3 +4,4 @@
 pub mod exchange;
 pub mod session;
 pub mod shard;
+pub mod timers;

@@ -96,7 +96,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
     let shards = shared.shards;
     shared.metrics.set_shards(shards);
     let mesh = Arc::new(Mesh::new(shards));
-    let used_codes = UsedCodes::default();
+    // Room for every code the shards may remember, reserved up front like their tables.
+    let used_codes =
+        UsedCodes::with_capacity(shared.exchange.in_flight_max.saturating_add(shared.exchange.completed_max));
     let (draining_tx, draining) = watch::channel(false);
     let (stop_tx, stop) = watch::channel(false);
     let mut handoffs = Vec::with_capacity(shards);
