@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switch::config::SwitchConfig;
 use switch::edge::tcp::{Shared, serve};
+use switch::edge::transport::Io;
 use switch::participant::Directory;
 
 #[global_allocator]
@@ -39,6 +40,10 @@ enum Command {
         /// (overrides the file's switch.shards; default one per core).
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
         shards: Option<u16>,
+        /// The shards' data path: tokio (portable) or uring (io_uring; falls back to tokio,
+        /// with a warning, where the kernel refuses it).
+        #[arg(long, value_enum, default_value_t = Io::Tokio)]
+        io: Io,
     },
 }
 
@@ -94,7 +99,7 @@ fn main_inner() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config, listen, admin_listen, shards } => {
+        Command::Run { config, listen, admin_listen, shards, io } => {
             let mut config = match config {
                 Some(path) => SwitchConfig::from_file(&path)?,
                 None => SwitchConfig::embedded_default(),
@@ -108,13 +113,13 @@ fn main_inner() -> anyhow::Result<()> {
             if let Some(shards) = shards {
                 config.shards = Some(usize::from(shards));
             }
-            run(config)
+            run(config, io)
         }
         Command::Inspect(command) => inspect(command),
     }
 }
 
-fn run(config: SwitchConfig) -> anyhow::Result<()> {
+fn run(config: SwitchConfig, io: Io) -> anyhow::Result<()> {
     // One core per shard by default; the shards run on their own threads, this runtime only
     // accepts connections, serves the admin port and waits for the signal.
     let shards = config.shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
@@ -129,7 +134,8 @@ fn run(config: SwitchConfig) -> anyhow::Result<()> {
         let shared = Arc::new(
             Shared::new(config.session.clone(), Directory::new(config.participants.clone()))
                 .with_exchange(config.exchange.clone(), config.routes.clone())
-                .with_shards(shards),
+                .with_shards(shards)
+                .with_io(io),
         );
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin_task = tokio::spawn(switch::edge::admin::serve_admin(admin, Arc::clone(&shared), async {
@@ -140,6 +146,7 @@ fn run(config: SwitchConfig) -> anyhow::Result<()> {
             admin = %config.admin_listen,
             participants = shared.directory.len(),
             shards,
+            io = ?shared.io,
             switch_id = %config.session.switch_id,
             "switch running; Ctrl-C stops it"
         );

@@ -11,6 +11,7 @@ use loadgen::issuer::{IssuerBehaviour, run_issuer};
 use switch::config::{SwitchConfig, demo_key};
 use switch::core::exchange::{ExchangeConfig, Routes};
 use switch::edge::tcp::{Shared, serve};
+use switch::edge::transport::Io;
 use switch::participant::Directory;
 
 fn id(text: &str) -> InstitutionId {
@@ -25,14 +26,20 @@ async fn start(reply_deadline_ms: u64) -> SocketAddr {
 }
 
 async fn start_with(exchange: ExchangeConfig) -> (SocketAddr, Arc<Shared>) {
+    start_on(Io::Tokio, exchange).await
+}
+
+async fn start_on(io: Io, exchange: ExchangeConfig) -> (SocketAddr, Arc<Shared>) {
     let config = SwitchConfig::embedded_default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     let shared = Arc::new(
         Shared::new(config.session, Directory::new(config.participants))
             .with_exchange(exchange, Routes::embedded_default())
-            .with_shards(SHARDS),
+            .with_shards(SHARDS)
+            .with_io(io),
     );
+    assert_eq!(shared.io, io, "this test needs the {io:?} data path; the kernel refused io_uring");
     tokio::spawn(serve(listener, Arc::clone(&shared), std::future::pending()));
     (address, shared)
 }
@@ -304,4 +311,29 @@ async fn a_silent_issuer_does_not_hold_up_another_issuers_traffic() {
     }
     silent_task.abort();
     alipay_task.abort();
+}
+
+#[tokio::test]
+async fn the_io_uring_data_path_carries_a_two_sided_run() {
+    let (address, _) = start_on(Io::Uring, ExchangeConfig::default()).await;
+    let mut issuers = Vec::new();
+    for issuer in ["WECHATPAY", "ALIPAY", "UNIONPAY"] {
+        let client = connect(address, issuer).await;
+        issuers.push(tokio::spawn(run_issuer(client, IssuerBehaviour { decline_every: 4, silent: false })));
+    }
+    let acquirer = connect(address, "ACQ0001").await;
+    let config = loadgen::run::RunConfig {
+        rate_per_second: 4_000,
+        duration: Duration::from_millis(500),
+        drain_timeout: Duration::from_secs(5),
+    };
+    let report = loadgen::run::run_open_loop(acquirer, &config).await.expect("run");
+    assert_eq!((report.scheduled, report.missing), (2_000, 0), "{}", report.render());
+    let approved = report.replies_by_code.get(&ReplyCode::Approved.value()).copied().unwrap_or(0);
+    let declined = report.replies_by_code.get(&ReplyCode::InsufficientFunds.value()).copied().unwrap_or(0);
+    assert_eq!(approved + declined, 2_000, "{}", report.render());
+    assert!(declined >= 400, "every 4th request per issuer is declined: {}", report.render());
+    for issuer in issuers {
+        issuer.abort();
+    }
 }

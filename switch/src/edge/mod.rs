@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod shard;
 pub mod tcp;
+pub mod transport;
 
 /// The clocks the core needs, read once per batch: monotonic since `started` for
 /// deadlines, wall clock for message timestamps. The only place the switch reads clocks.

@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use codec::{FrameDecoder, FrameEncoder, InstitutionId, Message, ReplyCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::pin::Pin;
+use std::rc::Rc;
+
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -22,10 +24,13 @@ use crate::core::exchange::{Exchange, ExchangeConfig, Routes, SessionId, UsedCod
 use crate::core::session::{CloseReason, Control, Now, Session, SessionConfig};
 use crate::core::shard;
 use crate::edge::shard::{Event, Mesh, OUTBOUND_QUEUE, Touched, run_shard};
+use crate::edge::transport::{Io, Transport};
 use crate::metrics::Metrics;
 use crate::participant::Directory;
 use crate::status::{Link, Status};
 
+/// Most bytes one read asks for (the decoder's buffer bounds it too).
+const READ_MAX: usize = 64 * 1024;
 /// Messages moved from a connection's queue per wake-up, written in one write.
 const OUTBOUND_BATCH_MAX: usize = 256;
 
@@ -43,6 +48,8 @@ pub struct Shared {
     pub status: Arc<Status>,
     /// Shards (threads with their own event loop and exchange); 1 unless set.
     pub shards: usize,
+    /// The shards' data path.
+    pub io: Io,
     /// Session ids, unique for this process. Relaxed: only uniqueness matters.
     next_session_id: AtomicU64,
 }
@@ -59,6 +66,7 @@ impl Shared {
             metrics: Arc::new(Metrics::default()),
             status: Arc::new(Status::default()),
             shards: 1,
+            io: Io::Tokio,
             next_session_id: AtomicU64::new(1),
         }
     }
@@ -74,6 +82,12 @@ impl Shared {
     pub fn with_shards(mut self, shards: usize) -> Self {
         assert!((1..=shard::SHARDS_MAX).contains(&shards), "1 to {} shards", shard::SHARDS_MAX);
         self.shards = shards;
+        self
+    }
+
+    /// Uses the `io` data path where the kernel allows it (see [`Io::usable`]).
+    pub fn with_io(mut self, io: Io) -> Self {
+        self.io = io.usable();
         self
     }
 
@@ -183,21 +197,41 @@ struct ShardThread {
 }
 
 impl ShardThread {
-    /// The shard's thread: its own single-threaded runtime runs its loop and connections.
+    /// The shard's thread: its own single-threaded runtime (tokio's, or tokio-uring's for
+    /// the io_uring data path) runs its loop and connections.
     fn run(
+        self,
+        exchange: Exchange,
+        accepted: mpsc::Receiver<(std::net::TcpStream, SocketAddr)>,
+        drained: oneshot::Sender<()>,
+    ) {
+        match self.shared.io {
+            Io::Uring => tokio_uring::start(async move {
+                let local = tokio::task::LocalSet::new();
+                local.run_until(self.serve::<tokio_uring::net::TcpStream>(exchange, accepted, drained)).await;
+            }),
+            Io::Tokio => {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        tracing::error!(%error, shard = self.index, "cannot start a shard's runtime");
+                        std::process::exit(1);
+                    }
+                };
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&runtime, self.serve::<TcpStream>(exchange, accepted, drained));
+            }
+        }
+    }
+
+    /// Runs the shard loop and this shard's connections until the drain has ended.
+    async fn serve<T: Transport>(
         self,
         exchange: Exchange,
         mut accepted: mpsc::Receiver<(std::net::TcpStream, SocketAddr)>,
         drained: oneshot::Sender<()>,
     ) {
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(runtime) => runtime,
-            Err(error) => {
-                tracing::error!(%error, shard = self.index, "cannot start a shard's runtime");
-                std::process::exit(1);
-            }
-        };
-        runtime.block_on(async move {
+        {
             let shared = &self.shared;
             let shard_loop = tokio::spawn(run_shard(
                 self.index,
@@ -215,7 +249,7 @@ impl ShardThread {
                     Some(_) = connections.join_next(), if !connections.is_empty() => {}
                     handed = accepted.recv() => {
                         let Some((stream, peer)) = handed else { break };
-                        let stream = match TcpStream::from_std(stream) {
+                        let stream = match stream.set_nodelay(true).and_then(|()| T::from_std(stream)) {
                             Ok(stream) => stream,
                             Err(error) => {
                                 tracing::debug!(%peer, %error, "connection unusable");
@@ -228,8 +262,8 @@ impl ShardThread {
                             home: self.index,
                             draining: self.draining.clone(),
                         };
-                        connections.spawn(async move {
-                            if let Err(error) = connection.serve(stream).await {
+                        connections.spawn_local(async move {
+                            if let Err(error) = connection.serve(stream, peer).await {
                                 tracing::debug!(%peer, %error, "connection ended with an I/O error");
                             }
                         });
@@ -247,7 +281,7 @@ impl ShardThread {
             let _ = drained.send(());
             // The loop runs on until every shard has drained (`stop`).
             let _ = shard_loop.await;
-        });
+        }
     }
 }
 
@@ -275,13 +309,13 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(self, stream: TcpStream) -> std::io::Result<()> {
+    async fn serve<T: Transport>(self, stream: T, peer: SocketAddr) -> std::io::Result<()> {
         let shared = &*self.shared;
         shared.metrics.connection_opened();
         let mut guard = ConnectionGuard { metrics: &shared.metrics, signed_on: false, reason: None };
         let session_id = shared.next_session_id.fetch_add(1, Ordering::Relaxed);
         let mut registered = None;
-        let result = self.run(stream, session_id, &mut registered, &mut guard).await;
+        let result = self.run(stream, peer, session_id, &mut registered, &mut guard).await;
         // Whichever way the connection ended, no shard sends to it any more.
         if let Some(participant) = registered {
             shared.status.link_down(session_id);
@@ -290,17 +324,17 @@ impl Connection {
         result
     }
 
-    async fn run(
+    async fn run<T: Transport>(
         &self,
-        mut stream: TcpStream,
+        stream: T,
+        peer: SocketAddr,
         session_id: u64,
         registered: &mut Option<InstitutionId>,
         guard: &mut ConnectionGuard<'_>,
     ) -> std::io::Result<()> {
         let shared = &*self.shared;
         let mut draining = self.draining.clone();
-        stream.set_nodelay(true)?;
-        let peer = stream.peer_addr()?;
+        let stream = Rc::new(stream);
         let mut nonce = [0u8; 32];
         getrandom::fill(&mut nonce).map_err(std::io::Error::other)?;
         let mut session = Session::new(shared.session.clone(), shared.now(), session_id, nonce);
@@ -310,13 +344,22 @@ impl Connection {
         let mut to_exchange: Vec<Message> = Vec::with_capacity(64);
         let mut outbound: Option<mpsc::Receiver<Message>> = None;
         let mut touched = Touched::default();
+        // Owned buffers for the transport: the read in flight holds one, writes the other.
+        let mut read_buffer = Some(Vec::with_capacity(READ_MAX));
+        let mut reading: Option<PendingRead> = None;
+        let mut write_buffer = Vec::with_capacity(READ_MAX);
 
         encoder.encode(&session.challenge()).expect("the challenge is valid");
-        stream.write_all(encoder.bytes()).await?;
-        encoder.clear();
+        write_buffer = write_out(&*stream, &mut encoder, write_buffer).await?;
 
         let mut drain_seen = false;
         loop {
+            // Start a read if none is in flight: at most what the decoder has room for.
+            let read = reading.get_or_insert_with(|| {
+                let mut buffer = read_buffer.take().unwrap_or_default();
+                buffer.resize(decoder.spare().len().min(READ_MAX), 0);
+                Box::pin(stream.read(buffer))
+            });
             let deadline = shared.started + Duration::from_millis(session.deadline_ms());
             let mut control = Control::Continue;
             let mut frames = 0u64;
@@ -336,7 +379,18 @@ impl Connection {
                     }
                     None
                 }
-                read = tokio::time::timeout_at(deadline.into(), stream.read(decoder.spare())) => Some(read),
+                // On a timeout the read stays in flight (kept in `reading`), never dropped.
+                read = tokio::time::timeout_at(deadline.into(), read) => Some(read),
+            };
+            let read = match read {
+                Some(Ok((result, buffer))) => {
+                    reading = None;
+                    let result = result.inspect(|&count| decoder.spare()[..count].copy_from_slice(&buffer[..count]));
+                    read_buffer = Some(buffer);
+                    Some(Ok(result))
+                }
+                Some(Err(elapsed)) => Some(Err(elapsed)),
+                None => None,
             };
             match read {
                 None => {}
@@ -412,13 +466,12 @@ impl Connection {
                 shared.metrics.batch_processed(batch_started.elapsed());
             }
             if !encoder.is_empty() {
-                stream.write_all(encoder.bytes()).await?;
-                encoder.clear();
+                write_buffer = write_out(&*stream, &mut encoder, write_buffer).await?;
             }
             if let Control::Close(reason) = control {
                 guard.reason = Some(reason);
                 tracing::info!(%peer, participant = ?session.participant(), ?reason, "closing session");
-                stream.shutdown().await?;
+                stream.shutdown()?;
                 return Ok(());
             }
         }
@@ -461,6 +514,23 @@ impl Connection {
         }
         self.mesh.wake(touched);
     }
+}
+
+/// A read in flight: it owns its buffer until it completes.
+type PendingRead = Pin<Box<dyn Future<Output = (std::io::Result<usize>, Vec<u8>)>>>;
+
+/// Writes what `encoder` holds through `buffer` (the transport owns a write's buffer until
+/// it completes), empties the encoder and hands the buffer back for the next write.
+async fn write_out<T: Transport>(
+    stream: &T,
+    encoder: &mut FrameEncoder,
+    mut buffer: Vec<u8>,
+) -> std::io::Result<Vec<u8>> {
+    buffer.clear();
+    buffer.extend_from_slice(encoder.bytes());
+    encoder.clear();
+    let (result, buffer) = stream.write_all(buffer).await;
+    result.map(|()| buffer)
 }
 
 /// Moves what the shard queued for this connection into `outgoing`, waiting for at least
