@@ -1,5 +1,6 @@
 //! Plays a receiving participant (an issuer, or an acquirer for QR payments): answers
-//! every request the switch forwards, acknowledges reversals, answers echoes and sign-offs.
+//! every request the switch forwards, approves refunds, acknowledges reversals, answers
+//! echoes and sign-offs.
 //! With the acquirer side (`run`) it makes one command a two-sided flow through the switch.
 
 use codec::{AuthorizationCode, Echo, InstitutionId, Message, Reply, ReplyCode, SignOff};
@@ -23,6 +24,7 @@ pub struct IssuerReport {
     pub approved: u64,
     pub declined: u64,
     pub reversals: u64,
+    pub refunds: u64,
 }
 
 fn reply(participant: InstitutionId, request: &codec::TransactionDetails, code: ReplyCode, sequence: u64) -> Reply {
@@ -83,6 +85,21 @@ pub async fn run_issuer(client: Client, behaviour: IssuerBehaviour) -> anyhow::R
                     amount_minor: reversal.amount_minor,
                     reply_time_ms: reversal.transaction_time_ms,
                     currency: reversal.currency,
+                    code: ReplyCode::Approved.value(),
+                    reserved: [0; 4],
+                    authorization_code: AuthorizationCode::EMPTY,
+                    responder: participant,
+                }))
+            }
+            Message::RefundRequest(refund) => {
+                report.refunds += 1;
+                (!behaviour.silent).then_some(Message::RefundReply(Reply {
+                    originator: refund.originator,
+                    originator_transaction_id: refund.originator_transaction_id,
+                    switch_reference: refund.switch_reference,
+                    amount_minor: refund.amount_minor,
+                    reply_time_ms: refund.transaction_time_ms,
+                    currency: refund.currency,
                     code: ReplyCode::Approved.value(),
                     reserved: [0; 4],
                     authorization_code: AuthorizationCode::EMPTY,

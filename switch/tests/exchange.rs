@@ -337,3 +337,62 @@ async fn the_io_uring_data_path_carries_a_two_sided_run() {
         issuer.abort();
     }
 }
+
+#[tokio::test]
+async fn refunds_and_cancels_find_their_original_from_any_session() {
+    let address = start(5_000).await;
+    let wechat = connect(address, "WECHATPAY").await;
+    let wechat_task = tokio::spawn(run_issuer(wechat, IssuerBehaviour::default()));
+    let mut first = connect(address, "ACQ0001").await;
+    let mut second = connect(address, "ACQ0001").await;
+    let linked_reply = |message: MessageRef<'_>| match message.to_message() {
+        Message::RefundReply(reply) | Message::ReversalReply(reply) => (message.kind(), code(&reply)),
+        other => panic!("expected a refund or reversal reply, got {:?}", other.kind()),
+    };
+
+    for n in 0..8u64 {
+        first.writer.send(&payment("13", n)).await.expect("send");
+        assert_eq!(code(&next_reply(&mut first).await), ReplyCode::Approved);
+    }
+    // Refunds from the other session (so often another shard), by the original's id.
+    for n in 0..8u64 {
+        let refund = codec::LinkedRequest {
+            originator: id("ACQ0001"),
+            originator_transaction_id: format!("RF-{n}").parse().expect("valid"),
+            switch_reference: 0,
+            original_switch_reference: 0,
+            amount_minor: 1_000,
+            transaction_time_ms: 0,
+            currency: 156,
+            reason: 0,
+            reserved: [0; 4],
+            original_originator_transaction_id: format!("P13-{n}").parse().expect("valid"),
+        };
+        second.writer.send(&Message::RefundRequest(refund.clone())).await.expect("send");
+        assert_eq!(
+            second.reader.next(linked_reply).await.expect("reply"),
+            (codec::MessageKind::RefundReply, ReplyCode::Approved)
+        );
+        // More than what is left: refused by the switch.
+        let too_much = codec::LinkedRequest {
+            originator_transaction_id: format!("RF-{n}-B").parse().expect("valid"),
+            amount_minor: 2_801,
+            ..refund.clone()
+        };
+        second.writer.send(&Message::RefundRequest(too_much)).await.expect("send");
+        assert_eq!(second.reader.next(linked_reply).await.expect("reply").1, ReplyCode::InvalidAmount);
+        // A cancel of the payment: accepted, and its reversal goes to the issuer.
+        let cancel = codec::LinkedRequest {
+            originator_transaction_id: format!("CX-{n}").parse().expect("valid"),
+            reason: codec::code::ReversalReason::OriginatorCancel.value(),
+            amount_minor: 3_800,
+            ..refund
+        };
+        second.writer.send(&Message::ReversalRequest(cancel)).await.expect("send");
+        assert_eq!(
+            second.reader.next(linked_reply).await.expect("reply"),
+            (codec::MessageKind::ReversalReply, ReplyCode::Approved)
+        );
+    }
+    wechat_task.abort();
+}

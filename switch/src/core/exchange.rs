@@ -205,6 +205,31 @@ struct Transaction {
     /// A consumer-presented request's code, claimed in [`UsedCodes`] until this record is
     /// forgotten.
     payment_code: Option<PaymentCode>,
+    kind: Kind,
+    /// A payment's approved refunds, and those still waiting for the receiver's answer:
+    /// together never more than its amount.
+    refunded_minor: u64,
+    refund_pending_minor: u64,
+}
+
+/// What a transaction is: its reply kind, and what its outcome changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Payment,
+    /// A refund of the payment with switch reference `original`.
+    Refund {
+        original: u64,
+    },
+}
+
+impl Kind {
+    /// `reply` as this kind's reply message.
+    fn reply(self, reply: Reply) -> Message {
+        match self {
+            Self::Payment => Message::PaymentReply(reply),
+            Self::Refund { .. } => Message::RefundReply(reply),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -434,7 +459,7 @@ impl Exchange {
     /// already: an undelivered request times out and is reversed, an undelivered reversal
     /// is resent, and a decline or switch answer moved no value.
     pub fn handle_undeliverable(&mut self, now: Now, message: Message, out: &mut Vec<Outbound>) {
-        if let Message::PaymentReply(reply) = message
+        if let Message::PaymentReply(reply) | Message::RefundReply(reply) = message
             && reply.code == ReplyCode::Approved.value()
             && self.transactions.get(&reply.switch_reference).is_some_and(|t| t.state == State::Approved)
         {
@@ -531,7 +556,9 @@ impl Exchange {
                     out.push(Outbound { session, message: switch_answer(self, ReplyCode::Duplicate) });
                     return;
                 }
-                let Some(reference) = self.admit(now, session, originator, id, receiver, amount, currency, out) else {
+                let Some(reference) =
+                    self.admit(now, session, originator, id, receiver, amount, currency, Kind::Payment, out)
+                else {
                     self.used_codes.release(&code);
                     return;
                 };
@@ -596,7 +623,9 @@ impl Exchange {
                         return;
                     }
                 };
-                if let Some(reference) = self.admit(now, session, originator, id, receiver, amount, currency, out) {
+                if let Some(reference) =
+                    self.admit(now, session, originator, id, receiver, amount, currency, Kind::Payment, out)
+                {
                     request.details.switch_reference = reference;
                     self.forward(receiver, Message::QrPaymentRequest(request), out);
                 }
@@ -605,22 +634,80 @@ impl Exchange {
                 let reply = self.status(&query, now);
                 out.push(Outbound { session, message: Message::StatusReply(reply) });
             }
-            // Originator cancels and refunds arrive with the journal (issue 5): until then
-            // the switch keeps no approvals to undo, and says so explicitly.
-            Message::ReversalRequest(request) => {
-                let reply = self.unknown_original(&request, now);
-                out.push(Outbound { session, message: Message::ReversalReply(reply) });
-            }
-            Message::RefundRequest(request) => {
-                let reply = self.unknown_original(&request, now);
-                out.push(Outbound { session, message: Message::RefundReply(reply) });
-            }
+            Message::ReversalRequest(request) => self.cancel(now, session, &request, out),
+            Message::RefundRequest(request) => self.refund(now, session, request, out),
             other => debug_assert!(false, "not a request: {:?}", other.kind()),
         }
     }
 
-    fn unknown_original(&self, request: &LinkedRequest, now: Now) -> Reply {
-        self.answer(Answering::linked(request), 0, ReplyCode::UnknownOriginal, now)
+    /// The originator's own transaction that `request` names (by switch reference, or by
+    /// its id at the originator), if the switch still remembers it.
+    fn original_of(&self, request: &LinkedRequest) -> Option<u64> {
+        let reference = if request.original_switch_reference != 0 {
+            request.original_switch_reference
+        } else {
+            *self.by_originator.get(&(request.originator, request.original_originator_transaction_id))?
+        };
+        // Only the originator's own transactions: nobody refunds or cancels another's.
+        self.transactions.get(&reference).filter(|t| t.originator == request.originator).map(|_| reference)
+    }
+
+    /// A refund: a new transaction, linked to an approved payment of the same originator,
+    /// routed to the receiver that approved it. The payment's approved and pending refunds
+    /// never exceed its amount; a refund is answered in a `RefundReply`.
+    fn refund(&mut self, now: Now, session: SessionId, mut request: LinkedRequest, out: &mut Vec<Outbound>) {
+        let (originator, id) = (request.originator, request.originator_transaction_id);
+        let refuse = |exchange: &Self, code, out: &mut Vec<Outbound>| {
+            let reply = exchange.answer(Answering::linked(&request), 0, code, now);
+            out.push(Outbound { session, message: Message::RefundReply(reply) });
+        };
+        if self.by_originator.contains_key(&(originator, id)) {
+            return refuse(self, ReplyCode::Duplicate, out);
+        }
+        let Some(original) = self.original_of(&request) else {
+            return refuse(self, ReplyCode::UnknownOriginal, out);
+        };
+        let payment = &self.transactions[&original];
+        if payment.kind != Kind::Payment || payment.state != State::Approved {
+            // Nothing was approved to give back.
+            return refuse(self, ReplyCode::UnknownOriginal, out);
+        }
+        let refundable = payment.amount_minor - payment.refunded_minor - payment.refund_pending_minor;
+        if request.currency != payment.currency || request.amount_minor == 0 || request.amount_minor > refundable {
+            return refuse(self, ReplyCode::InvalidAmount, out);
+        }
+        let (receiver, original_id) = (payment.receiver, payment.originator_transaction_id);
+        let (amount, currency) = (request.amount_minor, request.currency);
+        let kind = Kind::Refund { original };
+        let Some(reference) = self.admit(now, session, originator, id, receiver, amount, currency, kind, out) else {
+            return;
+        };
+        if let Some(payment) = self.transactions.get_mut(&original) {
+            payment.refund_pending_minor += amount;
+        }
+        request.switch_reference = reference;
+        request.original_switch_reference = original;
+        request.original_originator_transaction_id = original_id;
+        self.forward(receiver, Message::RefundRequest(request), out);
+    }
+
+    /// An originator cancels a transaction whose outcome it does not know (or wants undone).
+    /// In flight: it is answered `Timeout` now and reversed; approved: reversed; declined,
+    /// timed out or already reversed: nothing more to do. The reversal is stored and
+    /// forwarded until the receiver acknowledges it, so the cancel is acknowledged at once.
+    fn cancel(&mut self, now: Now, session: SessionId, request: &LinkedRequest, out: &mut Vec<Outbound>) {
+        let Some(original) = self.original_of(request) else {
+            let reply = self.answer(Answering::linked(request), 0, ReplyCode::UnknownOriginal, now);
+            out.push(Outbound { session, message: Message::ReversalReply(reply) });
+            return;
+        };
+        match self.transactions[&original].state {
+            State::InFlight { .. } => self.abandon(now, original, ReversalReason::OriginatorCancel, out),
+            State::Approved => self.reverse(now, original, ReversalReason::OriginatorCancel, out),
+            State::Declined(_) | State::TimedOut | State::Reversed => {}
+        }
+        let reply = self.answer(Answering::linked(request), original, ReplyCode::Approved, now);
+        out.push(Outbound { session, message: Message::ReversalReply(reply) });
     }
 
     /// Checks the receiver and the in-flight limit, and records a new transaction. Answers
@@ -635,6 +722,7 @@ impl Exchange {
         receiver: InstitutionId,
         amount: u64,
         currency: u16,
+        kind: Kind,
         out: &mut Vec<Outbound>,
     ) -> Option<u64> {
         let (originator_policy, receiver_policy) = (self.policy(originator), self.policy(receiver));
@@ -657,7 +745,7 @@ impl Exchange {
         };
         if let Some(code) = code {
             let reply = self.answer(Answering { originator, id, amount_minor: amount, currency }, 0, code, now);
-            out.push(Outbound { session, message: Message::PaymentReply(reply) });
+            out.push(Outbound { session, message: kind.reply(reply) });
             return None;
         }
         let reference = self.next_reference();
@@ -674,6 +762,9 @@ impl Exchange {
                 currency,
                 state: State::InFlight { deadline_ms },
                 payment_code: None,
+                kind,
+                refunded_minor: 0,
+                refund_pending_minor: 0,
             },
         );
         self.in_flight += 1;
@@ -816,13 +907,19 @@ impl Exchange {
                             responder: sender,
                         };
                         let originator_session = transaction.originator_session;
-                        let (originator, receiver) = (transaction.originator, transaction.receiver);
+                        let (originator, receiver, kind) =
+                            (transaction.originator, transaction.receiver, transaction.kind);
+                        let amount = transaction.amount_minor;
                         self.leave_flight(originator, receiver);
                         self.breaker_record(receiver, true, now);
+                        if let Kind::Refund { original } = kind {
+                            self.settle_refund(original, amount, code.is_approved());
+                        }
+                        let answer = kind.reply(answer);
                         if self.live.contains(&originator_session) {
-                            out.push(Outbound { session: originator_session, message: Message::PaymentReply(answer) });
+                            out.push(Outbound { session: originator_session, message: answer });
                         } else {
-                            self.handle_undeliverable(now, Message::PaymentReply(answer), out);
+                            self.handle_undeliverable(now, answer, out);
                         }
                         self.remember_completed(reference);
                         AnswerOutcome::Forwarded
@@ -861,14 +958,25 @@ impl Exchange {
     }
 
     fn time_out(&mut self, now: Now, reference: u64, deadline: u64, out: &mut Vec<Outbound>) {
-        let Some(transaction) = self.transactions.get_mut(&reference) else { return };
+        let Some(transaction) = self.transactions.get(&reference) else { return };
         if transaction.state != (State::InFlight { deadline_ms: deadline }) {
             return;
         }
+        self.breaker_record(transaction.receiver, false, now);
+        self.abandon(now, reference, ReversalReason::Timeout, out);
+    }
+
+    /// Gives up on an in-flight transaction: the originator is answered `Timeout` (its one
+    /// reply) and, the outcome at the receiver being unknown, it is reversed.
+    fn abandon(&mut self, now: Now, reference: u64, reason: ReversalReason, out: &mut Vec<Outbound>) {
+        let Some(transaction) = self.transactions.get_mut(&reference) else { return };
         transaction.state = State::TimedOut;
         let transaction = transaction.clone();
         self.leave_flight(transaction.originator, transaction.receiver);
-        self.breaker_record(transaction.receiver, false, now);
+        if let Kind::Refund { original } = transaction.kind {
+            // An unknown outcome, reversed: the refund did not happen.
+            self.settle_refund(original, transaction.amount_minor, false);
+        }
         let to = Answering {
             originator: transaction.originator,
             id: transaction.originator_transaction_id,
@@ -876,19 +984,35 @@ impl Exchange {
             currency: transaction.currency,
         };
         let reply = self.answer(to, reference, ReplyCode::Timeout, now);
-        out.push(Outbound { session: transaction.originator_session, message: Message::PaymentReply(reply) });
-
-        // The outcome at the receiver is unknown: reverse, stored and forwarded.
-        self.reverse(now, reference, ReversalReason::Timeout, out);
+        out.push(Outbound { session: transaction.originator_session, message: transaction.kind.reply(reply) });
+        self.reverse(now, reference, reason, out);
         self.remember_completed(reference);
+    }
+
+    /// A refund of `amount` against payment `original` was answered: approved, it counts as
+    /// refunded; otherwise the amount is refundable again.
+    fn settle_refund(&mut self, original: u64, amount: u64, approved: bool) {
+        if let Some(payment) = self.transactions.get_mut(&original) {
+            payment.refund_pending_minor = payment.refund_pending_minor.saturating_sub(amount);
+            if approved {
+                payment.refunded_minor += amount;
+            }
+        }
     }
 
     /// Starts the reversal of `reference` at its receiver: sent now if it is signed on,
     /// and again every `reversal_retry_ms` and on its every sign-on, until acknowledged.
     fn reverse(&mut self, now: Now, reference: u64, reason: ReversalReason, out: &mut Vec<Outbound>) {
         let Some(transaction) = self.transactions.get_mut(&reference) else { return };
+        let was_approved = transaction.state == State::Approved;
         transaction.state = State::TimedOut;
         let transaction = transaction.clone();
+        if let (true, Kind::Refund { original }) = (was_approved, transaction.kind)
+            && let Some(payment) = self.transactions.get_mut(&original)
+        {
+            // An approved refund undone: its amount is refundable again.
+            payment.refunded_minor = payment.refunded_minor.saturating_sub(transaction.amount_minor);
+        }
         let reversal = self.next_reference();
         let message = Message::ReversalRequest(LinkedRequest {
             originator: self.config.switch_id,
@@ -944,6 +1068,9 @@ impl Exchange {
             Some((reference, t)) => {
                 let (status, code) = match t.state {
                     State::InFlight { .. } => (TransactionStatus::InFlight, 0),
+                    State::Approved if t.refunded_minor > 0 => {
+                        (TransactionStatus::Refunded, ReplyCode::Approved.value())
+                    }
                     State::Approved => (TransactionStatus::Approved, ReplyCode::Approved.value()),
                     State::Declined(code) => (TransactionStatus::Declined, code.value()),
                     State::TimedOut => (TransactionStatus::TimedOut, ReplyCode::Timeout.value()),
@@ -1442,5 +1569,190 @@ mod tests {
         out.clear();
         pay(&mut second, "T4", "134567890123459999", &mut out);
         forwarded_reference(&out);
+    }
+
+    /// A refund or cancel from the acquirer naming original `original_id`.
+    fn linked(id_text: &str, original_id: &str, amount_minor: u64) -> LinkedRequest {
+        LinkedRequest {
+            originator: id("ACQ0001"),
+            originator_transaction_id: TransactionId::new(id_text).expect("valid"),
+            switch_reference: 0,
+            original_switch_reference: 0,
+            amount_minor,
+            transaction_time_ms: 0,
+            currency: 156,
+            reason: 0,
+            reserved: [0; 4],
+            original_originator_transaction_id: TransactionId::new(original_id).expect("valid"),
+        }
+    }
+
+    /// The code of the last `RefundReply` or `ReversalReply` to the acquirer in `out`.
+    fn linked_reply_code(out: &[Outbound]) -> ReplyCode {
+        match out.iter().rev().find(|o| o.session == ACQUIRER).map(|o| &o.message) {
+            Some(Message::RefundReply(reply) | Message::ReversalReply(reply)) => {
+                ReplyCode::try_from(reply.code).expect("valid")
+            }
+            other => panic!("expected a refund or reversal reply, got {other:?}"),
+        }
+    }
+
+    fn status_of(exchange: &mut Exchange, original_id: &str) -> TransactionStatus {
+        let query = StatusQuery {
+            originator: id("ACQ0001"),
+            original_originator_transaction_id: TransactionId::new(original_id).expect("valid"),
+            original_switch_reference: 0,
+            query_time_ms: 0,
+        };
+        let mut out = Vec::new();
+        exchange.handle_request(at(50), ACQUIRER, Message::StatusQuery(query), &mut out);
+        match out.pop().map(|o| o.message) {
+            Some(Message::StatusReply(reply)) => TransactionStatus::try_from(reply.status).expect("valid"),
+            other => panic!("expected a status reply: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refunds_link_to_the_approval_and_never_exceed_it() {
+        let mut exchange = exchange();
+        let mut out = Vec::new();
+        pay(&mut exchange, "T1", "134567890123451234", &mut out);
+        let payment = forwarded_reference(&out);
+        exchange.handle_answer(at(1), id("WECHATPAY"), issuer_reply(payment, ReplyCode::Approved), &mut out);
+        out.clear();
+
+        // Half of the 3800 back: routed to the issuer that approved, linked to the payment.
+        let refund = |id_text: &str, amount| Message::RefundRequest(linked(id_text, "T1", amount));
+        exchange.handle_request(at(2), ACQUIRER, refund("R1", 1_900), &mut out);
+        let [Outbound { session: WECHAT, message: Message::RefundRequest(forwarded) }] = out.as_slice() else {
+            panic!("expected the refund at WeChat Pay: {out:?}");
+        };
+        assert_eq!(forwarded.original_switch_reference, payment);
+        let refund_reference = forwarded.switch_reference;
+        out.clear();
+        // While it waits, only the other half may be asked for.
+        exchange.handle_request(at(3), ACQUIRER, refund("R2", 1_901), &mut out);
+        assert_eq!(linked_reply_code(&out), ReplyCode::InvalidAmount);
+        out.clear();
+        let approve = Message::RefundReply(Reply {
+            switch_reference: refund_reference,
+            code: ReplyCode::Approved.value(),
+            ..codec::sample::payment_reply()
+        });
+        assert_eq!(exchange.handle_answer(at(4), id("WECHATPAY"), approve, &mut out), AnswerOutcome::Forwarded);
+        assert_eq!(linked_reply_code(&out), ReplyCode::Approved);
+        assert!(matches!(out.as_slice(), [Outbound { message: Message::RefundReply(_), .. }]), "{out:?}");
+        out.clear();
+        assert_eq!(status_of(&mut exchange, "T1"), TransactionStatus::Refunded);
+
+        for (id_text, original, amount, expected) in [
+            ("R1", "T1", 100, ReplyCode::Duplicate),
+            ("R3", "T1", 1_901, ReplyCode::InvalidAmount),
+            ("R4", "NOPE", 100, ReplyCode::UnknownOriginal),
+            ("R5", "T1", 0, ReplyCode::InvalidAmount),
+        ] {
+            exchange.handle_request(
+                at(5),
+                ACQUIRER,
+                Message::RefundRequest(linked(id_text, original, amount)),
+                &mut out,
+            );
+            assert_eq!(linked_reply_code(&out), expected, "{id_text}");
+            out.clear();
+        }
+        // The rest, exactly, is fine.
+        exchange.handle_request(at(6), ACQUIRER, refund("R6", 1_900), &mut out);
+        assert!(matches!(out.as_slice(), [Outbound { session: WECHAT, message: Message::RefundRequest(_) }]));
+        out.clear();
+
+        // A declined payment has nothing to refund.
+        pay(&mut exchange, "T2", "134567890123452222", &mut out);
+        let declined = forwarded_reference(&out);
+        exchange.handle_answer(at(7), id("WECHATPAY"), issuer_reply(declined, ReplyCode::InsufficientFunds), &mut out);
+        out.clear();
+        exchange.handle_request(at(8), ACQUIRER, Message::RefundRequest(linked("R7", "T2", 100)), &mut out);
+        assert_eq!(linked_reply_code(&out), ReplyCode::UnknownOriginal);
+    }
+
+    #[test]
+    fn a_refund_that_times_out_is_reversed_and_frees_its_amount() {
+        let mut exchange = exchange();
+        let mut out = Vec::new();
+        pay(&mut exchange, "T1", "134567890123451234", &mut out);
+        let payment = forwarded_reference(&out);
+        exchange.handle_answer(at(1), id("WECHATPAY"), issuer_reply(payment, ReplyCode::Approved), &mut out);
+        out.clear();
+        exchange.handle_request(at(10), ACQUIRER, Message::RefundRequest(linked("R1", "T1", 3_800)), &mut out);
+        out.clear();
+        exchange.handle_timers(at(1_010), &mut out);
+        assert_eq!(linked_reply_code(&out), ReplyCode::Timeout);
+        assert!(
+            out.iter().any(
+                |o| matches!(&o.message, Message::ReversalRequest(r) if r.reason == ReversalReason::Timeout.value())
+            ),
+            "{out:?}"
+        );
+        out.clear();
+        exchange.handle_request(at(1_020), ACQUIRER, Message::RefundRequest(linked("R2", "T1", 3_800)), &mut out);
+        assert!(
+            matches!(out.as_slice(), [Outbound { session: WECHAT, message: Message::RefundRequest(_) }]),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn an_originator_cancel_reverses_what_may_have_happened() {
+        let mut exchange = exchange();
+        let mut out = Vec::new();
+        let cancel = |original: &str| Message::ReversalRequest(linked("C-1", original, 3_800));
+
+        // In flight: the original is answered Timeout now, and reversed at the issuer.
+        pay(&mut exchange, "T1", "134567890123451234", &mut out);
+        let in_flight = forwarded_reference(&out);
+        out.clear();
+        exchange.handle_request(at(5), ACQUIRER, cancel("T1"), &mut out);
+        assert_eq!(reply_code(&out, ACQUIRER), (ReplyCode::Timeout, in_flight));
+        let reversal = out.iter().find_map(|o| match &o.message {
+            Message::ReversalRequest(r) if o.session == WECHAT => Some(r.clone()),
+            _ => None,
+        });
+        let reversal = reversal.expect("a reversal to the issuer");
+        assert_eq!(
+            (reversal.original_switch_reference, reversal.reason),
+            (in_flight, ReversalReason::OriginatorCancel.value())
+        );
+        assert_eq!(linked_reply_code(&out), ReplyCode::Approved);
+        out.clear();
+        // Its late approval is not forwarded; the timer finds nothing left to do.
+        exchange.handle_answer(at(6), id("WECHATPAY"), issuer_reply(in_flight, ReplyCode::Approved), &mut out);
+        exchange.handle_timers(at(1_001), &mut out);
+        assert!(!out.iter().any(|o| matches!(o.message, Message::PaymentReply(_))), "{out:?}");
+        out.clear();
+
+        // Approved: reversed; a second cancel has nothing more to do.
+        pay(&mut exchange, "T2", "134567890123452222", &mut out);
+        let approved = forwarded_reference(&out);
+        exchange.handle_answer(at(7), id("WECHATPAY"), issuer_reply(approved, ReplyCode::Approved), &mut out);
+        out.clear();
+        exchange.handle_request(at(8), ACQUIRER, cancel("T2"), &mut out);
+        assert!(out.iter().any(|o| o.session == WECHAT && matches!(o.message, Message::ReversalRequest(_))));
+        assert_eq!(linked_reply_code(&out), ReplyCode::Approved);
+        out.clear();
+        exchange.handle_request(at(9), ACQUIRER, cancel("T2"), &mut out);
+        assert_eq!(out.len(), 1, "only the acknowledgement: {out:?}");
+        assert_eq!(linked_reply_code(&out), ReplyCode::Approved);
+        out.clear();
+
+        // Unknown, or another originator's: nothing to cancel.
+        exchange.handle_request(at(10), ACQUIRER, cancel("NOPE"), &mut out);
+        assert_eq!(linked_reply_code(&out), ReplyCode::UnknownOriginal);
+        out.clear();
+        let mut foreign = linked("C-2", "T2", 3_800);
+        foreign.originator = id("ACQ0002");
+        exchange.handle_request(at(11), ACQUIRER, Message::ReversalRequest(foreign), &mut out);
+        assert!(matches!(
+            out.as_slice(),
+            [Outbound { message: Message::ReversalReply(reply), .. }] if reply.code == ReplyCode::UnknownOriginal.value()
+        ));
     }
 }
