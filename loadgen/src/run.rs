@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use codec::field::FieldText;
 use codec::{InstitutionId, Message, MessageRef, PaymentCode, ReplyCode, TransactionId};
 use hdrhistogram::Histogram;
@@ -26,9 +26,6 @@ pub const REQUESTS_MAX: u64 = 50_000_000;
 /// than the switch is what limits the run. (Smaller lags are measured, not hidden: latency
 /// runs from the intended send time.)
 pub const LATE_SEND_THRESHOLD: Duration = Duration::from_millis(10);
-/// Waits longer than this sleep on the timer (about 1 ms granular); shorter ones yield
-/// until due, so sends leave on time rather than up to a timer tick late.
-const SLEEP_THRESHOLD: Duration = Duration::from_millis(2);
 /// Not yet sent / already answered markers in the intended-send table.
 const SLOT_EMPTY: u64 = u64::MAX;
 
@@ -160,28 +157,28 @@ pub async fn run_open_loop(client: Client, config: &RunConfig) -> anyhow::Result
     let mut requests = Requests::new(participant, session_id);
     let sender = tokio::spawn(async move {
         let mut late_sends = 0u64;
-        for sequence in 0..scheduled {
-            let due_ns = sequence * period_ns;
-            let due = start + Duration::from_nanos(due_ns);
-            let mut now = Instant::now();
-            while now < due {
-                // Never early: a reply before the intended send time would flatter.
-                writer.flush().await?;
-                if due - now > SLEEP_THRESHOLD {
-                    tokio::time::sleep_until((due - SLEEP_THRESHOLD / 2).into()).await;
-                } else {
-                    tokio::task::yield_now().await;
+        let mut sequence = 0u64;
+        while sequence < scheduled {
+            let elapsed_ns = start.elapsed().as_nanos() as u64;
+            // Everything due by now leaves in one write; never early, since a reply before
+            // the intended send time would flatter.
+            while sequence < scheduled && sequence * period_ns <= elapsed_ns {
+                let due_ns = sequence * period_ns;
+                if elapsed_ns - due_ns > LATE_SEND_THRESHOLD.as_nanos() as u64 {
+                    late_sends += 1;
                 }
-                now = Instant::now();
+                // Release: the reader must see the slot before it can see the reply.
+                sender_intended[sequence as usize].store(due_ns, Ordering::Release);
+                writer.queue(&requests.make(sequence)?)?;
+                sequence += 1;
             }
-            if now - due > LATE_SEND_THRESHOLD {
-                late_sends += 1;
+            writer.flush().await?;
+            if sequence < scheduled {
+                // tokio's timer ticks in milliseconds, so at high rates this sends about a
+                // millisecond's requests per write (and that wait counts in their latency).
+                tokio::time::sleep_until((start + Duration::from_nanos(sequence * period_ns)).into()).await;
             }
-            // Release: the reader must see the slot before it can see the reply.
-            sender_intended[sequence as usize].store(due_ns, Ordering::Release);
-            writer.queue(&requests.make(sequence)?)?;
         }
-        writer.flush().await?;
         anyhow::Ok((late_sends, start.elapsed(), writer))
     });
 
@@ -201,24 +198,30 @@ pub async fn run_open_loop(client: Client, config: &RunConfig) -> anyhow::Result
         if drain_deadline.is_some() && wait.is_zero() {
             break;
         }
-        let next = reader.next(reply_of);
-        let Ok(result) = tokio::time::timeout(wait.min(Duration::from_millis(50)), next).await else {
-            continue;
-        };
-        let Some((sequence, code)) = result? else {
-            continue;
-        };
-        let Some(sequence) = sequence.filter(|&s| s < scheduled) else {
-            bail!("a reply names a transaction this run never sent");
-        };
-        let due_ns = intended[sequence as usize].swap(SLOT_EMPTY, Ordering::Acquire);
-        if due_ns == SLOT_EMPTY {
-            bail!("transaction {sequence} was answered twice or before it was sent");
+        // Every reply one read brought in, under one timer.
+        let mut bad = None;
+        let batch = reader.read_batch(|message| {
+            let Some((sequence, code)) = reply_of(message) else { return };
+            let Some(sequence) = sequence.filter(|&s| s < scheduled) else {
+                bad.get_or_insert_with(|| anyhow::anyhow!("a reply names a transaction this run never sent"));
+                return;
+            };
+            let due_ns = intended[sequence as usize].swap(SLOT_EMPTY, Ordering::Acquire);
+            if due_ns == SLOT_EMPTY {
+                bad.get_or_insert_with(|| anyhow::anyhow!("transaction {sequence} was answered twice or before it was sent"));
+                return;
+            }
+            let elapsed_us = (start.elapsed().as_nanos() as u64).saturating_sub(due_ns) / 1_000;
+            latency_us.saturating_record(elapsed_us.max(1));
+            *replies_by_code.entry(code).or_insert(0) += 1;
+            answered += 1;
+        });
+        if let Ok(result) = tokio::time::timeout(wait.min(Duration::from_millis(50)), batch).await {
+            result?;
         }
-        let elapsed_us = (start.elapsed().as_nanos() as u64).saturating_sub(due_ns) / 1_000;
-        latency_us.saturating_record(elapsed_us.max(1));
-        *replies_by_code.entry(code).or_insert(0) += 1;
-        answered += 1;
+        if let Some(error) = bad {
+            return Err(error);
+        }
     }
     let (late_sends, send_elapsed, writer) = match outcome {
         Some(outcome) => outcome,

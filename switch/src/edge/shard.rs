@@ -36,7 +36,7 @@ use crate::status::{PUBLISH_INTERVAL_MS, Status};
 /// Events waiting in one shard's inbox, from every shard.
 pub const SHARD_INBOX: usize = 16_384;
 /// Messages waiting to be written to one connection.
-pub const OUTBOUND_QUEUE: usize = 4_096;
+pub const OUTBOUND_QUEUE: usize = 16_384;
 /// Events handled per batch before timers and delivery.
 const EVENT_BATCH_MAX: usize = 1_024;
 
@@ -152,7 +152,14 @@ pub async fn run_shard(
     // The admin summary: republished after a change, at most every PUBLISH_INTERVAL_MS.
     let (mut changed, mut next_publish_ms) = (false, 0u64);
     loop {
-        if inbox.queue.is_empty() {
+        if !inbox.queue.is_empty() {
+            // More is waiting, but this shard's connections must get to write what the last
+            // batch gave them (and to read): other shards can keep this inbox full forever.
+            tokio::task::yield_now().await;
+            if *stop.borrow() {
+                return;
+            }
+        } else {
             let publish = changed.then_some(next_publish_ms);
             let deadline = [exchange.next_deadline_ms(), publish]
                 .into_iter()

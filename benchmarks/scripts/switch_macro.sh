@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Macro scenarios for the switch on loopback: closed loop (512 in flight) and open loop
+# (fixed rates) for each data path and shard count, with the switch's CPU per transaction
+# and its resident memory. The load generator and the switch share this machine's cores.
+#
+# Usage: benchmarks/scripts/switch_macro.sh [seconds per run, default 10]
+# Prints one markdown table per scenario family. Loopback only, bounded in time.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+seconds=${1:-10}
+cargo build --quiet --release --bin switch --bin loadgen
+port=$((30000 + RANDOM % 20000))
+admin=$((port + 1))
+switch_pid=
+trap '[ -n "$switch_pid" ] && kill "$switch_pid" 2>/dev/null || true' EXIT
+
+start_switch() {
+  ./target/release/switch run --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" "$@" \
+    > target/bench-switch.log 2>&1 &
+  switch_pid=$!
+  for _ in $(seq 1 50); do
+    grep -q "switch running" target/bench-switch.log && return 0
+    sleep 0.1
+  done
+  echo "switch did not start:" >&2
+  cat target/bench-switch.log >&2
+  exit 1
+}
+
+stop_switch() {
+  kill -INT "$switch_pid"
+  wait "$switch_pid" || true
+  switch_pid=
+}
+
+rss_mib() { awk '/VmRSS/ { printf "%d", $2 / 1024 }' "/proc/$switch_pid/status"; }
+hwm_mib() { awk '/VmHWM/ { printf "%d", $2 / 1024 }' "/proc/$switch_pid/status"; }
+
+# One loadgen run; prints its output. A distinct acquirer per run keeps ids apart.
+loadgen() {
+  ./target/release/loadgen --switch "127.0.0.1:$port" --admin "127.0.0.1:$admin" "$@"
+}
+
+field() { sed -n "s/.*$1 \([0-9.]*\).*/\1/p" | head -1; }
+
+echo "commit $(git rev-parse --short HEAD), $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ), $seconds s per run"
+echo
+echo "### Closed loop, 512 in flight"
+echo
+echo "| io | shards | throughput /s | p50 us | p99 us | p99.9 us | switch CPU us/tx | switch RSS MiB |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+for io in tokio uring; do
+  for shards in 1 2; do
+    start_switch --io "$io" --shards "$shards"
+    # Warm-up: first touch of the presized tables, connection buffers.
+    loadgen --participant ACQ0002 --in-flight 512 --duration-s 3 > /dev/null
+    out=$(loadgen --in-flight 512 --duration-s "$seconds")
+    throughput=$(sed -n 's/.*s: \([0-9]*\)\/s$/\1/p' <<<"$out")
+    p50=$(field p50 <<<"$out"); p99=$(field p99 <<<"$out"); p999=$(field p99.9 <<<"$out")
+    cpu=$(sed -n 's/.*: \([0-9.]*\) us per transaction/\1/p' <<<"$out")
+    echo "| $io | $shards | $throughput | $p50 | $p99 | $p999 | $cpu | $(rss_mib) |"
+    stop_switch
+  done
+done
+
+echo
+echo "### Open loop (latency from each request's intended send time)"
+echo
+echo "| io | shards | offered /s | valid | p50 us | p99 us | p99.9 us | switch CPU us/tx | switch RSS MiB |"
+echo "|---|---:|---:|---|---:|---:|---:|---:|---:|"
+for io in tokio uring; do
+  start_switch --io "$io" --shards 2
+  loadgen --participant ACQ0002 --in-flight 512 --duration-s 3 > /dev/null
+  for rate in 100000 180000; do
+    out=$(loadgen --rate "$rate" --duration-s "$seconds" || true)
+    valid=$(grep -q "run valid" <<<"$out" && echo yes || echo NO)
+    p50=$(field p50 <<<"$out"); p99=$(field p99 <<<"$out"); p999=$(field p99.9 <<<"$out")
+    cpu=$(sed -n 's/.*: \([0-9.]*\) us per transaction/\1/p' <<<"$out")
+    echo "| $io | 2 | $rate | $valid | $p50 | $p99 | $p999 | $cpu | $(rss_mib) |"
+  done
+  stop_switch
+done
+
+echo
+echo "### Memory under overload (tokio, 2 shards): peak resident memory after each run"
+echo
+echo "| offered /s | valid | answered SystemBusy | switch peak RSS MiB |"
+echo "|---:|---|---:|---:|"
+start_switch --io tokio --shards 2
+for rate in 180000 360000; do
+  out=$(loadgen --rate "$rate" --duration-s "$seconds" || true)
+  valid=$(grep -q "run valid" <<<"$out" && echo yes || echo NO)
+  busy=$(sed -n 's/.*SystemBusy (103) \([0-9]*\);.*/\1/p' <<<"$out")
+  echo "| $rate | $valid | ${busy:-0} | $(hwm_mib) |"
+done
+stop_switch
