@@ -3,7 +3,7 @@
 //! echoes and sign-offs.
 //! With the acquirer side (`run`) it makes one command a two-sided flow through the switch.
 
-use codec::{AuthorizationCode, Echo, InstitutionId, Message, Reply, ReplyCode, SignOff};
+use codec::{AuthorizationCode, Echo, InstitutionId, LinkedRequest, Message, Reply, ReplyCode, SignOff};
 
 use crate::client::Client;
 
@@ -46,6 +46,22 @@ fn reply(participant: InstitutionId, request: &codec::TransactionDetails, code: 
     }
 }
 
+/// An approving answer to a reversal or refund.
+fn approve_linked(participant: InstitutionId, request: &LinkedRequest) -> Reply {
+    Reply {
+        originator: request.originator,
+        originator_transaction_id: request.originator_transaction_id,
+        switch_reference: request.switch_reference,
+        amount_minor: request.amount_minor,
+        reply_time_ms: request.transaction_time_ms,
+        currency: request.currency,
+        code: ReplyCode::Approved.value(),
+        reserved: [0; 4],
+        authorization_code: AuthorizationCode::EMPTY,
+        responder: participant,
+    }
+}
+
 /// Answers until the switch signs off or closes the connection.
 pub async fn run_issuer(client: Client, behaviour: IssuerBehaviour) -> anyhow::Result<IssuerReport> {
     let Client { participant, mut reader, mut writer, .. } = client;
@@ -78,33 +94,11 @@ pub async fn run_issuer(client: Client, behaviour: IssuerBehaviour) -> anyhow::R
             }
             Message::ReversalRequest(reversal) => {
                 report.reversals += 1;
-                (!behaviour.silent).then_some(Message::ReversalReply(Reply {
-                    originator: reversal.originator,
-                    originator_transaction_id: reversal.originator_transaction_id,
-                    switch_reference: reversal.switch_reference,
-                    amount_minor: reversal.amount_minor,
-                    reply_time_ms: reversal.transaction_time_ms,
-                    currency: reversal.currency,
-                    code: ReplyCode::Approved.value(),
-                    reserved: [0; 4],
-                    authorization_code: AuthorizationCode::EMPTY,
-                    responder: participant,
-                }))
+                (!behaviour.silent).then(|| Message::ReversalReply(approve_linked(participant, &reversal)))
             }
             Message::RefundRequest(refund) => {
                 report.refunds += 1;
-                (!behaviour.silent).then_some(Message::RefundReply(Reply {
-                    originator: refund.originator,
-                    originator_transaction_id: refund.originator_transaction_id,
-                    switch_reference: refund.switch_reference,
-                    amount_minor: refund.amount_minor,
-                    reply_time_ms: refund.transaction_time_ms,
-                    currency: refund.currency,
-                    code: ReplyCode::Approved.value(),
-                    reserved: [0; 4],
-                    authorization_code: AuthorizationCode::EMPTY,
-                    responder: participant,
-                }))
+                (!behaviour.silent).then(|| Message::RefundReply(approve_linked(participant, &refund)))
             }
             Message::EchoRequest(Echo { sequence, sent_time_ms }) => {
                 Some(Message::EchoReply(Echo { sequence, sent_time_ms }))

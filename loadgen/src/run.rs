@@ -208,7 +208,9 @@ pub async fn run_open_loop(client: Client, config: &RunConfig) -> anyhow::Result
             };
             let due_ns = intended[sequence as usize].swap(SLOT_EMPTY, Ordering::Acquire);
             if due_ns == SLOT_EMPTY {
-                bad.get_or_insert_with(|| anyhow::anyhow!("transaction {sequence} was answered twice or before it was sent"));
+                bad.get_or_insert_with(|| {
+                    anyhow::anyhow!("transaction {sequence} was answered twice or before it was sent")
+                });
                 return;
             }
             let elapsed_us = (start.elapsed().as_nanos() as u64).saturating_sub(due_ns) / 1_000;

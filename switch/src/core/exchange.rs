@@ -1612,14 +1612,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn refunds_link_to_the_approval_and_never_exceed_it() {
+    /// An exchange in which the acquirer's payment `id_text` (3800 CNY fen) was approved by
+    /// WeChat Pay; and its switch reference.
+    fn approved_payment(id_text: &str) -> (Exchange, u64) {
         let mut exchange = exchange();
         let mut out = Vec::new();
-        pay(&mut exchange, "T1", "134567890123451234", &mut out);
+        pay(&mut exchange, id_text, "134567890123451234", &mut out);
         let payment = forwarded_reference(&out);
         exchange.handle_answer(at(1), id("WECHATPAY"), issuer_reply(payment, ReplyCode::Approved), &mut out);
-        out.clear();
+        (exchange, payment)
+    }
+
+    #[test]
+    fn refunds_link_to_the_approval_and_never_exceed_it() {
+        let (mut exchange, payment) = approved_payment("T1");
+        let mut out = Vec::new();
 
         // Half of the 3800 back: routed to the issuer that approved, linked to the payment.
         let refund = |id_text: &str, amount| Message::RefundRequest(linked(id_text, "T1", amount));
@@ -1676,12 +1683,8 @@ mod tests {
 
     #[test]
     fn a_refund_that_times_out_is_reversed_and_frees_its_amount() {
-        let mut exchange = exchange();
+        let (mut exchange, _) = approved_payment("T1");
         let mut out = Vec::new();
-        pay(&mut exchange, "T1", "134567890123451234", &mut out);
-        let payment = forwarded_reference(&out);
-        exchange.handle_answer(at(1), id("WECHATPAY"), issuer_reply(payment, ReplyCode::Approved), &mut out);
-        out.clear();
         exchange.handle_request(at(10), ACQUIRER, Message::RefundRequest(linked("R1", "T1", 3_800)), &mut out);
         out.clear();
         exchange.handle_timers(at(1_010), &mut out);
