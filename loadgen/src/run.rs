@@ -128,6 +128,11 @@ impl Requests {
     }
 }
 
+/// The error for a run the switch ended by asking this session to sign off.
+fn signed_off(answered: u64, of: u64) -> anyhow::Error {
+    anyhow::anyhow!("the switch asked to sign off (it is shutting down): run ended after {answered} of {of} answered")
+}
+
 /// The run's sequence number in a reply's transaction id, and the reply's code.
 fn reply_of(message: MessageRef<'_>) -> Option<(Option<u64>, u16)> {
     match message {
@@ -201,6 +206,9 @@ pub async fn run_open_loop(client: Client, config: &RunConfig) -> anyhow::Result
         // Every reply one read brought in, under one timer.
         let mut bad = None;
         let batch = reader.read_batch(|message| {
+            if matches!(message, MessageRef::SignOffRequest(_)) {
+                bad.get_or_insert_with(|| signed_off(answered, scheduled));
+            }
             let Some((sequence, code)) = reply_of(message) else { return };
             let Some(sequence) = sequence.filter(|&s| s < scheduled) else {
                 bad.get_or_insert_with(|| anyhow::anyhow!("a reply names a transaction this run never sent"));
@@ -222,6 +230,10 @@ pub async fn run_open_loop(client: Client, config: &RunConfig) -> anyhow::Result
             result?;
         }
         if let Some(error) = bad {
+            // The sender stops with this task's end; its connection closes.
+            if let Some(sender) = sender {
+                sender.abort();
+            }
             return Err(error);
         }
     }
@@ -316,7 +328,9 @@ pub async fn run_closed_loop(
     while !outstanding.is_empty() {
         let now = Instant::now();
         let wait = if now < send_until { send_until - now + drain_timeout } else { drain_timeout };
+        let mut signing_off = false;
         let batch = reader.read_batch(|message| {
+            signing_off |= matches!(message, MessageRef::SignOffRequest(_));
             let Some((sequence, code)) = reply_of(message) else { return };
             let Some(sent_at) = sequence.and_then(|s| outstanding.remove(&s)) else {
                 bad.get_or_insert_with(|| anyhow::anyhow!("a reply names a request not outstanding"));
@@ -335,6 +349,10 @@ pub async fn run_closed_loop(
         }
         if let Some(error) = bad.take() {
             return Err(error);
+        }
+        if signing_off {
+            writer.send(&Message::SignOffReply(codec::SignOff { code: 0, reserved: [0; 6] })).await?;
+            return Err(signed_off(answered, sent));
         }
         if Instant::now() < send_until {
             let now = Instant::now();

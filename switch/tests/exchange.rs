@@ -396,3 +396,63 @@ async fn refunds_and_cancels_find_their_original_from_any_session() {
     }
     wechat_task.abort();
 }
+
+#[tokio::test]
+async fn a_late_approval_is_reversed_and_never_forwarded() {
+    let address = start(300).await;
+    let mut issuer = connect(address, "WECHATPAY").await;
+    let mut acquirer = connect(address, "ACQ0001").await;
+    acquirer.writer.send(&payment("13", 1)).await.expect("send");
+    let request = issuer
+        .reader
+        .next(|m| match m.to_message() {
+            Message::PaymentCodeRequest(request) => request,
+            other => panic!("expected the request, got {:?}", other.kind()),
+        })
+        .await
+        .expect("request");
+    // The originator hears Timeout at the deadline; the issuer gets the reversal.
+    let timed_out = next_reply(&mut acquirer).await;
+    assert_eq!(code(&timed_out), ReplyCode::Timeout);
+    let reversal = issuer
+        .reader
+        .next(|m| match m {
+            MessageRef::ReversalRequest(reversal) => reversal.original_switch_reference.to_native(),
+            other => panic!("expected a reversal, got {:?}", other.kind()),
+        })
+        .await
+        .expect("reversal");
+    assert_eq!(reversal, request.details.switch_reference);
+    // Then the issuer approves, too late.
+    let late = codec::Reply {
+        originator: request.details.originator,
+        originator_transaction_id: request.details.originator_transaction_id,
+        switch_reference: request.details.switch_reference,
+        amount_minor: request.details.amount_minor,
+        currency: request.details.currency,
+        code: ReplyCode::Approved.value(),
+        authorization_code: "A00001".parse().expect("valid"),
+        responder: id("WECHATPAY"),
+        ..codec::sample::payment_reply()
+    };
+    issuer.writer.send(&Message::PaymentReply(late)).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The next thing the acquirer hears is the answer to its query, not the approval; and
+    // the record says the payment was timed out (its reversal pending).
+    let query = codec::StatusQuery {
+        originator: id("ACQ0001"),
+        original_originator_transaction_id: timed_out.originator_transaction_id,
+        original_switch_reference: 0,
+        query_time_ms: 0,
+    };
+    acquirer.writer.send(&Message::StatusQuery(query)).await.expect("send");
+    let status = acquirer
+        .reader
+        .next(|m| match m.to_message() {
+            Message::StatusReply(status) => status,
+            other => panic!("expected the status reply first, got {:?}", other.kind()),
+        })
+        .await
+        .expect("status");
+    assert_eq!(status.status, codec::code::TransactionStatus::TimedOut.value());
+}

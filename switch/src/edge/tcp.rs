@@ -1,6 +1,7 @@
-//! The portable TCP edge (tokio): accepts connections, hands each to a shard, and drives
-//! one [`Session`] per connection on its shard's thread, reading many frames per read and
-//! writing every reply of a read (and every message its shard queued) in one write.
+//! The TCP edge: accepts connections, hands each to a shard, and drives one [`Session`]
+//! per connection on its shard's thread (over either data path, see `edge::transport`),
+//! reading many frames per read and writing every reply of a read (and every message its
+//! shard queued) in one write.
 //!
 //! Invariants:
 //! - A connection is owned by exactly one task on one shard; its decoder, encoder and
@@ -9,14 +10,13 @@
 //! - Every frame's reply is written before the connection is closed.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use codec::{FrameDecoder, FrameEncoder, InstitutionId, Message, ReplyCode};
-use std::pin::Pin;
-use std::rc::Rc;
-
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -231,57 +231,55 @@ impl ShardThread {
         mut accepted: mpsc::Receiver<(std::net::TcpStream, SocketAddr)>,
         drained: oneshot::Sender<()>,
     ) {
-        {
-            let shared = &self.shared;
-            let shard_loop = tokio::spawn(run_shard(
-                self.index,
-                exchange,
-                Arc::clone(&self.mesh),
-                Arc::clone(&shared.metrics),
-                Arc::clone(&shared.status),
-                shared.started,
-                self.stop.clone(),
-            ));
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                tokio::select! {
-                    // Reap finished connection tasks so the set stays as small as the live sessions.
-                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                    handed = accepted.recv() => {
-                        let Some((stream, peer)) = handed else { break };
-                        let stream = match stream.set_nodelay(true).and_then(|()| T::from_std(stream)) {
-                            Ok(stream) => stream,
-                            Err(error) => {
-                                tracing::debug!(%peer, %error, "connection unusable");
-                                continue;
-                            }
-                        };
-                        let connection = Connection {
-                            shared: Arc::clone(shared),
-                            mesh: Arc::clone(&self.mesh),
-                            home: self.index,
-                            draining: self.draining.clone(),
-                        };
-                        connections.spawn_local(async move {
-                            if let Err(error) = connection.serve(stream, peer).await {
-                                tracing::debug!(%peer, %error, "connection ended with an I/O error");
-                            }
-                        });
-                    }
+        let shared = &self.shared;
+        let shard_loop = tokio::spawn(run_shard(
+            self.index,
+            exchange,
+            Arc::clone(&self.mesh),
+            Arc::clone(&shared.metrics),
+            Arc::clone(&shared.status),
+            shared.started,
+            self.stop.clone(),
+        ));
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                // Reap finished connection tasks so the set stays as small as the live sessions.
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                handed = accepted.recv() => {
+                    let Some((stream, peer)) = handed else { break };
+                    let stream = match stream.set_nodelay(true).and_then(|()| T::from_std(stream)) {
+                        Ok(stream) => stream,
+                        Err(error) => {
+                            tracing::debug!(%peer, %error, "connection unusable");
+                            continue;
+                        }
+                    };
+                    let connection = Connection {
+                        shared: Arc::clone(shared),
+                        mesh: Arc::clone(&self.mesh),
+                        home: self.index,
+                        draining: self.draining.clone(),
+                    };
+                    connections.spawn_local(async move {
+                        if let Err(error) = connection.serve(stream, peer).await {
+                            tracing::debug!(%peer, %error, "connection ended with an I/O error");
+                        }
+                    });
                 }
             }
-            // Each session closes by its own drain deadline; this bound only guards against
-            // a task stuck in a write to a peer that stopped reading.
-            let bound = Duration::from_millis(shared.session.drain_timeout_ms) + Duration::from_secs(1);
-            if tokio::time::timeout(bound, async { while connections.join_next().await.is_some() {} }).await.is_err() {
-                tracing::warn!(sessions = connections.len(), "drain bound passed; closing the remaining connections");
-                connections.abort_all();
-                while connections.join_next().await.is_some() {}
-            }
-            let _ = drained.send(());
-            // The loop runs on until every shard has drained (`stop`).
-            let _ = shard_loop.await;
         }
+        // Each session closes by its own drain deadline; this bound only guards against
+        // a task stuck in a write to a peer that stopped reading.
+        let bound = Duration::from_millis(shared.session.drain_timeout_ms) + Duration::from_secs(1);
+        if tokio::time::timeout(bound, async { while connections.join_next().await.is_some() {} }).await.is_err() {
+            tracing::warn!(sessions = connections.len(), "drain bound passed; closing the remaining connections");
+            connections.abort_all();
+            while connections.join_next().await.is_some() {}
+        }
+        let _ = drained.send(());
+        // The loop runs on until every shard has drained (`stop`).
+        let _ = shard_loop.await;
     }
 }
 
