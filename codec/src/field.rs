@@ -353,6 +353,12 @@ macro_rules! text_field {
             pub fn as_bytes(&self) -> &[u8; $size] {
                 &self.0
             }
+
+            /// The field from stored bytes (text, then zero padding), checked as a field on
+            /// the wire is (charset, padding; empty only where the field may be).
+            pub fn from_bytes(bytes: [u8; $size]) -> Result<Self, FieldProblem> {
+                check_text(&bytes, $charset, $mandatory).map(|_| Self(bytes))
+            }
         }
 
         impl Default for $name {

@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use crate::core::exchange::{ExchangeConfig, Routes};
 use crate::core::session::SessionConfig;
+use crate::journal::SyncPolicy;
 use crate::participant::{Participant, Role, SharedKey};
 
 #[derive(Debug, Clone)]
@@ -27,6 +28,10 @@ pub struct SwitchConfig {
     pub admin_listen: SocketAddr,
     /// Shards (event-loop threads); `None`: one per core.
     pub shards: Option<usize>,
+    /// Where the journal (and, next, clearing output) lives, relative to the working
+    /// directory unless absolute.
+    pub data_dir: PathBuf,
+    pub fsync: SyncPolicy,
     pub session: SessionConfig,
     pub exchange: ExchangeConfig,
     pub routes: Routes,
@@ -41,6 +46,8 @@ pub fn demo_key(id: &str) -> Vec<u8> {
 impl SwitchConfig {
     pub const LISTEN_DEFAULT: &'static str = "127.0.0.1:7400";
     pub const ADMIN_LISTEN_DEFAULT: &'static str = "127.0.0.1:7401";
+    /// The embedded default's data directory, in the working directory.
+    pub const DATA_DIR_DEFAULT: &'static str = "switch-data";
 
     /// The embedded default: demo participants on loopback.
     pub fn embedded_default() -> Self {
@@ -54,6 +61,8 @@ impl SwitchConfig {
             listen: Self::LISTEN_DEFAULT.parse().expect("valid address"),
             admin_listen: Self::ADMIN_LISTEN_DEFAULT.parse().expect("valid address"),
             shards: None,
+            data_dir: PathBuf::from(Self::DATA_DIR_DEFAULT),
+            fsync: SyncPolicy::Always,
             session: SessionConfig::default(),
             exchange: ExchangeConfig::default(),
             routes: Routes::embedded_default(),
@@ -95,6 +104,8 @@ struct FileConfig {
     session: FileSession,
     #[serde(default)]
     exchange: FileExchange,
+    #[serde(default)]
+    journal: FileJournal,
     #[serde(default, rename = "participant")]
     participants: Vec<FileParticipant>,
     /// Payment-code prefixes to issuers; the built-in table when absent.
@@ -163,6 +174,21 @@ struct FileSwitch {
 
 fn admin_listen_default() -> SocketAddr {
     SwitchConfig::ADMIN_LISTEN_DEFAULT.parse().expect("valid address")
+}
+
+/// The journal; both keys may be left out.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileJournal {
+    /// Relative to the configuration file's directory unless absolute.
+    data_dir: PathBuf,
+    fsync: String,
+}
+
+impl Default for FileJournal {
+    fn default() -> Self {
+        Self { data_dir: PathBuf::from(SwitchConfig::DATA_DIR_DEFAULT), fsync: "always".into() }
+    }
 }
 
 /// Each timer may be left out, keeping its default.
@@ -349,6 +375,8 @@ impl SwitchConfig {
         if file.switch.shards.is_some_and(|shards| !(1..=crate::core::shard::SHARDS_MAX).contains(&shards)) {
             return Err(invalid("switch.shards".into(), format!("must be 1..={}", crate::core::shard::SHARDS_MAX)));
         }
+        let fsync: SyncPolicy =
+            file.journal.fsync.parse().map_err(|problem| invalid("journal.fsync".into(), problem))?;
         let exchange = &file.exchange;
         if !(100..=600_000).contains(&exchange.reply_deadline_ms) {
             return Err(invalid("exchange.reply_deadline_ms".into(), "must be 100..=600000".into()));
@@ -436,6 +464,8 @@ impl SwitchConfig {
             listen: file.switch.listen,
             admin_listen: file.switch.admin_listen,
             shards: file.switch.shards,
+            data_dir: path.parent().unwrap_or(Path::new(".")).join(&file.journal.data_dir),
+            fsync,
             session: SessionConfig {
                 switch_id: file.switch.id,
                 sign_on_timeout_ms: session.sign_on_timeout_ms,

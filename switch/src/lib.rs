@@ -6,12 +6,14 @@
 //! - [`config`]: configuration and the embedded default.
 //! - [`metrics`]: counters and histograms for `/metrics`.
 //! - [`status`]: participant and link state for the admin port.
+//! - [`journal`]: the per-shard journal: segments, group commit, recovery.
 //! - [`inspect`]: `switch inspect`, the integrator's decoder for QR, ISO 8583 and frames.
 
 pub mod config;
 pub mod core;
 pub mod edge;
 pub mod inspect;
+pub mod journal;
 pub mod metrics;
 pub mod participant;
 pub mod status;

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use switch::config::SwitchConfig;
 use switch::edge::tcp::{Shared, serve};
 use switch::edge::transport::Io;
+use switch::journal::{Damage, JournalSettings, SyncPolicy};
 use switch::participant::Directory;
 
 #[global_allocator]
@@ -44,6 +45,18 @@ enum Command {
         /// with a warning, where the kernel refuses it).
         #[arg(long, value_enum, default_value_t = Io::Tokio)]
         io: Io,
+        /// Where the journal is kept (overrides the file's journal.data_dir; the embedded
+        /// default uses ./switch-data).
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+        /// When the journal is synced: always (before any reply leaves), interval:MICROS,
+        /// or never (overrides the file's journal.fsync). See ARCHITECTURE.md for the risks.
+        #[arg(long)]
+        fsync: Option<SyncPolicy>,
+        /// Start even if the journal has damaged records followed by valid ones, cutting it
+        /// at the damage (the records after it are lost; later segments are kept aside).
+        #[arg(long)]
+        accept_journal_damage: bool,
     },
 }
 
@@ -99,7 +112,7 @@ fn main_inner() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config, listen, admin_listen, shards, io } => {
+        Command::Run { config, listen, admin_listen, shards, io, data_dir, fsync, accept_journal_damage } => {
             let mut config = match config {
                 Some(path) => SwitchConfig::from_file(&path)?,
                 None => SwitchConfig::embedded_default(),
@@ -113,13 +126,20 @@ fn main_inner() -> anyhow::Result<()> {
             if let Some(shards) = shards {
                 config.shards = Some(usize::from(shards));
             }
-            run(config, io)
+            if let Some(data_dir) = data_dir {
+                config.data_dir = data_dir;
+            }
+            if let Some(fsync) = fsync {
+                config.fsync = fsync;
+            }
+            let damage = if accept_journal_damage { Damage::Truncate } else { Damage::Refuse };
+            run(config, io, damage)
         }
         Command::Inspect(command) => inspect(command),
     }
 }
 
-fn run(config: SwitchConfig, io: Io) -> anyhow::Result<()> {
+fn run(config: SwitchConfig, io: Io, damage: Damage) -> anyhow::Result<()> {
     // One core per shard by default; the shards run on their own threads, this runtime only
     // accepts connections, serves the admin port and waits for the signal.
     let shards = config.shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
@@ -135,7 +155,8 @@ fn run(config: SwitchConfig, io: Io) -> anyhow::Result<()> {
             Shared::new(config.session.clone(), Directory::new(config.participants.clone()))
                 .with_exchange(config.exchange.clone(), config.routes.clone())
                 .with_shards(shards)
-                .with_io(io),
+                .with_io(io)
+                .with_journal(JournalSettings { data_dir: config.data_dir.clone(), policy: config.fsync, damage }),
         );
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin_task = tokio::spawn(switch::edge::admin::serve_admin(admin, Arc::clone(&shared), async {
@@ -150,7 +171,7 @@ fn run(config: SwitchConfig, io: Io) -> anyhow::Result<()> {
             switch_id = %config.session.switch_id,
             "switch running; Ctrl-C stops it"
         );
-        serve(listener, shared, async {
+        let served = serve(listener, shared, async {
             // If the signal handler cannot be installed, run until killed.
             if tokio::signal::ctrl_c().await.is_err() {
                 std::future::pending::<()>().await;
@@ -160,6 +181,7 @@ fn run(config: SwitchConfig, io: Io) -> anyhow::Result<()> {
         // The admin port answers (readyz 503) through the drain, and stops after it.
         let _ = admin_stop.send(());
         let _ = admin_task.await;
+        served.with_context(|| format!("journal in {}", config.data_dir.display()))?;
         tracing::info!("switch stopped");
         Ok(())
     })

@@ -96,7 +96,7 @@ async fn liveness_readiness_and_metrics() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(get(admin_address, "/readyz").await, (503, "draining\n".into()));
     assert_eq!(get(admin_address, "/livez").await.0, 200);
-    tokio::time::timeout(Duration::from_secs(5), served).await.expect("drained").expect("serve");
+    tokio::time::timeout(Duration::from_secs(5), served).await.expect("drained").expect("serve").expect("no journal");
     let (_, metrics) = get(admin_address, "/metrics").await;
     assert!(metrics.contains("switch_connections_open 0"), "{metrics}");
     assert!(metrics.contains("switch_sessions_signed_on 0"), "{metrics}");

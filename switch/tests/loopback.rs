@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 struct Running {
     address: SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
-    served: tokio::task::JoinHandle<()>,
+    served: tokio::task::JoinHandle<Result<(), switch::journal::JournalError>>,
 }
 
 async fn start_switch_with(drain_timeout_ms: u64) -> Running {
@@ -155,7 +155,11 @@ async fn shutdown_signs_off_sessions_and_waits_for_their_answer() {
     client.writer.send(&Message::SignOffReply(reply)).await.expect("send");
     assert!(client.reader.next(|_| ()).await.is_err(), "the switch closes after the sign-off reply");
     // The drain ended on the answer, long before its 5 s deadline.
-    tokio::time::timeout(Duration::from_secs(2), running.served).await.expect("drained promptly").expect("serve");
+    tokio::time::timeout(Duration::from_secs(2), running.served)
+        .await
+        .expect("drained promptly")
+        .expect("serve")
+        .expect("no journal");
 }
 
 #[tokio::test]
@@ -164,7 +168,11 @@ async fn a_silent_session_is_closed_at_the_drain_deadline() {
     let mut client = Client::connect(running.address, id("ACQ0001"), 1, &demo_key("ACQ0001")).await.expect("sign on");
     let started = std::time::Instant::now();
     running.stop.send(()).expect("switch running");
-    tokio::time::timeout(Duration::from_secs(3), running.served).await.expect("drain bounded").expect("serve");
+    tokio::time::timeout(Duration::from_secs(3), running.served)
+        .await
+        .expect("drain bounded")
+        .expect("serve")
+        .expect("no journal");
     assert!(started.elapsed() >= Duration::from_millis(300), "waited for the deadline");
     // The sign-off was sent, then the connection closed.
     assert!(client.reader.next(|m| matches!(m, MessageRef::SignOffRequest(_))).await.expect("sign-off"));

@@ -36,6 +36,7 @@ use codec::{
     SwitchReference, TransactionId,
 };
 
+use crate::core::record::Record;
 use crate::core::session::Now;
 use crate::core::timers::Timers;
 
@@ -400,6 +401,8 @@ pub struct Exchange {
     completed: VecDeque<u64>,
     timers: Timers<Timer>,
     reversals: FastMap<u64, PendingReversal>,
+    /// Decisions not yet handed to the journal, in the order they were made.
+    records: Vec<Record>,
 }
 
 impl Exchange {
@@ -426,6 +429,7 @@ impl Exchange {
             completed: VecDeque::with_capacity(config.completed_max.saturating_add(1)),
             timers: Timers::default(),
             reversals: FastMap::default(),
+            records: Vec::new(),
             config,
         }
     }
@@ -565,6 +569,7 @@ impl Exchange {
                 if let Some(transaction) = self.transactions.get_mut(&reference) {
                     transaction.payment_code = Some(code);
                 }
+                self.record_admitted(reference, now);
                 request.details.switch_reference = reference;
                 self.forward(receiver, Message::PaymentCodeRequest(request), out);
             }
@@ -626,6 +631,7 @@ impl Exchange {
                 if let Some(reference) =
                     self.admit(now, session, originator, id, receiver, amount, currency, Kind::Payment, out)
                 {
+                    self.record_admitted(reference, now);
                     request.details.switch_reference = reference;
                     self.forward(receiver, Message::QrPaymentRequest(request), out);
                 }
@@ -685,6 +691,7 @@ impl Exchange {
         if let Some(payment) = self.transactions.get_mut(&original) {
             payment.refund_pending_minor += amount;
         }
+        self.record_admitted(reference, now);
         request.switch_reference = reference;
         request.original_switch_reference = original;
         request.original_originator_transaction_id = original_id;
@@ -867,10 +874,8 @@ impl Exchange {
                 match self.reversals.get(&reference) {
                     Some(pending) if pending.receiver != sender => AnswerOutcome::WrongSender,
                     Some(_) => {
-                        let pending = self.reversals.remove(&reference).expect("present");
-                        if let Some(transaction) = self.transactions.get_mut(&pending.original) {
-                            transaction.state = State::Reversed;
-                        }
+                        self.records.push(Record::ReversalAcknowledged { reversal: reference, time_ms: now.unix_ms });
+                        self.acknowledge_reversal(reference);
                         AnswerOutcome::ReversalAcknowledged
                     }
                     None => AnswerOutcome::Unmatched,
@@ -906,6 +911,12 @@ impl Exchange {
                             },
                             responder: sender,
                         };
+                        self.records.push(Record::Answered {
+                            reference,
+                            time_ms: now.unix_ms,
+                            code: code.value(),
+                            authorization_code: answer.authorization_code,
+                        });
                         let originator_session = transaction.originator_session;
                         let (originator, receiver, kind) =
                             (transaction.originator, transaction.receiver, transaction.kind);
@@ -972,6 +983,7 @@ impl Exchange {
         let Some(transaction) = self.transactions.get_mut(&reference) else { return };
         transaction.state = State::TimedOut;
         let transaction = transaction.clone();
+        self.records.push(Record::TimedOut { reference, time_ms: now.unix_ms });
         self.leave_flight(transaction.originator, transaction.receiver);
         if let Kind::Refund { original } = transaction.kind {
             // An unknown outcome, reversed: the refund did not happen.
@@ -1003,7 +1015,35 @@ impl Exchange {
     /// Starts the reversal of `reference` at its receiver: sent now if it is signed on,
     /// and again every `reversal_retry_ms` and on its every sign-on, until acknowledged.
     fn reverse(&mut self, now: Now, reference: u64, reason: ReversalReason, out: &mut Vec<Outbound>) {
-        let Some(transaction) = self.transactions.get_mut(&reference) else { return };
+        if !self.transactions.contains_key(&reference) {
+            return;
+        }
+        let reversal = self.next_reference();
+        self.records.push(Record::ReversalStarted {
+            reversal,
+            original: reference,
+            reason: reason.value(),
+            time_ms: now.unix_ms,
+        });
+        let Some((receiver, message)) = self.start_reversal(reference, reversal, reason.value(), now.unix_ms) else {
+            return;
+        };
+        if let Some(session) = self.session_of(receiver) {
+            out.push(Outbound { session, message });
+        }
+        self.timers.add(now.monotonic_ms, self.config.reversal_retry_ms, Timer::ReversalRetry(reversal));
+    }
+
+    /// Marks `reference` reversed-pending and stores reversal `reversal` for it (live, and
+    /// in replay); returns its receiver and the message.
+    fn start_reversal(
+        &mut self,
+        reference: u64,
+        reversal: u64,
+        reason: u16,
+        time_ms: i64,
+    ) -> Option<(InstitutionId, Message)> {
+        let transaction = self.transactions.get_mut(&reference)?;
         let was_approved = transaction.state == State::Approved;
         transaction.state = State::TimedOut;
         let transaction = transaction.clone();
@@ -1013,25 +1053,155 @@ impl Exchange {
             // An approved refund undone: its amount is refundable again.
             payment.refunded_minor = payment.refunded_minor.saturating_sub(transaction.amount_minor);
         }
-        let reversal = self.next_reference();
         let message = Message::ReversalRequest(LinkedRequest {
             originator: self.config.switch_id,
             originator_transaction_id: TransactionId::new(&format!("REV{reversal:016X}")).expect("valid id"),
             switch_reference: reversal,
             original_switch_reference: reference,
             amount_minor: transaction.amount_minor,
-            transaction_time_ms: now.unix_ms,
+            transaction_time_ms: time_ms,
             currency: transaction.currency,
-            reason: reason.value(),
+            reason,
             reserved: [0; 4],
             original_originator_transaction_id: transaction.originator_transaction_id,
         });
-        if let Some(session) = self.session_of(transaction.receiver) {
-            out.push(Outbound { session, message: message.clone() });
+        self.reversals.insert(
+            reversal,
+            PendingReversal { original: reference, receiver: transaction.receiver, message: message.clone() },
+        );
+        Some((transaction.receiver, message))
+    }
+
+    fn acknowledge_reversal(&mut self, reversal: u64) {
+        if let Some(pending) = self.reversals.remove(&reversal)
+            && let Some(transaction) = self.transactions.get_mut(&pending.original)
+        {
+            transaction.state = State::Reversed;
         }
-        self.reversals
-            .insert(reversal, PendingReversal { original: reference, receiver: transaction.receiver, message });
-        self.timers.add(now.monotonic_ms, self.config.reversal_retry_ms, Timer::ReversalRetry(reversal));
+    }
+
+    fn record_admitted(&mut self, reference: u64, now: Now) {
+        let Some(t) = self.transactions.get(&reference) else { return };
+        self.records.push(Record::Admitted {
+            reference,
+            time_ms: now.unix_ms,
+            originator: t.originator,
+            receiver: t.receiver,
+            id: t.originator_transaction_id,
+            amount_minor: t.amount_minor,
+            currency: t.currency,
+            refund_of: match t.kind {
+                Kind::Payment => 0,
+                Kind::Refund { original } => original,
+            },
+            payment_code: t.payment_code,
+        });
+    }
+
+    /// Moves the decisions made since the last call into `into`, oldest first: what the
+    /// journal must make durable before anything this exchange sent may leave.
+    pub fn take_records(&mut self, into: &mut Vec<Record>) {
+        into.append(&mut self.records);
+    }
+
+    /// Rebuilds state from one journal record (recovery: records in journal order, on a
+    /// fresh exchange, before any session is up). Emits nothing.
+    pub fn replay(&mut self, record: &Record) {
+        match *record {
+            Record::Admitted {
+                reference,
+                originator,
+                receiver,
+                id,
+                amount_minor,
+                currency,
+                refund_of,
+                payment_code,
+                ..
+            } => {
+                self.sequence = self.sequence.max(SwitchReference(reference).sequence());
+                let kind = if refund_of == 0 { Kind::Payment } else { Kind::Refund { original: refund_of } };
+                self.transactions.insert(
+                    reference,
+                    Transaction {
+                        originator,
+                        originator_session: 0,
+                        originator_transaction_id: id,
+                        receiver,
+                        amount_minor,
+                        currency,
+                        state: State::InFlight { deadline_ms: 0 },
+                        payment_code,
+                        kind,
+                        refunded_minor: 0,
+                        refund_pending_minor: 0,
+                    },
+                );
+                self.in_flight += 1;
+                *self.originating.entry(originator).or_default() += 1;
+                *self.receiving.entry(receiver).or_default() += 1;
+                self.by_originator.insert((originator, id), reference);
+                if let Some(code) = payment_code {
+                    self.used_codes.claim(code);
+                }
+                if let Kind::Refund { original } = kind
+                    && let Some(payment) = self.transactions.get_mut(&original)
+                {
+                    payment.refund_pending_minor += amount_minor;
+                }
+            }
+            Record::Answered { reference, code, .. } => {
+                let Some(t) = self.transactions.get_mut(&reference) else { return };
+                if !matches!(t.state, State::InFlight { .. }) {
+                    return;
+                }
+                let code = ReplyCode::try_from(code).unwrap_or(ReplyCode::DoNotHonour);
+                t.state = if code.is_approved() { State::Approved } else { State::Declined(code) };
+                let (originator, receiver, kind, amount) = (t.originator, t.receiver, t.kind, t.amount_minor);
+                self.leave_flight(originator, receiver);
+                if let Kind::Refund { original } = kind {
+                    self.settle_refund(original, amount, code.is_approved());
+                }
+                self.remember_completed(reference);
+            }
+            Record::TimedOut { reference, .. } => {
+                let Some(t) = self.transactions.get_mut(&reference) else { return };
+                if !matches!(t.state, State::InFlight { .. }) {
+                    return;
+                }
+                t.state = State::TimedOut;
+                let (originator, receiver, kind, amount) = (t.originator, t.receiver, t.kind, t.amount_minor);
+                self.leave_flight(originator, receiver);
+                if let Kind::Refund { original } = kind {
+                    self.settle_refund(original, amount, false);
+                }
+                self.remember_completed(reference);
+            }
+            Record::ReversalStarted { reversal, original, reason, time_ms } => {
+                self.sequence = self.sequence.max(SwitchReference(reversal).sequence());
+                if self.start_reversal(original, reversal, reason, time_ms).is_some() {
+                    // Sent when its receiver signs on, and retried from then on.
+                    self.timers.add(0, self.config.reversal_retry_ms, Timer::ReversalRetry(reversal));
+                }
+            }
+            Record::ReversalAcknowledged { reversal, .. } => self.acknowledge_reversal(reversal),
+        }
+    }
+
+    /// Ends recovery: what was in flight when the switch stopped has an unknown outcome at
+    /// its receiver and an originator that never heard: it is timed out and reversed (new
+    /// records, for the journal).
+    pub fn finish_recovery(&mut self, now: Now, out: &mut Vec<Outbound>) {
+        let mut in_flight: Vec<u64> = self
+            .transactions
+            .iter()
+            .filter(|(_, t)| matches!(t.state, State::InFlight { .. }))
+            .map(|(&reference, _)| reference)
+            .collect();
+        in_flight.sort_unstable();
+        for reference in in_flight {
+            self.abandon(now, reference, ReversalReason::Timeout, out);
+        }
     }
 
     fn remember_completed(&mut self, reference: u64) {
@@ -1757,5 +1927,76 @@ mod tests {
             out.as_slice(),
             [Outbound { message: Message::ReversalReply(reply), .. }] if reply.code == ReplyCode::UnknownOriginal.value()
         ));
+    }
+
+    #[test]
+    fn replaying_the_records_rebuilds_the_state_and_recovery_reverses_what_was_in_flight() {
+        let (mut live, _) = approved_payment("T1");
+        let mut out = Vec::new();
+        // A refund approved, a payment declined, one timed out and reversed, one in flight.
+        live.handle_request(at(2), ACQUIRER, Message::RefundRequest(linked("R1", "T1", 800)), &mut out);
+        let refund = match out.last().map(|o| &o.message) {
+            Some(Message::RefundRequest(r)) => r.switch_reference,
+            other => panic!("expected a forwarded refund: {other:?}"),
+        };
+        let approve = Reply { switch_reference: refund, code: 0, ..codec::sample::payment_reply() };
+        live.handle_answer(at(3), id("WECHATPAY"), Message::RefundReply(approve), &mut out);
+        pay(&mut live, "T2", "134567890123452222", &mut out);
+        let declined = forwarded_reference(&out);
+        live.handle_answer(at(4), id("WECHATPAY"), issuer_reply(declined, ReplyCode::InsufficientFunds), &mut out);
+        pay(&mut live, "T3", "134567890123453333", &mut out);
+        live.handle_timers(at(1_100), &mut out);
+        live.handle_request(
+            at(1_200),
+            ACQUIRER,
+            Message::PaymentCodeRequest(payment("T4", "134567890123454444")),
+            &mut out,
+        );
+        let mut records = Vec::new();
+        live.take_records(&mut records);
+        assert!(records.len() >= 9, "{records:?}");
+
+        let mut recovered = Exchange::new(
+            ExchangeConfig { reply_deadline_ms: 1_000, reversal_retry_ms: 500, ..ExchangeConfig::default() },
+            Routes::embedded_default(),
+        );
+        for record in &records {
+            recovered.replay(record);
+        }
+        for id_text in ["T1", "T2", "T3", "T4"] {
+            assert_eq!(status_of(&mut recovered, id_text), status_of(&mut live, id_text), "{id_text}");
+        }
+        assert_eq!(status_of(&mut recovered, "T1"), TransactionStatus::Refunded);
+        assert_eq!(recovered.reversals.len(), live.reversals.len());
+        assert_eq!(recovered.used_codes.len(), live.used_codes.len());
+        assert!(recovered.next_reference() > live.next_reference() - 1, "references continue past the journal");
+
+        // What was in flight (T4) is timed out and reversed, with records for the journal.
+        let mut out = Vec::new();
+        recovered.finish_recovery(at(0), &mut out);
+        assert_eq!(status_of(&mut recovered, "T4"), TransactionStatus::TimedOut);
+        let mut new_records = Vec::new();
+        recovered.take_records(&mut new_records);
+        assert!(
+            matches!(
+                new_records.as_slice(),
+                [Record::TimedOut { .. }, Record::ReversalStarted { reason, .. }] if *reason == ReversalReason::Timeout.value()
+            ),
+            "{new_records:?}"
+        );
+        // Its reversal, and T3's, go to WeChat Pay when it signs on.
+        recovered.session_up(id("WECHATPAY"), 7, &mut out);
+        assert_eq!(
+            out.iter().filter(|o| o.session == 7 && matches!(o.message, Message::ReversalRequest(_))).count(),
+            2
+        );
+        // A resent request is still a duplicate, and its code still spent.
+        out.clear();
+        recovered.session_up(id("ACQ0001"), ACQUIRER, &mut out);
+        pay(&mut recovered, "T1", "134567890123459999", &mut out);
+        assert_eq!(reply_code(&out, ACQUIRER).0, ReplyCode::Duplicate);
+        out.clear();
+        pay(&mut recovered, "T9", "134567890123452222", &mut out);
+        assert_eq!(reply_code(&out, ACQUIRER).0, ReplyCode::Duplicate);
     }
 }

@@ -2,6 +2,7 @@
 //! returns actions. No sockets, no clocks, no threads; the edge drives it.
 
 pub mod exchange;
+pub mod record;
 pub mod session;
 pub mod shard;
 pub mod timers;

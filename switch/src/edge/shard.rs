@@ -29,7 +29,9 @@ use crossbeam_queue::ArrayQueue;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::core::exchange::{Exchange, Outbound, SessionId};
+use crate::core::record::Record;
 use crate::core::shard::{SHARDS_MAX, owner};
+use crate::journal::{EXIT_JOURNAL_FAILED, Journal};
 use crate::metrics::Metrics;
 use crate::status::{PUBLISH_INTERVAL_MS, Status};
 
@@ -134,17 +136,27 @@ enum Route {
     Remote { home: usize },
 }
 
-/// Runs shard `index`'s loop until `stop` turns true.
-pub async fn run_shard(
-    index: usize,
-    mut exchange: Exchange,
-    mesh: std::sync::Arc<Mesh>,
-    metrics: std::sync::Arc<Metrics>,
-    status: std::sync::Arc<Status>,
-    started: Instant,
-    mut stop: watch::Receiver<bool>,
-) {
+/// What one shard's loop owns and shares.
+#[derive(Debug)]
+pub struct ShardLoop {
+    pub index: usize,
+    pub exchange: Exchange,
+    /// The shard's journal (none: nothing is kept, as in most tests).
+    pub journal: Option<Journal>,
+    pub mesh: std::sync::Arc<Mesh>,
+    pub metrics: std::sync::Arc<Metrics>,
+    pub status: std::sync::Arc<Status>,
+    pub started: Instant,
+    pub stop: watch::Receiver<bool>,
+}
+
+/// Runs a shard's loop until `stop` turns true.
+pub async fn run_shard(parts: ShardLoop) {
+    let ShardLoop { index, mut exchange, mut journal, mesh, metrics, status, started, mut stop } = parts;
     let inbox = &mesh.inboxes[index];
+    // Records of the batch, and messages waiting for the sync that makes them durable.
+    let mut records: Vec<Record> = Vec::new();
+    let mut held: Vec<Outbound> = Vec::new();
     let mut routes: HashMap<SessionId, Route> = HashMap::new();
     let mut out: Vec<Outbound> = Vec::with_capacity(EVENT_BATCH_MAX);
     let mut undelivered: Vec<Outbound> = Vec::new();
@@ -152,7 +164,7 @@ pub async fn run_shard(
     // The admin summary: republished after a change, at most every PUBLISH_INTERVAL_MS.
     let (mut changed, mut next_publish_ms) = (false, 0u64);
     loop {
-        if !inbox.queue.is_empty() {
+        if !inbox.queue.is_empty() || !out.is_empty() {
             // More is waiting, but this shard's connections must get to write what the last
             // batch gave them (and to read): other shards can keep this inbox full forever.
             tokio::task::yield_now().await;
@@ -161,11 +173,15 @@ pub async fn run_shard(
             }
         } else {
             let publish = changed.then_some(next_publish_ms);
+            let sync_due = journal.as_ref().and_then(Journal::sync_due).filter(|_| !held.is_empty());
             let deadline = [exchange.next_deadline_ms(), publish]
                 .into_iter()
                 .flatten()
                 .min()
-                .map(|ms| started + Duration::from_millis(ms));
+                .map(|ms| started + Duration::from_millis(ms))
+                .into_iter()
+                .chain(sync_due)
+                .min();
             tokio::select! {
                 () = inbox.wake.notified() => {}
                 () = sleep_until(deadline) => {}
@@ -207,6 +223,26 @@ pub async fn run_shard(
             }
         }
         exchange.handle_timers(now, &mut out);
+        // Nothing leaves before the records of what produced it are durable (the policy's
+        // sense of durable); a switch that cannot write them stops rather than answer.
+        if let Some(journal) = journal.as_mut() {
+            exchange.take_records(&mut records);
+            let written = journal.append(&records).and_then(|()| journal.release(Instant::now()));
+            records.clear();
+            match written {
+                Ok(true) => {
+                    if !held.is_empty() {
+                        held.append(&mut out);
+                        std::mem::swap(&mut held, &mut out);
+                    }
+                }
+                Ok(false) => held.append(&mut out),
+                Err(error) => {
+                    tracing::error!(%error, shard = index, "journal write failed: stopping rather than answer what is not durable");
+                    std::process::exit(EXIT_JOURNAL_FAILED);
+                }
+            }
+        }
         for Outbound { session, message } in out.drain(..) {
             let undeliverable = match routes.get(&session) {
                 Some(Route::Home { .. }) => deliver_home(&mut routes, &mut exchange, session, message).err(),

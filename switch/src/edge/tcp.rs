@@ -23,8 +23,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::core::exchange::{Exchange, ExchangeConfig, Routes, SessionId, UsedCodes, switch_answer};
 use crate::core::session::{CloseReason, Control, Now, Session, SessionConfig};
 use crate::core::shard;
-use crate::edge::shard::{Event, Mesh, OUTBOUND_QUEUE, Touched, run_shard};
+use crate::edge::shard::{Event, Mesh, OUTBOUND_QUEUE, ShardLoop, Touched, run_shard};
 use crate::edge::transport::{Io, Transport};
+use crate::journal::{self, Journal, JournalError, JournalSettings};
 use crate::metrics::Metrics;
 use crate::participant::Directory;
 use crate::status::{Link, Status};
@@ -50,6 +51,8 @@ pub struct Shared {
     pub shards: usize,
     /// The shards' data path.
     pub io: Io,
+    /// The journal (none: decisions are kept in memory only, as in most tests).
+    pub journal: Option<JournalSettings>,
     /// Session ids, unique for this process. Relaxed: only uniqueness matters.
     next_session_id: AtomicU64,
 }
@@ -67,6 +70,7 @@ impl Shared {
             status: Arc::new(Status::default()),
             shards: 1,
             io: Io::Tokio,
+            journal: None,
             next_session_id: AtomicU64::new(1),
         }
     }
@@ -82,6 +86,12 @@ impl Shared {
     pub fn with_shards(mut self, shards: usize) -> Self {
         assert!((1..=shard::SHARDS_MAX).contains(&shards), "1 to {} shards", shard::SHARDS_MAX);
         self.shards = shards;
+        self
+    }
+
+    /// Keeps a journal as `settings` say (recovering from it at start).
+    pub fn with_journal(mut self, settings: JournalSettings) -> Self {
+        self.journal = Some(settings);
         self
     }
 
@@ -105,7 +115,14 @@ const HANDOFF_QUEUE: usize = 1_024;
 /// answered or reached its drain deadline (`SessionConfig::drain_timeout_ms`). The shard
 /// loops keep running until every shard's connections are gone, so answers crossing shards
 /// during the drain still find their transaction.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
+///
+/// With a journal, each shard's exchange is first rebuilt from it (`recover`); an error
+/// there (damage, a changed shard count, I/O) is returned before anything is accepted.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), JournalError> {
     tokio::pin!(shutdown);
     let shards = shared.shards;
     shared.metrics.set_shards(shards);
@@ -122,7 +139,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
         let (handoff, accepted) = mpsc::channel(HANDOFF_QUEUE);
         let (drained_tx, drained_rx) = oneshot::channel();
         let config = shared.exchange.for_shard(index, shards);
-        let exchange = Exchange::new(config, shared.routes.clone()).with_used_codes(used_codes.clone());
+        let mut exchange = Exchange::new(config, shared.routes.clone()).with_used_codes(used_codes.clone());
+        let journal = match &shared.journal {
+            Some(settings) => Some(recover(settings, index, shards, &mut exchange, shared.now())?),
+            None => None,
+        };
         let shard = ShardThread {
             index,
             shared: Arc::clone(&shared),
@@ -132,7 +153,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
         };
         let thread = std::thread::Builder::new()
             .name(format!("shard-{index}"))
-            .spawn(move || shard.run(exchange, accepted, drained_tx));
+            .spawn(move || shard.run(exchange, journal, accepted, drained_tx));
         match thread {
             Ok(thread) => threads.push(thread),
             Err(error) => {
@@ -185,6 +206,45 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
         // The thread has finished its work (its loop saw `stop`); joining only reaps it.
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
+    Ok(())
+}
+
+/// Opens shard `index`'s journal and rebuilds `exchange` from it. What was in flight when
+/// the switch stopped is timed out and reversed, and those decisions are made durable
+/// before the shard starts.
+fn recover(
+    settings: &JournalSettings,
+    index: usize,
+    shards: usize,
+    exchange: &mut Exchange,
+    now: Now,
+) -> Result<Journal, JournalError> {
+    journal::check_shards(&settings.data_dir, shards)?;
+    let dir = journal::shard_dir(&settings.data_dir, index);
+    let (mut journal, recovery) = Journal::open(&dir, settings.policy, settings.damage)?;
+    if let Some((path, offset, bytes)) = &recovery.torn_tail {
+        tracing::warn!(segment = %path.display(), offset, bytes, "journal: torn tail cut off (a write the crash interrupted)");
+    }
+    if let Some((path, offset, problem)) = &recovery.accepted_damage {
+        tracing::error!(segment = %path.display(), offset, %problem, "journal: DAMAGED records dropped at the operator's request");
+    }
+    for record in &recovery.records {
+        exchange.replay(record);
+    }
+    let mut out = Vec::new();
+    exchange.finish_recovery(now, &mut out);
+    let mut records = Vec::new();
+    exchange.take_records(&mut records);
+    let io = |source| JournalError::Io { path: dir.clone(), source };
+    journal.append(&records).map_err(io)?;
+    journal.sync().map_err(io)?;
+    tracing::info!(
+        shard = index,
+        records = recovery.records.len(),
+        timed_out = records.iter().filter(|r| matches!(r, crate::core::record::Record::TimedOut { .. })).count(),
+        "journal recovered"
+    );
+    Ok(journal)
 }
 
 /// What one shard's thread needs besides its exchange.
@@ -202,13 +262,14 @@ impl ShardThread {
     fn run(
         self,
         exchange: Exchange,
+        journal: Option<Journal>,
         accepted: mpsc::Receiver<(std::net::TcpStream, SocketAddr)>,
         drained: oneshot::Sender<()>,
     ) {
         match self.shared.io {
             Io::Uring => tokio_uring::start(async move {
                 let local = tokio::task::LocalSet::new();
-                local.run_until(self.serve::<tokio_uring::net::TcpStream>(exchange, accepted, drained)).await;
+                local.run_until(self.serve::<tokio_uring::net::TcpStream>(exchange, journal, accepted, drained)).await;
             }),
             Io::Tokio => {
                 let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -219,7 +280,7 @@ impl ShardThread {
                     }
                 };
                 let local = tokio::task::LocalSet::new();
-                local.block_on(&runtime, self.serve::<TcpStream>(exchange, accepted, drained));
+                local.block_on(&runtime, self.serve::<TcpStream>(exchange, journal, accepted, drained));
             }
         }
     }
@@ -228,19 +289,21 @@ impl ShardThread {
     async fn serve<T: Transport>(
         self,
         exchange: Exchange,
+        journal: Option<Journal>,
         mut accepted: mpsc::Receiver<(std::net::TcpStream, SocketAddr)>,
         drained: oneshot::Sender<()>,
     ) {
         let shared = &self.shared;
-        let shard_loop = tokio::spawn(run_shard(
-            self.index,
+        let shard_loop = tokio::spawn(run_shard(ShardLoop {
+            index: self.index,
             exchange,
-            Arc::clone(&self.mesh),
-            Arc::clone(&shared.metrics),
-            Arc::clone(&shared.status),
-            shared.started,
-            self.stop.clone(),
-        ));
+            journal,
+            mesh: Arc::clone(&self.mesh),
+            metrics: Arc::clone(&shared.metrics),
+            status: Arc::clone(&shared.status),
+            started: shared.started,
+            stop: self.stop.clone(),
+        }));
         let mut connections = tokio::task::JoinSet::new();
         loop {
             tokio::select! {

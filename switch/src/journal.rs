@@ -1,0 +1,500 @@
+//! The journal: one append-only log per shard, in segments, of the exchange's decisions
+//! (`core::record`). It is the ground truth: at start every segment is read and checked,
+//! and the shard's exchange is rebuilt from it.
+//!
+//! ```text
+//! DATA_DIR/journal/shards                       the shard count the journal was written with
+//! DATA_DIR/journal/shard-N/00000000000000000001.journal   segments, named by first sequence
+//! ```
+//!
+//! Invariants:
+//! - Sequences run from 1 without gaps across a shard's segments; every record carries a
+//!   CRC32C; a segment holds whole records only, except a torn tail.
+//! - Nothing the exchange sent leaves the switch before the records of the batch that
+//!   produced it are written, and, under `fsync = always`, synced (`SyncPolicy`).
+//! - Recovery never drops a committed record silently: a damaged record followed by a
+//!   valid later one is corruption and stops start-up, naming segment and offset. Only a
+//!   torn tail (nothing valid after the damage, in the last segment) is cut off, and that is
+//!   reported.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::core::record::{HEADER_SIZE, Record, RecordError};
+
+/// A segment is closed and a new one started past this size.
+pub const SEGMENT_SIZE_MAX: u64 = 64 * 1024 * 1024;
+/// Exit code of a switch stopped by a failed journal write or sync: it does not answer
+/// what it cannot make durable.
+pub const EXIT_JOURNAL_FAILED: i32 = 3;
+
+/// When the journal is synced to stable storage, and so what a crash can cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// Every batch of records is synced (`fdatasync`) before any message it produced leaves
+    /// the switch. A power cut loses nothing any participant was told. Group commit: one
+    /// sync covers every record of the batch.
+    Always,
+    /// Records are written at once, synced at most this often; the batches' messages wait
+    /// for the sync that covers them. Same guarantee as `Always`, fewer syncs, more latency.
+    Interval(Duration),
+    /// Records are written (to the kernel) before messages leave, never synced. A killed
+    /// switch loses nothing; a power cut or kernel crash loses what the kernel had not yet
+    /// written back, including outcomes participants were told.
+    Never,
+}
+
+impl std::str::FromStr for SyncPolicy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "always" => Ok(Self::Always),
+            "never" => Ok(Self::Never),
+            _ => match text.strip_prefix("interval:").map(str::parse::<u64>) {
+                Some(Ok(micros)) if (1..=1_000_000).contains(&micros) => {
+                    Ok(Self::Interval(Duration::from_micros(micros)))
+                }
+                _ => Err(format!("{text:?}: expected always, never or interval:MICROSECONDS (1 to 1000000)")),
+            },
+        }
+    }
+}
+
+/// What recovery does with damage inside committed records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Damage {
+    /// Stop start-up, naming segment and offset (the default).
+    Refuse,
+    /// The operator accepts the loss: cut the journal at the damage (later segments are
+    /// renamed `*.damaged`, not deleted) and start from what precedes it.
+    Truncate,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "{path}: damaged record at offset {offset} ({problem}) with valid records after it; \
+         refusing to start (run with --accept-journal-damage to cut the journal there)"
+    )]
+    Corrupt { path: PathBuf, offset: u64, problem: RecordError },
+    #[error("{path}: record at offset {offset} has sequence {found}, expected {expected}")]
+    Sequence { path: PathBuf, offset: u64, expected: u64, found: u64 },
+    #[error("{path}: written with {written} shards; run with --shards {written} or use another data directory")]
+    Shards { path: PathBuf, written: usize },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
+    move |source| JournalError::Io { path: path.to_path_buf(), source }
+}
+
+/// Where and how the switch keeps its journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalSettings {
+    pub data_dir: PathBuf,
+    pub policy: SyncPolicy,
+    pub damage: Damage,
+}
+
+/// What recovery found in one shard's journal.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    pub records: Vec<Record>,
+    /// A torn tail cut off: (segment, offset, bytes dropped).
+    pub torn_tail: Option<(PathBuf, u64, u64)>,
+    /// Damage the operator accepted: (segment, offset, problem).
+    pub accepted_damage: Option<(PathBuf, u64, RecordError)>,
+}
+
+/// One shard's journal, open for appending.
+#[derive(Debug)]
+pub struct Journal {
+    dir: PathBuf,
+    file: File,
+    path: PathBuf,
+    segment_size: u64,
+    next_sequence: u64,
+    buffer: Vec<u8>,
+    policy: SyncPolicy,
+    last_sync: Instant,
+    unsynced: bool,
+}
+
+/// Checks (or, for a new directory, records) the shard count a journal was written with:
+/// records of one transaction live in the shard its hash names, so the count cannot change.
+pub fn check_shards(data_dir: &Path, shards: usize) -> Result<(), JournalError> {
+    let dir = data_dir.join("journal");
+    fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+    let path = dir.join("shards");
+    match fs::read_to_string(&path) {
+        Ok(text) => match text.trim().parse::<usize>() {
+            Ok(written) if written == shards => Ok(()),
+            Ok(written) => Err(JournalError::Shards { path, written }),
+            Err(_) => Err(JournalError::Io { path, source: io::Error::other("not a shard count") }),
+        },
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            write_atomically(&path, format!("{shards}\n").as_bytes()).map_err(io_error(&path))
+        }
+        Err(source) => Err(JournalError::Io { path, source }),
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, synced: a reader sees
+/// the old file or the new one, never a part.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let temporary = path.with_extension("tmp");
+    let mut file = File::create(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&temporary, path)?;
+    if let Some(parent) = path.parent() {
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// A shard's journal directory.
+pub fn shard_dir(data_dir: &Path, shard: usize) -> PathBuf {
+    data_dir.join("journal").join(format!("shard-{shard}"))
+}
+
+/// The segments in `dir`, in sequence order.
+pub fn segments(dir: &Path) -> Result<Vec<PathBuf>, JournalError> {
+    let mut segments: Vec<PathBuf> = match fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.extension().is_some_and(|e| e == "journal"))
+            .collect(),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(source) => return Err(JournalError::Io { path: dir.to_path_buf(), source }),
+    };
+    // Names are zero-padded first sequences: text order is sequence order.
+    segments.sort();
+    Ok(segments)
+}
+
+/// A shard's journal as read, unchanged.
+#[derive(Debug, Default)]
+pub struct Contents {
+    pub records: Vec<Record>,
+    /// Where a torn tail starts, if there is one (recovery would cut it).
+    pub torn_tail: Option<(PathBuf, u64)>,
+}
+
+/// Reads every record of a shard's journal, checking it, without changing anything. For
+/// `switch journal verify` and `inspect`.
+pub fn read(dir: &Path) -> Result<Contents, JournalError> {
+    let segments = segments(dir)?;
+    let mut records = Vec::new();
+    let mut expected = 1u64;
+    for (index, path) in segments.iter().enumerate() {
+        let bytes = fs::read(path).map_err(io_error(path))?;
+        let last = index + 1 == segments.len();
+        if let Some((offset, problem)) = scan(path, &bytes, &mut expected, &mut records)? {
+            if last && !valid_after(&bytes, offset as usize, expected) {
+                return Ok(Contents { records, torn_tail: Some((path.clone(), offset)) });
+            }
+            return Err(JournalError::Corrupt { path: path.clone(), offset, problem });
+        }
+    }
+    Ok(Contents { records, torn_tail: None })
+}
+
+/// Reads records from `bytes` into `records` until the end or the first damaged record
+/// (returned with its offset). Sequence gaps are errors.
+fn scan(
+    path: &Path,
+    bytes: &[u8],
+    expected: &mut u64,
+    records: &mut Vec<Record>,
+) -> Result<Option<(u64, RecordError)>, JournalError> {
+    let mut offset = 0usize;
+    while offset < bytes.len() {
+        match Record::decode(&bytes[offset..]) {
+            Ok((record, sequence, size)) => {
+                if sequence != *expected {
+                    return Err(JournalError::Sequence {
+                        path: path.to_path_buf(),
+                        offset: offset as u64,
+                        expected: *expected,
+                        found: sequence,
+                    });
+                }
+                records.push(record);
+                *expected += 1;
+                offset += size;
+            }
+            Err(problem) => return Ok(Some((offset as u64, problem))),
+        }
+    }
+    Ok(None)
+}
+
+/// Whether a valid record with a sequence at or past `expected` starts anywhere after
+/// `offset` (records are 8-aligned): if so, the damage is not a torn tail.
+fn valid_after(bytes: &[u8], offset: usize, expected: u64) -> bool {
+    (offset + 8..bytes.len().saturating_sub(HEADER_SIZE - 1))
+        .step_by(8)
+        .any(|at| matches!(Record::decode(&bytes[at..]), Ok((_, sequence, _)) if sequence >= expected))
+}
+
+impl Journal {
+    /// Opens shard `dir`'s journal: reads and checks every segment, cuts a torn tail (and,
+    /// if the operator said so, accepted damage), and opens the last segment for appending.
+    pub fn open(dir: &Path, policy: SyncPolicy, damage: Damage) -> Result<(Self, Recovery), JournalError> {
+        fs::create_dir_all(dir).map_err(io_error(dir))?;
+        let segments = segments(dir)?;
+        let mut recovery = Recovery::default();
+        let mut expected = 1u64;
+        let mut keep = segments.len();
+        for (index, path) in segments.iter().enumerate() {
+            let bytes = fs::read(path).map_err(io_error(path))?;
+            let Some((offset, problem)) = scan(path, &bytes, &mut expected, &mut recovery.records)? else { continue };
+            let last = index + 1 == segments.len();
+            if last && !valid_after(&bytes, offset as usize, expected) {
+                recovery.torn_tail = Some((path.clone(), offset, bytes.len() as u64 - offset));
+            } else if damage == Damage::Truncate {
+                recovery.accepted_damage = Some((path.clone(), offset, problem));
+            } else {
+                return Err(JournalError::Corrupt { path: path.clone(), offset, problem });
+            }
+            truncate(path, offset)?;
+            keep = index + 1;
+            break;
+        }
+        for later in &segments[keep..] {
+            let renamed = later.with_extension("damaged");
+            fs::rename(later, &renamed).map_err(io_error(later))?;
+        }
+        let path = match segments[..keep].last() {
+            Some(path) => path.clone(),
+            None => dir.join(segment_name(expected)),
+        };
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_error(&path))?;
+        let segment_size = file.metadata().map_err(io_error(&path))?.len();
+        let journal = Self {
+            dir: dir.to_path_buf(),
+            file,
+            path,
+            segment_size,
+            next_sequence: expected,
+            buffer: Vec::with_capacity(1 << 20),
+            policy,
+            last_sync: Instant::now(),
+            unsynced: false,
+        };
+        Ok((journal, recovery))
+    }
+
+    pub fn policy(&self) -> SyncPolicy {
+        self.policy
+    }
+
+    /// Writes `records` (one write; a new segment first if this one is full).
+    pub fn append(&mut self, records: &[Record]) -> io::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        if self.segment_size >= SEGMENT_SIZE_MAX {
+            self.rotate()?;
+        }
+        self.buffer.clear();
+        for record in records {
+            record.encode(self.next_sequence, &mut self.buffer);
+            self.next_sequence += 1;
+        }
+        self.file.write_all(&self.buffer)?;
+        self.segment_size += self.buffer.len() as u64;
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// Whether written records wait for a sync.
+    pub fn unsynced(&self) -> bool {
+        self.unsynced
+    }
+
+    /// When the interval policy next syncs (`None`: nothing waits, or another policy).
+    pub fn sync_due(&self) -> Option<Instant> {
+        match self.policy {
+            SyncPolicy::Interval(interval) if self.unsynced => Some(self.last_sync + interval),
+            _ => None,
+        }
+    }
+
+    /// Syncs written records to stable storage.
+    pub fn sync(&mut self) -> io::Result<()> {
+        if self.unsynced {
+            self.file.sync_data()?;
+            self.unsynced = false;
+        }
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Whether the messages of everything written so far may leave now, syncing first if
+    /// the policy says it is time.
+    pub fn release(&mut self, now: Instant) -> io::Result<bool> {
+        match self.policy {
+            SyncPolicy::Never => Ok(true),
+            SyncPolicy::Always => self.sync().map(|()| true),
+            SyncPolicy::Interval(interval) => {
+                if !self.unsynced {
+                    Ok(true)
+                } else if now >= self.last_sync + interval {
+                    self.sync().map(|()| true)
+                } else {
+                    Ok(false)
+                }
+            }
+        }
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        self.file.sync_data()?;
+        let path = self.dir.join(segment_name(self.next_sequence));
+        self.file = OpenOptions::new().create(true).append(true).open(&path)?;
+        File::open(&self.dir)?.sync_all()?;
+        self.path = path;
+        self.segment_size = 0;
+        Ok(())
+    }
+}
+
+fn segment_name(first_sequence: u64) -> String {
+    format!("{first_sequence:020}.journal")
+}
+
+fn truncate(path: &Path, offset: u64) -> Result<(), JournalError> {
+    let file = OpenOptions::new().write(true).open(path).map_err(io_error(path))?;
+    file.set_len(offset).map_err(io_error(path))?;
+    file.sync_all().map_err(io_error(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use codec::{InstitutionId, TransactionId};
+
+    fn record(n: u64) -> Record {
+        Record::Admitted {
+            reference: n,
+            time_ms: n as i64,
+            originator: InstitutionId::new("ACQ0001").expect("valid"),
+            receiver: InstitutionId::new("WECHATPAY").expect("valid"),
+            id: TransactionId::new(&format!("T{n}")).expect("valid"),
+            amount_minor: n,
+            currency: 156,
+            refund_of: 0,
+            payment_code: None,
+        }
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("switch-journal-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn write(dir: &Path, count: u64) -> PathBuf {
+        let (mut journal, recovery) = Journal::open(dir, SyncPolicy::Always, Damage::Refuse).expect("open");
+        assert!(recovery.records.is_empty());
+        let records: Vec<_> = (1..=count).map(record).collect();
+        journal.append(&records).expect("append");
+        journal.sync().expect("sync");
+        journal.path.clone()
+    }
+
+    #[test]
+    fn records_come_back_in_order_and_appending_continues_the_sequence() {
+        let dir = temp_dir("order");
+        write(&dir, 10);
+        let (mut journal, recovery) = Journal::open(&dir, SyncPolicy::Always, Damage::Refuse).expect("reopen");
+        assert_eq!(recovery.records, (1..=10).map(record).collect::<Vec<_>>());
+        assert!(recovery.torn_tail.is_none());
+        journal.append(&[record(11)]).expect("append");
+        drop(journal);
+        let contents = read(&dir).expect("read");
+        assert_eq!((contents.records.len(), contents.torn_tail), (11, None));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_reported_at_every_length() {
+        let dir = temp_dir("torn");
+        let path = write(&dir, 3);
+        let whole = fs::read(&path).expect("read");
+        let record_size = whole.len() / 3;
+        for cut in (2 * record_size + 1)..whole.len() {
+            fs::write(&path, &whole[..cut]).expect("tear");
+            let (_, recovery) = Journal::open(&dir, SyncPolicy::Always, Damage::Refuse).expect("recovers");
+            assert_eq!(recovery.records.len(), 2, "cut at {cut}");
+            let (_, offset, dropped) = recovery.torn_tail.clone().expect("reported");
+            assert_eq!((offset, dropped), ((2 * record_size) as u64, (cut - 2 * record_size) as u64));
+            assert_eq!(fs::metadata(&path).expect("metadata").len(), (2 * record_size) as u64);
+        }
+        // Zeros where the last record should be (the file grew, the data never landed).
+        let mut zeroed = whole.clone();
+        zeroed[2 * record_size..].fill(0);
+        fs::write(&path, &zeroed).expect("write");
+        let (_, recovery) = Journal::open(&dir, SyncPolicy::Always, Damage::Refuse).expect("recovers");
+        assert_eq!(recovery.records.len(), 2);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn damage_before_valid_records_stops_start_up_unless_accepted() {
+        let dir = temp_dir("corrupt");
+        let path = write(&dir, 5);
+        let mut bytes = fs::read(&path).expect("read");
+        let record_size = bytes.len() / 5;
+        bytes[record_size + 40] ^= 0x01;
+        fs::write(&path, &bytes).expect("write");
+        match Journal::open(&dir, SyncPolicy::Always, Damage::Refuse) {
+            Err(JournalError::Corrupt { offset, .. }) => assert_eq!(offset, record_size as u64),
+            other => panic!("expected corruption at record 2: {other:?}"),
+        }
+        assert!(matches!(read(&dir), Err(JournalError::Corrupt { .. })));
+        // The operator accepts the loss: the journal is cut there and goes on.
+        let (mut journal, recovery) = Journal::open(&dir, SyncPolicy::Always, Damage::Truncate).expect("accepted");
+        assert_eq!(recovery.records, vec![record(1)]);
+        assert!(recovery.accepted_damage.is_some());
+        journal.append(&[record(2)]).expect("append");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn segments_rotate_and_a_gap_in_sequences_is_refused() {
+        let dir = temp_dir("rotate");
+        let (mut journal, _) = Journal::open(&dir, SyncPolicy::Never, Damage::Refuse).expect("open");
+        journal.append(&[record(1)]).expect("append");
+        journal.segment_size = SEGMENT_SIZE_MAX;
+        journal.append(&[record(2), record(3)]).expect("append");
+        drop(journal);
+        let names: Vec<_> =
+            segments(&dir).expect("segments").iter().map(|p| p.file_name().map(|n| n.to_owned())).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert_eq!(read(&dir).expect("read").records.len(), 3);
+        // Losing the middle of the log is never a torn tail.
+        fs::remove_file(&segments(&dir).expect("segments")[0]).expect("remove");
+        assert!(matches!(read(&dir), Err(JournalError::Sequence { expected: 1, found: 2, .. })));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn policies_parse_and_the_shard_count_is_pinned() {
+        assert_eq!("always".parse(), Ok(SyncPolicy::Always));
+        assert_eq!("interval:500".parse(), Ok(SyncPolicy::Interval(Duration::from_micros(500))));
+        assert!("interval:0".parse::<SyncPolicy>().is_err());
+        assert!("sometimes".parse::<SyncPolicy>().is_err());
+        let dir = temp_dir("shards");
+        check_shards(&dir, 2).expect("recorded");
+        check_shards(&dir, 2).expect("same");
+        assert!(matches!(check_shards(&dir, 3), Err(JournalError::Shards { written: 2, .. })));
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

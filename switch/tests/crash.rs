@@ -1,0 +1,196 @@
+//! The real switch process, killed with SIGKILL in the middle of traffic and restarted on
+//! its journal, several times over: every approval an originator received is still an
+//! approval; what was in flight is timed out and reversed at its issuer; ids and codes used
+//! before the crash are still duplicates after it.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use codec::code::TransactionStatus;
+use codec::field::FieldText;
+use codec::{InstitutionId, Message, MessageRef, ReplyCode, TransactionId};
+use loadgen::client::Client;
+use loadgen::issuer::{IssuerBehaviour, run_issuer};
+use switch::config::demo_key;
+
+fn id(text: &str) -> InstitutionId {
+    InstitutionId::new(text).expect("valid id")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
+}
+
+/// A switch process, killed (SIGKILL) when dropped: also when a test fails.
+struct Switch(Child);
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the switch on `data_dir` and waits until it accepts sign-ons.
+async fn start(data_dir: &Path, port: u16) -> Switch {
+    let child = Command::new(env!("CARGO_BIN_EXE_switch"))
+        .args(["run", "--shards", "2", "--fsync", "always", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--admin-listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("switch starts");
+    let switch = Switch(child);
+    let address: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(address).await.is_ok() {
+            return switch;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the switch did not start");
+}
+
+async fn connect(port: u16, participant: &str) -> Client {
+    let address: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+    Client::connect(address, id(participant), 1, &demo_key(participant)).await.expect("sign on")
+}
+
+fn payment(cycle: u32, n: u64) -> Message {
+    // Even: WeChat Pay (answers at once); odd: Alipay (never answers: in flight at the kill).
+    let prefix = if n.is_multiple_of(2) { "13" } else { "28" };
+    let mut request = codec::sample::payment_code_request();
+    request.details.originator_transaction_id = format!("C{cycle}-{n}").parse().expect("valid");
+    request.payment_code = format!("{prefix}{cycle:04}{n:012}").parse().expect("valid");
+    Message::PaymentCodeRequest(request)
+}
+
+async fn status(acquirer: &mut Client, id_text: &str) -> TransactionStatus {
+    let query = codec::StatusQuery {
+        originator: id("ACQ0001"),
+        original_originator_transaction_id: TransactionId::new(id_text).expect("valid"),
+        original_switch_reference: 0,
+        query_time_ms: 0,
+    };
+    acquirer.writer.send(&Message::StatusQuery(query)).await.expect("send");
+    let status = acquirer
+        .reader
+        .next(|m| match m {
+            MessageRef::StatusReply(status) => status.status,
+            other => panic!("expected a status reply, got {:?}", other.kind()),
+        })
+        .await
+        .expect("status");
+    TransactionStatus::try_from(status).expect("valid status")
+}
+
+#[tokio::test]
+async fn approvals_survive_sigkill_and_what_was_in_flight_is_reversed() {
+    const CYCLES: u32 = 3;
+    const PER_CYCLE: u64 = 200;
+    let data_dir = std::env::temp_dir().join(format!("switch-crash-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let port = free_port();
+    let mut approved_seen: Vec<String> = Vec::new();
+    let mut in_flight_at_kill: Vec<String> = Vec::new();
+
+    for cycle in 0..CYCLES {
+        let switch = start(&data_dir, port).await;
+        // The silent issuer first: after a restart it receives the reversals of what was in
+        // flight at the kill before it.
+        let mut alipay = connect(port, "ALIPAY").await;
+        let mut reversed = HashSet::new();
+        while reversed.len() < in_flight_at_kill.len() {
+            let reversal = tokio::time::timeout(
+                Duration::from_secs(10),
+                alipay.reader.next(|m| match m.to_message() {
+                    Message::ReversalRequest(reversal) => Some(reversal),
+                    _ => None,
+                }),
+            )
+            .await
+            .expect("every transaction in flight at the kill is reversed at its issuer")
+            .expect("reversal");
+            let Some(reversal) = reversal else { continue };
+            // Acknowledged, as an issuer does: it is not sent again.
+            let ack = codec::Reply {
+                originator: reversal.originator,
+                originator_transaction_id: reversal.originator_transaction_id,
+                switch_reference: reversal.switch_reference,
+                amount_minor: reversal.amount_minor,
+                currency: reversal.currency,
+                code: ReplyCode::Approved.value(),
+                responder: id("ALIPAY"),
+                ..codec::sample::payment_reply()
+            };
+            alipay.writer.send(&Message::ReversalReply(ack)).await.expect("send");
+            reversed.insert(reversal.original_originator_transaction_id.to_string());
+        }
+        assert_eq!(reversed, in_flight_at_kill.iter().cloned().collect::<HashSet<_>>());
+        let alipay_task = tokio::spawn(run_issuer(alipay, IssuerBehaviour { decline_every: 0, silent: true }));
+        let wechat_task = tokio::spawn(run_issuer(connect(port, "WECHATPAY").await, IssuerBehaviour::default()));
+        let mut acquirer = connect(port, "ACQ0001").await;
+
+        // What the earlier cycles established still holds.
+        for id_text in &approved_seen {
+            assert_eq!(status(&mut acquirer, id_text).await, TransactionStatus::Approved, "{id_text}");
+        }
+        for id_text in &in_flight_at_kill {
+            let status = status(&mut acquirer, id_text).await;
+            assert!(
+                matches!(status, TransactionStatus::TimedOut | TransactionStatus::Reversed),
+                "{id_text}: {status:?}"
+            );
+        }
+        if let Some(first) = approved_seen.first() {
+            // A resend of an approved payment is a duplicate, not a second payment.
+            let n: u64 = first.rsplit_once('-').and_then(|(_, n)| n.parse().ok()).expect("ours");
+            let cycle_of: u32 = first[1..].split('-').next().and_then(|c| c.parse().ok()).expect("ours");
+            acquirer.writer.send(&payment(cycle_of, n)).await.expect("send");
+            let code = acquirer
+                .reader
+                .next(|m| match m {
+                    MessageRef::PaymentReply(reply) => reply.code.to_native(),
+                    other => panic!("expected a reply, got {:?}", other.kind()),
+                })
+                .await
+                .expect("reply");
+            assert_eq!(code, ReplyCode::Duplicate.value());
+        }
+
+        // This cycle's traffic; the kill comes once every WeChat Pay payment is answered,
+        // while the Alipay ones are still in flight.
+        for n in 0..PER_CYCLE {
+            acquirer.writer.queue(&payment(cycle, n)).expect("queue");
+        }
+        acquirer.writer.flush().await.expect("send");
+        let mut answered = 0;
+        while answered < PER_CYCLE / 2 {
+            let (id_text, code) = acquirer
+                .reader
+                .next(|m| match m {
+                    MessageRef::PaymentReply(reply) => {
+                        (reply.originator_transaction_id.as_str().to_string(), reply.code.to_native())
+                    }
+                    other => panic!("expected a reply, got {:?}", other.kind()),
+                })
+                .await
+                .expect("reply");
+            assert_eq!(code, ReplyCode::Approved.value(), "{id_text}");
+            approved_seen.push(id_text);
+            answered += 1;
+        }
+        drop(switch); // SIGKILL
+        in_flight_at_kill = (0..PER_CYCLE).filter(|n| n % 2 == 1).map(|n| format!("C{cycle}-{n}")).collect();
+        alipay_task.abort();
+        wechat_task.abort();
+    }
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
