@@ -20,7 +20,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::core::record::{HEADER_SIZE, Record, RecordError};
 
@@ -120,7 +120,6 @@ pub struct Journal {
     next_sequence: u64,
     buffer: Vec<u8>,
     policy: SyncPolicy,
-    last_sync: Instant,
     unsynced: bool,
 }
 
@@ -284,7 +283,6 @@ impl Journal {
             next_sequence: expected,
             buffer: Vec::with_capacity(1 << 20),
             policy,
-            last_sync: Instant::now(),
             unsynced: false,
         };
         Ok((journal, recovery))
@@ -313,45 +311,13 @@ impl Journal {
         Ok(())
     }
 
-    /// Whether written records wait for a sync.
-    pub fn unsynced(&self) -> bool {
-        self.unsynced
-    }
-
-    /// When the interval policy next syncs (`None`: nothing waits, or another policy).
-    pub fn sync_due(&self) -> Option<Instant> {
-        match self.policy {
-            SyncPolicy::Interval(interval) if self.unsynced => Some(self.last_sync + interval),
-            _ => None,
-        }
-    }
-
     /// Syncs written records to stable storage.
     pub fn sync(&mut self) -> io::Result<()> {
         if self.unsynced {
             self.file.sync_data()?;
             self.unsynced = false;
         }
-        self.last_sync = Instant::now();
         Ok(())
-    }
-
-    /// Whether the messages of everything written so far may leave now, syncing first if
-    /// the policy says it is time.
-    pub fn release(&mut self, now: Instant) -> io::Result<bool> {
-        match self.policy {
-            SyncPolicy::Never => Ok(true),
-            SyncPolicy::Always => self.sync().map(|()| true),
-            SyncPolicy::Interval(interval) => {
-                if !self.unsynced {
-                    Ok(true)
-                } else if now >= self.last_sync + interval {
-                    self.sync().map(|()| true)
-                } else {
-                    Ok(false)
-                }
-            }
-        }
     }
 
     fn rotate(&mut self) -> io::Result<()> {

@@ -1,6 +1,7 @@
 //! The edge: sockets and event loops that drive the deterministic core.
 
 pub mod admin;
+pub mod commit;
 pub mod shard;
 pub mod tcp;
 pub mod transport;

@@ -29,9 +29,8 @@ use crossbeam_queue::ArrayQueue;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::core::exchange::{Exchange, Outbound, SessionId};
-use crate::core::record::Record;
 use crate::core::shard::{SHARDS_MAX, owner};
-use crate::journal::{EXIT_JOURNAL_FAILED, Journal};
+use crate::edge::commit::Commit;
 use crate::metrics::Metrics;
 use crate::status::{PUBLISH_INTERVAL_MS, Status};
 
@@ -96,6 +95,11 @@ impl Mesh {
         Ok(())
     }
 
+    /// Wakes shard `shard`'s loop.
+    pub fn wake_shard(&self, shard: usize) {
+        self.inboxes[shard].wake.notify_one();
+    }
+
     /// Wakes every shard pushed to since the last call.
     pub fn wake(&self, touched: &mut Touched) {
         for (word_index, word) in touched.0.iter_mut().enumerate() {
@@ -141,8 +145,8 @@ enum Route {
 pub struct ShardLoop {
     pub index: usize,
     pub exchange: Exchange,
-    /// The shard's journal (none: nothing is kept, as in most tests).
-    pub journal: Option<Journal>,
+    /// Group commit to the shard's journal (none: nothing is kept, as in most tests).
+    pub commit: Option<Commit>,
     pub mesh: std::sync::Arc<Mesh>,
     pub metrics: std::sync::Arc<Metrics>,
     pub status: std::sync::Arc<Status>,
@@ -152,11 +156,8 @@ pub struct ShardLoop {
 
 /// Runs a shard's loop until `stop` turns true.
 pub async fn run_shard(parts: ShardLoop) {
-    let ShardLoop { index, mut exchange, mut journal, mesh, metrics, status, started, mut stop } = parts;
+    let ShardLoop { index, mut exchange, mut commit, mesh, metrics, status, started, mut stop } = parts;
     let inbox = &mesh.inboxes[index];
-    // Records of the batch, and messages waiting for the sync that makes them durable.
-    let mut records: Vec<Record> = Vec::new();
-    let mut held: Vec<Outbound> = Vec::new();
     let mut routes: HashMap<SessionId, Route> = HashMap::new();
     let mut out: Vec<Outbound> = Vec::with_capacity(EVENT_BATCH_MAX);
     let mut undelivered: Vec<Outbound> = Vec::new();
@@ -164,7 +165,8 @@ pub async fn run_shard(parts: ShardLoop) {
     // The admin summary: republished after a change, at most every PUBLISH_INTERVAL_MS.
     let (mut changed, mut next_publish_ms) = (false, 0u64);
     loop {
-        if !inbox.queue.is_empty() || !out.is_empty() {
+        let accepting = commit.as_ref().is_none_or(Commit::accepting);
+        if (accepting && !inbox.queue.is_empty()) || !out.is_empty() {
             // More is waiting, but this shard's connections must get to write what the last
             // batch gave them (and to read): other shards can keep this inbox full forever.
             tokio::task::yield_now().await;
@@ -172,16 +174,13 @@ pub async fn run_shard(parts: ShardLoop) {
                 return;
             }
         } else {
+            // Woken by events, by timers, and by the journal thread when a batch is durable.
             let publish = changed.then_some(next_publish_ms);
-            let sync_due = journal.as_ref().and_then(Journal::sync_due).filter(|_| !held.is_empty());
             let deadline = [exchange.next_deadline_ms(), publish]
                 .into_iter()
                 .flatten()
                 .min()
-                .map(|ms| started + Duration::from_millis(ms))
-                .into_iter()
-                .chain(sync_due)
-                .min();
+                .map(|ms| started + Duration::from_millis(ms));
             tokio::select! {
                 () = inbox.wake.notified() => {}
                 () = sleep_until(deadline) => {}
@@ -189,7 +188,7 @@ pub async fn run_shard(parts: ShardLoop) {
             }
         }
         let now = super::now(started);
-        for _ in 0..EVENT_BATCH_MAX {
+        for _ in 0..if accepting { EVENT_BATCH_MAX } else { 0 } {
             let Some(event) = inbox.queue.pop() else { break };
             match event {
                 Event::SessionUp { participant, session, home, outbound } => {
@@ -223,25 +222,9 @@ pub async fn run_shard(parts: ShardLoop) {
             }
         }
         exchange.handle_timers(now, &mut out);
-        // Nothing leaves before the records of what produced it are durable (the policy's
-        // sense of durable); a switch that cannot write them stops rather than answer.
-        if let Some(journal) = journal.as_mut() {
-            exchange.take_records(&mut records);
-            let written = journal.append(&records).and_then(|()| journal.release(Instant::now()));
-            records.clear();
-            match written {
-                Ok(true) => {
-                    if !held.is_empty() {
-                        held.append(&mut out);
-                        std::mem::swap(&mut held, &mut out);
-                    }
-                }
-                Ok(false) => held.append(&mut out),
-                Err(error) => {
-                    tracing::error!(%error, shard = index, "journal write failed: stopping rather than answer what is not durable");
-                    std::process::exit(EXIT_JOURNAL_FAILED);
-                }
-            }
+        // Nothing leaves before the records of what produced it are durable (group commit).
+        if let Some(commit) = commit.as_mut() {
+            commit.pass(&mut exchange, &mut out);
         }
         for Outbound { session, message } in out.drain(..) {
             let undeliverable = match routes.get(&session) {

@@ -23,9 +23,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::core::exchange::{Exchange, ExchangeConfig, Routes, SessionId, UsedCodes, switch_answer};
 use crate::core::session::{CloseReason, Control, Now, Session, SessionConfig};
 use crate::core::shard;
+use crate::edge::commit::Commit;
 use crate::edge::shard::{Event, Mesh, OUTBOUND_QUEUE, ShardLoop, Touched, run_shard};
 use crate::edge::transport::{Io, Transport};
-use crate::journal::{self, Journal, JournalError, JournalSettings};
+use crate::journal::{self, EXIT_JOURNAL_FAILED, Journal, JournalError, JournalSettings};
 use crate::metrics::Metrics;
 use crate::participant::Directory;
 use crate::status::{Link, Status};
@@ -294,10 +295,22 @@ impl ShardThread {
         drained: oneshot::Sender<()>,
     ) {
         let shared = &self.shared;
+        let commit = match journal.map(|journal| {
+            let mesh = Arc::clone(&self.mesh);
+            let index = self.index;
+            Commit::start(index, journal, move || mesh.wake_shard(index))
+        }) {
+            None => None,
+            Some(Ok(commit)) => Some(commit),
+            Some(Err(error)) => {
+                tracing::error!(%error, shard = self.index, "cannot start the journal thread");
+                std::process::exit(EXIT_JOURNAL_FAILED);
+            }
+        };
         let shard_loop = tokio::spawn(run_shard(ShardLoop {
             index: self.index,
             exchange,
-            journal,
+            commit,
             mesh: Arc::clone(&self.mesh),
             metrics: Arc::clone(&shared.metrics),
             status: Arc::clone(&shared.status),

@@ -1,0 +1,122 @@
+//! Group commit: each shard's journal is written and synced by a thread of its own, while
+//! the shard goes on deciding. A batch's messages are held until the journal thread reports
+//! that batch durable; the thread takes every batch waiting when it starts a write, so one
+//! sync covers as many batches as arrived during the previous one.
+//!
+//! ```text
+//! shard loop ──(batch id, records)──▶ journal thread: write all waiting, sync (policy)
+//!     ▲                                   │
+//!     └──── durable id (atomic) + wake ───┘     held messages of batches <= durable leave
+//! ```
+//!
+//! Invariants:
+//! - Messages leave in the order they were produced, and none before the records of its
+//!   batch and of every earlier batch are durable under the policy.
+//! - At most [`HELD_BATCHES_MAX`] batches wait for the journal; beyond, the shard stops
+//!   taking events until the journal catches up, so a slow disk slows the switch down
+//!   instead of growing its memory.
+//! - A failed write or sync stops the process ([`EXIT_JOURNAL_FAILED`]): nothing is
+//!   answered that is not durable.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use crate::core::exchange::{Exchange, Outbound};
+use crate::core::record::Record;
+use crate::journal::{EXIT_JOURNAL_FAILED, Journal, SyncPolicy};
+
+/// Batches whose messages may wait for the journal at once.
+pub const HELD_BATCHES_MAX: usize = 64;
+
+struct Batch {
+    id: u64,
+    records: Vec<Record>,
+}
+
+/// A shard's side of group commit.
+#[derive(Debug)]
+pub struct Commit {
+    batches: mpsc::Sender<Batch>,
+    durable: Arc<AtomicU64>,
+    next_id: u64,
+    held: VecDeque<(u64, Vec<Outbound>)>,
+    records: Vec<Record>,
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Batch {{ id: {}, records: {} }}", self.id, self.records.len())
+    }
+}
+
+impl Commit {
+    /// Starts shard `shard`'s journal thread; `wake` tells the shard a batch became durable.
+    pub fn start(shard: usize, mut journal: Journal, wake: impl Fn() + Send + 'static) -> std::io::Result<Self> {
+        let (batches, receiver) = mpsc::channel::<Batch>();
+        let durable = Arc::new(AtomicU64::new(0));
+        let reported = Arc::clone(&durable);
+        std::thread::Builder::new().name(format!("journal-{shard}")).spawn(move || {
+            let mut records = Vec::new();
+            let mut last_sync = Instant::now();
+            // Ends when the shard loop drops its sender.
+            while let Ok(first) = receiver.recv() {
+                let mut last = first.id;
+                records.extend(first.records);
+                while let Ok(batch) = receiver.try_recv() {
+                    last = batch.id;
+                    records.extend(batch.records);
+                }
+                let written = journal.append(&records).and_then(|()| match journal.policy() {
+                    SyncPolicy::Always => journal.sync(),
+                    SyncPolicy::Interval(interval) => {
+                        // Wait out the interval (more batches gather meanwhile, taken next).
+                        std::thread::sleep((last_sync + interval).saturating_duration_since(Instant::now()));
+                        last_sync = Instant::now();
+                        journal.sync()
+                    }
+                    SyncPolicy::Never => Ok(()),
+                });
+                records.clear();
+                if let Err(error) = written {
+                    tracing::error!(%error, shard, "journal write failed: stopping rather than answer what is not durable");
+                    std::process::exit(EXIT_JOURNAL_FAILED);
+                }
+                reported.store(last, Ordering::Release);
+                wake();
+            }
+        })?;
+        Ok(Self { batches, durable, next_id: 0, held: VecDeque::new(), records: Vec::new() })
+    }
+
+    /// Whether the shard may take more events (the journal is not too far behind).
+    pub fn accepting(&self) -> bool {
+        self.held.len() < HELD_BATCHES_MAX
+    }
+
+    /// After a batch: hands its records to the journal thread and holds `out` behind them;
+    /// puts back into `out` every held message whose batch is durable, oldest first.
+    pub fn pass(&mut self, exchange: &mut Exchange, out: &mut Vec<Outbound>) {
+        exchange.take_records(&mut self.records);
+        if !self.records.is_empty() {
+            self.next_id += 1;
+            let batch = Batch { id: self.next_id, records: std::mem::take(&mut self.records) };
+            if self.batches.send(batch).is_err() {
+                // The thread only ends when this side is dropped, or by stopping the process.
+                tracing::error!("journal thread gone: stopping rather than answer what is not durable");
+                std::process::exit(EXIT_JOURNAL_FAILED);
+            }
+            self.held.push_back((self.next_id, std::mem::take(out)));
+        } else if let Some((_, last)) = self.held.back_mut() {
+            // No records of its own, but produced after some not yet durable: waits behind them.
+            last.append(out);
+        }
+        let durable = self.durable.load(Ordering::Acquire);
+        while self.held.front().is_some_and(|(id, _)| *id <= durable) {
+            let (_, mut messages) = self.held.pop_front().expect("checked");
+            out.append(&mut messages);
+        }
+    }
+}
