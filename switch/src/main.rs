@@ -26,6 +26,9 @@ enum Command {
     /// masked). Exits 1 with the offset and field on stderr when the input is invalid.
     #[command(subcommand)]
     Inspect(Inspect),
+    /// Check or read the journal in a data directory (the switch need not be running).
+    #[command(subcommand)]
+    Journal(JournalCommand),
     /// Run the switch. With no options: the embedded demo network on 127.0.0.1:7400.
     Run {
         /// A TOML configuration file (see deploy/switch.example.toml), validated at start.
@@ -57,6 +60,27 @@ enum Command {
         /// at the damage (the records after it are lost; later segments are kept aside).
         #[arg(long)]
         accept_journal_damage: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum JournalCommand {
+    /// Reads and checks every shard's journal without changing it. Exits 1 on damage,
+    /// naming the segment and offset.
+    Verify {
+        #[arg(long, default_value = SwitchConfig::DATA_DIR_DEFAULT)]
+        data_dir: std::path::PathBuf,
+    },
+    /// Prints journal records, one per line (payment codes masked).
+    Inspect {
+        #[arg(long, default_value = SwitchConfig::DATA_DIR_DEFAULT)]
+        data_dir: std::path::PathBuf,
+        /// Only this shard's journal.
+        #[arg(long)]
+        shard: Option<usize>,
+        /// At most this many records per shard, from the start.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
     },
 }
 
@@ -136,6 +160,65 @@ fn main_inner() -> anyhow::Result<()> {
             run(config, io, damage)
         }
         Command::Inspect(command) => inspect(command),
+        Command::Journal(command) => journal_command(command),
+    }
+}
+
+/// The shard directories of a data directory's journal, in shard order.
+fn journal_shards(data_dir: &std::path::Path) -> anyhow::Result<Vec<(usize, std::path::PathBuf)>> {
+    let root = data_dir.join("journal");
+    let mut shards: Vec<(usize, std::path::PathBuf)> = std::fs::read_dir(&root)
+        .with_context(|| format!("no journal in {}", data_dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter_map(|path| {
+            let index = path.file_name()?.to_str()?.strip_prefix("shard-")?.parse().ok()?;
+            Some((index, path))
+        })
+        .collect();
+    shards.sort();
+    Ok(shards)
+}
+
+fn journal_command(command: JournalCommand) -> anyhow::Result<()> {
+    match command {
+        JournalCommand::Verify { data_dir } => {
+            let mut damaged = false;
+            for (index, dir) in journal_shards(&data_dir)? {
+                let segments = switch::journal::segments(&dir)?.len();
+                match switch::journal::read(&dir) {
+                    Ok(contents) => {
+                        print!("shard {index}: {} records in {segments} segments, ok", contents.records.len());
+                        match contents.torn_tail {
+                            Some((path, offset)) => {
+                                println!("; torn tail at {} offset {offset} (cut at next start)", path.display())
+                            }
+                            None => println!(),
+                        }
+                    }
+                    Err(error) => {
+                        println!("shard {index}: DAMAGED: {error}");
+                        damaged = true;
+                    }
+                }
+            }
+            if damaged {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        JournalCommand::Inspect { data_dir, shard, limit } => {
+            for (index, dir) in journal_shards(&data_dir)? {
+                if shard.is_some_and(|wanted| wanted != index) {
+                    continue;
+                }
+                let contents = switch::journal::read(&dir)?;
+                println!("# shard {index}: {} records", contents.records.len());
+                for (sequence, record) in contents.records.iter().enumerate().take(limit) {
+                    println!("{:>10} {record}", sequence + 1);
+                }
+            }
+            Ok(())
+        }
     }
 }
 

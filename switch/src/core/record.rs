@@ -239,6 +239,57 @@ impl Record {
     }
 }
 
+/// One line per record, for `switch journal inspect`. Payment codes are masked (their
+/// `Display`); references in hex, as `SwitchReference` shows them.
+impl std::fmt::Display for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use codec::field::FieldText;
+        let reference = |r: u64| codec::SwitchReference(r);
+        match self {
+            Self::Admitted {
+                reference: r,
+                time_ms,
+                originator,
+                receiver,
+                id,
+                amount_minor,
+                currency,
+                refund_of,
+                payment_code,
+            } => {
+                write!(
+                    f,
+                    "admitted  {} at {time_ms} {} -> {} id {:?} amount {amount_minor} currency {currency}",
+                    reference(*r),
+                    originator.as_str(),
+                    receiver.as_str(),
+                    id.as_str()
+                )?;
+                if *refund_of != 0 {
+                    write!(f, " refund of {}", reference(*refund_of))?;
+                }
+                match payment_code {
+                    Some(code) => write!(f, " code {code}"),
+                    None => Ok(()),
+                }
+            }
+            Self::Answered { reference: r, time_ms, code, authorization_code } => write!(
+                f,
+                "answered  {} at {time_ms} code {code} authorization {:?}",
+                reference(*r),
+                authorization_code.as_str()
+            ),
+            Self::TimedOut { reference: r, time_ms } => write!(f, "timed out {} at {time_ms}", reference(*r)),
+            Self::ReversalStarted { reversal, original, reason, time_ms } => {
+                write!(f, "reversal  {} of {} at {time_ms} reason {reason}", reference(*reversal), reference(*original))
+            }
+            Self::ReversalAcknowledged { reversal, time_ms } => {
+                write!(f, "reversed  {} acknowledged at {time_ms}", reference(*reversal))
+            }
+        }
+    }
+}
+
 fn crc32c(bytes: &[u8]) -> u32 {
     crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, bytes) as u32
 }

@@ -61,13 +61,20 @@ fn by_reference(reference: u64, shards: usize) -> Option<usize> {
 
 fn by_id(originator: InstitutionId, id: &TransactionId, shards: usize) -> usize {
     // FNV-1a: stable across processes and versions (a std hasher is neither), and plenty
-    // for spreading ids that originators make unique.
+    // for spreading ids that originators make unique, once mixed.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for &byte in originator.as_str().as_bytes().iter().chain([0xffu8].iter()).chain(id.as_str().as_bytes()) {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    (hash % shards as u64) as usize
+    // FNV-1a's low bits are weak (its lowest is the parity of the bytes' lowest bits), so
+    // mix (MurmurHash3's finaliser) and reduce by the high bits (multiply-shift).
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^= hash >> 33;
+    ((u128::from(hash) * shards as u128) >> 64) as usize
 }
 
 #[cfg(test)]
@@ -79,6 +86,17 @@ mod tests {
         let mut request = sample::payment_code_request();
         request.details.originator_transaction_id = TransactionId::new(id).expect("valid");
         Message::PaymentCodeRequest(request)
+    }
+
+    #[test]
+    fn ids_with_a_pattern_in_their_last_digits_still_spread() {
+        // Every id's digits sum to an even number: FNV-1a's low bit alone would put them all
+        // on one of two shards.
+        let mut counts = [0usize; 2];
+        for n in 0..2_000u64 {
+            counts[owner(&payment(&format!("T{}{}", n, n)), 2)] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
     }
 
     #[test]
