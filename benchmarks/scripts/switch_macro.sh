@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Macro scenarios for the switch on loopback: closed loop (512 in flight) and open loop
 # (fixed rates) for each data path and shard count, with the switch's CPU per transaction
-# and its resident memory. The load generator and the switch share this machine's cores.
+# and its resident memory; the journal is on at its default policy (fsync=always) unless a
+# table says otherwise, in a fresh data directory under target/ per run. The load generator
+# and the switch share this machine's cores.
 #
 # Usage: benchmarks/scripts/switch_macro.sh [seconds per run, default 10]
 # Prints one markdown table per scenario family. Loopback only, bounded in time.
@@ -14,9 +16,11 @@ admin=$((port + 1))
 switch_pid=
 trap '[ -n "$switch_pid" ] && kill "$switch_pid" 2>/dev/null || true' EXIT
 
+data_root=target/bench-data
 start_switch() {
-  ./target/release/switch run --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" "$@" \
-    > target/bench-switch.log 2>&1 &
+  rm -rf "$data_root"
+  ./target/release/switch run --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+    --data-dir "$data_root" "$@" > target/bench-switch.log 2>&1 &
   switch_pid=$!
   for _ in $(seq 1 50); do
     grep -q "switch running" target/bench-switch.log && return 0
@@ -82,6 +86,25 @@ for io in tokio uring; do
 done
 
 echo
+echo "### Journal policy (tokio, 2 shards)"
+echo
+echo "| fsync | closed loop /s | closed p99 us | open 180,000/s valid | open p50 us | open p99 us | switch CPU us/tx (open) |"
+echo "|---|---:|---:|---|---:|---:|---:|"
+for fsync in always interval:2000 never; do
+  start_switch --io tokio --shards 2 --fsync "$fsync"
+  loadgen --participant ACQ0002 --in-flight 512 --duration-s 3 > /dev/null
+  closed=$(loadgen --in-flight 512 --duration-s "$seconds")
+  throughput=$(sed -n 's/.*s: \([0-9]*\)\/s$/\1/p' <<<"$closed")
+  closed_p99=$(field p99 <<<"$closed")
+  out=$(loadgen --rate 180000 --duration-s "$seconds" || true)
+  valid=$(grep -q "run valid" <<<"$out" && echo yes || echo NO)
+  p50=$(field p50 <<<"$out"); p99=$(field p99 <<<"$out")
+  cpu=$(sed -n 's/.*: \([0-9.]*\) us per transaction/\1/p' <<<"$out")
+  echo "| $fsync | $throughput | $closed_p99 | $valid | $p50 | $p99 | $cpu |"
+  stop_switch
+done
+
+echo
 echo "### Memory under overload (tokio, 2 shards): peak resident memory after each run"
 echo
 echo "| offered /s | valid | answered SystemBusy | switch peak RSS MiB |"
@@ -94,3 +117,4 @@ for rate in 180000 360000; do
   echo "| $rate | $valid | ${busy:-0} | $(hwm_mib) |"
 done
 stop_switch
+rm -rf "$data_root"

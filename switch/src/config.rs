@@ -513,6 +513,10 @@ mod tests {
         let cases = [
             (MINIMAL.replace("listen =", "lissen ="), "test.toml: "),
             (
+                format!("{MINIMAL}\n[journal]\nfsync = \"sometimes\"\n"),
+                "test.toml: journal.fsync: \"sometimes\": expected always, never or interval:MICROSECONDS",
+            ),
+            (
                 MINIMAL.replace("\"CSWITCH\"", "\"c switch\""),
                 "InstitutionId \"c switch\" has a character outside its charset",
             ),
