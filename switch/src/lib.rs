@@ -3,12 +3,14 @@
 //! - [`core`]: the deterministic core (sessions now; routing, matching and timers next).
 //! - [`edge`]: sockets and event loops that drive the core.
 //! - [`participant`]: the participant directory.
+//! - [`clearing`]: clearing windows, positions and reconciliation files from the journal.
 //! - [`config`]: configuration and the embedded default.
 //! - [`metrics`]: counters and histograms for `/metrics`.
 //! - [`status`]: participant and link state for the admin port.
 //! - [`journal`]: the per-shard journal: segments, group commit, recovery.
 //! - [`inspect`]: `switch inspect`, the integrator's decoder for QR, ISO 8583 and frames.
 
+pub mod clearing;
 pub mod config;
 pub mod core;
 pub mod edge;

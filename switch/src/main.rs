@@ -29,6 +29,9 @@ enum Command {
     /// Check or read the journal in a data directory (the switch need not be running).
     #[command(subcommand)]
     Journal(JournalCommand),
+    /// Close a clearing window, or rebuild a closed window's files from the journal.
+    #[command(subcommand)]
+    Clearing(ClearingCommand),
     /// Run the switch. With no options: the embedded demo network on 127.0.0.1:7400.
     Run {
         /// A TOML configuration file (see deploy/switch.example.toml), validated at start.
@@ -81,6 +84,26 @@ enum JournalCommand {
         /// At most this many records per shard, from the start.
         #[arg(long, default_value_t = 1000)]
         limit: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClearingCommand {
+    /// Closes the open window and writes its files under DATA_DIR/clearing/. Through a
+    /// running switch's admin port (--admin), or on a stopped switch's data directory
+    /// (--data-dir).
+    Close {
+        #[arg(long, conflicts_with = "data_dir", required_unless_present = "data_dir")]
+        admin: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+    },
+    /// Writes a closed window's files again from the journal (byte-identical).
+    Rebuild {
+        #[arg(long, default_value = SwitchConfig::DATA_DIR_DEFAULT)]
+        data_dir: std::path::PathBuf,
+        #[arg(long)]
+        window: u64,
     },
 }
 
@@ -161,29 +184,57 @@ fn main_inner() -> anyhow::Result<()> {
         }
         Command::Inspect(command) => inspect(command),
         Command::Journal(command) => journal_command(command),
+        Command::Clearing(command) => clearing_command(command),
     }
 }
 
-/// The shard directories of a data directory's journal, in shard order.
-fn journal_shards(data_dir: &std::path::Path) -> anyhow::Result<Vec<(usize, std::path::PathBuf)>> {
-    let root = data_dir.join("journal");
-    let mut shards: Vec<(usize, std::path::PathBuf)> = std::fs::read_dir(&root)
-        .with_context(|| format!("no journal in {}", data_dir.display()))?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter_map(|path| {
-            let index = path.file_name()?.to_str()?.strip_prefix("shard-")?.parse().ok()?;
-            Some((index, path))
-        })
-        .collect();
-    shards.sort();
-    Ok(shards)
+fn clearing_command(command: ClearingCommand) -> anyhow::Result<()> {
+    let print = |window: u64, files: &[std::path::PathBuf]| {
+        println!("window {window} closed: {} files", files.len());
+        for file in files {
+            println!("  {}", file.display());
+        }
+    };
+    match command {
+        ClearingCommand::Close { admin: Some(admin), .. } => {
+            use std::io::{Read, Write};
+            let mut stream =
+                std::net::TcpStream::connect(admin).with_context(|| format!("cannot reach the admin port {admin}"))?;
+            stream.write_all(b"POST /clearing/close HTTP/1.1\r\nHost: switch\r\nContent-Length: 0\r\n\r\n")?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+            if !head.starts_with("HTTP/1.1 200") {
+                anyhow::bail!("the switch refused: {}", body.trim());
+            }
+            let document: serde_json::Value = serde_json::from_str(body).context("the switch's answer")?;
+            let files: Vec<std::path::PathBuf> = document["files"]
+                .as_array()
+                .map(|files| files.iter().filter_map(|f| f.as_str().map(Into::into)).collect())
+                .unwrap_or_default();
+            print(document["window"].as_u64().unwrap_or(0), &files);
+            Ok(())
+        }
+        ClearingCommand::Close { data_dir, .. } => {
+            let data_dir = data_dir.context("--admin or --data-dir")?;
+            let (window, files) = switch::clearing::close_offline(&data_dir)?;
+            print(window, &files);
+            Ok(())
+        }
+        ClearingCommand::Rebuild { data_dir, window } => {
+            let built = switch::clearing::rebuild(&data_dir, window)?;
+            let files = built.write(&data_dir)?;
+            println!("window {window} rebuilt: {} entries, {} files", built.entries.len(), files.len());
+            Ok(())
+        }
+    }
 }
 
 fn journal_command(command: JournalCommand) -> anyhow::Result<()> {
     match command {
         JournalCommand::Verify { data_dir } => {
             let mut damaged = false;
-            for (index, dir) in journal_shards(&data_dir)? {
+            for (index, dir) in switch::clearing::shard_dirs(&data_dir)? {
                 let segments = switch::journal::segments(&dir)?.len();
                 match switch::journal::read(&dir) {
                     Ok(contents) => {
@@ -207,7 +258,7 @@ fn journal_command(command: JournalCommand) -> anyhow::Result<()> {
             Ok(())
         }
         JournalCommand::Inspect { data_dir, shard, limit } => {
-            for (index, dir) in journal_shards(&data_dir)? {
+            for (index, dir) in switch::clearing::shard_dirs(&data_dir)? {
                 if shard.is_some_and(|wanted| wanted != index) {
                     continue;
                 }

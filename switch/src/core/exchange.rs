@@ -403,6 +403,8 @@ pub struct Exchange {
     reversals: FastMap<u64, PendingReversal>,
     /// Decisions not yet handed to the journal, in the order they were made.
     records: Vec<Record>,
+    /// The last clearing window closed.
+    window: u64,
 }
 
 impl Exchange {
@@ -430,6 +432,7 @@ impl Exchange {
             timers: Timers::default(),
             reversals: FastMap::default(),
             records: Vec::new(),
+            window: 0,
             config,
         }
     }
@@ -1185,7 +1188,20 @@ impl Exchange {
                 }
             }
             Record::ReversalAcknowledged { reversal, .. } => self.acknowledge_reversal(reversal),
+            Record::WindowCut { window, .. } => self.window = self.window.max(window),
         }
+    }
+
+    /// Closes clearing window `window` in this shard's journal (a record, in order with
+    /// the decisions around it).
+    pub fn cut(&mut self, window: u64, now: Now) {
+        self.window = self.window.max(window);
+        self.records.push(Record::WindowCut { window, time_ms: now.unix_ms });
+    }
+
+    /// The last clearing window closed (0: none).
+    pub fn last_window(&self) -> u64 {
+        self.window
     }
 
     /// Ends recovery: what was in flight when the switch stopped has an unknown outcome at

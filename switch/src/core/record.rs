@@ -28,6 +28,7 @@ const ANSWERED_BODY: usize = 32;
 const TIMED_OUT_BODY: usize = 16;
 const REVERSAL_STARTED_BODY: usize = 32;
 const REVERSAL_ACKNOWLEDGED_BODY: usize = 16;
+const WINDOW_CUT_BODY: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Record {
@@ -53,6 +54,9 @@ pub enum Record {
     ReversalStarted { reversal: u64, original: u64, reason: u16, time_ms: i64 },
     /// The receiver acknowledged reversal `reversal`.
     ReversalAcknowledged { reversal: u64, time_ms: i64 },
+    /// Clearing window `window` closes here: what this shard decided before belongs to
+    /// it, what comes after to the next (written to every shard's journal).
+    WindowCut { window: u64, time_ms: i64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -79,6 +83,7 @@ impl Record {
             Self::TimedOut { .. } => 3,
             Self::ReversalStarted { .. } => 4,
             Self::ReversalAcknowledged { .. } => 5,
+            Self::WindowCut { .. } => 6,
         }
     }
 
@@ -132,6 +137,10 @@ impl Record {
                 out.extend_from_slice(&reversal.to_le_bytes());
                 out.extend_from_slice(&time_ms.to_le_bytes());
             }
+            Self::WindowCut { window, time_ms } => {
+                out.extend_from_slice(&window.to_le_bytes());
+                out.extend_from_slice(&time_ms.to_le_bytes());
+            }
         }
         let body = (out.len() - start - HEADER_SIZE) as u32;
         let header = &mut out[start..start + HEADER_SIZE];
@@ -155,6 +164,7 @@ impl Record {
             3 => TIMED_OUT_BODY,
             4 => REVERSAL_STARTED_BODY,
             5 => REVERSAL_ACKNOWLEDGED_BODY,
+            6 => WINDOW_CUT_BODY,
             // An unknown kind with a sane length is still checked first: a torn or
             // corrupt record should say "checksum", not mislead with "kind".
             _ if body_length <= ADMITTED_BODY && bytes.len() >= HEADER_SIZE + body_length => {
@@ -233,6 +243,7 @@ impl Record {
                 Record::ReversalStarted { reversal, original, reason, time_ms }
             }
             5 => Record::ReversalAcknowledged { reversal: body.u64(), time_ms: body.u64() as i64 },
+            6 => Record::WindowCut { window: body.u64(), time_ms: body.u64() as i64 },
             _ => unreachable!("kinds checked above"),
         };
         Ok((record, sequence, size))
@@ -286,6 +297,7 @@ impl std::fmt::Display for Record {
             Self::ReversalAcknowledged { reversal, time_ms } => {
                 write!(f, "reversed  {} acknowledged at {time_ms}", reference(*reversal))
             }
+            Self::WindowCut { window, time_ms } => write!(f, "cut       window {window} closed at {time_ms}"),
         }
     }
 }
@@ -357,6 +369,7 @@ mod tests {
             Record::TimedOut { reference: 8, time_ms: 6 },
             Record::ReversalStarted { reversal: 10, original: 8, reason: 1, time_ms: 7 },
             Record::ReversalAcknowledged { reversal: 10, time_ms: 8 },
+            Record::WindowCut { window: 3, time_ms: 9 },
         ]
     }
 

@@ -1,7 +1,9 @@
 //! The admin HTTP port: `/livez`, `/readyz`, `/metrics` and `/participants` (JSON:
-//! each participant's sessions, in-flight counts, pending reversals and breaker).
+//! each participant's sessions, in-flight counts, pending reversals and breaker), and one
+//! action, `POST /clearing/close`, which closes the open clearing window and answers with
+//! its number and files.
 //!
-//! Four read-only GET endpoints do not justify a web framework: this is a small, bounded
+//! Four read-only GET endpoints and one POST do not justify a web framework: this is a small, bounded
 //! HTTP/1.1 responder (one request per connection, request head at most 8 KiB, 5 s to send
 //! it). The authenticated, state-changing admin API (issue 8) may replace it.
 //!
@@ -62,6 +64,14 @@ async fn respond(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> 
     let (status, content_type, body) = match read {
         Err(_) => ("408 Request Timeout", "text/plain", "request head not received in time\n".to_string()),
         Ok(Err(error)) => return Err(error),
+        Ok(Ok(())) if head.starts_with(b"POST /clearing/close ") => match shared.close_window().await {
+            Ok((window, files)) => {
+                let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+                let body = serde_json::json!({ "window": window, "files": files });
+                ("200 OK", "application/json", format!("{body}\n"))
+            }
+            Err(problem) => ("409 Conflict", "text/plain", format!("{problem}\n")),
+        },
         Ok(Ok(())) => route(&head, shared),
     };
     let response = format!(

@@ -31,6 +31,17 @@ use crate::journal::{EXIT_JOURNAL_FAILED, Journal, SyncPolicy};
 /// Batches whose messages may wait for the journal at once.
 pub const HELD_BATCHES_MAX: usize = 64;
 
+/// A batch's messages, and who waits to hear it is durable (a window cut's closer).
+#[derive(Debug)]
+struct Held {
+    id: u64,
+    messages: Vec<Outbound>,
+    waiters: Vec<Durable>,
+}
+
+/// Told once the batch holding it is durable.
+pub type Durable = tokio::sync::oneshot::Sender<()>;
+
 struct Batch {
     id: u64,
     records: Vec<Record>,
@@ -42,7 +53,7 @@ pub struct Commit {
     batches: mpsc::Sender<Batch>,
     durable: Arc<AtomicU64>,
     next_id: u64,
-    held: VecDeque<(u64, Vec<Outbound>)>,
+    held: VecDeque<Held>,
     records: Vec<Record>,
 }
 
@@ -96,9 +107,10 @@ impl Commit {
         self.held.len() < HELD_BATCHES_MAX
     }
 
-    /// After a batch: hands its records to the journal thread and holds `out` behind them;
-    /// puts back into `out` every held message whose batch is durable, oldest first.
-    pub fn pass(&mut self, exchange: &mut Exchange, out: &mut Vec<Outbound>) {
+    /// After a batch: hands its records to the journal thread and holds `out` (and
+    /// `waiters`) behind them; puts back into `out` every held message whose batch is
+    /// durable, oldest first, and tells its waiters.
+    pub fn pass(&mut self, exchange: &mut Exchange, out: &mut Vec<Outbound>, waiters: &mut Vec<Durable>) {
         exchange.take_records(&mut self.records);
         if !self.records.is_empty() {
             self.next_id += 1;
@@ -108,15 +120,28 @@ impl Commit {
                 tracing::error!("journal thread gone: stopping rather than answer what is not durable");
                 std::process::exit(EXIT_JOURNAL_FAILED);
             }
-            self.held.push_back((self.next_id, std::mem::take(out)));
-        } else if let Some((_, last)) = self.held.back_mut() {
+            self.held.push_back(Held {
+                id: self.next_id,
+                messages: std::mem::take(out),
+                waiters: std::mem::take(waiters),
+            });
+        } else if let Some(last) = self.held.back_mut() {
             // No records of its own, but produced after some not yet durable: waits behind them.
-            last.append(out);
+            last.messages.append(out);
+            last.waiters.append(waiters);
+        } else {
+            for waiter in waiters.drain(..) {
+                let _ = waiter.send(());
+            }
         }
         let durable = self.durable.load(Ordering::Acquire);
-        while self.held.front().is_some_and(|(id, _)| *id <= durable) {
-            let (_, mut messages) = self.held.pop_front().expect("checked");
-            out.append(&mut messages);
+        while self.held.front().is_some_and(|held| held.id <= durable) {
+            let mut held = self.held.pop_front().expect("checked");
+            out.append(&mut held.messages);
+            for waiter in held.waiters {
+                // The closer may have given up waiting; the cut is durable all the same.
+                let _ = waiter.send(());
+            }
         }
     }
 }

@@ -30,7 +30,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::core::exchange::{Exchange, Outbound, SessionId};
 use crate::core::shard::{SHARDS_MAX, owner};
-use crate::edge::commit::Commit;
+use crate::edge::commit::{Commit, Durable};
 use crate::metrics::Metrics;
 use crate::status::{PUBLISH_INTERVAL_MS, Status};
 
@@ -55,6 +55,9 @@ pub enum Event {
     Deliver { session: SessionId, message: Message },
     /// A message this shard could not deliver, back to the shard whose exchange sent it.
     Undeliverable { message: Message },
+    /// Close clearing window `window` in this shard's journal; `done` is told once the cut
+    /// is durable.
+    Cut { window: u64, done: Durable },
 }
 
 #[derive(Debug)]
@@ -158,6 +161,8 @@ pub struct ShardLoop {
 pub async fn run_shard(parts: ShardLoop) {
     let ShardLoop { index, mut exchange, mut commit, mesh, metrics, status, started, mut stop } = parts;
     let inbox = &mesh.inboxes[index];
+    // Closers of clearing windows cut in this batch, told when the cut is durable.
+    let mut cut_waiters: Vec<Durable> = Vec::new();
     let mut routes: HashMap<SessionId, Route> = HashMap::new();
     let mut out: Vec<Outbound> = Vec::with_capacity(EVENT_BATCH_MAX);
     let mut undelivered: Vec<Outbound> = Vec::new();
@@ -219,12 +224,21 @@ pub async fn run_shard(parts: ShardLoop) {
                     }
                 }
                 Event::Undeliverable { message } => exchange.handle_undeliverable(now, message, &mut undelivered),
+                Event::Cut { window, done } => {
+                    exchange.cut(window, now);
+                    cut_waiters.push(done);
+                }
             }
         }
         exchange.handle_timers(now, &mut out);
         // Nothing leaves before the records of what produced it are durable (group commit).
-        if let Some(commit) = commit.as_mut() {
-            commit.pass(&mut exchange, &mut out);
+        match commit.as_mut() {
+            Some(commit) => commit.pass(&mut exchange, &mut out, &mut cut_waiters),
+            None => {
+                for waiter in cut_waiters.drain(..) {
+                    let _ = waiter.send(());
+                }
+            }
         }
         for Outbound { session, message } in out.drain(..) {
             let undeliverable = match routes.get(&session) {

@@ -10,6 +10,7 @@
 //! - Every frame's reply is written before the connection is closed.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use codec::{FrameDecoder, FrameEncoder, InstitutionId, Message, ReplyCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::clearing;
 use crate::core::exchange::{Exchange, ExchangeConfig, Routes, SessionId, UsedCodes, switch_answer};
 use crate::core::session::{CloseReason, Control, Now, Session, SessionConfig};
 use crate::core::shard;
@@ -54,6 +56,10 @@ pub struct Shared {
     pub io: Io,
     /// The journal (none: decisions are kept in memory only, as in most tests).
     pub journal: Option<JournalSettings>,
+    /// The shards' inboxes, once `serve` has started them (for closing windows).
+    mesh: std::sync::OnceLock<Arc<Mesh>>,
+    /// The next clearing window to close (after recovery: one past the last cut).
+    next_window: AtomicU64,
     /// Session ids, unique for this process. Relaxed: only uniqueness matters.
     next_session_id: AtomicU64,
 }
@@ -72,6 +78,8 @@ impl Shared {
             shards: 1,
             io: Io::Tokio,
             journal: None,
+            mesh: std::sync::OnceLock::new(),
+            next_window: AtomicU64::new(1),
             next_session_id: AtomicU64::new(1),
         }
     }
@@ -105,6 +113,39 @@ impl Shared {
     fn now(&self) -> Now {
         super::now(self.started)
     }
+
+    /// Closes the open clearing window: every shard journals a cut (in order with its
+    /// decisions), and once every cut is durable the window's files are built from the
+    /// journal and written under the data directory. See `clearing` for the rules.
+    pub async fn close_window(&self) -> Result<(u64, Vec<PathBuf>), String> {
+        let settings = self.journal.as_ref().ok_or("this switch keeps no journal: there is nothing to clear")?;
+        let mesh = self.mesh.get().ok_or("the switch is not serving yet")?;
+        let window = self.next_window.fetch_add(1, Ordering::Relaxed);
+        let mut durable = Vec::with_capacity(mesh.shards());
+        let mut dones: Vec<Option<oneshot::Sender<()>>> = (0..mesh.shards())
+            .map(|_| {
+                let (done, cut) = oneshot::channel();
+                durable.push(cut);
+                Some(done)
+            })
+            .collect();
+        mesh.broadcast(|shard| Event::Cut { window, done: dones[shard].take().expect("one per shard") }).await;
+        for cut in durable {
+            match tokio::time::timeout(Duration::from_secs(30), cut).await {
+                Ok(Ok(())) => {}
+                _ => return Err(format!("window {window}: a shard did not make its cut durable in 30 s")),
+            }
+        }
+        let data_dir = settings.data_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let built = clearing::rebuild(&data_dir, window).map_err(|e| e.to_string())?;
+            let files = built.write(&data_dir).map_err(|e| e.to_string())?;
+            tracing::info!(window, entries = built.entries.len(), files = files.len(), "clearing window closed");
+            Ok((window, files))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
 }
 
 /// Connections accepted but not yet taken up by their shard.
@@ -125,6 +166,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), JournalError> {
     tokio::pin!(shutdown);
+    // One switch (or offline close) per data directory: held until `serve` returns.
+    let _lock = match &shared.journal {
+        Some(settings) => Some(clearing::lock(&settings.data_dir).map_err(|error| JournalError::Io {
+            path: settings.data_dir.clone(),
+            source: std::io::Error::other(error.to_string()),
+        })?),
+        None => None,
+    };
     let shards = shared.shards;
     shared.metrics.set_shards(shards);
     let mesh = Arc::new(Mesh::new(shards));
@@ -145,6 +194,7 @@ pub async fn serve(
             Some(settings) => Some(recover(settings, index, shards, &mut exchange, shared.now())?),
             None => None,
         };
+        shared.next_window.fetch_max(exchange.last_window() + 1, Ordering::Relaxed);
         let shard = ShardThread {
             index,
             shared: Arc::clone(&shared),
@@ -166,6 +216,7 @@ pub async fn serve(
         handoffs.push(handoff);
         drained.push(drained_rx);
     }
+    let _ = shared.mesh.set(Arc::clone(&mesh));
     let mut next = 0usize;
     loop {
         tokio::select! {

@@ -1,0 +1,492 @@
+//! Clearing: a window's entries and net positions, derived from the journal alone, and the
+//! files a window's close writes. Deterministic: the same journal gives the same bytes.
+//!
+//! Rules:
+//! - **Which window.** An entry belongs to the window in which the shard journalled the
+//!   decision that made it: an approval in the window of its `Answered` record (not of its
+//!   request), a reversal of an approval in the window of its `ReversalStarted` record. A
+//!   transaction in flight at a cut-off belongs to the window in which it completes.
+//! - **Who pays.** Consumer-presented (a payment code): the payer's issuer (the receiver)
+//!   pays the acquirer (the originator). Merchant-presented (QR): the payer's wallet (the
+//!   originator) pays the merchant's acquirer (the receiver). A refund flows back the other
+//!   way; a reversal of an approval (or of an approved refund) undoes it.
+//! - **Positions.** For each entry the payee is credited and the payer debited the same
+//!   amount in the same currency, so positions sum to zero in every currency; this is
+//!   checked again before any file is written.
+//! - Timed-out transactions have no entry: they are reversed, whatever the receiver did.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use codec::InstitutionId;
+use codec::field::FieldText;
+use serde::Serialize;
+
+use crate::core::record::Record;
+use crate::journal::{self, JournalError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    Payment,
+    Refund,
+    Reversal,
+}
+
+/// One movement of value between two participants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub time_ms: i64,
+    pub reference: u64,
+    pub kind: EntryKind,
+    pub originator_transaction_id: String,
+    pub payer: InstitutionId,
+    pub payee: InstitutionId,
+    pub amount_minor: u64,
+    pub currency: u16,
+}
+
+/// What the journal says of one transaction, as clearing needs it.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    payer: InstitutionId,
+    payee: InstitutionId,
+    amount_minor: u64,
+    currency: u16,
+    refund: bool,
+    approved: bool,
+}
+
+/// The entries of window `window` in one shard's records (its whole journal, in order).
+pub fn shard_entries(records: &[Record], window: u64) -> Vec<Entry> {
+    let mut known: HashMap<u64, (Known, codec::TransactionId)> = HashMap::new();
+    let mut current = 1u64;
+    let mut entries = Vec::new();
+    for record in records {
+        match *record {
+            Record::WindowCut { window: closed, .. } => current = closed + 1,
+            Record::Admitted {
+                reference,
+                originator,
+                receiver,
+                id,
+                amount_minor,
+                currency,
+                refund_of,
+                payment_code,
+                ..
+            } => {
+                let (payer, payee) = if refund_of != 0 {
+                    // Back the way the payment came.
+                    match known.get(&refund_of) {
+                        Some((payment, _)) => (payment.payee, payment.payer),
+                        None => continue,
+                    }
+                } else if payment_code.is_some() {
+                    (receiver, originator)
+                } else {
+                    (originator, receiver)
+                };
+                let refund = refund_of != 0;
+                known.insert(reference, (Known { payer, payee, amount_minor, currency, refund, approved: false }, id));
+            }
+            Record::Answered { reference, code, time_ms, .. } => {
+                let Some((transaction, id)) = known.get_mut(&reference) else { continue };
+                if code != 0 || transaction.approved {
+                    continue;
+                }
+                transaction.approved = true;
+                if current == window {
+                    let kind = if transaction.refund { EntryKind::Refund } else { EntryKind::Payment };
+                    entries.push(Entry {
+                        time_ms,
+                        reference,
+                        kind,
+                        originator_transaction_id: id.as_str().to_string(),
+                        payer: transaction.payer,
+                        payee: transaction.payee,
+                        amount_minor: transaction.amount_minor,
+                        currency: transaction.currency,
+                    });
+                }
+            }
+            Record::ReversalStarted { original, time_ms, .. } => {
+                let Some((transaction, id)) = known.get_mut(&original) else { continue };
+                if !transaction.approved {
+                    continue;
+                }
+                transaction.approved = false;
+                if current == window {
+                    entries.push(Entry {
+                        time_ms,
+                        reference: original,
+                        kind: EntryKind::Reversal,
+                        originator_transaction_id: id.as_str().to_string(),
+                        payer: transaction.payee,
+                        payee: transaction.payer,
+                        amount_minor: transaction.amount_minor,
+                        currency: transaction.currency,
+                    });
+                }
+            }
+            Record::TimedOut { .. } | Record::ReversalAcknowledged { .. } => {}
+        }
+    }
+    entries
+}
+
+/// A participant's totals in one currency.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub debits_minor: u64,
+    pub credits_minor: u64,
+    /// Credits minus debits.
+    pub net_minor: i128,
+    pub entries: u64,
+}
+
+/// A closed window: its entries (sorted) and every participant's totals per currency.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    pub window: u64,
+    pub entries: Vec<Entry>,
+    pub positions: BTreeMap<InstitutionId, BTreeMap<u16, Totals>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClearingError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("window {window}: positions in currency {currency} sum to {sum}, not zero; nothing written")]
+    Unbalanced { window: u64, currency: u16, sum: i128 },
+    #[error("window {0} has not been closed in this journal")]
+    NotClosed(u64),
+    #[error("{0} is in use by a running switch (close the window through its admin port: --admin ADDR)")]
+    Locked(PathBuf),
+}
+
+impl Window {
+    /// Window `window` from every shard's records.
+    pub fn from_shards(window: u64, shards: &[Vec<Record>]) -> Result<Self, ClearingError> {
+        let mut entries = Vec::new();
+        for records in shards {
+            entries.extend(shard_entries(records, window));
+        }
+        entries.sort_by_key(|e| (e.time_ms, e.reference, e.kind));
+        let mut positions: BTreeMap<InstitutionId, BTreeMap<u16, Totals>> = BTreeMap::new();
+        for entry in &entries {
+            let payer = positions.entry(entry.payer).or_default().entry(entry.currency).or_default();
+            payer.debits_minor += entry.amount_minor;
+            payer.net_minor -= i128::from(entry.amount_minor);
+            payer.entries += 1;
+            let payee = positions.entry(entry.payee).or_default().entry(entry.currency).or_default();
+            payee.credits_minor += entry.amount_minor;
+            payee.net_minor += i128::from(entry.amount_minor);
+            payee.entries += 1;
+        }
+        let built = Self { window, entries, positions };
+        built.check_balanced()?;
+        Ok(built)
+    }
+
+    /// Every currency's positions sum to zero.
+    fn check_balanced(&self) -> Result<(), ClearingError> {
+        let mut sums: BTreeMap<u16, i128> = BTreeMap::new();
+        for totals in self.positions.values() {
+            for (&currency, t) in totals {
+                *sums.entry(currency).or_default() += t.net_minor;
+            }
+        }
+        match sums.into_iter().find(|(_, sum)| *sum != 0) {
+            Some((currency, sum)) => Err(ClearingError::Unbalanced { window: self.window, currency, sum }),
+            None => Ok(()),
+        }
+    }
+
+    /// The reconciliation file of `participant`: every entry it is party to, once.
+    pub fn csv(&self, participant: InstitutionId) -> String {
+        let mut text = String::from(
+            "switch_reference,originator_transaction_id,time_ms,type,direction,amount_minor,currency,counterparty,fee_minor\n",
+        );
+        for entry in self.entries.iter().filter(|e| e.payer == participant || e.payee == participant) {
+            let (direction, counterparty) =
+                if entry.payee == participant { ("credit", entry.payer) } else { ("debit", entry.payee) };
+            let kind = match entry.kind {
+                EntryKind::Payment => "payment",
+                EntryKind::Refund => "refund",
+                EntryKind::Reversal => "reversal",
+            };
+            // Transaction ids are printable ASCII: quoted, with quotes doubled (RFC 4180).
+            let _ = writeln!(
+                text,
+                "{},\"{}\",{},{kind},{direction},{},{},{},0",
+                codec::SwitchReference(entry.reference),
+                entry.originator_transaction_id.replace('"', "\"\""),
+                entry.time_ms,
+                entry.amount_minor,
+                entry.currency,
+                counterparty.as_str(),
+            );
+        }
+        text
+    }
+
+    /// The summary of `participant`: totals per currency.
+    pub fn participant_json(&self, participant: InstitutionId) -> String {
+        let totals = self.positions.get(&participant).cloned().unwrap_or_default();
+        let currencies: Vec<_> =
+            totals.into_iter().map(|(currency, t)| serde_json::json!({ "currency": currency, "totals": t })).collect();
+        let document = serde_json::json!({
+            "window": self.window,
+            "participant": participant.as_str(),
+            "fees_minor": 0,
+            "currencies": currencies,
+        });
+        format!("{}\n", serde_json::to_string_pretty(&document).unwrap_or_default())
+    }
+
+    /// The all-participant summary: every position, and each currency's sum (zero).
+    pub fn summary_json(&self) -> String {
+        let mut sums: BTreeMap<u16, i128> = BTreeMap::new();
+        let participants: Vec<_> = self
+            .positions
+            .iter()
+            .map(|(participant, totals)| {
+                for (&currency, t) in totals {
+                    *sums.entry(currency).or_default() += t.net_minor;
+                }
+                let nets: BTreeMap<String, i128> = totals.iter().map(|(c, t)| (c.to_string(), t.net_minor)).collect();
+                serde_json::json!({ "participant": participant.as_str(), "net_minor": nets })
+            })
+            .collect();
+        let document = serde_json::json!({
+            "window": self.window,
+            "entries": self.entries.len(),
+            "participants": participants,
+            "sum_minor_by_currency": sums.iter().map(|(c, s)| (c.to_string(), *s)).collect::<BTreeMap<_, _>>(),
+        });
+        format!("{}\n", serde_json::to_string_pretty(&document).unwrap_or_default())
+    }
+
+    /// Writes every file of this window under `DATA_DIR/clearing/window-NNNNNN/`, each
+    /// atomically: a CSV and a JSON for every participant with entries, and the summary.
+    /// Returns the paths.
+    pub fn write(&self, data_dir: &Path) -> Result<Vec<PathBuf>, ClearingError> {
+        let dir = window_dir(data_dir, self.window);
+        std::fs::create_dir_all(&dir).map_err(|source| ClearingError::Io { path: dir.clone(), source })?;
+        let mut files = Vec::new();
+        for &participant in self.positions.keys() {
+            for (name, bytes) in [
+                (format!("{}.csv", participant.as_str()), self.csv(participant)),
+                (format!("{}.json", participant.as_str()), self.participant_json(participant)),
+            ] {
+                files.push(write_file(&dir.join(name), bytes.as_bytes())?);
+            }
+        }
+        files.push(write_file(&dir.join("summary.json"), self.summary_json().as_bytes())?);
+        Ok(files)
+    }
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<PathBuf, ClearingError> {
+    journal::write_atomically(path, bytes).map_err(|source| ClearingError::Io { path: path.to_path_buf(), source })?;
+    Ok(path.to_path_buf())
+}
+
+pub fn window_dir(data_dir: &Path, window: u64) -> PathBuf {
+    data_dir.join("clearing").join(format!("window-{window:06}"))
+}
+
+/// Reads every shard's journal in `data_dir` and builds window `window`, which must have
+/// been cut in each.
+pub fn rebuild(data_dir: &Path, window: u64) -> Result<Window, ClearingError> {
+    let mut shards = Vec::new();
+    for (_, dir) in shard_dirs(data_dir)? {
+        let records = journal::read(&dir)?.records;
+        if !records.iter().any(|r| matches!(r, Record::WindowCut { window: w, .. } if *w == window)) {
+            return Err(ClearingError::NotClosed(window));
+        }
+        shards.push(records);
+    }
+    Window::from_shards(window, &shards)
+}
+
+/// The shard directories of a data directory's journal, with their shard, in shard order.
+pub fn shard_dirs(data_dir: &Path) -> Result<Vec<(usize, PathBuf)>, ClearingError> {
+    let root = data_dir.join("journal");
+    let entries = std::fs::read_dir(&root).map_err(|source| ClearingError::Io { path: root.clone(), source })?;
+    let mut shards: Vec<(usize, PathBuf)> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter_map(|path| {
+            let index = path.file_name()?.to_str()?.strip_prefix("shard-")?.parse().ok()?;
+            Some((index, path))
+        })
+        .collect();
+    shards.sort();
+    Ok(shards)
+}
+
+/// Closes the open window of a stopped switch's data directory: takes the directory's lock
+/// (refused while a switch runs on it), cuts every shard's journal, and writes the files.
+pub fn close_offline(data_dir: &Path) -> Result<(u64, Vec<PathBuf>), ClearingError> {
+    let _lock = lock(data_dir)?;
+    let mut journals = Vec::new();
+    let mut last = 0;
+    for (_, dir) in shard_dirs(data_dir)? {
+        let (journal, recovery) = journal::Journal::open(&dir, journal::SyncPolicy::Always, journal::Damage::Refuse)?;
+        for record in &recovery.records {
+            if let Record::WindowCut { window, .. } = record {
+                last = last.max(*window);
+            }
+        }
+        journals.push((dir, journal));
+    }
+    let window = last + 1;
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    for (dir, journal) in &mut journals {
+        journal
+            .append(&[Record::WindowCut { window, time_ms: now_ms }])
+            .and_then(|()| journal.sync())
+            .map_err(|source| ClearingError::Io { path: dir.clone(), source })?;
+    }
+    drop(journals);
+    let built = rebuild(data_dir, window)?;
+    Ok((window, built.write(data_dir)?))
+}
+
+/// The data directory's lock: held by a running switch, and by an offline close.
+pub fn lock(data_dir: &Path) -> Result<std::fs::File, ClearingError> {
+    let path = data_dir.join("LOCK");
+    let io = |source| ClearingError::Io { path: path.clone(), source };
+    std::fs::create_dir_all(data_dir).map_err(|source| ClearingError::Io { path: data_dir.to_path_buf(), source })?;
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ClearingError::Locked(data_dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(source)) => Err(io(source)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use codec::{AuthorizationCode, PaymentCode, TransactionId};
+
+    fn id(text: &str) -> InstitutionId {
+        InstitutionId::new(text).expect("valid")
+    }
+
+    fn admitted(reference: u64, originator: &str, receiver: &str, amount: u64, code: bool, refund_of: u64) -> Record {
+        Record::Admitted {
+            reference,
+            time_ms: reference as i64,
+            originator: id(originator),
+            receiver: id(receiver),
+            id: TransactionId::new(&format!("T{reference}")).expect("valid"),
+            amount_minor: amount,
+            currency: 156,
+            refund_of,
+            payment_code: code.then(|| PaymentCode::new(&format!("13{reference:016}")).expect("valid")),
+        }
+    }
+
+    fn answered(reference: u64, code: u16) -> Record {
+        Record::Answered {
+            reference,
+            time_ms: 100 + reference as i64,
+            code,
+            authorization_code: AuthorizationCode::EMPTY,
+        }
+    }
+
+    fn net(window: &Window, participant: &str) -> i128 {
+        window.positions.get(&id(participant)).and_then(|t| t.get(&156)).map_or(0, |t| t.net_minor)
+    }
+
+    #[test]
+    fn who_pays_whom_and_what_nets_out() {
+        let records = vec![
+            // Consumer-presented: WeChat Pay (issuer) pays ACQ0001.
+            admitted(1, "ACQ0001", "WECHATPAY", 1_000, true, 0),
+            answered(1, 0),
+            // Merchant-presented: the wallet WAL0001 pays the acquirer UNIONPAY.
+            admitted(2, "WAL0001", "UNIONPAY", 500, false, 0),
+            answered(2, 0),
+            // A partial refund of 1: back from ACQ0001 to WeChat Pay.
+            admitted(3, "ACQ0001", "WECHATPAY", 300, false, 1),
+            answered(3, 0),
+            // Declined and timed out: nothing moves.
+            admitted(4, "ACQ0001", "WECHATPAY", 7_000, true, 0),
+            answered(4, 2),
+            admitted(5, "ACQ0001", "WECHATPAY", 9_000, true, 0),
+            Record::TimedOut { reference: 5, time_ms: 200 },
+            Record::ReversalStarted { reversal: 6, original: 5, reason: 1, time_ms: 200 },
+            // Approved, then reversed (the approval could not be delivered): nets to zero.
+            admitted(7, "ACQ0002", "ALIPAY", 4_000, true, 0),
+            answered(7, 0),
+            Record::ReversalStarted { reversal: 8, original: 7, reason: 4, time_ms: 300 },
+        ];
+        let window = Window::from_shards(1, &[records]).expect("balanced");
+        assert_eq!(net(&window, "ACQ0001"), 1_000 - 300);
+        assert_eq!(net(&window, "WECHATPAY"), -1_000 + 300);
+        assert_eq!(net(&window, "WAL0001"), -500);
+        assert_eq!(net(&window, "UNIONPAY"), 500);
+        assert_eq!((net(&window, "ACQ0002"), net(&window, "ALIPAY")), (0, 0));
+        let kinds: Vec<_> = window.entries.iter().map(|e| (e.reference, e.kind)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (1, EntryKind::Payment),
+                (2, EntryKind::Payment),
+                (3, EntryKind::Refund),
+                (7, EntryKind::Payment),
+                (7, EntryKind::Reversal)
+            ]
+        );
+        let csv = window.csv(id("ACQ0001"));
+        assert_eq!(csv.lines().count(), 3, "{csv}");
+        assert!(csv.contains(",\"T3\",103,refund,debit,300,156,WECHATPAY,0"), "{csv}");
+    }
+
+    #[test]
+    fn entries_fall_in_the_window_of_their_outcome() {
+        let records = vec![
+            admitted(1, "ACQ0001", "WECHATPAY", 10, true, 0),
+            answered(1, 0),
+            // In flight at the cut-off: completes, and counts, in window 2.
+            admitted(2, "ACQ0001", "WECHATPAY", 20, true, 0),
+            Record::WindowCut { window: 1, time_ms: 150 },
+            answered(2, 0),
+            // Approved in window 2, reversed in window 3.
+            admitted(3, "ACQ0001", "WECHATPAY", 40, true, 0),
+            answered(3, 0),
+            Record::WindowCut { window: 2, time_ms: 250 },
+            Record::ReversalStarted { reversal: 4, original: 3, reason: 2, time_ms: 260 },
+        ];
+        let shards = [records];
+        let nets: Vec<i128> =
+            (1..=3).map(|w| net(&Window::from_shards(w, &shards).expect("balanced"), "ACQ0001")).collect();
+        assert_eq!(nets, [10, 60, -40]);
+    }
+
+    #[test]
+    fn files_are_balanced_and_identical_when_rebuilt() {
+        let shards = [
+            vec![admitted(1, "ACQ0001", "WECHATPAY", 10, true, 0), answered(1, 0)],
+            vec![admitted(2, "ACQ0002", "ALIPAY", 20, true, 0), answered(2, 0)],
+        ];
+        let first = Window::from_shards(1, &shards).expect("balanced");
+        let second = Window::from_shards(1, &shards).expect("balanced");
+        assert_eq!(first.summary_json(), second.summary_json());
+        assert_eq!(first.csv(id("ALIPAY")), second.csv(id("ALIPAY")));
+        let summary: serde_json::Value = serde_json::from_str(&first.summary_json()).expect("JSON");
+        assert_eq!(summary["sum_minor_by_currency"]["156"], 0);
+        // An unbalanced window is refused.
+        let mut broken = first.clone();
+        broken.positions.get_mut(&id("ALIPAY")).and_then(|t| t.get_mut(&156)).expect("there").net_minor += 1;
+        assert!(matches!(broken.check_balanced(), Err(ClearingError::Unbalanced { currency: 156, sum: 1, .. })));
+    }
+}
