@@ -336,12 +336,12 @@ pub fn close_offline(data_dir: &Path) -> Result<(u64, Vec<PathBuf>), ClearingErr
     let mut journals = Vec::new();
     let mut last = 0;
     for (_, dir) in shard_dirs(data_dir)? {
-        let (journal, recovery) = journal::Journal::open(&dir, journal::SyncPolicy::Always, journal::Damage::Refuse)?;
-        for record in &recovery.records {
-            if let Record::WindowCut { window, .. } = record {
-                last = last.max(*window);
-            }
-        }
+        let (journal, _) =
+            journal::Journal::open(&dir, journal::SyncPolicy::Always, journal::Damage::Refuse, |record| {
+                if let Record::WindowCut { window, .. } = record {
+                    last = last.max(window);
+                }
+            })?;
         journals.push((dir, journal));
     }
     let window = last + 1;

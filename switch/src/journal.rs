@@ -103,7 +103,8 @@ pub struct JournalSettings {
 /// What recovery found in one shard's journal.
 #[derive(Debug, Default)]
 pub struct Recovery {
-    pub records: Vec<Record>,
+    /// Records read (and handed to the caller, in order).
+    pub records: u64,
     /// A torn tail cut off: (segment, offset, bytes dropped).
     pub torn_tail: Option<(PathBuf, u64, u64)>,
     /// Damage the operator accepted: (segment, offset, problem).
@@ -193,7 +194,7 @@ pub fn read(dir: &Path) -> Result<Contents, JournalError> {
     for (index, path) in segments.iter().enumerate() {
         let bytes = fs::read(path).map_err(io_error(path))?;
         let last = index + 1 == segments.len();
-        if let Some((offset, problem)) = scan(path, &bytes, &mut expected, &mut records)? {
+        if let Some((offset, problem)) = scan(path, &bytes, &mut expected, &mut |record| records.push(record))? {
             if last && !valid_after(&bytes, offset as usize, expected) {
                 return Ok(Contents { records, torn_tail: Some((path.clone(), offset)) });
             }
@@ -203,13 +204,13 @@ pub fn read(dir: &Path) -> Result<Contents, JournalError> {
     Ok(Contents { records, torn_tail: None })
 }
 
-/// Reads records from `bytes` into `records` until the end or the first damaged record
+/// Hands the records of `bytes` to `on_record` until the end or the first damaged record
 /// (returned with its offset). Sequence gaps are errors.
 fn scan(
     path: &Path,
     bytes: &[u8],
     expected: &mut u64,
-    records: &mut Vec<Record>,
+    on_record: &mut impl FnMut(Record),
 ) -> Result<Option<(u64, RecordError)>, JournalError> {
     let mut offset = 0usize;
     while offset < bytes.len() {
@@ -223,7 +224,7 @@ fn scan(
                         found: sequence,
                     });
                 }
-                records.push(record);
+                on_record(record);
                 *expected += 1;
                 offset += size;
             }
@@ -242,9 +243,16 @@ fn valid_after(bytes: &[u8], offset: usize, expected: u64) -> bool {
 }
 
 impl Journal {
-    /// Opens shard `dir`'s journal: reads and checks every segment, cuts a torn tail (and,
-    /// if the operator said so, accepted damage), and opens the last segment for appending.
-    pub fn open(dir: &Path, policy: SyncPolicy, damage: Damage) -> Result<(Self, Recovery), JournalError> {
+    /// Opens shard `dir`'s journal: reads and checks every segment, handing each record to
+    /// `on_record` in order (streamed: a journal need not fit in memory), cuts a torn tail
+    /// (and, if the operator said so, accepted damage), and opens the last segment for
+    /// appending.
+    pub fn open(
+        dir: &Path,
+        policy: SyncPolicy,
+        damage: Damage,
+        mut on_record: impl FnMut(Record),
+    ) -> Result<(Self, Recovery), JournalError> {
         fs::create_dir_all(dir).map_err(io_error(dir))?;
         let segments = segments(dir)?;
         let mut recovery = Recovery::default();
@@ -252,7 +260,7 @@ impl Journal {
         let mut keep = segments.len();
         for (index, path) in segments.iter().enumerate() {
             let bytes = fs::read(path).map_err(io_error(path))?;
-            let Some((offset, problem)) = scan(path, &bytes, &mut expected, &mut recovery.records)? else { continue };
+            let Some((offset, problem)) = scan(path, &bytes, &mut expected, &mut on_record)? else { continue };
             let last = index + 1 == segments.len();
             if last && !valid_after(&bytes, offset as usize, expected) {
                 recovery.torn_tail = Some((path.clone(), offset, bytes.len() as u64 - offset));
@@ -275,6 +283,7 @@ impl Journal {
         };
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_error(&path))?;
         let segment_size = file.metadata().map_err(io_error(&path))?.len();
+        recovery.records = expected - 1;
         let journal = Self {
             dir: dir.to_path_buf(),
             file,
@@ -367,8 +376,8 @@ mod tests {
     }
 
     fn write(dir: &Path, count: u64) -> PathBuf {
-        let (mut journal, recovery) = Journal::open(dir, SyncPolicy::Always, Damage::Refuse).expect("open");
-        assert!(recovery.records.is_empty());
+        let (mut journal, recovery) = Journal::open(dir, SyncPolicy::Always, Damage::Refuse, |_| {}).expect("open");
+        assert_eq!(recovery.records, 0);
         let records: Vec<_> = (1..=count).map(record).collect();
         journal.append(&records).expect("append");
         journal.sync().expect("sync");
@@ -379,8 +388,10 @@ mod tests {
     fn records_come_back_in_order_and_appending_continues_the_sequence() {
         let dir = temp_dir("order");
         write(&dir, 10);
-        let (mut journal, recovery) = Journal::open(&dir, SyncPolicy::Always, Damage::Refuse).expect("reopen");
-        assert_eq!(recovery.records, (1..=10).map(record).collect::<Vec<_>>());
+        let mut records = Vec::new();
+        let (mut journal, recovery) =
+            Journal::open(&dir, SyncPolicy::Always, Damage::Refuse, |r| records.push(r)).expect("reopen");
+        assert_eq!(records, (1..=10).map(record).collect::<Vec<_>>());
         assert!(recovery.torn_tail.is_none());
         journal.append(&[record(11)]).expect("append");
         drop(journal);
@@ -397,8 +408,8 @@ mod tests {
         let record_size = whole.len() / 3;
         for cut in (2 * record_size + 1)..whole.len() {
             fs::write(&path, &whole[..cut]).expect("tear");
-            let (_, recovery) = Journal::open(&dir, SyncPolicy::Always, Damage::Refuse).expect("recovers");
-            assert_eq!(recovery.records.len(), 2, "cut at {cut}");
+            let (_, recovery) = Journal::open(&dir, SyncPolicy::Always, Damage::Refuse, |_| {}).expect("recovers");
+            assert_eq!(recovery.records, 2, "cut at {cut}");
             let (_, offset, dropped) = recovery.torn_tail.clone().expect("reported");
             assert_eq!((offset, dropped), ((2 * record_size) as u64, (cut - 2 * record_size) as u64));
             assert_eq!(fs::metadata(&path).expect("metadata").len(), (2 * record_size) as u64);
@@ -407,8 +418,8 @@ mod tests {
         let mut zeroed = whole.clone();
         zeroed[2 * record_size..].fill(0);
         fs::write(&path, &zeroed).expect("write");
-        let (_, recovery) = Journal::open(&dir, SyncPolicy::Always, Damage::Refuse).expect("recovers");
-        assert_eq!(recovery.records.len(), 2);
+        let (_, recovery) = Journal::open(&dir, SyncPolicy::Always, Damage::Refuse, |_| {}).expect("recovers");
+        assert_eq!(recovery.records, 2);
         let _ = fs::remove_dir_all(&dir);
     }
 
@@ -420,14 +431,16 @@ mod tests {
         let record_size = bytes.len() / 5;
         bytes[record_size + 40] ^= 0x01;
         fs::write(&path, &bytes).expect("write");
-        match Journal::open(&dir, SyncPolicy::Always, Damage::Refuse) {
+        match Journal::open(&dir, SyncPolicy::Always, Damage::Refuse, |_| {}) {
             Err(JournalError::Corrupt { offset, .. }) => assert_eq!(offset, record_size as u64),
             other => panic!("expected corruption at record 2: {other:?}"),
         }
         assert!(matches!(read(&dir), Err(JournalError::Corrupt { .. })));
         // The operator accepts the loss: the journal is cut there and goes on.
-        let (mut journal, recovery) = Journal::open(&dir, SyncPolicy::Always, Damage::Truncate).expect("accepted");
-        assert_eq!(recovery.records, vec![record(1)]);
+        let mut records = Vec::new();
+        let (mut journal, recovery) =
+            Journal::open(&dir, SyncPolicy::Always, Damage::Truncate, |r| records.push(r)).expect("accepted");
+        assert_eq!(records, vec![record(1)]);
         assert!(recovery.accepted_damage.is_some());
         journal.append(&[record(2)]).expect("append");
         let _ = fs::remove_dir_all(&dir);
@@ -436,7 +449,7 @@ mod tests {
     #[test]
     fn segments_rotate_and_a_gap_in_sequences_is_refused() {
         let dir = temp_dir("rotate");
-        let (mut journal, _) = Journal::open(&dir, SyncPolicy::Never, Damage::Refuse).expect("open");
+        let (mut journal, _) = Journal::open(&dir, SyncPolicy::Never, Damage::Refuse, |_| {}).expect("open");
         journal.append(&[record(1)]).expect("append");
         journal.segment_size = SEGMENT_SIZE_MAX;
         journal.append(&[record(2), record(3)]).expect("append");

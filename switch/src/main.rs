@@ -188,6 +188,28 @@ fn main_inner() -> anyhow::Result<()> {
     }
 }
 
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (what systemd and Kubernetes send); never if
+/// neither handler can be installed (then the switch runs until killed).
+async fn stop_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                terminate.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT: stopping"),
+        () = terminate => tracing::info!("SIGTERM: stopping"),
+    }
+}
+
 fn clearing_command(command: ClearingCommand) -> anyhow::Result<()> {
     let print = |window: u64, files: &[std::path::PathBuf]| {
         println!("window {window} closed: {} files", files.len());
@@ -305,13 +327,7 @@ fn run(config: SwitchConfig, io: Io, damage: Damage) -> anyhow::Result<()> {
             switch_id = %config.session.switch_id,
             "switch running; Ctrl-C stops it"
         );
-        let served = serve(listener, shared, async {
-            // If the signal handler cannot be installed, run until killed.
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        })
-        .await;
+        let served = serve(listener, shared, stop_signal()).await;
         // The admin port answers (readyz 503) through the drain, and stops after it.
         let _ = admin_stop.send(());
         let _ = admin_task.await;

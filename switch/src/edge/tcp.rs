@@ -185,15 +185,35 @@ pub async fn serve(
     let mut handoffs = Vec::with_capacity(shards);
     let mut drained = Vec::with_capacity(shards);
     let mut threads = Vec::with_capacity(shards);
-    for index in 0..shards {
+    // Each shard's exchange, rebuilt from its journal: the shards in parallel (recovery is
+    // reading and replaying, one core each).
+    let mut exchanges: Vec<Exchange> = (0..shards)
+        .map(|index| {
+            Exchange::new(shared.exchange.for_shard(index, shards), shared.routes.clone())
+                .with_used_codes(used_codes.clone())
+        })
+        .collect();
+    let mut journals: Vec<Option<Journal>> = match &shared.journal {
+        None => (0..shards).map(|_| None).collect(),
+        Some(settings) => {
+            journal::check_shards(&settings.data_dir, shards)?;
+            let now = shared.now();
+            std::thread::scope(|scope| {
+                let recoveries: Vec<_> = exchanges
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(index, exchange)| scope.spawn(move || recover(settings, index, exchange, now)))
+                    .collect();
+                recoveries
+                    .into_iter()
+                    .map(|recovery| recovery.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)).map(Some))
+                    .collect::<Result<Vec<_>, _>>()
+            })?
+        }
+    };
+    for (index, (exchange, journal)) in exchanges.drain(..).zip(journals.drain(..)).enumerate() {
         let (handoff, accepted) = mpsc::channel(HANDOFF_QUEUE);
         let (drained_tx, drained_rx) = oneshot::channel();
-        let config = shared.exchange.for_shard(index, shards);
-        let mut exchange = Exchange::new(config, shared.routes.clone()).with_used_codes(used_codes.clone());
-        let journal = match &shared.journal {
-            Some(settings) => Some(recover(settings, index, shards, &mut exchange, shared.now())?),
-            None => None,
-        };
         shared.next_window.fetch_max(exchange.last_window() + 1, Ordering::Relaxed);
         let shard = ShardThread {
             index,
@@ -267,21 +287,17 @@ pub async fn serve(
 fn recover(
     settings: &JournalSettings,
     index: usize,
-    shards: usize,
     exchange: &mut Exchange,
     now: Now,
 ) -> Result<Journal, JournalError> {
-    journal::check_shards(&settings.data_dir, shards)?;
     let dir = journal::shard_dir(&settings.data_dir, index);
-    let (mut journal, recovery) = Journal::open(&dir, settings.policy, settings.damage)?;
+    let (mut journal, recovery) =
+        Journal::open(&dir, settings.policy, settings.damage, |record| exchange.replay(&record))?;
     if let Some((path, offset, bytes)) = &recovery.torn_tail {
         tracing::warn!(segment = %path.display(), offset, bytes, "journal: torn tail cut off (a write the crash interrupted)");
     }
     if let Some((path, offset, problem)) = &recovery.accepted_damage {
         tracing::error!(segment = %path.display(), offset, %problem, "journal: DAMAGED records dropped at the operator's request");
-    }
-    for record in &recovery.records {
-        exchange.replay(record);
     }
     let mut out = Vec::new();
     exchange.finish_recovery(now, &mut out);
@@ -292,7 +308,7 @@ fn recover(
     journal.sync().map_err(io)?;
     tracing::info!(
         shard = index,
-        records = recovery.records.len(),
+        records = recovery.records,
         timed_out = records.iter().filter(|r| matches!(r, crate::core::record::Record::TimedOut { .. })).count(),
         "journal recovered"
     );
