@@ -1,0 +1,226 @@
+//! Property test: random sequences of payments, approvals, declines, timeouts, late
+//! replies, refunds, cancels and cut-offs through the exchange keep the invariants the
+//! journal and clearing rest on:
+//! - every request gets exactly one reply;
+//! - the journal's records, replayed into a fresh exchange, give the same state;
+//! - every window's positions sum to zero, rebuilt twice they are identical, and over all
+//!   windows the acquirer is owed exactly its approved payments less its approved refunds.
+
+use codec::code::TransactionStatus;
+use codec::field::FieldText;
+use codec::{InstitutionId, LinkedRequest, Message, PaymentCode, Reply, ReplyCode, StatusQuery, TransactionId};
+use proptest::prelude::*;
+use switch::clearing::Window;
+use switch::core::exchange::{Exchange, ExchangeConfig, Outbound, Routes, SessionId};
+use switch::core::record::Record;
+use switch::core::session::Now;
+
+const ACQUIRER: SessionId = 1;
+const WECHAT: SessionId = 2;
+
+#[derive(Debug, Clone)]
+enum Step {
+    Pay {
+        amount: u64,
+    },
+    /// The issuer answers the `pick`-th forwarded request it has not answered (late or not).
+    Answer {
+        pick: usize,
+        approve: bool,
+    },
+    Refund {
+        pick: usize,
+        amount: u64,
+    },
+    Cancel {
+        pick: usize,
+    },
+    Wait {
+        ms: u64,
+    },
+    Cut,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (1u64..5_000).prop_map(|amount| Step::Pay { amount }),
+        4 => (any::<usize>(), prop::bool::weighted(0.8)).prop_map(|(pick, approve)| Step::Answer { pick, approve }),
+        1 => (any::<usize>(), 1u64..3_000).prop_map(|(pick, amount)| Step::Refund { pick, amount }),
+        1 => any::<usize>().prop_map(|pick| Step::Cancel { pick }),
+        2 => (1u64..700).prop_map(|ms| Step::Wait { ms }),
+        1 => Just(Step::Cut),
+    ]
+}
+
+fn id(text: &str) -> InstitutionId {
+    InstitutionId::new(text).expect("valid")
+}
+
+fn at(ms: u64) -> Now {
+    Now { monotonic_ms: ms, unix_ms: 1_771_286_370_000 + ms as i64 }
+}
+
+fn status(exchange: &mut Exchange, id_text: &str) -> TransactionStatus {
+    let query = StatusQuery {
+        originator: id("ACQ0001"),
+        original_originator_transaction_id: TransactionId::new(id_text).expect("valid"),
+        original_switch_reference: 0,
+        query_time_ms: 0,
+    };
+    let mut out = Vec::new();
+    exchange.handle_request(at(0), ACQUIRER, Message::StatusQuery(query), &mut out);
+    match out.pop().map(|o| o.message) {
+        Some(Message::StatusReply(reply)) => TransactionStatus::try_from(reply.status).expect("valid"),
+        other => panic!("expected a status reply: {other:?}"),
+    }
+}
+
+fn new_exchange() -> Exchange {
+    Exchange::new(
+        ExchangeConfig { reply_deadline_ms: 1_000, reversal_retry_ms: 400, ..ExchangeConfig::default() },
+        Routes::embedded_default(),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn journal_and_clearing_invariants_hold(steps in prop::collection::vec(step(), 1..80)) {
+        let mut exchange = new_exchange();
+        let mut out: Vec<Outbound> = Vec::new();
+        exchange.session_up(id("ACQ0001"), ACQUIRER, &mut out);
+        exchange.session_up(id("WECHATPAY"), WECHAT, &mut out);
+        let mut now = 0u64;
+        let mut window = 0u64;
+        let mut sent: Vec<(String, u64)> = Vec::new(); // payments: id, amount
+        let mut refunds: Vec<(String, u64)> = Vec::new();
+        let mut forwarded: Vec<(u64, bool)> = Vec::new(); // reference, is refund
+        let mut replies: std::collections::HashMap<String, usize> = Default::default();
+        let mut records: Vec<Record> = Vec::new();
+        for step in steps {
+            match step {
+                Step::Pay { amount } => {
+                    let n = sent.len();
+                    let mut request = codec::sample::payment_code_request();
+                    request.details.originator_transaction_id = TransactionId::new(&format!("P{n}")).expect("valid");
+                    request.details.amount_minor = amount;
+                    request.payment_code = PaymentCode::new(&format!("13{n:016}")).expect("valid");
+                    exchange.handle_request(at(now), ACQUIRER, Message::PaymentCodeRequest(request), &mut out);
+                    sent.push((format!("P{n}"), amount));
+                }
+                Step::Answer { pick, approve } if !forwarded.is_empty() => {
+                    let (reference, refund) = forwarded.remove(pick % forwarded.len());
+                    let reply = Reply {
+                        switch_reference: reference,
+                        code: if approve { 0 } else { ReplyCode::InsufficientFunds.value() },
+                        ..codec::sample::payment_reply()
+                    };
+                    let message = if refund { Message::RefundReply(reply) } else { Message::PaymentReply(reply) };
+                    exchange.handle_answer(at(now), id("WECHATPAY"), message, &mut out);
+                }
+                Step::Refund { pick, amount } if !sent.is_empty() => {
+                    let (original, _) = sent[pick % sent.len()].clone();
+                    let n = refunds.len();
+                    let request = LinkedRequest {
+                        originator: id("ACQ0001"),
+                        originator_transaction_id: TransactionId::new(&format!("R{n}")).expect("valid"),
+                        original_originator_transaction_id: TransactionId::new(&original).expect("valid"),
+                        amount_minor: amount,
+                        currency: 156,
+                        ..LinkedRequest::default()
+                    };
+                    exchange.handle_request(at(now), ACQUIRER, Message::RefundRequest(request), &mut out);
+                    refunds.push((format!("R{n}"), amount));
+                }
+                Step::Cancel { pick } if !sent.is_empty() => {
+                    let (original, amount) = sent[pick % sent.len()].clone();
+                    let request = LinkedRequest {
+                        originator: id("ACQ0001"),
+                        originator_transaction_id: TransactionId::new(&format!("C{}", records.len())).expect("valid"),
+                        original_originator_transaction_id: TransactionId::new(&original).expect("valid"),
+                        amount_minor: amount,
+                        currency: 156,
+                        reason: 2,
+                        ..LinkedRequest::default()
+                    };
+                    exchange.handle_request(at(now), ACQUIRER, Message::ReversalRequest(request), &mut out);
+                }
+                Step::Wait { ms } => {
+                    now += ms;
+                    exchange.handle_timers(at(now), &mut out);
+                }
+                Step::Cut => {
+                    window += 1;
+                    exchange.cut(window, at(now));
+                }
+                _ => {}
+            }
+            for outbound in out.drain(..) {
+                match (outbound.session, &outbound.message) {
+                    (WECHAT, Message::PaymentCodeRequest(request)) => forwarded.push((request.details.switch_reference, false)),
+                    (WECHAT, Message::RefundRequest(request)) => forwarded.push((request.switch_reference, true)),
+                    (ACQUIRER, Message::PaymentReply(reply) | Message::RefundReply(reply)) => {
+                        *replies.entry(reply.originator_transaction_id.as_str().to_string()).or_default() += 1;
+                    }
+                    _ => {}
+                }
+            }
+            exchange.take_records(&mut records);
+        }
+        // Past every deadline: every request has had its one reply.
+        now += 2_000;
+        exchange.handle_timers(at(now), &mut out);
+        for outbound in out.drain(..) {
+            if let (ACQUIRER, Message::PaymentReply(reply) | Message::RefundReply(reply)) = (outbound.session, &outbound.message) {
+                *replies.entry(reply.originator_transaction_id.as_str().to_string()).or_default() += 1;
+            }
+        }
+        window += 1;
+        exchange.cut(window, at(now));
+        exchange.take_records(&mut records);
+        for (id_text, _) in sent.iter().chain(&refunds) {
+            prop_assert_eq!(replies.get(id_text).copied(), Some(1), "{} answered once", id_text);
+        }
+
+        // The journal rebuilds the same state.
+        let mut replayed = new_exchange();
+        for record in &records {
+            replayed.replay(record);
+        }
+        for (id_text, _) in &sent {
+            prop_assert_eq!(status(&mut replayed, id_text), status(&mut exchange, id_text), "{}", id_text);
+        }
+
+        // Clearing: balanced windows, identical when rebuilt, and the right total.
+        let shards = [records];
+        let mut acquirer_net = 0i128;
+        for w in 1..=window {
+            let built = Window::from_shards(w, &shards).expect("balanced");
+            prop_assert_eq!(&built, &Window::from_shards(w, &shards).expect("balanced"));
+            acquirer_net += built.positions.get(&id("ACQ0001")).and_then(|t| t.get(&156)).map_or(0, |t| t.net_minor);
+        }
+        let mut expected = 0i128;
+        for (id_text, amount) in &sent {
+            if matches!(status(&mut exchange, id_text), TransactionStatus::Approved | TransactionStatus::Refunded) {
+                expected += i128::from(*amount);
+            }
+        }
+        for (id_text, amount) in &refunds {
+            let query = StatusQuery {
+                originator: id("ACQ0001"),
+                original_originator_transaction_id: TransactionId::new(id_text).expect("valid"),
+                original_switch_reference: 0,
+                query_time_ms: 0,
+            };
+            let mut answer = Vec::new();
+            exchange.handle_request(at(0), ACQUIRER, Message::StatusQuery(query), &mut answer);
+            if let Some(Message::StatusReply(reply)) = answer.pop().map(|o| o.message)
+                && reply.status == TransactionStatus::Approved.value()
+            {
+                expected -= i128::from(*amount);
+            }
+        }
+        prop_assert_eq!(acquirer_net, expected);
+    }
+}
