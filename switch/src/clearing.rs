@@ -329,6 +329,20 @@ pub fn shard_dirs(data_dir: &Path) -> Result<Vec<(usize, PathBuf)>, ClearingErro
     Ok(shards)
 }
 
+/// The time zone cut-offs are given in: China's clearing day.
+pub const CUTOFF_TIME_ZONE: &str = "Asia/Shanghai";
+
+/// The first daily cut-off at `at` (Asia/Shanghai wall-clock time) strictly after `now`.
+pub fn next_cutoff(now: jiff::Timestamp, at: jiff::civil::Time) -> Result<jiff::Timestamp, jiff::Error> {
+    let zone = jiff::tz::TimeZone::get(CUTOFF_TIME_ZONE)?;
+    let today = now.to_zoned(zone.clone()).date();
+    let mut cutoff = today.to_datetime(at).to_zoned(zone.clone())?;
+    if cutoff.timestamp() <= now {
+        cutoff = today.tomorrow()?.to_datetime(at).to_zoned(zone)?;
+    }
+    Ok(cutoff.timestamp())
+}
+
 /// Closes the open window of a stopped switch's data directory: takes the directory's lock
 /// (refused while a switch runs on it), cuts every shard's journal, and writes the files.
 pub fn close_offline(data_dir: &Path) -> Result<(u64, Vec<PathBuf>), ClearingError> {
@@ -404,6 +418,20 @@ mod tests {
 
     fn net(window: &Window, participant: &str) -> i128 {
         window.positions.get(&id(participant)).and_then(|t| t.get(&156)).map_or(0, |t| t.net_minor)
+    }
+
+    #[test]
+    fn the_daily_cutoff_is_in_beijing_time() {
+        let at: jiff::civil::Time = "23:00".parse().expect("valid");
+        // 23:30 in Shanghai (15:30 UTC): the next cut-off is tomorrow's.
+        let now: jiff::Timestamp = "2026-11-22T15:30:00Z".parse().expect("valid");
+        assert_eq!(next_cutoff(now, at).expect("computed").to_string(), "2026-11-23T15:00:00Z");
+        // 22:59:59 there: an instant away.
+        let now: jiff::Timestamp = "2026-11-22T14:59:59Z".parse().expect("valid");
+        assert_eq!(next_cutoff(now, at).expect("computed").to_string(), "2026-11-22T15:00:00Z");
+        // Exactly at the cut-off: that one has happened; the next is a day on.
+        let now: jiff::Timestamp = "2026-11-22T15:00:00Z".parse().expect("valid");
+        assert_eq!(next_cutoff(now, at).expect("computed").to_string(), "2026-11-23T15:00:00Z");
     }
 
     #[test]

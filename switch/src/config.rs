@@ -32,6 +32,8 @@ pub struct SwitchConfig {
     /// directory unless absolute.
     pub data_dir: PathBuf,
     pub fsync: SyncPolicy,
+    /// The daily clearing cut-off, Asia/Shanghai wall-clock time; `None`: on demand only.
+    pub daily_cutoff: Option<jiff::civil::Time>,
     pub session: SessionConfig,
     pub exchange: ExchangeConfig,
     pub routes: Routes,
@@ -48,6 +50,8 @@ impl SwitchConfig {
     pub const ADMIN_LISTEN_DEFAULT: &'static str = "127.0.0.1:7401";
     /// The embedded default's data directory, in the working directory.
     pub const DATA_DIR_DEFAULT: &'static str = "switch-data";
+    /// The default daily cut-off: 23:00 Beijing time.
+    pub const DAILY_CUTOFF_DEFAULT: jiff::civil::Time = jiff::civil::time(23, 0, 0, 0);
 
     /// The embedded default: demo participants on loopback.
     pub fn embedded_default() -> Self {
@@ -63,6 +67,7 @@ impl SwitchConfig {
             shards: None,
             data_dir: PathBuf::from(Self::DATA_DIR_DEFAULT),
             fsync: SyncPolicy::Always,
+            daily_cutoff: Some(Self::DAILY_CUTOFF_DEFAULT),
             session: SessionConfig::default(),
             exchange: ExchangeConfig::default(),
             routes: Routes::embedded_default(),
@@ -106,6 +111,8 @@ struct FileConfig {
     exchange: FileExchange,
     #[serde(default)]
     journal: FileJournal,
+    #[serde(default)]
+    clearing: FileClearing,
     #[serde(default, rename = "participant")]
     participants: Vec<FileParticipant>,
     /// Payment-code prefixes to issuers; the built-in table when absent.
@@ -188,6 +195,20 @@ struct FileJournal {
 impl Default for FileJournal {
     fn default() -> Self {
         Self { data_dir: PathBuf::from(SwitchConfig::DATA_DIR_DEFAULT), fsync: "always".into() }
+    }
+}
+
+/// Clearing windows; the key may be left out.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileClearing {
+    /// "HH:MM" in Asia/Shanghai, or "off".
+    daily_cutoff: String,
+}
+
+impl Default for FileClearing {
+    fn default() -> Self {
+        Self { daily_cutoff: "23:00".into() }
     }
 }
 
@@ -377,6 +398,12 @@ impl SwitchConfig {
         }
         let fsync: SyncPolicy =
             file.journal.fsync.parse().map_err(|problem| invalid("journal.fsync".into(), problem))?;
+        let daily_cutoff = match file.clearing.daily_cutoff.as_str() {
+            "off" => None,
+            text => Some(text.parse::<jiff::civil::Time>().map_err(|_| {
+                invalid("clearing.daily_cutoff".into(), format!("{text:?}: expected HH:MM (Asia/Shanghai) or off"))
+            })?),
+        };
         let exchange = &file.exchange;
         if !(100..=600_000).contains(&exchange.reply_deadline_ms) {
             return Err(invalid("exchange.reply_deadline_ms".into(), "must be 100..=600000".into()));
@@ -466,6 +493,7 @@ impl SwitchConfig {
             shards: file.switch.shards,
             data_dir: path.parent().unwrap_or(Path::new(".")).join(&file.journal.data_dir),
             fsync,
+            daily_cutoff,
             session: SessionConfig {
                 switch_id: file.switch.id,
                 sign_on_timeout_ms: session.sign_on_timeout_ms,
@@ -512,6 +540,10 @@ mod tests {
     fn errors_name_the_file_the_key_and_the_problem() {
         let cases = [
             (MINIMAL.replace("listen =", "lissen ="), "test.toml: "),
+            (
+                format!("{MINIMAL}\n[clearing]\ndaily_cutoff = \"25:00\"\n"),
+                "test.toml: clearing.daily_cutoff: \"25:00\": expected HH:MM (Asia/Shanghai) or off",
+            ),
             (
                 format!("{MINIMAL}\n[journal]\nfsync = \"sometimes\"\n"),
                 "test.toml: journal.fsync: \"sometimes\": expected always, never or interval:MICROSECONDS",

@@ -312,7 +312,8 @@ fn run(config: SwitchConfig, io: Io, damage: Damage) -> anyhow::Result<()> {
                 .with_exchange(config.exchange.clone(), config.routes.clone())
                 .with_shards(shards)
                 .with_io(io)
-                .with_journal(JournalSettings { data_dir: config.data_dir.clone(), policy: config.fsync, damage }),
+                .with_journal(JournalSettings { data_dir: config.data_dir.clone(), policy: config.fsync, damage })
+                .with_daily_cutoff(config.daily_cutoff),
         );
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin_task = tokio::spawn(switch::edge::admin::serve_admin(admin, Arc::clone(&shared), async {

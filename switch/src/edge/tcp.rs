@@ -60,6 +60,8 @@ pub struct Shared {
     mesh: std::sync::OnceLock<Arc<Mesh>>,
     /// The next clearing window to close (after recovery: one past the last cut).
     next_window: AtomicU64,
+    /// The daily clearing cut-off (Asia/Shanghai), when there is a journal to cut.
+    pub daily_cutoff: Option<jiff::civil::Time>,
     /// Session ids, unique for this process. Relaxed: only uniqueness matters.
     next_session_id: AtomicU64,
 }
@@ -80,6 +82,7 @@ impl Shared {
             journal: None,
             mesh: std::sync::OnceLock::new(),
             next_window: AtomicU64::new(1),
+            daily_cutoff: None,
             next_session_id: AtomicU64::new(1),
         }
     }
@@ -101,6 +104,12 @@ impl Shared {
     /// Keeps a journal as `settings` say (recovering from it at start).
     pub fn with_journal(mut self, settings: JournalSettings) -> Self {
         self.journal = Some(settings);
+        self
+    }
+
+    /// Closes a clearing window every day at `at`, Asia/Shanghai time.
+    pub fn with_daily_cutoff(mut self, at: Option<jiff::civil::Time>) -> Self {
+        self.daily_cutoff = at;
         self
     }
 
@@ -237,6 +246,10 @@ pub async fn serve(
         drained.push(drained_rx);
     }
     let _ = shared.mesh.set(Arc::clone(&mesh));
+    let cutoffs = match (shared.daily_cutoff, &shared.journal) {
+        (Some(at), Some(_)) => Some(tokio::spawn(daily_cutoffs(Arc::clone(&shared), at))),
+        _ => None,
+    };
     let mut next = 0usize;
     loop {
         tokio::select! {
@@ -264,6 +277,9 @@ pub async fn serve(
         }
     }
     drop(listener);
+    if let Some(cutoffs) = cutoffs {
+        cutoffs.abort();
+    }
     shared.metrics.set_draining();
     tracing::info!("draining: signing off every session");
     // Receivers only stop listening when their shard has ended, so a send error means none
@@ -313,6 +329,27 @@ fn recover(
         "journal recovered"
     );
     Ok(journal)
+}
+
+/// Closes a clearing window at every daily cut-off, for as long as the switch serves.
+async fn daily_cutoffs(shared: Arc<Shared>, at: jiff::civil::Time) {
+    loop {
+        let now = jiff::Timestamp::now();
+        let next = match clearing::next_cutoff(now, at) {
+            Ok(next) => next,
+            Err(error) => {
+                tracing::error!(%error, "cannot compute the next cut-off; daily windows stop");
+                return;
+            }
+        };
+        tracing::info!(cutoff = %next, "next daily clearing cut-off");
+        let wait = std::time::Duration::try_from(next.duration_since(now)).unwrap_or_default();
+        tokio::time::sleep(wait).await;
+        match shared.close_window().await {
+            Ok((window, files)) => tracing::info!(window, files = files.len(), "daily cut-off: window closed"),
+            Err(problem) => tracing::error!(%problem, "daily cut-off failed"),
+        }
+    }
 }
 
 /// What one shard's thread needs besides its exchange.
