@@ -36,11 +36,15 @@ impl Drop for Switch {
 
 /// Starts the switch on `data_dir` and waits until it accepts sign-ons.
 async fn start(data_dir: &Path, port: u16) -> Switch {
+    start_with_admin(data_dir, port, free_port()).await
+}
+
+async fn start_with_admin(data_dir: &Path, port: u16, admin_port: u16) -> Switch {
     let child = Command::new(env!("CARGO_BIN_EXE_switch"))
         .args(["run", "--shards", "2", "--fsync", "always", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .arg("--admin-listen")
-        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg(format!("127.0.0.1:{admin_port}"))
         .arg("--data-dir")
         .arg(data_dir)
         .stdout(Stdio::null())
@@ -221,24 +225,7 @@ async fn closing_a_window_accounts_for_every_approval_once_and_rebuilds_identica
     let data = data_dir.to_str().expect("utf-8 path");
     let port = free_port();
     let admin_port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_switch"))
-        .args(["run", "--shards", "2", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--admin-listen")
-        .arg(format!("127.0.0.1:{admin_port}"))
-        .args(["--data-dir", data])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("switch starts");
-    let switch = Switch(child);
-    let address: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(address).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let switch = start_with_admin(&data_dir, port, admin_port).await;
     let wechat = tokio::spawn(run_issuer(connect(port, "WECHATPAY").await, IssuerBehaviour::default()));
     let mut acquirer = connect(port, "ACQ0001").await;
     let mut approved = Vec::new();

@@ -61,6 +61,26 @@ fn code(reply: &codec::Reply) -> ReplyCode {
     ReplyCode::try_from(reply.code).expect("a code from the table")
 }
 
+/// Asks ACQ0001's record of `id` (by `reference` unless zero); the next message must be
+/// the answer.
+async fn query_status(client: &mut Client, id: codec::TransactionId, reference: u64) -> codec::StatusReply {
+    let query = codec::StatusQuery {
+        originator: InstitutionId::new("ACQ0001").expect("valid"),
+        original_originator_transaction_id: id,
+        original_switch_reference: reference,
+        query_time_ms: 0,
+    };
+    client.writer.send(&Message::StatusQuery(query)).await.expect("send");
+    client
+        .reader
+        .next(|m| match m.to_message() {
+            Message::StatusReply(status) => status,
+            other => panic!("expected the status reply, got {:?}", other.kind()),
+        })
+        .await
+        .expect("status")
+}
+
 async fn next_reply(client: &mut Client) -> codec::Reply {
     client
         .reader
@@ -210,21 +230,7 @@ async fn spoofing_a_missing_destination_and_queries_over_tcp() {
     let approved = next_reply(&mut acquirer).await;
     assert_eq!(code(&approved), ReplyCode::Approved);
     for reference in [0, approved.switch_reference] {
-        let query = codec::StatusQuery {
-            originator: id("ACQ0001"),
-            original_originator_transaction_id: approved.originator_transaction_id,
-            original_switch_reference: reference,
-            query_time_ms: 0,
-        };
-        acquirer.writer.send(&Message::StatusQuery(query)).await.expect("send");
-        let status = acquirer
-            .reader
-            .next(|m| match m.to_message() {
-                Message::StatusReply(status) => status,
-                other => panic!("expected a status reply, got {:?}", other.kind()),
-            })
-            .await
-            .expect("status");
+        let status = query_status(&mut acquirer, approved.originator_transaction_id, reference).await;
         assert_eq!(status.status, codec::code::TransactionStatus::Approved.value());
         assert_eq!(status.original_switch_reference, approved.switch_reference);
     }
@@ -439,20 +445,6 @@ async fn a_late_approval_is_reversed_and_never_forwarded() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     // The next thing the acquirer hears is the answer to its query, not the approval; and
     // the record says the payment was timed out (its reversal pending).
-    let query = codec::StatusQuery {
-        originator: id("ACQ0001"),
-        original_originator_transaction_id: timed_out.originator_transaction_id,
-        original_switch_reference: 0,
-        query_time_ms: 0,
-    };
-    acquirer.writer.send(&Message::StatusQuery(query)).await.expect("send");
-    let status = acquirer
-        .reader
-        .next(|m| match m.to_message() {
-            Message::StatusReply(status) => status,
-            other => panic!("expected the status reply first, got {:?}", other.kind()),
-        })
-        .await
-        .expect("status");
+    let status = query_status(&mut acquirer, timed_out.originator_transaction_id, 0).await;
     assert_eq!(status.status, codec::code::TransactionStatus::TimedOut.value());
 }
