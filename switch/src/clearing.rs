@@ -14,6 +14,11 @@
 //!   amount in the same currency, so positions sum to zero in every currency; this is
 //!   checked again before any file is written.
 //! - Timed-out transactions have no entry: they are reversed, whatever the receiver did.
+//! - **Fees.** The `FeeSchedule` gives a participant a rate in basis points on every
+//!   payment it is paid (rounded half up to a minor unit), owed to the switch operator,
+//!   who appears among the positions. A reversal of the payment gives the fee back; refunds
+//!   carry no fee. The schedule a window was closed with is written beside its files, and
+//!   a rebuild uses it, so the files stay byte-identical when the configuration changes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -45,6 +50,29 @@ pub struct Entry {
     pub payee: InstitutionId,
     pub amount_minor: u64,
     pub currency: u16,
+    /// Fee owed to the operator for this entry by `fee_payer` (negative: given back).
+    pub fee_minor: i64,
+    pub fee_payer: InstitutionId,
+}
+
+/// Fee rates per participant, and who collects them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct FeeSchedule {
+    /// The switch operator's institution id (the fees' payee).
+    pub operator: String,
+    /// Basis points of every payment the participant is paid.
+    pub basis_points: BTreeMap<String, u32>,
+}
+
+impl FeeSchedule {
+    fn fee(&self, payee: InstitutionId, amount_minor: u64) -> i64 {
+        let rate = self.basis_points.get(payee.as_str()).copied().unwrap_or(0);
+        ((u128::from(amount_minor) * u128::from(rate) + 5_000) / 10_000) as i64
+    }
+
+    fn operator(&self) -> Option<InstitutionId> {
+        InstitutionId::new(&self.operator).ok()
+    }
 }
 
 /// What the journal says of one transaction, as clearing needs it.
@@ -59,7 +87,7 @@ struct Known {
 }
 
 /// The entries of window `window` in one shard's records (its whole journal, in order).
-pub fn shard_entries(records: &[Record], window: u64) -> Vec<Entry> {
+pub fn shard_entries(records: &[Record], window: u64, fees: &FeeSchedule) -> Vec<Entry> {
     let mut known: HashMap<u64, (Known, codec::TransactionId)> = HashMap::new();
     let mut current = 1u64;
     let mut entries = Vec::new();
@@ -99,6 +127,8 @@ pub fn shard_entries(records: &[Record], window: u64) -> Vec<Entry> {
                 transaction.approved = true;
                 if current == window {
                     let kind = if transaction.refund { EntryKind::Refund } else { EntryKind::Payment };
+                    let fee_minor =
+                        if transaction.refund { 0 } else { fees.fee(transaction.payee, transaction.amount_minor) };
                     entries.push(Entry {
                         time_ms,
                         reference,
@@ -108,6 +138,8 @@ pub fn shard_entries(records: &[Record], window: u64) -> Vec<Entry> {
                         payee: transaction.payee,
                         amount_minor: transaction.amount_minor,
                         currency: transaction.currency,
+                        fee_minor,
+                        fee_payer: transaction.payee,
                     });
                 }
             }
@@ -118,6 +150,9 @@ pub fn shard_entries(records: &[Record], window: u64) -> Vec<Entry> {
                 }
                 transaction.approved = false;
                 if current == window {
+                    // The fee of a reversed payment is given back; a refund had none.
+                    let fee_minor =
+                        if transaction.refund { 0 } else { -fees.fee(transaction.payee, transaction.amount_minor) };
                     entries.push(Entry {
                         time_ms,
                         reference: original,
@@ -127,6 +162,8 @@ pub fn shard_entries(records: &[Record], window: u64) -> Vec<Entry> {
                         payee: transaction.payer,
                         amount_minor: transaction.amount_minor,
                         currency: transaction.currency,
+                        fee_minor,
+                        fee_payer: transaction.payee,
                     });
                 }
             }
@@ -143,6 +180,8 @@ pub struct Totals {
     pub credits_minor: u64,
     /// Credits minus debits.
     pub net_minor: i128,
+    /// Fees paid to the operator (the operator's own totals: collected), included in net.
+    pub fees_minor: i128,
     pub entries: u64,
 }
 
@@ -169,11 +208,11 @@ pub enum ClearingError {
 }
 
 impl Window {
-    /// Window `window` from every shard's records.
-    pub fn from_shards(window: u64, shards: &[Vec<Record>]) -> Result<Self, ClearingError> {
+    /// Window `window` from every shard's records, with `fees`.
+    pub fn from_shards(window: u64, shards: &[Vec<Record>], fees: &FeeSchedule) -> Result<Self, ClearingError> {
         let mut entries = Vec::new();
         for records in shards {
-            entries.extend(shard_entries(records, window));
+            entries.extend(shard_entries(records, window, fees));
         }
         entries.sort_by_key(|e| (e.time_ms, e.reference, e.kind));
         let mut positions: BTreeMap<InstitutionId, BTreeMap<u16, Totals>> = BTreeMap::new();
@@ -186,6 +225,17 @@ impl Window {
             payee.credits_minor += entry.amount_minor;
             payee.net_minor += i128::from(entry.amount_minor);
             payee.entries += 1;
+            if entry.fee_minor != 0
+                && let Some(operator) = fees.operator()
+            {
+                let fee = i128::from(entry.fee_minor);
+                let payer = positions.entry(entry.fee_payer).or_default().entry(entry.currency).or_default();
+                payer.fees_minor += fee;
+                payer.net_minor -= fee;
+                let collector = positions.entry(operator).or_default().entry(entry.currency).or_default();
+                collector.fees_minor += fee;
+                collector.net_minor += fee;
+            }
         }
         let built = Self { window, entries, positions };
         built.check_balanced()?;
@@ -212,6 +262,7 @@ impl Window {
             "switch_reference,originator_transaction_id,time_ms,type,direction,amount_minor,currency,counterparty,fee_minor\n",
         );
         for entry in self.entries.iter().filter(|e| e.payer == participant || e.payee == participant) {
+            let fee = if entry.fee_payer == participant { entry.fee_minor } else { 0 };
             let (direction, counterparty) =
                 if entry.payee == participant { ("credit", entry.payer) } else { ("debit", entry.payee) };
             let kind = match entry.kind {
@@ -222,7 +273,7 @@ impl Window {
             // Transaction ids are printable ASCII: quoted, with quotes doubled (RFC 4180).
             let _ = writeln!(
                 text,
-                "{},\"{}\",{},{kind},{direction},{},{},{},0",
+                "{},\"{}\",{},{kind},{direction},{},{},{},{fee}",
                 codec::SwitchReference(entry.reference),
                 entry.originator_transaction_id.replace('"', "\"\""),
                 entry.time_ms,
@@ -242,7 +293,6 @@ impl Window {
         let document = serde_json::json!({
             "window": self.window,
             "participant": participant.as_str(),
-            "fees_minor": 0,
             "currencies": currencies,
         });
         format!("{}\n", serde_json::to_string_pretty(&document).unwrap_or_default())
@@ -274,10 +324,11 @@ impl Window {
     /// Writes every file of this window under `DATA_DIR/clearing/window-NNNNNN/`, each
     /// atomically: a CSV and a JSON for every participant with entries, and the summary.
     /// Returns the paths.
-    pub fn write(&self, data_dir: &Path) -> Result<Vec<PathBuf>, ClearingError> {
+    pub fn write(&self, data_dir: &Path, fees: &FeeSchedule) -> Result<Vec<PathBuf>, ClearingError> {
         let dir = window_dir(data_dir, self.window);
         std::fs::create_dir_all(&dir).map_err(|source| ClearingError::Io { path: dir.clone(), source })?;
-        let mut files = Vec::new();
+        let schedule = format!("{}\n", serde_json::to_string_pretty(fees).unwrap_or_default());
+        let mut files = vec![write_file(&dir.join("fee_schedule.json"), schedule.as_bytes())?];
         for &participant in self.positions.keys() {
             for (name, bytes) in [
                 (format!("{}.csv", participant.as_str()), self.csv(participant)),
@@ -300,9 +351,20 @@ pub fn window_dir(data_dir: &Path, window: u64) -> PathBuf {
     data_dir.join("clearing").join(format!("window-{window:06}"))
 }
 
+/// The fee schedule window `window` was closed with (none written: no fees).
+pub fn recorded_fees(data_dir: &Path, window: u64) -> Result<FeeSchedule, ClearingError> {
+    let path = window_dir(data_dir, window).join("fee_schedule.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|error| ClearingError::Io { path, source: std::io::Error::other(error) }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(FeeSchedule::default()),
+        Err(source) => Err(ClearingError::Io { path, source }),
+    }
+}
+
 /// Reads every shard's journal in `data_dir` and builds window `window`, which must have
-/// been cut in each.
-pub fn rebuild(data_dir: &Path, window: u64) -> Result<Window, ClearingError> {
+/// been cut in each, with `fees`.
+pub fn rebuild(data_dir: &Path, window: u64, fees: &FeeSchedule) -> Result<Window, ClearingError> {
     let mut shards = Vec::new();
     for (_, dir) in shard_dirs(data_dir)? {
         let records = journal::read(&dir)?.records;
@@ -311,7 +373,7 @@ pub fn rebuild(data_dir: &Path, window: u64) -> Result<Window, ClearingError> {
         }
         shards.push(records);
     }
-    Window::from_shards(window, &shards)
+    Window::from_shards(window, &shards, fees)
 }
 
 /// The shard directories of a data directory's journal, with their shard, in shard order.
@@ -345,7 +407,7 @@ pub fn next_cutoff(now: jiff::Timestamp, at: jiff::civil::Time) -> Result<jiff::
 
 /// Closes the open window of a stopped switch's data directory: takes the directory's lock
 /// (refused while a switch runs on it), cuts every shard's journal, and writes the files.
-pub fn close_offline(data_dir: &Path) -> Result<(u64, Vec<PathBuf>), ClearingError> {
+pub fn close_offline(data_dir: &Path, fees: &FeeSchedule) -> Result<(u64, Vec<PathBuf>), ClearingError> {
     let _lock = lock(data_dir)?;
     let mut journals = Vec::new();
     let mut last = 0;
@@ -367,8 +429,8 @@ pub fn close_offline(data_dir: &Path) -> Result<(u64, Vec<PathBuf>), ClearingErr
             .map_err(|source| ClearingError::Io { path: dir.clone(), source })?;
     }
     drop(journals);
-    let built = rebuild(data_dir, window)?;
-    Ok((window, built.write(data_dir)?))
+    let built = rebuild(data_dir, window, fees)?;
+    Ok((window, built.write(data_dir, fees)?))
 }
 
 /// The data directory's lock: held by a running switch, and by an offline close.
@@ -457,7 +519,7 @@ mod tests {
             answered(7, 0),
             Record::ReversalStarted { reversal: 8, original: 7, reason: 4, time_ms: 300 },
         ];
-        let window = Window::from_shards(1, &[records]).expect("balanced");
+        let window = Window::from_shards(1, &[records], &FeeSchedule::default()).expect("balanced");
         assert_eq!(net(&window, "ACQ0001"), 1_000 - 300);
         assert_eq!(net(&window, "WECHATPAY"), -1_000 + 300);
         assert_eq!(net(&window, "WAL0001"), -500);
@@ -480,6 +542,31 @@ mod tests {
     }
 
     #[test]
+    fn fees_go_to_the_operator_and_come_back_with_a_reversal() {
+        let fees = FeeSchedule {
+            operator: "CSWITCH".into(),
+            basis_points: [("ACQ0001".to_string(), 55)].into_iter().collect(),
+        };
+        let records = vec![
+            admitted(1, "ACQ0001", "WECHATPAY", 1_000, true, 0),
+            answered(1, 0),
+            admitted(2, "ACQ0001", "WECHATPAY", 2_001, true, 0),
+            answered(2, 0),
+            Record::ReversalStarted { reversal: 3, original: 2, reason: 2, time_ms: 300 },
+            admitted(4, "ACQ0001", "WECHATPAY", 400, false, 1),
+            answered(4, 0),
+        ];
+        let window = Window::from_shards(1, &[records], &fees).expect("balanced");
+        // 1000 x 0.55% = 5.5, rounded half up to 6; the reversed payment's 11 came back.
+        assert_eq!(net(&window, "CSWITCH"), 6);
+        assert_eq!(net(&window, "ACQ0001"), 1_000 - 6 - 400);
+        let csv = window.csv(id("ACQ0001"));
+        assert!(csv.contains(",payment,credit,2001,156,WECHATPAY,11"), "{csv}");
+        assert!(csv.contains(",reversal,debit,2001,156,WECHATPAY,-11"), "{csv}");
+        assert!(csv.contains(",refund,debit,400,156,WECHATPAY,0"), "{csv}");
+    }
+
+    #[test]
     fn entries_fall_in_the_window_of_their_outcome() {
         let records = vec![
             admitted(1, "ACQ0001", "WECHATPAY", 10, true, 0),
@@ -495,8 +582,9 @@ mod tests {
             Record::ReversalStarted { reversal: 4, original: 3, reason: 2, time_ms: 260 },
         ];
         let shards = [records];
-        let nets: Vec<i128> =
-            (1..=3).map(|w| net(&Window::from_shards(w, &shards).expect("balanced"), "ACQ0001")).collect();
+        let nets: Vec<i128> = (1..=3)
+            .map(|w| net(&Window::from_shards(w, &shards, &FeeSchedule::default()).expect("balanced"), "ACQ0001"))
+            .collect();
         assert_eq!(nets, [10, 60, -40]);
     }
 
@@ -506,8 +594,9 @@ mod tests {
             vec![admitted(1, "ACQ0001", "WECHATPAY", 10, true, 0), answered(1, 0)],
             vec![admitted(2, "ACQ0002", "ALIPAY", 20, true, 0), answered(2, 0)],
         ];
-        let first = Window::from_shards(1, &shards).expect("balanced");
-        let second = Window::from_shards(1, &shards).expect("balanced");
+        let fees = FeeSchedule::default();
+        let first = Window::from_shards(1, &shards, &fees).expect("balanced");
+        let second = Window::from_shards(1, &shards, &fees).expect("balanced");
         assert_eq!(first.summary_json(), second.summary_json());
         assert_eq!(first.csv(id("ALIPAY")), second.csv(id("ALIPAY")));
         let summary: serde_json::Value = serde_json::from_str(&first.summary_json()).expect("JSON");

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use codec::InstitutionId;
+use codec::field::FieldText;
 use serde::Deserialize;
 
 use crate::core::exchange::{ExchangeConfig, Routes};
@@ -34,6 +35,8 @@ pub struct SwitchConfig {
     pub fsync: SyncPolicy,
     /// The daily clearing cut-off, Asia/Shanghai wall-clock time; `None`: on demand only.
     pub daily_cutoff: Option<jiff::civil::Time>,
+    /// Fees charged in clearing windows (none in the embedded default).
+    pub fees: crate::clearing::FeeSchedule,
     pub session: SessionConfig,
     pub exchange: ExchangeConfig,
     pub routes: Routes,
@@ -68,6 +71,7 @@ impl SwitchConfig {
             data_dir: PathBuf::from(Self::DATA_DIR_DEFAULT),
             fsync: SyncPolicy::Always,
             daily_cutoff: Some(Self::DAILY_CUTOFF_DEFAULT),
+            fees: crate::clearing::FeeSchedule { operator: "CSWITCH".into(), ..Default::default() },
             session: SessionConfig::default(),
             exchange: ExchangeConfig::default(),
             routes: Routes::embedded_default(),
@@ -113,6 +117,9 @@ struct FileConfig {
     journal: FileJournal,
     #[serde(default)]
     clearing: FileClearing,
+    /// Fee rates, per participant.
+    #[serde(default)]
+    fee: Vec<FileFee>,
     #[serde(default, rename = "participant")]
     participants: Vec<FileParticipant>,
     /// Payment-code prefixes to issuers; the built-in table when absent.
@@ -196,6 +203,15 @@ impl Default for FileJournal {
     fn default() -> Self {
         Self { data_dir: PathBuf::from(SwitchConfig::DATA_DIR_DEFAULT), fsync: "always".into() }
     }
+}
+
+/// A participant's fee rate.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFee {
+    participant: InstitutionId,
+    /// Of every payment the participant is paid; at most 10000 (100%).
+    basis_points: u32,
 }
 
 /// Clearing windows; the key may be left out.
@@ -398,6 +414,20 @@ impl SwitchConfig {
         }
         let fsync: SyncPolicy =
             file.journal.fsync.parse().map_err(|problem| invalid("journal.fsync".into(), problem))?;
+        let mut fees =
+            crate::clearing::FeeSchedule { operator: file.switch.id.as_str().to_string(), ..Default::default() };
+        for (index, fee) in file.fee.iter().enumerate() {
+            let key = format!("fee[{index}] ({})", fee.participant.as_str());
+            if !participants.iter().any(|p| p.id == fee.participant) {
+                return Err(invalid(format!("{key}.participant"), "is not a configured participant".into()));
+            }
+            if fee.basis_points > 10_000 {
+                return Err(invalid(format!("{key}.basis_points"), "must be 0..=10000".into()));
+            }
+            if fees.basis_points.insert(fee.participant.as_str().to_string(), fee.basis_points).is_some() {
+                return Err(invalid(format!("{key}.participant"), "has a fee already".into()));
+            }
+        }
         let daily_cutoff = match file.clearing.daily_cutoff.as_str() {
             "off" => None,
             text => Some(text.parse::<jiff::civil::Time>().map_err(|_| {
@@ -494,6 +524,7 @@ impl SwitchConfig {
             data_dir: path.parent().unwrap_or(Path::new(".")).join(&file.journal.data_dir),
             fsync,
             daily_cutoff,
+            fees,
             session: SessionConfig {
                 switch_id: file.switch.id,
                 sign_on_timeout_ms: session.sign_on_timeout_ms,
@@ -540,6 +571,10 @@ mod tests {
     fn errors_name_the_file_the_key_and_the_problem() {
         let cases = [
             (MINIMAL.replace("listen =", "lissen ="), "test.toml: "),
+            (
+                format!("{MINIMAL}\n[[fee]]\nparticipant = \"ACQ0001\"\nbasis_points = 10001\n"),
+                "test.toml: fee[0] (ACQ0001).basis_points: must be 0..=10000",
+            ),
             (
                 format!("{MINIMAL}\n[clearing]\ndaily_cutoff = \"25:00\"\n"),
                 "test.toml: clearing.daily_cutoff: \"25:00\": expected HH:MM (Asia/Shanghai) or off",

@@ -97,6 +97,9 @@ enum ClearingCommand {
         admin: Option<std::net::SocketAddr>,
         #[arg(long)]
         data_dir: Option<std::path::PathBuf>,
+        /// With --data-dir: the configuration whose fee schedule applies (none: no fees).
+        #[arg(long, requires = "data_dir")]
+        config: Option<std::path::PathBuf>,
     },
     /// Writes a closed window's files again from the journal (byte-identical).
     Rebuild {
@@ -237,15 +240,21 @@ fn clearing_command(command: ClearingCommand) -> anyhow::Result<()> {
             print(document["window"].as_u64().unwrap_or(0), &files);
             Ok(())
         }
-        ClearingCommand::Close { data_dir, .. } => {
+        ClearingCommand::Close { data_dir, config, .. } => {
             let data_dir = data_dir.context("--admin or --data-dir")?;
-            let (window, files) = switch::clearing::close_offline(&data_dir)?;
+            let fees = match config {
+                Some(path) => SwitchConfig::from_file(&path)?.fees,
+                None => switch::clearing::FeeSchedule::default(),
+            };
+            let (window, files) = switch::clearing::close_offline(&data_dir, &fees)?;
             print(window, &files);
             Ok(())
         }
         ClearingCommand::Rebuild { data_dir, window } => {
-            let built = switch::clearing::rebuild(&data_dir, window)?;
-            let files = built.write(&data_dir)?;
+            // The schedule the window was closed with, so the files come out the same.
+            let fees = switch::clearing::recorded_fees(&data_dir, window)?;
+            let built = switch::clearing::rebuild(&data_dir, window, &fees)?;
+            let files = built.write(&data_dir, &fees)?;
             println!("window {window} rebuilt: {} entries, {} files", built.entries.len(), files.len());
             Ok(())
         }
@@ -313,7 +322,8 @@ fn run(config: SwitchConfig, io: Io, damage: Damage) -> anyhow::Result<()> {
                 .with_shards(shards)
                 .with_io(io)
                 .with_journal(JournalSettings { data_dir: config.data_dir.clone(), policy: config.fsync, damage })
-                .with_daily_cutoff(config.daily_cutoff),
+                .with_daily_cutoff(config.daily_cutoff)
+                .with_fees(config.fees.clone()),
         );
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin_task = tokio::spawn(switch::edge::admin::serve_admin(admin, Arc::clone(&shared), async {

@@ -196,8 +196,9 @@ proptest! {
         let shards = [records];
         let mut acquirer_net = 0i128;
         for w in 1..=window {
-            let built = Window::from_shards(w, &shards).expect("balanced");
-            prop_assert_eq!(&built, &Window::from_shards(w, &shards).expect("balanced"));
+            let fees = switch::clearing::FeeSchedule::default();
+            let built = Window::from_shards(w, &shards, &fees).expect("balanced");
+            prop_assert_eq!(&built, &Window::from_shards(w, &shards, &fees).expect("balanced"));
             acquirer_net += built.positions.get(&id("ACQ0001")).and_then(|t| t.get(&156)).map_or(0, |t| t.net_minor);
         }
         let mut expected = 0i128;

@@ -62,6 +62,8 @@ pub struct Shared {
     next_window: AtomicU64,
     /// The daily clearing cut-off (Asia/Shanghai), when there is a journal to cut.
     pub daily_cutoff: Option<jiff::civil::Time>,
+    /// Fees charged in clearing windows.
+    pub fees: clearing::FeeSchedule,
     /// Session ids, unique for this process. Relaxed: only uniqueness matters.
     next_session_id: AtomicU64,
 }
@@ -83,6 +85,7 @@ impl Shared {
             mesh: std::sync::OnceLock::new(),
             next_window: AtomicU64::new(1),
             daily_cutoff: None,
+            fees: clearing::FeeSchedule::default(),
             next_session_id: AtomicU64::new(1),
         }
     }
@@ -104,6 +107,12 @@ impl Shared {
     /// Keeps a journal as `settings` say (recovering from it at start).
     pub fn with_journal(mut self, settings: JournalSettings) -> Self {
         self.journal = Some(settings);
+        self
+    }
+
+    /// Charges `fees` in the clearing windows this switch closes.
+    pub fn with_fees(mut self, fees: clearing::FeeSchedule) -> Self {
+        self.fees = fees;
         self
     }
 
@@ -146,9 +155,10 @@ impl Shared {
             }
         }
         let data_dir = settings.data_dir.clone();
+        let fees = self.fees.clone();
         tokio::task::spawn_blocking(move || {
-            let built = clearing::rebuild(&data_dir, window).map_err(|e| e.to_string())?;
-            let files = built.write(&data_dir).map_err(|e| e.to_string())?;
+            let built = clearing::rebuild(&data_dir, window, &fees).map_err(|e| e.to_string())?;
+            let files = built.write(&data_dir, &fees).map_err(|e| e.to_string())?;
             tracing::info!(window, entries = built.entries.len(), files = files.len(), "clearing window closed");
             Ok((window, files))
         })
