@@ -76,7 +76,7 @@ fn payment(cycle: u32, n: u64) -> Message {
     Message::PaymentCodeRequest(request)
 }
 
-async fn status(acquirer: &mut Client, id_text: &str) -> TransactionStatus {
+async fn status_of(acquirer: &mut Client, id_text: &str) -> TransactionStatus {
     let query = codec::StatusQuery {
         originator: id("ACQ0001"),
         original_originator_transaction_id: TransactionId::new(id_text).expect("valid"),
@@ -144,10 +144,10 @@ async fn approvals_survive_sigkill_and_what_was_in_flight_is_reversed() {
 
         // What the earlier cycles established still holds.
         for id_text in &approved_seen {
-            assert_eq!(status(&mut acquirer, id_text).await, TransactionStatus::Approved, "{id_text}");
+            assert_eq!(status_of(&mut acquirer, id_text).await, TransactionStatus::Approved, "{id_text}");
         }
         for id_text in &in_flight_at_kill {
-            let status = status(&mut acquirer, id_text).await;
+            let status = status_of(&mut acquirer, id_text).await;
             assert!(
                 matches!(status, TransactionStatus::TimedOut | TransactionStatus::Reversed),
                 "{id_text}: {status:?}"
@@ -275,5 +275,65 @@ async fn closing_a_window_accounts_for_every_approval_once_and_rebuilds_identica
     assert!(ok && text.contains("window 2 closed"), "{text}");
     let (ok, text) = switch_cli(&["journal", "verify", "--data-dir", data]);
     assert!(ok && text.contains("ok"), "{text}");
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+#[tokio::test]
+async fn a_journal_write_that_fails_stops_the_switch_before_it_answers() {
+    let data_dir = std::env::temp_dir().join(format!("switch-efbig-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let port = free_port();
+    // A file size limit of 64 blocks of 512 bytes (32 KiB): the journal's write fails with
+    // EFBIG once its segment would pass it (SIGXFSZ ignored, so the write returns an error).
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 64; exec {} run --shards 2 --listen 127.0.0.1:{port} --admin-listen 127.0.0.1:{} --data-dir {}",
+        env!("CARGO_BIN_EXE_switch"),
+        free_port(),
+        data_dir.display()
+    );
+    let child = Command::new("sh").args(["-c", &script]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn();
+    let mut switch = Switch(child.expect("sh runs"));
+    let address: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(address).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let wechat = tokio::spawn(run_issuer(connect(port, "WECHATPAY").await, IssuerBehaviour::default()));
+    let mut acquirer = connect(port, "ACQ0001").await;
+    let mut approved = Vec::new();
+    for n in 0..2_000u64 {
+        if acquirer.writer.send(&payment(5, n * 2)).await.is_err() {
+            break;
+        }
+        let reply = acquirer
+            .reader
+            .next(|m| match m {
+                MessageRef::PaymentReply(reply) => Some(reply.originator_transaction_id.as_str().to_string()),
+                _ => None,
+            })
+            .await;
+        match reply {
+            Ok(Some(id_text)) => approved.push(id_text),
+            Ok(None) => {}
+            Err(_) => break, // the switch stopped
+        }
+    }
+    wechat.abort();
+    let status = switch.0.wait().expect("exit status");
+    assert_eq!(status.code(), Some(switch::journal::EXIT_JOURNAL_FAILED), "stopped with the journal's exit code");
+    assert!(!approved.is_empty() && approved.len() < 2_000, "{} approvals before the limit", approved.len());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(switch.0.stderr.as_mut().expect("piped"), &mut stderr).expect("stderr");
+    assert!(stderr.contains("journal write failed"), "{stderr}");
+
+    // Everything answered before the failure was durable: still approved after a restart.
+    let restarted = start(&data_dir, port).await;
+    let mut acquirer = connect(port, "ACQ0001").await;
+    for id_text in &approved {
+        assert_eq!(status_of(&mut acquirer, id_text).await, TransactionStatus::Approved, "{id_text}");
+    }
+    drop(restarted);
     let _ = std::fs::remove_dir_all(&data_dir);
 }
