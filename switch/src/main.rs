@@ -321,7 +321,12 @@ fn run(config: SwitchConfig, io: Io, damage: Damage) -> anyhow::Result<()> {
                 .with_exchange(config.exchange.clone(), config.routes.clone())
                 .with_shards(shards)
                 .with_io(io)
-                .with_journal(JournalSettings { data_dir: config.data_dir.clone(), policy: config.fsync, damage })
+                .with_journal(JournalSettings {
+                    data_dir: config.data_dir.clone(),
+                    policy: config.fsync,
+                    damage,
+                    io_uring: io == Io::Uring,
+                })
                 .with_daily_cutoff(config.daily_cutoff)
                 .with_fees(config.fees.clone()),
         );

@@ -80,16 +80,16 @@ impl Commit {
                     last = batch.id;
                     records.extend(batch.records);
                 }
-                let written = journal.append(&records).and_then(|()| match journal.policy() {
-                    SyncPolicy::Always => journal.sync(),
+                let written = match journal.policy() {
+                    SyncPolicy::Always => journal.commit(&records, true),
                     SyncPolicy::Interval(interval) => {
                         // Wait out the interval (more batches gather meanwhile, taken next).
                         std::thread::sleep((last_sync + interval).saturating_duration_since(Instant::now()));
                         last_sync = Instant::now();
-                        journal.sync()
+                        journal.commit(&records, true)
                     }
-                    SyncPolicy::Never => Ok(()),
-                });
+                    SyncPolicy::Never => journal.commit(&records, false),
+                };
                 records.clear();
                 if let Err(error) = written {
                     tracing::error!(%error, shard, "journal write failed: stopping rather than answer what is not durable");

@@ -319,6 +319,9 @@ fn recover(
     let dir = journal::shard_dir(&settings.data_dir, index);
     let (mut journal, recovery) =
         Journal::open(&dir, settings.policy, settings.damage, |record| exchange.replay(&record))?;
+    if settings.io_uring {
+        journal.use_io_uring();
+    }
     if let Some((path, offset, bytes)) = &recovery.torn_tail {
         tracing::warn!(segment = %path.display(), offset, bytes, "journal: torn tail cut off (a write the crash interrupted)");
     }
