@@ -76,6 +76,20 @@ fn payment(cycle: u32, n: u64) -> Message {
     Message::PaymentCodeRequest(request)
 }
 
+/// The next payment reply: its transaction id and code.
+async fn next_reply(client: &mut Client) -> (String, u16) {
+    client
+        .reader
+        .next(|m| match m {
+            MessageRef::PaymentReply(reply) => {
+                (reply.originator_transaction_id.as_str().to_string(), reply.code.to_native())
+            }
+            other => panic!("expected a reply, got {:?}", other.kind()),
+        })
+        .await
+        .expect("reply")
+}
+
 async fn status_of(acquirer: &mut Client, id_text: &str) -> TransactionStatus {
     let query = codec::StatusQuery {
         originator: id("ACQ0001"),
@@ -177,16 +191,7 @@ async fn approvals_survive_sigkill_and_what_was_in_flight_is_reversed() {
         acquirer.writer.flush().await.expect("send");
         let mut answered = 0;
         while answered < PER_CYCLE / 2 {
-            let (id_text, code) = acquirer
-                .reader
-                .next(|m| match m {
-                    MessageRef::PaymentReply(reply) => {
-                        (reply.originator_transaction_id.as_str().to_string(), reply.code.to_native())
-                    }
-                    other => panic!("expected a reply, got {:?}", other.kind()),
-                })
-                .await
-                .expect("reply");
+            let (id_text, code) = next_reply(&mut acquirer).await;
             assert_eq!(code, ReplyCode::Approved.value(), "{id_text}");
             approved_seen.push(id_text);
             answered += 1;
@@ -231,16 +236,7 @@ async fn closing_a_window_accounts_for_every_approval_once_and_rebuilds_identica
     let mut approved = Vec::new();
     for n in 0..40u64 {
         acquirer.writer.send(&payment(9, n * 2)).await.expect("send");
-        let (id_text, code) = acquirer
-            .reader
-            .next(|m| match m {
-                MessageRef::PaymentReply(reply) => {
-                    (reply.originator_transaction_id.as_str().to_string(), reply.code.to_native())
-                }
-                other => panic!("expected a reply, got {:?}", other.kind()),
-            })
-            .await
-            .expect("reply");
+        let (id_text, code) = next_reply(&mut acquirer).await;
         assert_eq!(code, 0);
         approved.push(id_text);
     }
