@@ -328,7 +328,8 @@ fn run(config: SwitchConfig, io: Io, damage: Damage) -> anyhow::Result<()> {
                     io_uring: io == Io::Uring,
                 })
                 .with_daily_cutoff(config.daily_cutoff)
-                .with_fees(config.fees.clone()),
+                .with_fees(config.fees.clone())
+                .with_prefault(true),
         );
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin_task = tokio::spawn(switch::edge::admin::serve_admin(admin, Arc::clone(&shared), async {

@@ -46,6 +46,8 @@ pub struct Metrics {
     batch_count: AtomicU64,
     batch_sum_ns: AtomicU64,
     draining: AtomicBool,
+    /// Set once the shards are up (tables touched, journal recovered).
+    serving: AtomicBool,
     handoffs_dropped: AtomicU64,
     shards: AtomicU64,
 }
@@ -112,6 +114,14 @@ impl Metrics {
 
     pub fn set_shards(&self, shards: usize) {
         self.shards.store(shards as u64, Ordering::Relaxed);
+    }
+
+    pub fn set_serving(&self) {
+        self.serving.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Relaxed)
     }
 
     pub fn set_draining(&self) {

@@ -38,7 +38,17 @@ async fn liveness_readiness_and_metrics() {
     }));
 
     assert_eq!(get(admin_address, "/livez").await, (200, "ok\n".into()));
-    assert_eq!(get(admin_address, "/readyz").await, (200, "ready\n".into()));
+    // Ready once the shards are up (a moment: no journal here).
+    let mut ready = get(admin_address, "/readyz").await;
+    for _ in 0..100 {
+        if ready.0 == 200 {
+            break;
+        }
+        assert_eq!(ready, (503, "starting: recovering the journal\n".into()));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        ready = get(admin_address, "/readyz").await;
+    }
+    assert_eq!(ready, (200, "ready\n".into()));
     assert_eq!(get(admin_address, "/nope").await.0, 404);
 
     let id = InstitutionId::new("ACQ0001").expect("valid");

@@ -62,6 +62,14 @@ impl UsedCodes {
         Self(Arc::new(DashSet::with_capacity_and_hasher(capacity, RandomState::default())))
     }
 
+    /// Touches the memory reserved for `capacity` codes once (see `Exchange::prefault`).
+    pub fn prefault(&self, capacity: usize) {
+        for n in 0..capacity as u64 {
+            self.0.insert(PaymentCode::from_bytes(numbered(n)).unwrap_or_default());
+        }
+        self.0.clear();
+    }
+
     /// Claims `code`: `false` when it is already claimed.
     pub fn claim(&self, code: PaymentCode) -> bool {
         self.0.insert(code)
@@ -78,6 +86,18 @@ impl UsedCodes {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+}
+
+/// Twenty digits for `n`, zero padded to 32 bytes: a distinct payment code or transaction
+/// id per `n`, for touching reserved tables.
+fn numbered(n: u64) -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    let mut rest = n;
+    for byte in bytes[..20].iter_mut().rev() {
+        *byte = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    bytes
 }
 
 /// A message for one session.
@@ -435,6 +455,34 @@ impl Exchange {
             window: 0,
             config,
         }
+    }
+
+    /// Touches every page of the tables reserved in `new` once, now: otherwise the first
+    /// touches happen under the first traffic after a start (kernel page zeroing, hundreds of
+    /// milliseconds of stalls spread over the first seconds, just when a restarted switch
+    /// meets its backlog). Leaves the tables empty.
+    pub fn prefault(&mut self) {
+        let records = self.config.in_flight_max.saturating_add(self.config.completed_max);
+        let dummy = Transaction {
+            originator: InstitutionId::EMPTY,
+            originator_session: 0,
+            originator_transaction_id: TransactionId::EMPTY,
+            receiver: InstitutionId::EMPTY,
+            amount_minor: 0,
+            currency: 0,
+            state: State::Reversed,
+            payment_code: None,
+            kind: Kind::Payment,
+            refunded_minor: 0,
+            refund_pending_minor: 0,
+        };
+        for n in 0..records as u64 {
+            self.transactions.insert(n, dummy.clone());
+            let id = TransactionId::from_bytes(numbered(n)).unwrap_or_default();
+            self.by_originator.insert((InstitutionId::EMPTY, id), n);
+        }
+        self.transactions.clear();
+        self.by_originator.clear();
     }
 
     /// Shares `codes` with other exchanges (the other shards'), instead of a set of its own.
@@ -1707,6 +1755,26 @@ mod tests {
         };
         assert_eq!(status.status, TransactionStatus::Unknown.value());
         let _ = Echo::default();
+    }
+
+    #[test]
+    fn prefaulting_leaves_the_tables_empty_and_their_room_reserved() {
+        let mut exchange = Exchange::new(
+            ExchangeConfig { in_flight_max: 10, completed_max: 100, ..ExchangeConfig::default() },
+            Routes::embedded_default(),
+        );
+        let room = exchange.transactions.capacity();
+        exchange.prefault();
+        exchange.used_codes.prefault(110);
+        assert!(
+            exchange.transactions.is_empty() && exchange.by_originator.is_empty() && exchange.used_codes.is_empty()
+        );
+        assert_eq!(exchange.transactions.capacity(), room, "no growth: the reserved room was used");
+        let mut out = Vec::new();
+        exchange.session_up(id("ACQ0001"), ACQUIRER, &mut out);
+        exchange.session_up(id("WECHATPAY"), WECHAT, &mut out);
+        pay(&mut exchange, "T1", "134567890123451234", &mut out);
+        forwarded_reference(&out);
     }
 
     #[test]

@@ -93,6 +93,9 @@ fn route(head: &[u8], shared: &Shared) -> (&'static str, &'static str, String) {
     match path {
         b"/livez" => ("200 OK", "text/plain", "ok\n".into()),
         b"/readyz" if metrics.is_draining() => ("503 Service Unavailable", "text/plain", "draining\n".into()),
+        b"/readyz" if !metrics.is_serving() => {
+            ("503 Service Unavailable", "text/plain", "starting: recovering the journal\n".into())
+        }
         b"/readyz" => ("200 OK", "text/plain", "ready\n".into()),
         b"/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
         b"/participants" => ("200 OK", "application/json", shared.status.render(&shared.directory, &shared.exchange)),

@@ -62,6 +62,8 @@ pub struct Shared {
     next_window: AtomicU64,
     /// The daily clearing cut-off (Asia/Shanghai), when there is a journal to cut.
     pub daily_cutoff: Option<jiff::civil::Time>,
+    /// Touch the exchanges' reserved tables at start (`Exchange::prefault`); off in tests.
+    pub prefault: bool,
     /// Fees charged in clearing windows.
     pub fees: clearing::FeeSchedule,
     /// Session ids, unique for this process. Relaxed: only uniqueness matters.
@@ -85,6 +87,7 @@ impl Shared {
             mesh: std::sync::OnceLock::new(),
             next_window: AtomicU64::new(1),
             daily_cutoff: None,
+            prefault: false,
             fees: clearing::FeeSchedule::default(),
             next_session_id: AtomicU64::new(1),
         }
@@ -113,6 +116,13 @@ impl Shared {
     /// Charges `fees` in the clearing windows this switch closes.
     pub fn with_fees(mut self, fees: clearing::FeeSchedule) -> Self {
         self.fees = fees;
+        self
+    }
+
+    /// Touches the reserved tables at start (a second or so), so the first traffic after a
+    /// start does not pay for the kernel zeroing their pages.
+    pub fn with_prefault(mut self, prefault: bool) -> Self {
+        self.prefault = prefault;
         self
     }
 
@@ -204,32 +214,41 @@ pub async fn serve(
     let mut handoffs = Vec::with_capacity(shards);
     let mut drained = Vec::with_capacity(shards);
     let mut threads = Vec::with_capacity(shards);
-    // Each shard's exchange, rebuilt from its journal: the shards in parallel (recovery is
-    // reading and replaying, one core each).
+    // Each shard's exchange, its tables touched once (`prefault`) and rebuilt from its
+    // journal: the shards in parallel (one core each).
     let mut exchanges: Vec<Exchange> = (0..shards)
         .map(|index| {
             Exchange::new(shared.exchange.for_shard(index, shards), shared.routes.clone())
                 .with_used_codes(used_codes.clone())
         })
         .collect();
-    let mut journals: Vec<Option<Journal>> = match &shared.journal {
-        None => (0..shards).map(|_| None).collect(),
-        Some(settings) => {
-            journal::check_shards(&settings.data_dir, shards)?;
-            let now = shared.now();
-            std::thread::scope(|scope| {
-                let recoveries: Vec<_> = exchanges
-                    .iter_mut()
-                    .enumerate()
-                    .map(|(index, exchange)| scope.spawn(move || recover(settings, index, exchange, now)))
-                    .collect();
-                recoveries
-                    .into_iter()
-                    .map(|recovery| recovery.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)).map(Some))
-                    .collect::<Result<Vec<_>, _>>()
-            })?
+    if let Some(settings) = &shared.journal {
+        journal::check_shards(&settings.data_dir, shards)?;
+    }
+    let (now, prefault, settings) = (shared.now(), shared.prefault, shared.journal.as_ref());
+    let mut journals: Vec<Option<Journal>> = std::thread::scope(|scope| {
+        if prefault {
+            let records = shared.exchange.in_flight_max.saturating_add(shared.exchange.completed_max);
+            let codes = &used_codes;
+            scope.spawn(move || codes.prefault(records));
         }
-    };
+        let starts: Vec<_> = exchanges
+            .iter_mut()
+            .enumerate()
+            .map(|(index, exchange)| {
+                scope.spawn(move || {
+                    if prefault {
+                        exchange.prefault();
+                    }
+                    settings.map(|settings| recover(settings, index, exchange, now)).transpose()
+                })
+            })
+            .collect();
+        starts
+            .into_iter()
+            .map(|start| start.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect::<Result<Vec<_>, _>>()
+    })?;
     for (index, (exchange, journal)) in exchanges.drain(..).zip(journals.drain(..)).enumerate() {
         let (handoff, accepted) = mpsc::channel(HANDOFF_QUEUE);
         let (drained_tx, drained_rx) = oneshot::channel();
@@ -256,6 +275,8 @@ pub async fn serve(
         drained.push(drained_rx);
     }
     let _ = shared.mesh.set(Arc::clone(&mesh));
+    shared.metrics.set_serving();
+    tracing::info!(shards, "serving");
     let cutoffs = match (shared.daily_cutoff, &shared.journal) {
         (Some(at), Some(_)) => Some(tokio::spawn(daily_cutoffs(Arc::clone(&shared), at))),
         _ => None,
