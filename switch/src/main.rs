@@ -128,6 +128,25 @@ enum Inspect {
     Frame { hex: String },
 }
 
+/// Prints a line on standard output; a reader that went away (`| head`) ends the program
+/// quietly instead of with a panic.
+macro_rules! emit {
+    ($($arg:tt)*) => {
+        emit(format_args!($($arg)*))
+    };
+}
+
+fn emit(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(error) = writeln!(std::io::stdout().lock(), "{line}") {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("switch: cannot write to standard output: {error}");
+        std::process::exit(1);
+    }
+}
+
 fn main() {
     if let Err(error) = main_inner() {
         eprintln!("switch: error: {error:#}");
@@ -144,7 +163,7 @@ fn inspect(command: Inspect) -> anyhow::Result<()> {
     };
     match result {
         Ok(value) => {
-            println!("{}", serde_json::to_string_pretty(&value)?);
+            emit!("{}", serde_json::to_string_pretty(&value)?);
             Ok(())
         }
         Err(error) => {
@@ -215,9 +234,9 @@ async fn stop_signal() {
 
 fn clearing_command(command: ClearingCommand) -> anyhow::Result<()> {
     let print = |window: u64, files: &[std::path::PathBuf]| {
-        println!("window {window} closed: {} files", files.len());
+        emit!("window {window} closed: {} files", files.len());
         for file in files {
-            println!("  {}", file.display());
+            emit!("  {}", file.display());
         }
     };
     match command {
@@ -255,7 +274,7 @@ fn clearing_command(command: ClearingCommand) -> anyhow::Result<()> {
             let fees = switch::clearing::recorded_fees(&data_dir, window)?;
             let built = switch::clearing::rebuild(&data_dir, window, &fees)?;
             let files = built.write(&data_dir, &fees)?;
-            println!("window {window} rebuilt: {} entries, {} files", built.entries.len(), files.len());
+            emit!("window {window} rebuilt: {} entries, {} files", built.entries.len(), files.len());
             Ok(())
         }
     }
@@ -269,16 +288,16 @@ fn journal_command(command: JournalCommand) -> anyhow::Result<()> {
                 let segments = switch::journal::segments(&dir)?.len();
                 match switch::journal::read(&dir) {
                     Ok(contents) => {
-                        print!("shard {index}: {} records in {segments} segments, ok", contents.records.len());
-                        match contents.torn_tail {
+                        let tail = match contents.torn_tail {
                             Some((path, offset)) => {
-                                println!("; torn tail at {} offset {offset} (cut at next start)", path.display())
+                                format!("; torn tail at {} offset {offset} (cut at next start)", path.display())
                             }
-                            None => println!(),
-                        }
+                            None => String::new(),
+                        };
+                        emit!("shard {index}: {} records in {segments} segments, ok{tail}", contents.records.len());
                     }
                     Err(error) => {
-                        println!("shard {index}: DAMAGED: {error}");
+                        emit!("shard {index}: DAMAGED: {error}");
                         damaged = true;
                     }
                 }
@@ -294,9 +313,9 @@ fn journal_command(command: JournalCommand) -> anyhow::Result<()> {
                     continue;
                 }
                 let contents = switch::journal::read(&dir)?;
-                println!("# shard {index}: {} records", contents.records.len());
+                emit!("# shard {index}: {} records", contents.records.len());
                 for (sequence, record) in contents.records.iter().enumerate().take(limit) {
-                    println!("{:>10} {record}", sequence + 1);
+                    emit!("{:>10} {record}", sequence + 1);
                 }
             }
             Ok(())
