@@ -1,6 +1,7 @@
 //! The clearing message switch.
 //!
-//! - [`core`]: the deterministic core (sessions now; routing, matching and timers next).
+//! - [`core`]: the deterministic core: sessions, the exchange (routing, matching, timers,
+//!   reversals, refunds), shard ownership, journal records.
 //! - [`edge`]: sockets and event loops that drive the core.
 //! - [`participant`]: the participant directory.
 //! - [`clearing`]: clearing windows, positions and reconciliation files from the journal.
