@@ -100,6 +100,38 @@ fn numbered(n: u64) -> [u8; 32] {
     bytes
 }
 
+/// A new transaction as the exchange records it: live (`admit`) or from the journal
+/// (`replay`).
+#[derive(Debug, Clone, Copy)]
+struct Admission {
+    originator: InstitutionId,
+    id: TransactionId,
+    receiver: InstitutionId,
+    amount_minor: u64,
+    currency: u16,
+    kind: Kind,
+    payment_code: Option<PaymentCode>,
+}
+
+impl Admission {
+    fn record(&self, reference: u64, time_ms: i64) -> Record {
+        Record::Admitted {
+            reference,
+            time_ms,
+            originator: self.originator,
+            receiver: self.receiver,
+            id: self.id,
+            amount_minor: self.amount_minor,
+            currency: self.currency,
+            refund_of: match self.kind {
+                Kind::Payment => 0,
+                Kind::Refund { original } => original,
+            },
+            payment_code: self.payment_code,
+        }
+    }
+}
+
 /// A message for one session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outbound {
@@ -319,6 +351,15 @@ struct Answering {
 }
 
 impl Answering {
+    fn of(transaction: &Transaction) -> Self {
+        Self {
+            originator: transaction.originator,
+            id: transaction.originator_transaction_id,
+            amount_minor: transaction.amount_minor,
+            currency: transaction.currency,
+        }
+    }
+
     fn details(details: &codec::TransactionDetails) -> Self {
         Self {
             originator: details.originator,
@@ -611,16 +652,19 @@ impl Exchange {
                     out.push(Outbound { session, message: switch_answer(self, ReplyCode::Duplicate) });
                     return;
                 }
-                let Some(reference) =
-                    self.admit(now, session, originator, id, receiver, amount, currency, Kind::Payment, out)
-                else {
+                let admission = Admission {
+                    originator,
+                    id,
+                    receiver,
+                    amount_minor: amount,
+                    currency,
+                    kind: Kind::Payment,
+                    payment_code: Some(code),
+                };
+                let Some(reference) = self.admit(now, session, admission, out) else {
                     self.used_codes.release(&code);
                     return;
                 };
-                if let Some(transaction) = self.transactions.get_mut(&reference) {
-                    transaction.payment_code = Some(code);
-                }
-                self.record_admitted(reference, now);
                 request.details.switch_reference = reference;
                 self.forward(receiver, Message::PaymentCodeRequest(request), out);
             }
@@ -679,10 +723,16 @@ impl Exchange {
                         return;
                     }
                 };
-                if let Some(reference) =
-                    self.admit(now, session, originator, id, receiver, amount, currency, Kind::Payment, out)
-                {
-                    self.record_admitted(reference, now);
+                let admission = Admission {
+                    originator,
+                    id,
+                    receiver,
+                    amount_minor: amount,
+                    currency,
+                    kind: Kind::Payment,
+                    payment_code: None,
+                };
+                if let Some(reference) = self.admit(now, session, admission, out) {
                     request.details.switch_reference = reference;
                     self.forward(receiver, Message::QrPaymentRequest(request), out);
                 }
@@ -734,15 +784,18 @@ impl Exchange {
             return refuse(self, ReplyCode::InvalidAmount, out);
         }
         let (receiver, original_id) = (payment.receiver, payment.originator_transaction_id);
-        let (amount, currency) = (request.amount_minor, request.currency);
-        let kind = Kind::Refund { original };
-        let Some(reference) = self.admit(now, session, originator, id, receiver, amount, currency, kind, out) else {
+        let admission = Admission {
+            originator,
+            id,
+            receiver,
+            amount_minor: request.amount_minor,
+            currency: request.currency,
+            kind: Kind::Refund { original },
+            payment_code: None,
+        };
+        let Some(reference) = self.admit(now, session, admission, out) else {
             return;
         };
-        if let Some(payment) = self.transactions.get_mut(&original) {
-            payment.refund_pending_minor += amount;
-        }
-        self.record_admitted(reference, now);
         request.switch_reference = reference;
         request.original_switch_reference = original;
         request.original_originator_transaction_id = original_id;
@@ -768,21 +821,11 @@ impl Exchange {
         out.push(Outbound { session, message: Message::ReversalReply(reply) });
     }
 
-    /// Checks the receiver and the in-flight limit, and records a new transaction. Answers
-    /// the originator itself and returns `None` when the request cannot go on.
-    #[allow(clippy::too_many_arguments)]
-    fn admit(
-        &mut self,
-        now: Now,
-        session: SessionId,
-        originator: InstitutionId,
-        id: TransactionId,
-        receiver: InstitutionId,
-        amount: u64,
-        currency: u16,
-        kind: Kind,
-        out: &mut Vec<Outbound>,
-    ) -> Option<u64> {
+    /// Checks the receiver and the in-flight limit, and records a new transaction (and its
+    /// journal record). Answers the originator itself and returns `None` when the request
+    /// cannot go on.
+    fn admit(&mut self, now: Now, session: SessionId, admission: Admission, out: &mut Vec<Outbound>) -> Option<u64> {
+        let Admission { originator, id, receiver, amount_minor: amount, currency, kind, .. } = admission;
         let (originator_policy, receiver_policy) = (self.policy(originator), self.policy(receiver));
         // Order matters: a token is spent only on a request the limits admit, and the
         // breaker is asked last, because letting a probe through changes its state.
@@ -808,7 +851,16 @@ impl Exchange {
         }
         let reference = self.next_reference();
         let reply_ms = receiver_policy.reply_deadline_ms.unwrap_or(self.config.reply_deadline_ms);
-        let deadline_ms = now.monotonic_ms + reply_ms;
+        self.open(reference, session, admission, now.monotonic_ms + reply_ms);
+        self.timers.add(now.monotonic_ms, reply_ms, Timer::Reply(reference));
+        self.records.push(admission.record(reference, now.unix_ms));
+        Some(reference)
+    }
+
+    /// Records transaction `reference` as in flight until `deadline_ms`: its allowances,
+    /// its id for duplicates and, for a refund, the amount it holds of its payment.
+    fn open(&mut self, reference: u64, session: SessionId, admission: Admission, deadline_ms: u64) {
+        let Admission { originator, id, receiver, amount_minor, currency, kind, payment_code } = admission;
         self.transactions.insert(
             reference,
             Transaction {
@@ -816,10 +868,10 @@ impl Exchange {
                 originator_session: session,
                 originator_transaction_id: id,
                 receiver,
-                amount_minor: amount,
+                amount_minor,
                 currency,
                 state: State::InFlight { deadline_ms },
-                payment_code: None,
+                payment_code,
                 kind,
                 refunded_minor: 0,
                 refund_pending_minor: 0,
@@ -829,8 +881,30 @@ impl Exchange {
         *self.originating.entry(originator).or_default() += 1;
         *self.receiving.entry(receiver).or_default() += 1;
         self.by_originator.insert((originator, id), reference);
-        self.timers.add(now.monotonic_ms, reply_ms, Timer::Reply(reference));
-        Some(reference)
+        if let Kind::Refund { original } = kind
+            && let Some(payment) = self.transactions.get_mut(&original)
+        {
+            payment.refund_pending_minor += amount_minor;
+        }
+    }
+
+    /// Transaction `reference`, in flight, reached `outcome`: it leaves flight, a refund's
+    /// amount is settled against its payment, and it joins the remembered transactions.
+    /// Returns it as it was; `None` if it was not in flight.
+    fn complete(&mut self, reference: u64, outcome: State) -> Option<Transaction> {
+        let transaction = self.transactions.get_mut(&reference)?;
+        if !matches!(transaction.state, State::InFlight { .. }) {
+            return None;
+        }
+        transaction.state = outcome;
+        let transaction = transaction.clone();
+        self.leave_flight(transaction.originator, transaction.receiver);
+        if let Kind::Refund { original } = transaction.kind {
+            // Declined or timed out (and reversed): the refund did not happen.
+            self.settle_refund(original, transaction.amount_minor, outcome == State::Approved);
+        }
+        self.remember_completed(reference);
+        Some(transaction)
     }
 
     /// Whether the receiver's breaker lets a request through now. An open breaker past its
@@ -943,47 +1017,29 @@ impl Exchange {
                 let code = ReplyCode::try_from(reply.code).unwrap_or(ReplyCode::DoNotHonour);
                 match transaction.state {
                     State::InFlight { .. } => {
-                        transaction.state = if code.is_approved() { State::Approved } else { State::Declined(code) };
-                        // The originator's fields come from the switch's record, never from
-                        // the receiver's echo.
-                        let answer = Reply {
-                            originator: transaction.originator,
-                            originator_transaction_id: transaction.originator_transaction_id,
-                            switch_reference: reference,
-                            amount_minor: transaction.amount_minor,
-                            reply_time_ms: now.unix_ms,
-                            currency: transaction.currency,
-                            code: code.value(),
-                            reserved: [0; 4],
-                            authorization_code: if code.is_approved() {
-                                reply.authorization_code
-                            } else {
-                                AuthorizationCode::EMPTY
-                            },
-                            responder: sender,
-                        };
+                        let outcome = if code.is_approved() { State::Approved } else { State::Declined(code) };
+                        let transaction = self.complete(reference, outcome).expect("in flight");
+                        let authorization_code =
+                            if code.is_approved() { reply.authorization_code } else { AuthorizationCode::EMPTY };
                         self.records.push(Record::Answered {
                             reference,
                             time_ms: now.unix_ms,
                             code: code.value(),
-                            authorization_code: answer.authorization_code,
+                            authorization_code,
                         });
-                        let originator_session = transaction.originator_session;
-                        let (originator, receiver, kind) =
-                            (transaction.originator, transaction.receiver, transaction.kind);
-                        let amount = transaction.amount_minor;
-                        self.leave_flight(originator, receiver);
-                        self.breaker_record(receiver, true, now);
-                        if let Kind::Refund { original } = kind {
-                            self.settle_refund(original, amount, code.is_approved());
-                        }
-                        let answer = kind.reply(answer);
-                        if self.live.contains(&originator_session) {
-                            out.push(Outbound { session: originator_session, message: answer });
+                        self.breaker_record(sender, true, now);
+                        // The originator's fields come from the switch's record, never from
+                        // the receiver's echo.
+                        let answer = Reply {
+                            authorization_code,
+                            ..Answering::of(&transaction).reply(reference, code, sender, now)
+                        };
+                        let answer = transaction.kind.reply(answer);
+                        if self.live.contains(&transaction.originator_session) {
+                            out.push(Outbound { session: transaction.originator_session, message: answer });
                         } else {
                             self.handle_undeliverable(now, answer, out);
                         }
-                        self.remember_completed(reference);
                         AnswerOutcome::Forwarded
                     }
                     State::TimedOut | State::Reversed if code.is_approved() => AnswerOutcome::LateApproval,
@@ -1031,25 +1087,11 @@ impl Exchange {
     /// Gives up on an in-flight transaction: the originator is answered `Timeout` (its one
     /// reply) and, the outcome at the receiver being unknown, it is reversed.
     fn abandon(&mut self, now: Now, reference: u64, reason: ReversalReason, out: &mut Vec<Outbound>) {
-        let Some(transaction) = self.transactions.get_mut(&reference) else { return };
-        transaction.state = State::TimedOut;
-        let transaction = transaction.clone();
+        let Some(transaction) = self.complete(reference, State::TimedOut) else { return };
         self.records.push(Record::TimedOut { reference, time_ms: now.unix_ms });
-        self.leave_flight(transaction.originator, transaction.receiver);
-        if let Kind::Refund { original } = transaction.kind {
-            // An unknown outcome, reversed: the refund did not happen.
-            self.settle_refund(original, transaction.amount_minor, false);
-        }
-        let to = Answering {
-            originator: transaction.originator,
-            id: transaction.originator_transaction_id,
-            amount_minor: transaction.amount_minor,
-            currency: transaction.currency,
-        };
-        let reply = self.answer(to, reference, ReplyCode::Timeout, now);
+        let reply = self.answer(Answering::of(&transaction), reference, ReplyCode::Timeout, now);
         out.push(Outbound { session: transaction.originator_session, message: transaction.kind.reply(reply) });
         self.reverse(now, reference, reason, out);
-        self.remember_completed(reference);
     }
 
     /// A refund of `amount` against payment `original` was answered: approved, it counts as
@@ -1131,24 +1173,6 @@ impl Exchange {
         }
     }
 
-    fn record_admitted(&mut self, reference: u64, now: Now) {
-        let Some(t) = self.transactions.get(&reference) else { return };
-        self.records.push(Record::Admitted {
-            reference,
-            time_ms: now.unix_ms,
-            originator: t.originator,
-            receiver: t.receiver,
-            id: t.originator_transaction_id,
-            amount_minor: t.amount_minor,
-            currency: t.currency,
-            refund_of: match t.kind {
-                Kind::Payment => 0,
-                Kind::Refund { original } => original,
-            },
-            payment_code: t.payment_code,
-        });
-    }
-
     /// Moves the decisions made since the last call into `into`, oldest first: what the
     /// journal must make durable before anything this exchange sent may leave.
     pub fn take_records(&mut self, into: &mut Vec<Record>) {
@@ -1172,61 +1196,20 @@ impl Exchange {
             } => {
                 self.sequence = self.sequence.max(SwitchReference(reference).sequence());
                 let kind = if refund_of == 0 { Kind::Payment } else { Kind::Refund { original: refund_of } };
-                self.transactions.insert(
-                    reference,
-                    Transaction {
-                        originator,
-                        originator_session: 0,
-                        originator_transaction_id: id,
-                        receiver,
-                        amount_minor,
-                        currency,
-                        state: State::InFlight { deadline_ms: 0 },
-                        payment_code,
-                        kind,
-                        refunded_minor: 0,
-                        refund_pending_minor: 0,
-                    },
-                );
-                self.in_flight += 1;
-                *self.originating.entry(originator).or_default() += 1;
-                *self.receiving.entry(receiver).or_default() += 1;
-                self.by_originator.insert((originator, id), reference);
+                let admission = Admission { originator, id, receiver, amount_minor, currency, kind, payment_code };
+                // No session and no timer: what is still in flight when replay ends is
+                // timed out by `finish_recovery`.
+                self.open(reference, 0, admission, 0);
                 if let Some(code) = payment_code {
                     self.used_codes.claim(code);
                 }
-                if let Kind::Refund { original } = kind
-                    && let Some(payment) = self.transactions.get_mut(&original)
-                {
-                    payment.refund_pending_minor += amount_minor;
-                }
             }
             Record::Answered { reference, code, .. } => {
-                let Some(t) = self.transactions.get_mut(&reference) else { return };
-                if !matches!(t.state, State::InFlight { .. }) {
-                    return;
-                }
                 let code = ReplyCode::try_from(code).unwrap_or(ReplyCode::DoNotHonour);
-                t.state = if code.is_approved() { State::Approved } else { State::Declined(code) };
-                let (originator, receiver, kind, amount) = (t.originator, t.receiver, t.kind, t.amount_minor);
-                self.leave_flight(originator, receiver);
-                if let Kind::Refund { original } = kind {
-                    self.settle_refund(original, amount, code.is_approved());
-                }
-                self.remember_completed(reference);
+                self.complete(reference, if code.is_approved() { State::Approved } else { State::Declined(code) });
             }
             Record::TimedOut { reference, .. } => {
-                let Some(t) = self.transactions.get_mut(&reference) else { return };
-                if !matches!(t.state, State::InFlight { .. }) {
-                    return;
-                }
-                t.state = State::TimedOut;
-                let (originator, receiver, kind, amount) = (t.originator, t.receiver, t.kind, t.amount_minor);
-                self.leave_flight(originator, receiver);
-                if let Kind::Refund { original } = kind {
-                    self.settle_refund(original, amount, false);
-                }
-                self.remember_completed(reference);
+                self.complete(reference, State::TimedOut);
             }
             Record::ReversalStarted { reversal, original, reason, time_ms } => {
                 self.sequence = self.sequence.max(SwitchReference(reversal).sequence());
