@@ -29,32 +29,49 @@ pub struct IssuerReport {
 
 fn reply(participant: InstitutionId, request: &codec::TransactionDetails, code: ReplyCode, sequence: u64) -> Reply {
     Reply {
-        originator: request.originator,
-        originator_transaction_id: request.originator_transaction_id,
-        switch_reference: request.switch_reference,
-        amount_minor: request.amount_minor,
-        reply_time_ms: request.transaction_time_ms,
-        currency: request.currency,
         code: code.value(),
-        reserved: [0; 4],
         authorization_code: if code.is_approved() {
             AuthorizationCode::new(&format!("A{:05}", sequence % 100_000)).unwrap_or_default()
         } else {
             AuthorizationCode::EMPTY
         },
-        responder: participant,
+        ..echo(
+            participant,
+            (request.originator, request.originator_transaction_id, request.switch_reference),
+            request.amount_minor,
+            request.transaction_time_ms,
+            request.currency,
+        )
     }
 }
 
 /// An approving answer to a reversal or refund.
 fn approve_linked(participant: InstitutionId, request: &LinkedRequest) -> Reply {
+    echo(
+        participant,
+        (request.originator, request.originator_transaction_id, request.switch_reference),
+        request.amount_minor,
+        request.transaction_time_ms,
+        request.currency,
+    )
+}
+
+/// An approval echoing what identifies the request (originator, its id, the switch
+/// reference) and its amount, time and currency.
+fn echo(
+    participant: InstitutionId,
+    (originator, originator_transaction_id, switch_reference): (InstitutionId, codec::TransactionId, u64),
+    amount_minor: u64,
+    time_ms: i64,
+    currency: u16,
+) -> Reply {
     Reply {
-        originator: request.originator,
-        originator_transaction_id: request.originator_transaction_id,
-        switch_reference: request.switch_reference,
-        amount_minor: request.amount_minor,
-        reply_time_ms: request.transaction_time_ms,
-        currency: request.currency,
+        originator,
+        originator_transaction_id,
+        switch_reference,
+        amount_minor,
+        reply_time_ms: time_ms,
+        currency,
         code: ReplyCode::Approved.value(),
         reserved: [0; 4],
         authorization_code: AuthorizationCode::EMPTY,
