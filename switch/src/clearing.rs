@@ -86,14 +86,32 @@ struct Known {
     approved: bool,
 }
 
-/// The entries of window `window` in one shard's records (its whole journal, in order).
-pub fn shard_entries(records: &[Record], window: u64, fees: &FeeSchedule) -> Vec<Entry> {
-    let mut known: HashMap<u64, (Known, codec::TransactionId)> = HashMap::new();
-    let mut current = 1u64;
-    let mut entries = Vec::new();
-    for record in records {
-        match *record {
-            Record::WindowCut { window: closed, .. } => current = closed + 1,
+/// One shard's entries of a window, built record by record from its whole journal, in
+/// order (streamed: the journal need not fit in memory).
+struct ShardEntries<'a> {
+    window: u64,
+    fees: &'a FeeSchedule,
+    known: HashMap<u64, (Known, codec::TransactionId)>,
+    /// The window the records being read belong to.
+    current: u64,
+    entries: Vec<Entry>,
+    /// The window's cut was read: it is closed in this shard.
+    closed: bool,
+}
+
+impl<'a> ShardEntries<'a> {
+    fn new(window: u64, fees: &'a FeeSchedule) -> Self {
+        Self { window, fees, known: HashMap::new(), current: 1, entries: Vec::new(), closed: false }
+    }
+
+    fn add(&mut self, record: Record) {
+        let Self { window, fees, known, current, entries, closed } = self;
+        let (window, fees) = (*window, *fees);
+        match record {
+            Record::WindowCut { window: cut, .. } => {
+                *closed |= cut == window;
+                *current = cut + 1;
+            }
             Record::Admitted {
                 reference,
                 originator,
@@ -109,7 +127,7 @@ pub fn shard_entries(records: &[Record], window: u64, fees: &FeeSchedule) -> Vec
                     // Back the way the payment came.
                     match known.get(&refund_of) {
                         Some((payment, _)) => (payment.payee, payment.payer),
-                        None => continue,
+                        None => return,
                     }
                 } else if payment_code.is_some() {
                     (receiver, originator)
@@ -120,12 +138,12 @@ pub fn shard_entries(records: &[Record], window: u64, fees: &FeeSchedule) -> Vec
                 known.insert(reference, (Known { payer, payee, amount_minor, currency, refund, approved: false }, id));
             }
             Record::Answered { reference, code, time_ms, .. } => {
-                let Some((transaction, id)) = known.get_mut(&reference) else { continue };
+                let Some((transaction, id)) = known.get_mut(&reference) else { return };
                 if code != 0 || transaction.approved {
-                    continue;
+                    return;
                 }
                 transaction.approved = true;
-                if current == window {
+                if *current == window {
                     let kind = if transaction.refund { EntryKind::Refund } else { EntryKind::Payment };
                     let fee_minor =
                         if transaction.refund { 0 } else { fees.fee(transaction.payee, transaction.amount_minor) };
@@ -144,12 +162,12 @@ pub fn shard_entries(records: &[Record], window: u64, fees: &FeeSchedule) -> Vec
                 }
             }
             Record::ReversalStarted { original, time_ms, .. } => {
-                let Some((transaction, id)) = known.get_mut(&original) else { continue };
+                let Some((transaction, id)) = known.get_mut(&original) else { return };
                 if !transaction.approved {
-                    continue;
+                    return;
                 }
                 transaction.approved = false;
-                if current == window {
+                if *current == window {
                     // The fee of a reversed payment is given back; a refund had none.
                     let fee_minor =
                         if transaction.refund { 0 } else { -fees.fee(transaction.payee, transaction.amount_minor) };
@@ -170,7 +188,15 @@ pub fn shard_entries(records: &[Record], window: u64, fees: &FeeSchedule) -> Vec
             Record::TimedOut { .. } | Record::ReversalAcknowledged { .. } => {}
         }
     }
-    entries
+}
+
+/// The entries of window `window` in one shard's records (its whole journal, in order).
+pub fn shard_entries(records: &[Record], window: u64, fees: &FeeSchedule) -> Vec<Entry> {
+    let mut shard = ShardEntries::new(window, fees);
+    for record in records {
+        shard.add(*record);
+    }
+    shard.entries
 }
 
 /// A participant's totals in one currency.
@@ -210,10 +236,12 @@ pub enum ClearingError {
 impl Window {
     /// Window `window` from every shard's records, with `fees`.
     pub fn from_shards(window: u64, shards: &[Vec<Record>], fees: &FeeSchedule) -> Result<Self, ClearingError> {
-        let mut entries = Vec::new();
-        for records in shards {
-            entries.extend(shard_entries(records, window, fees));
-        }
+        let entries = shards.iter().flat_map(|records| shard_entries(records, window, fees)).collect();
+        Self::from_entries(window, entries, fees)
+    }
+
+    /// Window `window` from its entries (of every shard, in any order).
+    fn from_entries(window: u64, mut entries: Vec<Entry>, fees: &FeeSchedule) -> Result<Self, ClearingError> {
         entries.sort_by_key(|e| (e.time_ms, e.reference, e.kind));
         let mut positions: BTreeMap<InstitutionId, BTreeMap<u16, Totals>> = BTreeMap::new();
         for entry in &entries {
@@ -365,15 +393,16 @@ pub fn recorded_fees(data_dir: &Path, window: u64) -> Result<FeeSchedule, Cleari
 /// Reads every shard's journal in `data_dir` and builds window `window`, which must have
 /// been cut in each, with `fees`.
 pub fn rebuild(data_dir: &Path, window: u64, fees: &FeeSchedule) -> Result<Window, ClearingError> {
-    let mut shards = Vec::new();
+    let mut entries = Vec::new();
     for (_, dir) in shard_dirs(data_dir)? {
-        let records = journal::read(&dir)?.records;
-        if !records.iter().any(|r| matches!(r, Record::WindowCut { window: w, .. } if *w == window)) {
+        let mut shard = ShardEntries::new(window, fees);
+        journal::read_with(&dir, |record| shard.add(record))?;
+        if !shard.closed {
             return Err(ClearingError::NotClosed(window));
         }
-        shards.push(records);
+        entries.append(&mut shard.entries);
     }
-    Window::from_shards(window, &shards, fees)
+    Window::from_entries(window, entries, fees)
 }
 
 /// The shard directories of a data directory's journal, with their shard, in shard order.

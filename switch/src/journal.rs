@@ -201,20 +201,27 @@ pub struct Contents {
 /// Reads every record of a shard's journal, checking it, without changing anything. For
 /// `switch journal verify` and `inspect`.
 pub fn read(dir: &Path) -> Result<Contents, JournalError> {
-    let segments = segments(dir)?;
     let mut records = Vec::new();
+    let torn_tail = read_with(dir, |record| records.push(record))?;
+    Ok(Contents { records, torn_tail })
+}
+
+/// Like [`read`], handing each record to `on_record` instead of collecting them (the
+/// journal need not fit in memory); returns where a torn tail starts, if anywhere.
+pub fn read_with(dir: &Path, mut on_record: impl FnMut(Record)) -> Result<Option<(PathBuf, u64)>, JournalError> {
+    let segments = segments(dir)?;
     let mut expected = 1u64;
     for (index, path) in segments.iter().enumerate() {
         let bytes = fs::read(path).map_err(io_error(path))?;
         let last = index + 1 == segments.len();
-        if let Some((offset, problem)) = scan(path, &bytes, &mut expected, &mut |record| records.push(record))? {
+        if let Some((offset, problem)) = scan(path, &bytes, &mut expected, &mut on_record)? {
             if last && !valid_after(&bytes, offset as usize, expected) {
-                return Ok(Contents { records, torn_tail: Some((path.clone(), offset)) });
+                return Ok(Some((path.clone(), offset)));
             }
             return Err(JournalError::Corrupt { path: path.clone(), offset, problem });
         }
     }
-    Ok(Contents { records, torn_tail: None })
+    Ok(None)
 }
 
 /// Hands the records of `bytes` to `on_record` until the end or the first damaged record

@@ -286,15 +286,16 @@ fn journal_command(command: JournalCommand) -> anyhow::Result<()> {
             let mut damaged = false;
             for (index, dir) in switch::clearing::shard_dirs(&data_dir)? {
                 let segments = switch::journal::segments(&dir)?.len();
-                match switch::journal::read(&dir) {
-                    Ok(contents) => {
-                        let tail = match contents.torn_tail {
+                let mut records = 0u64;
+                match switch::journal::read_with(&dir, |_| records += 1) {
+                    Ok(torn_tail) => {
+                        let tail = match torn_tail {
                             Some((path, offset)) => {
                                 format!("; torn tail at {} offset {offset} (cut at next start)", path.display())
                             }
                             None => String::new(),
                         };
-                        emit!("shard {index}: {} records in {segments} segments, ok{tail}", contents.records.len());
+                        emit!("shard {index}: {records} records in {segments} segments, ok{tail}");
                     }
                     Err(error) => {
                         emit!("shard {index}: DAMAGED: {error}");
@@ -312,11 +313,15 @@ fn journal_command(command: JournalCommand) -> anyhow::Result<()> {
                 if shard.is_some_and(|wanted| wanted != index) {
                     continue;
                 }
-                let contents = switch::journal::read(&dir)?;
-                emit!("# shard {index}: {} records", contents.records.len());
-                for (sequence, record) in contents.records.iter().enumerate().take(limit) {
-                    emit!("{:>10} {record}", sequence + 1);
-                }
+                emit!("# shard {index}");
+                let mut sequence = 0usize;
+                switch::journal::read_with(&dir, |record| {
+                    sequence += 1;
+                    if sequence <= limit {
+                        emit!("{sequence:>10} {record}");
+                    }
+                })?;
+                emit!("# shard {index}: {sequence} records");
             }
             Ok(())
         }
