@@ -190,24 +190,10 @@ pub fn segments(dir: &Path) -> Result<Vec<PathBuf>, JournalError> {
     Ok(segments)
 }
 
-/// A shard's journal as read, unchanged.
-#[derive(Debug, Default)]
-pub struct Contents {
-    pub records: Vec<Record>,
-    /// Where a torn tail starts, if there is one (recovery would cut it).
-    pub torn_tail: Option<(PathBuf, u64)>,
-}
-
-/// Reads every record of a shard's journal, checking it, without changing anything. For
-/// `switch journal verify` and `inspect`.
-pub fn read(dir: &Path) -> Result<Contents, JournalError> {
-    let mut records = Vec::new();
-    let torn_tail = read_with(dir, |record| records.push(record))?;
-    Ok(Contents { records, torn_tail })
-}
-
-/// Like [`read`], handing each record to `on_record` instead of collecting them (the
-/// journal need not fit in memory); returns where a torn tail starts, if anywhere.
+/// Reads every record of a shard's journal, checking it, without changing anything, and
+/// hands each to `on_record` (streamed: the journal need not fit in memory). Returns where
+/// a torn tail starts, if anywhere (recovery would cut it). For `switch journal verify`,
+/// `inspect` and clearing.
 pub fn read_with(dir: &Path, mut on_record: impl FnMut(Record)) -> Result<Option<(PathBuf, u64)>, JournalError> {
     let segments = segments(dir)?;
     let mut expected = 1u64;
@@ -470,6 +456,18 @@ mod tests {
             refund_of: 0,
             payment_code: None,
         }
+    }
+
+    /// Every record, and where a torn tail starts.
+    struct Contents {
+        records: Vec<Record>,
+        torn_tail: Option<(PathBuf, u64)>,
+    }
+
+    fn read(dir: &Path) -> Result<Contents, JournalError> {
+        let mut records = Vec::new();
+        let torn_tail = read_with(dir, |record| records.push(record))?;
+        Ok(Contents { records, torn_tail })
     }
 
     fn temp_dir(name: &str) -> PathBuf {

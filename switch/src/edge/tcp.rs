@@ -149,15 +149,9 @@ impl Shared {
         let settings = self.journal.as_ref().ok_or("this switch keeps no journal: there is nothing to clear")?;
         let mesh = self.mesh.get().ok_or("the switch is not serving yet")?;
         let window = self.next_window.fetch_add(1, Ordering::Relaxed);
-        let mut durable = Vec::with_capacity(mesh.shards());
-        let mut dones: Vec<Option<oneshot::Sender<()>>> = (0..mesh.shards())
-            .map(|_| {
-                let (done, cut) = oneshot::channel();
-                durable.push(cut);
-                Some(done)
-            })
-            .collect();
-        mesh.broadcast(|shard| Event::Cut { window, done: dones[shard].take().expect("one per shard") }).await;
+        let (dones, durable): (Vec<_>, Vec<_>) = (0..mesh.shards()).map(|_| oneshot::channel()).unzip();
+        let mut dones = dones.into_iter();
+        mesh.broadcast(|_| Event::Cut { window, done: dones.next().expect("one per shard") }).await;
         for cut in durable {
             match tokio::time::timeout(Duration::from_secs(30), cut).await {
                 Ok(Ok(())) => {}
