@@ -453,8 +453,7 @@ pub fn close_offline(data_dir: &Path, fees: &FeeSchedule) -> Result<(u64, Vec<Pa
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     for (dir, journal) in &mut journals {
         journal
-            .append(&[Record::WindowCut { window, time_ms: now_ms }])
-            .and_then(|()| journal.sync())
+            .commit(&[Record::WindowCut { window, time_ms: now_ms }], true)
             .map_err(|source| ClearingError::Io { path: dir.clone(), source })?;
     }
     drop(journals);

@@ -348,8 +348,7 @@ fn recover(
     let mut records = Vec::new();
     exchange.take_records(&mut records);
     let io = |source| JournalError::Io { path: dir.clone(), source };
-    journal.append(&records).map_err(io)?;
-    journal.sync().map_err(io)?;
+    journal.commit(&records, true).map_err(io)?;
     tracing::info!(
         shard = index,
         records = recovery.records,
