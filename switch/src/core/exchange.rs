@@ -114,6 +114,23 @@ struct Admission {
 }
 
 impl Admission {
+    /// A payment (either mode) of `details` to `receiver`.
+    fn payment(
+        details: &codec::TransactionDetails,
+        receiver: InstitutionId,
+        payment_code: Option<PaymentCode>,
+    ) -> Self {
+        Self {
+            originator: details.originator,
+            id: details.originator_transaction_id,
+            receiver,
+            amount_minor: details.amount_minor,
+            currency: details.currency,
+            kind: Kind::Payment,
+            payment_code,
+        }
+    }
+
     fn record(&self, reference: u64, time_ms: i64) -> Record {
         Record::Admitted {
             reference,
@@ -652,15 +669,7 @@ impl Exchange {
                     out.push(Outbound { session, message: switch_answer(self, ReplyCode::Duplicate) });
                     return;
                 }
-                let admission = Admission {
-                    originator,
-                    id,
-                    receiver,
-                    amount_minor: amount,
-                    currency,
-                    kind: Kind::Payment,
-                    payment_code: Some(code),
-                };
+                let admission = Admission::payment(&request.details, receiver, Some(code));
                 let Some(reference) = self.admit(now, session, admission, out) else {
                     self.used_codes.release(&code);
                     return;
@@ -723,15 +732,7 @@ impl Exchange {
                         return;
                     }
                 };
-                let admission = Admission {
-                    originator,
-                    id,
-                    receiver,
-                    amount_minor: amount,
-                    currency,
-                    kind: Kind::Payment,
-                    payment_code: None,
-                };
+                let admission = Admission::payment(&request.details, receiver, None);
                 if let Some(reference) = self.admit(now, session, admission, out) {
                     request.details.switch_reference = reference;
                     self.forward(receiver, Message::QrPaymentRequest(request), out);
