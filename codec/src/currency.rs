@@ -50,6 +50,11 @@ pub fn alphabetic(currency: u16) -> Option<&'static str> {
     CURRENCIES.iter().find(|(code, _, _)| *code == currency).map(|&(_, alpha, _)| alpha)
 }
 
+/// The numeric code of an alphabetic currency code (`"CNY"` is 156), if known.
+pub fn numeric(alphabetic: &str) -> Option<u16> {
+    CURRENCIES.iter().find(|(_, alpha, _)| *alpha == alphabetic).map(|&(code, _, _)| code)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AmountError {
     #[error("currency {currency} is not in the currency table")]

@@ -101,6 +101,11 @@ impl FrameWriter {
         Ok(())
     }
 
+    /// Nothing queued.
+    pub fn is_empty(&self) -> bool {
+        self.encoder.is_empty()
+    }
+
     pub async fn send(&mut self, message: &Message) -> anyhow::Result<()> {
         self.queue(message)?;
         self.flush().await

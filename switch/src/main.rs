@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+mod demo;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switch::config::SwitchConfig;
@@ -32,6 +34,9 @@ enum Command {
     /// Close a clearing window, or rebuild a closed window's files from the journal.
     #[command(subcommand)]
     Clearing(ClearingCommand),
+    /// Start a switch on the embedded default, replay a holiday profile through it with
+    /// the load generator, close the window and reconcile (about a minute).
+    Demo(demo::DemoArgs),
     /// Run the switch. With no options: the embedded demo network on 127.0.0.1:7400.
     Run {
         /// A TOML configuration file (see deploy/switch.example.toml), validated at start.
@@ -204,6 +209,13 @@ fn main_inner() -> anyhow::Result<()> {
             let damage = if accept_journal_damage { Damage::Truncate } else { Damage::Refuse };
             run(config, io, damage)
         }
+        Command::Demo(args) => {
+            let code = demo::demo(&args, close_via_admin)?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
         Command::Inspect(command) => inspect(command),
         Command::Journal(command) => journal_command(command),
         Command::Clearing(command) => clearing_command(command),
@@ -232,6 +244,26 @@ async fn stop_signal() {
     }
 }
 
+/// Closes the open window through a running switch's admin port: its number and files.
+fn close_via_admin(admin: std::net::SocketAddr) -> anyhow::Result<(u64, Vec<std::path::PathBuf>)> {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(admin).with_context(|| format!("cannot reach the admin port {admin}"))?;
+    stream.write_all(b"POST /clearing/close HTTP/1.1\r\nHost: switch\r\nContent-Length: 0\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    if !head.starts_with("HTTP/1.1 200") {
+        anyhow::bail!("the switch refused: {}", body.trim());
+    }
+    let document: serde_json::Value = serde_json::from_str(body).context("the switch's answer")?;
+    let files = document["files"]
+        .as_array()
+        .map(|files| files.iter().filter_map(|f| f.as_str().map(Into::into)).collect())
+        .unwrap_or_default();
+    Ok((document["window"].as_u64().unwrap_or(0), files))
+}
+
 fn clearing_command(command: ClearingCommand) -> anyhow::Result<()> {
     let print = |window: u64, files: &[std::path::PathBuf]| {
         emit!("window {window} closed: {} files", files.len());
@@ -241,22 +273,8 @@ fn clearing_command(command: ClearingCommand) -> anyhow::Result<()> {
     };
     match command {
         ClearingCommand::Close { admin: Some(admin), .. } => {
-            use std::io::{Read, Write};
-            let mut stream =
-                std::net::TcpStream::connect(admin).with_context(|| format!("cannot reach the admin port {admin}"))?;
-            stream.write_all(b"POST /clearing/close HTTP/1.1\r\nHost: switch\r\nContent-Length: 0\r\n\r\n")?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response)?;
-            let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-            if !head.starts_with("HTTP/1.1 200") {
-                anyhow::bail!("the switch refused: {}", body.trim());
-            }
-            let document: serde_json::Value = serde_json::from_str(body).context("the switch's answer")?;
-            let files: Vec<std::path::PathBuf> = document["files"]
-                .as_array()
-                .map(|files| files.iter().filter_map(|f| f.as_str().map(Into::into)).collect())
-                .unwrap_or_default();
-            print(document["window"].as_u64().unwrap_or(0), &files);
+            let (window, files) = close_via_admin(admin)?;
+            print(window, &files);
             Ok(())
         }
         ClearingCommand::Close { data_dir, config, .. } => {

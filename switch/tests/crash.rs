@@ -13,7 +13,8 @@ use codec::code::TransactionStatus;
 use codec::field::FieldText;
 use codec::{InstitutionId, Message, MessageRef, ReplyCode, TransactionId};
 use loadgen::client::Client;
-use loadgen::issuer::{IssuerBehaviour, run_issuer};
+use loadgen::issuer::run_issuer;
+use loadgen::responder::Behaviour;
 use switch::config::demo_key;
 
 fn id(text: &str) -> InstitutionId {
@@ -152,8 +153,8 @@ async fn approvals_survive_sigkill_and_what_was_in_flight_is_reversed() {
             reversed.insert(reversal.original_originator_transaction_id.to_string());
         }
         assert_eq!(reversed, in_flight_at_kill.iter().cloned().collect::<HashSet<_>>());
-        let alipay_task = tokio::spawn(run_issuer(alipay, IssuerBehaviour { decline_every: 0, silent: true }));
-        let wechat_task = tokio::spawn(run_issuer(connect(port, "WECHATPAY").await, IssuerBehaviour::default()));
+        let alipay_task = tokio::spawn(run_issuer(alipay, behaviour("silent=100%")));
+        let wechat_task = tokio::spawn(run_issuer(connect(port, "WECHATPAY").await, Behaviour::default()));
         let mut acquirer = connect(port, "ACQ0001").await;
 
         // What the earlier cycles established still holds.
@@ -231,7 +232,7 @@ async fn closing_a_window_accounts_for_every_approval_once_and_rebuilds_identica
     let port = free_port();
     let admin_port = free_port();
     let switch = start_with_admin(&data_dir, port, admin_port).await;
-    let wechat = tokio::spawn(run_issuer(connect(port, "WECHATPAY").await, IssuerBehaviour::default()));
+    let wechat = tokio::spawn(run_issuer(connect(port, "WECHATPAY").await, Behaviour::default()));
     let mut acquirer = connect(port, "ACQ0001").await;
     let mut approved = Vec::new();
     for n in 0..40u64 {
@@ -296,7 +297,7 @@ async fn a_journal_write_that_fails_stops_the_switch_before_it_answers() {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let wechat = tokio::spawn(run_issuer(connect(port, "WECHATPAY").await, IssuerBehaviour::default()));
+    let wechat = tokio::spawn(run_issuer(connect(port, "WECHATPAY").await, Behaviour::default()));
     let mut acquirer = connect(port, "ACQ0001").await;
     let mut approved = Vec::new();
     for n in 0..2_000u64 {
@@ -332,4 +333,9 @@ async fn a_journal_write_that_fails_stops_the_switch_before_it_answers() {
     }
     drop(restarted);
     let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// A receiver's behaviour from loadgen's `--respond` syntax.
+fn behaviour(spec: &str) -> Behaviour {
+    spec.parse().expect("valid behaviour")
 }

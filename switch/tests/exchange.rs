@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use codec::{InstitutionId, Message, MessageRef, ReplyCode};
 use loadgen::client::Client;
-use loadgen::issuer::{IssuerBehaviour, run_issuer};
+use loadgen::issuer::run_issuer;
+use loadgen::responder::Behaviour;
 use switch::config::{SwitchConfig, demo_key};
 use switch::core::exchange::{ExchangeConfig, Routes};
 use switch::edge::tcp::{Shared, serve};
@@ -97,8 +98,8 @@ async fn both_payment_modes_are_routed_and_answered() {
     let address = start(5_000).await;
     let wechat = connect(address, "WECHATPAY").await;
     let unionpay = connect(address, "UNIONPAY").await;
-    let wechat_task = tokio::spawn(run_issuer(wechat, IssuerBehaviour { decline_every: 2, silent: false }));
-    let unionpay_task = tokio::spawn(run_issuer(unionpay, IssuerBehaviour::default()));
+    let wechat_task = tokio::spawn(run_issuer(wechat, behaviour("decline_every=2")));
+    let unionpay_task = tokio::spawn(run_issuer(unionpay, Behaviour::default()));
     let mut acquirer = connect(address, "ACQ0001").await;
 
     // Consumer-presented, by payment-code prefix to WeChat Pay: approved, then declined.
@@ -139,7 +140,7 @@ async fn both_payment_modes_are_routed_and_answered() {
 async fn a_timeout_is_answered_and_reversed_after_the_issuer_reconnects() {
     let address = start(300).await;
     let silent = connect(address, "WECHATPAY").await;
-    let silent_task = tokio::spawn(run_issuer(silent, IssuerBehaviour { decline_every: 0, silent: true }));
+    let silent_task = tokio::spawn(run_issuer(silent, behaviour("silent=100%")));
     let mut acquirer = connect(address, "ACQ0001").await;
     acquirer.writer.send(&Message::PaymentCodeRequest(codec::sample::payment_code_request())).await.expect("send");
     let started = std::time::Instant::now();
@@ -167,7 +168,7 @@ async fn a_timeout_is_answered_and_reversed_after_the_issuer_reconnects() {
 async fn duplicates_meet_their_original_across_connections_and_shards() {
     let address = start(5_000).await;
     let wechat = connect(address, "WECHATPAY").await;
-    let wechat_task = tokio::spawn(run_issuer(wechat, IssuerBehaviour::default()));
+    let wechat_task = tokio::spawn(run_issuer(wechat, Behaviour::default()));
     // Two sessions of one acquirer, on different shards (connections are dealt round-robin).
     let mut first = connect(address, "ACQ0001").await;
     let mut second = connect(address, "ACQ0001").await;
@@ -212,7 +213,7 @@ async fn duplicates_meet_their_original_across_connections_and_shards() {
 async fn spoofing_a_missing_destination_and_queries_over_tcp() {
     let address = start(5_000).await;
     let wechat = connect(address, "WECHATPAY").await;
-    let wechat_task = tokio::spawn(run_issuer(wechat, IssuerBehaviour::default()));
+    let wechat_task = tokio::spawn(run_issuer(wechat, Behaviour::default()));
     let mut acquirer = connect(address, "ACQ0001").await;
 
     // A request naming another originator is refused, whatever the session's rights.
@@ -249,7 +250,7 @@ async fn overload_is_shed_at_once_and_in_flight_state_stays_at_its_limit() {
     })
     .await;
     let silent = connect(address, "WECHATPAY").await;
-    let silent_task = tokio::spawn(run_issuer(silent, IssuerBehaviour { decline_every: 0, silent: true }));
+    let silent_task = tokio::spawn(run_issuer(silent, behaviour("silent=100%")));
     let mut acquirer = connect(address, "ACQ0001").await;
 
     // Far more than the limit, all at once, to an issuer that never answers.
@@ -296,9 +297,9 @@ async fn a_silent_issuer_does_not_hold_up_another_issuers_traffic() {
     let (address, _) =
         start_with(ExchangeConfig { reply_deadline_ms: 3_000, breaker_failures: 0, ..ExchangeConfig::default() }).await;
     let silent = connect(address, "WECHATPAY").await;
-    let silent_task = tokio::spawn(run_issuer(silent, IssuerBehaviour { decline_every: 0, silent: true }));
+    let silent_task = tokio::spawn(run_issuer(silent, behaviour("silent=100%")));
     let alipay = connect(address, "ALIPAY").await;
-    let alipay_task = tokio::spawn(run_issuer(alipay, IssuerBehaviour::default()));
+    let alipay_task = tokio::spawn(run_issuer(alipay, Behaviour::default()));
     let mut acquirer = connect(address, "ACQ0001").await;
 
     // Interleaved: every other request goes to the issuer that never answers.
@@ -322,33 +323,31 @@ async fn a_silent_issuer_does_not_hold_up_another_issuers_traffic() {
 #[tokio::test]
 async fn the_io_uring_data_path_carries_a_two_sided_run() {
     let (address, _) = start_on(Io::Uring, ExchangeConfig::default()).await;
-    let mut issuers = Vec::new();
-    for issuer in ["WECHATPAY", "ALIPAY", "UNIONPAY"] {
-        let client = connect(address, issuer).await;
-        issuers.push(tokio::spawn(run_issuer(client, IssuerBehaviour { decline_every: 4, silent: false })));
-    }
-    let acquirer = connect(address, "ACQ0001").await;
-    let config = loadgen::run::RunConfig {
-        rate_per_second: 4_000,
-        duration: Duration::from_millis(500),
-        drain_timeout: Duration::from_secs(5),
+    // The load generator plays every demo participant: acquirers send the weekday mix
+    // (both payment modes, refunds, queries); wallets and UnionPay answer, every 4th
+    // payment declined.
+    let profile = std::sync::Arc::new(loadgen::profile::Profile::load("weekday").expect("built-in profile"));
+    let schedule = loadgen::schedule::Schedule::constant(4_000.0, Duration::from_millis(500));
+    let spec = loadgen::engine::RunSpec {
+        behaviour: behaviour("decline_every=4"),
+        ..loadgen::engine::RunSpec::new(address, profile, schedule)
     };
-    let report = loadgen::run::run_open_loop(acquirer, &config).await.expect("run");
-    assert_eq!((report.scheduled, report.missing), (2_000, 0), "{}", report.render());
-    let approved = report.replies_by_code.get(&ReplyCode::Approved.value()).copied().unwrap_or(0);
-    let declined = report.replies_by_code.get(&ReplyCode::InsufficientFunds.value()).copied().unwrap_or(0);
-    assert_eq!(approved + declined, 2_000, "{}", report.render());
-    assert!(declined >= 400, "every 4th request per issuer is declined: {}", report.render());
-    for issuer in issuers {
-        issuer.abort();
-    }
+    let outcome = loadgen::engine::run(spec).await.expect("run");
+    let table = loadgen::report::table(&outcome);
+    assert!(outcome.valid(), "{table}");
+    assert_eq!(outcome.counters.answered, outcome.counters.scheduled, "{table}");
+    assert!((1_900..=2_100).contains(&outcome.counters.scheduled), "{table}");
+    let by_code = outcome.replies_by_code();
+    let declined = by_code.get(&ReplyCode::InsufficientFunds.value()).copied().unwrap_or(0);
+    assert!(declined >= 400, "every 4th payment per receiver is declined: {table}");
+    assert_eq!(outcome.counters.errors, 0, "{table}");
 }
 
 #[tokio::test]
 async fn refunds_and_cancels_find_their_original_from_any_session() {
     let address = start(5_000).await;
     let wechat = connect(address, "WECHATPAY").await;
-    let wechat_task = tokio::spawn(run_issuer(wechat, IssuerBehaviour::default()));
+    let wechat_task = tokio::spawn(run_issuer(wechat, Behaviour::default()));
     let mut first = connect(address, "ACQ0001").await;
     let mut second = connect(address, "ACQ0001").await;
     let linked_reply = |message: MessageRef<'_>| match message.to_message() {
@@ -447,4 +446,9 @@ async fn a_late_approval_is_reversed_and_never_forwarded() {
     // the record says the payment was timed out (its reversal pending).
     let status = query_status(&mut acquirer, timed_out.originator_transaction_id, 0).await;
     assert_eq!(status.status, codec::code::TransactionStatus::TimedOut.value());
+}
+
+/// A receiver's behaviour from loadgen's `--respond` syntax.
+fn behaviour(spec: &str) -> Behaviour {
+    spec.parse().expect("valid behaviour")
 }

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use codec::{Echo, InstitutionId, Message, MessageRef, ReplyCode};
 use loadgen::client::Client;
-use loadgen::run::{RunConfig, run_open_loop};
 use switch::config::{SwitchConfig, demo_key};
 use switch::edge::tcp::{Shared, serve};
 use switch::participant::Directory;
@@ -113,18 +112,43 @@ async fn garbage_gets_a_reject_and_the_connection_closes() {
 #[tokio::test]
 async fn open_loop_run_is_answered_in_full() {
     let (address, _stop) = start_switch().await;
-    let client = Client::connect(address, id("ACQ0001"), 1, &demo_key("ACQ0001")).await.expect("sign on");
-    let config = RunConfig {
-        rate_per_second: 2_000,
-        duration: Duration::from_millis(500),
-        drain_timeout: Duration::from_secs(5),
+    // Only the acquirer signs on: every payment is answered by the switch itself.
+    let profile = loadgen::profile::Profile::parse("codes-only.toml", CODES_ONLY).expect("valid profile");
+    let schedule = loadgen::schedule::Schedule::constant(2_000.0, Duration::from_millis(500));
+    let spec = loadgen::engine::RunSpec {
+        participants: loadgen::participants::demo().into_iter().filter(|p| p.id == id("ACQ0001")).collect(),
+        ..loadgen::engine::RunSpec::new(address, Arc::new(profile), schedule)
     };
-    let report = run_open_loop(client, &config).await.expect("run");
-    assert_eq!(report.scheduled, 1_000);
-    assert_eq!(report.missing, 0, "{}", report.render());
-    assert_eq!(report.replies_by_code.get(&ReplyCode::DestinationUnavailable.value()), Some(&1_000));
-    assert_eq!(report.latency_us.len(), 1_000);
+    let outcome = loadgen::engine::run(spec).await.expect("run");
+    let table = loadgen::report::table(&outcome);
+    assert!(outcome.valid(), "{table}");
+    assert!((990..=1_010).contains(&outcome.counters.scheduled), "{table}");
+    let by_code = outcome.replies_by_code();
+    assert_eq!(by_code.get(&ReplyCode::DestinationUnavailable.value()), Some(&outcome.counters.scheduled), "{table}");
+    assert_eq!(outcome.total.len(), outcome.counters.scheduled);
 }
+
+/// A profile of consumer-presented payments only, no refunds or queries.
+const CODES_ONLY: &str = r#"
+name = "codes-only"
+title = "consumer-presented payments only"
+day_transactions = 86400
+points = [["00:00", 1.0], ["01:00", 1.0]]
+[mix]
+merchant_presented = 0.0
+refunds = 0.0
+queries = 0.0
+[mix.amount]
+median = "38.00"
+p90 = "260.00"
+max = "1000.00"
+[[mix.wallet]]
+name = "WeChat Pay"
+participant = "WECHATPAY"
+prefix = "13"
+digits = 18
+share = 1.0
+"#;
 
 #[tokio::test]
 async fn shutdown_signs_off_sessions_and_waits_for_their_answer() {
