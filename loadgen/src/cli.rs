@@ -138,7 +138,8 @@ struct RunArgs {
     /// Run closed loop instead: keep this many requests outstanding from one acquirer.
     #[arg(long, conflicts_with_all = ["profile", "day_in", "from", "to", "peak_tps", "scale"])]
     in_flight: Option<usize>,
-    /// The switch's admin address: report the switch's CPU per transaction.
+    /// The switch's admin address: report the switch's CPU per transaction (its CPU time
+    /// over the run, from /metrics), beside the generator's own.
     #[arg(long)]
     admin: Option<SocketAddr>,
     /// Seconds per interval of the live view, the interval log and the report.
@@ -402,6 +403,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     spec.interval = args.interval;
     spec.record = args.record.clone();
     spec.live = !args.quiet;
+    spec.admin = args.admin;
     let expected = spec.schedule.expected_requests();
     anyhow::ensure!(expected <= 2e9, "the run schedules {expected:.0} requests; at most 2 billion");
     println!(
@@ -509,13 +511,13 @@ fn closed_loop(args: &RunArgs, in_flight: usize) -> anyhow::Result<i32> {
         }
         let client = Client::connect(target, acquirer.id, acquirer.key_id, &acquirer.key).await?;
         let cpu_before = match args.admin {
-            Some(admin) => Some(switch_cpu_seconds(admin).await?),
+            Some(admin) => Some(crate::cpu::switch_seconds(admin).await?),
             None => None,
         };
         let report = crate::run::run_closed_loop(client, in_flight, duration, args.target.drain).await?;
         print!("{}", report.render());
         if let (Some(admin), Some(before)) = (args.admin, cpu_before) {
-            let cpu = switch_cpu_seconds(admin).await? - before;
+            let cpu = crate::cpu::switch_seconds(admin).await? - before;
             println!(
                 "switch CPU: {cpu:.2} s for {} transactions: {:.2} us per transaction",
                 report.answered,
@@ -527,18 +529,4 @@ fn closed_loop(args: &RunArgs, in_flight: usize) -> anyhow::Result<i32> {
         }
         Ok(if report.answered == report.sent { 0 } else { EXIT_INVALID })
     })
-}
-
-/// The switch's `process_cpu_seconds_total`, from its admin port's `/metrics`.
-async fn switch_cpu_seconds(admin: SocketAddr) -> anyhow::Result<f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(admin).await.with_context(|| format!("admin port {admin}"))?;
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: switch\r\n\r\n").await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    response
-        .lines()
-        .find_map(|line| line.strip_prefix("process_cpu_seconds_total "))
-        .and_then(|value| value.trim().parse().ok())
-        .context("the switch's /metrics has no process_cpu_seconds_total")
 }

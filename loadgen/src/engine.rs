@@ -55,6 +55,8 @@ pub struct RunSpec {
     pub live: bool,
     /// The run's settings as shown in reports.
     pub settings: Vec<(String, String)>,
+    /// The switch's admin address, to read its CPU time before and after.
+    pub admin: Option<SocketAddr>,
 }
 
 impl RunSpec {
@@ -78,6 +80,7 @@ impl RunSpec {
             qr_guid: crate::traffic::QR_GUID_DEFAULT.to_string(),
             live: false,
             settings: Vec::new(),
+            admin: None,
         }
     }
 }
@@ -124,6 +127,10 @@ pub struct Outcome {
     pub started_unix_s: f64,
     /// Why the run ended early, if it did.
     pub aborted: Option<String>,
+    /// CPU seconds the generator used from sign-on to the end.
+    pub loadgen_cpu_seconds: Option<f64>,
+    /// CPU seconds the switch used over the same span (with `admin`).
+    pub switch_cpu_seconds: Option<f64>,
 }
 
 impl Outcome {
@@ -172,6 +179,12 @@ impl Outcome {
         reasons
     }
 
+    /// CPU microseconds per answered request: (generator, switch).
+    pub fn cpu_us_per_request(&self) -> (Option<f64>, Option<f64>) {
+        let per = |seconds: f64| seconds * 1e6 / self.counters.answered.max(1) as f64;
+        (self.loadgen_cpu_seconds.map(per), self.switch_cpu_seconds.map(per))
+    }
+
     /// Replies per code, over all kinds.
     pub fn replies_by_code(&self) -> BTreeMap<u16, u64> {
         let mut by_code = BTreeMap::new();
@@ -197,6 +210,11 @@ pub async fn run(spec: RunSpec) -> anyhow::Result<Outcome> {
     getrandom::fill(&mut run_id_bytes).context("drawing a run id")?;
     let run_id = u32::from_le_bytes(run_id_bytes) & 0x00FF_FFFF;
 
+    let loadgen_cpu_before = crate::cpu::own_seconds();
+    let switch_cpu_before = match spec.admin {
+        Some(admin) => Some(crate::cpu::switch_seconds(admin).await?),
+        None => None,
+    };
     // Sign everyone on before the clock starts.
     let mut plans = Vec::new();
     for participant in &spec.participants {
@@ -372,6 +390,11 @@ pub async fn run(spec: RunSpec) -> anyhow::Result<Outcome> {
         record.lock().unwrap_or_else(|e| e.into_inner()).flush().context("writing the reply record")?;
     }
 
+    let switch_cpu_seconds = match (spec.admin, switch_cpu_before) {
+        (Some(admin), Some(before)) => crate::cpu::switch_seconds(admin).await.ok().map(|after| after - before),
+        _ => None,
+    };
+    let loadgen_cpu_seconds = crate::cpu::own_seconds().zip(loadgen_cpu_before).map(|(after, before)| after - before);
     let mut total = stats::histogram();
     let mut codes = BTreeMap::new();
     let mut responded = Responded::default();
@@ -398,6 +421,8 @@ pub async fn run(spec: RunSpec) -> anyhow::Result<Outcome> {
         elapsed_seconds: ctx.start.elapsed().as_secs_f64(),
         started_unix_s,
         aborted,
+        loadgen_cpu_seconds,
+        switch_cpu_seconds,
     })
 }
 

@@ -14,11 +14,13 @@
 //!   against the switch's clearing files.
 //! - [`run`], [`issuer`]: the closed loop (throughput at a fixed number in flight).
 //! - [`sink`]: a trivial switch, to measure the generator itself.
+//! - [`cpu`]: the generator's and the switch's CPU time.
 //! - [`cli`]: the command line (also run by `switch demo`).
 
 pub mod capacity;
 pub mod cli;
 pub mod client;
+pub mod cpu;
 pub mod engine;
 pub mod issuer;
 pub mod participants;

@@ -71,6 +71,16 @@ pub fn table(outcome: &Outcome) -> String {
         "as receivers: {} requests ({} approved, {} declined, {} unanswered), {} reversals, {} refunds, {} disconnects",
         r.requests, r.approved, r.declined, r.ignored, r.reversals, r.refunds, r.disconnects
     );
+    let (loadgen_cpu, switch_cpu) = outcome.cpu_us_per_request();
+    if let Some(cpu) = loadgen_cpu {
+        let _ = write!(text, "CPU per request: loadgen {cpu:.2} us");
+        match switch_cpu {
+            Some(switch) => {
+                let _ = writeln!(text, ", switch {switch:.2} us");
+            }
+            None => text.push_str(" (switch: pass --admin to read it)\n"),
+        }
+    }
     if outcome.valid() {
         let _ = writeln!(text, "valid: the schedule was kept and every request answered once");
     } else {
@@ -115,6 +125,10 @@ pub fn summary_json(outcome: &Outcome, thresholds: &[crate::threshold::Verdict])
             "max": h.max(),
             "mean": h.mean().round(),
         },
+        "loadgen_cpu_seconds": outcome.loadgen_cpu_seconds,
+        "switch_cpu_seconds": outcome.switch_cpu_seconds,
+        "loadgen_cpu_us_per_request": outcome.cpu_us_per_request().0,
+        "switch_cpu_us_per_request": outcome.cpu_us_per_request().1,
         "replies": replies,
         "replies_by_kind": by_kind,
         "receivers": {

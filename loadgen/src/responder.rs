@@ -149,7 +149,9 @@ impl std::str::FromStr for Behaviour {
                     behaviour.disconnect_every = Some(every);
                 }
                 other => {
-                    return Err(format!("unknown key {other:?}: latency, decline, decline_every, slow, silent or disconnect"));
+                    return Err(format!(
+                        "unknown key {other:?}: latency, decline, decline_every, slow, silent or disconnect"
+                    ));
                 }
             }
         }
@@ -175,8 +177,7 @@ impl Behaviour {
             after += self.slow_by;
         }
         let every = self.decline_every > 0 && count.is_multiple_of(self.decline_every);
-        let code =
-            if every || rng.chance(self.decline) { ReplyCode::InsufficientFunds } else { ReplyCode::Approved };
+        let code = if every || rng.chance(self.decline) { ReplyCode::InsufficientFunds } else { ReplyCode::Approved };
         Decision::Answer { code, after }
     }
 
