@@ -40,9 +40,21 @@ stop_switch() {
 rss_mib() { awk '/VmRSS/ { printf "%d", $2 / 1024 }' "/proc/$switch_pid/status"; }
 hwm_mib() { awk '/VmHWM/ { printf "%d", $2 / 1024 }' "/proc/$switch_pid/status"; }
 
-# One loadgen run; prints its output. A distinct acquirer per run keeps ids apart.
+# One loadgen run; prints its output.
 loadgen() {
-  ./target/release/loadgen --switch "127.0.0.1:$port" --admin "127.0.0.1:$admin" "$@"
+  ./target/release/loadgen run --target "127.0.0.1:$port" --admin "127.0.0.1:$admin" "$@"
+}
+
+# An open-loop run at a constant rate (the weekday mix: both payment modes, refunds,
+# queries); leaves its summary in target/bench-open.json.
+open_loop() {
+  loadgen --rate "$1" --duration "${seconds}s" --quiet --summary-json target/bench-open.json > /dev/null || true
+}
+# A field of the last open-loop summary (dotted path, e.g. latency_us.p99).
+summary() {
+  python3 -c 'import json,sys; v=json.load(open("target/bench-open.json"))
+for k in sys.argv[1].split("."): v=v.get(k, "") if isinstance(v, dict) else ""
+print(round(v, 2) if isinstance(v, float) else ("yes" if v is True else "NO" if v is False else v))' "$1"
 }
 
 field() { sed -n "s/.*$1 \([0-9.]*\).*/\1/p" | head -1; }
@@ -57,8 +69,8 @@ for io in tokio uring; do
   for shards in 1 2; do
     start_switch --io "$io" --shards "$shards"
     # Warm-up: first touch of the presized tables, connection buffers.
-    loadgen --participant ACQ0002 --in-flight 512 --duration-s 3 > /dev/null
-    out=$(loadgen --in-flight 512 --duration-s "$seconds")
+    loadgen --in-flight 512 --duration 3s > /dev/null
+    out=$(loadgen --in-flight 512 --duration "${seconds}s")
     throughput=$(sed -n 's/.*s: \([0-9]*\)\/s$/\1/p' <<<"$out")
     p50=$(field p50 <<<"$out"); p99=$(field p99 <<<"$out"); p999=$(field p99.9 <<<"$out")
     cpu=$(sed -n 's/.*: \([0-9.]*\) us per transaction/\1/p' <<<"$out")
@@ -70,17 +82,14 @@ done
 echo
 echo "### Open loop (latency from each request's intended send time)"
 echo
-echo "| io | shards | offered /s | valid | p50 us | p99 us | p99.9 us | switch CPU us/tx | switch RSS MiB |"
-echo "|---|---:|---:|---|---:|---:|---:|---:|---:|"
+echo "| io | shards | offered /s | valid | p50 us | p99 us | p99.9 us | switch CPU us/tx | loadgen CPU us/tx | switch RSS MiB |"
+echo "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"
 for io in tokio uring; do
   start_switch --io "$io" --shards 2
-  loadgen --participant ACQ0002 --in-flight 512 --duration-s 3 > /dev/null
+  loadgen --in-flight 512 --duration 3s > /dev/null
   for rate in 100000 180000; do
-    out=$(loadgen --rate "$rate" --duration-s "$seconds" || true)
-    valid=$(grep -q "run valid" <<<"$out" && echo yes || echo NO)
-    p50=$(field p50 <<<"$out"); p99=$(field p99 <<<"$out"); p999=$(field p99.9 <<<"$out")
-    cpu=$(sed -n 's/.*: \([0-9.]*\) us per transaction/\1/p' <<<"$out")
-    echo "| $io | 2 | $rate | $valid | $p50 | $p99 | $p999 | $cpu | $(rss_mib) |"
+    open_loop "$rate"
+    echo "| $io | 2 | $rate | $(summary valid) | $(summary latency_us.p50) | $(summary latency_us.p99) | $(summary latency_us.p999) | $(summary switch_cpu_us_per_request) | $(summary loadgen_cpu_us_per_request) | $(rss_mib) |"
   done
   stop_switch
 done
@@ -92,15 +101,12 @@ echo "| fsync | closed loop /s | closed p99 us | open 180,000/s valid | open p50
 echo "|---|---:|---:|---|---:|---:|---:|"
 for fsync in always interval:2000 never; do
   start_switch --io tokio --shards 2 --fsync "$fsync"
-  loadgen --participant ACQ0002 --in-flight 512 --duration-s 3 > /dev/null
-  closed=$(loadgen --in-flight 512 --duration-s "$seconds")
+  loadgen --in-flight 512 --duration 3s > /dev/null
+  closed=$(loadgen --in-flight 512 --duration "${seconds}s")
   throughput=$(sed -n 's/.*s: \([0-9]*\)\/s$/\1/p' <<<"$closed")
   closed_p99=$(field p99 <<<"$closed")
-  out=$(loadgen --rate 180000 --duration-s "$seconds" || true)
-  valid=$(grep -q "run valid" <<<"$out" && echo yes || echo NO)
-  p50=$(field p50 <<<"$out"); p99=$(field p99 <<<"$out")
-  cpu=$(sed -n 's/.*: \([0-9.]*\) us per transaction/\1/p' <<<"$out")
-  echo "| $fsync | $throughput | $closed_p99 | $valid | $p50 | $p99 | $cpu |"
+  open_loop 180000
+  echo "| $fsync | $throughput | $closed_p99 | $(summary valid) | $(summary latency_us.p50) | $(summary latency_us.p99) | $(summary switch_cpu_us_per_request) |"
   stop_switch
 done
 
@@ -111,10 +117,9 @@ echo "| offered /s | valid | answered SystemBusy | switch peak RSS MiB |"
 echo "|---:|---|---:|---:|"
 start_switch --io tokio --shards 2
 for rate in 180000 360000; do
-  out=$(loadgen --rate "$rate" --duration-s "$seconds" || true)
-  valid=$(grep -q "run valid" <<<"$out" && echo yes || echo NO)
-  busy=$(sed -n 's/.*SystemBusy (103) \([0-9]*\);.*/\1/p' <<<"$out")
-  echo "| $rate | $valid | ${busy:-0} | $(hwm_mib) |"
+  open_loop "$rate"
+  busy=$(summary replies.SystemBusy)
+  echo "| $rate | $(summary valid) | ${busy:-0} | $(hwm_mib) |"
 done
 stop_switch
 rm -rf "$data_root"

@@ -185,6 +185,11 @@ pub async fn run_peer(
             Ended::Stopped => break read_result,
             Ended::Disconnect => {
                 stats.responder.lock().unwrap_or_else(|e| e.into_inner()).disconnects += 1;
+                // What this connection still waited for is lost with it.
+                let answered = stats.replies.lock().unwrap_or_else(|e| e.into_inner()).answered;
+                let lost = stats.fault_lost.load(Ordering::Relaxed);
+                let waiting = stats.sent.load(Ordering::Relaxed).saturating_sub(answered + lost);
+                stats.fault_lost.fetch_add(waiting, Ordering::Relaxed);
                 tokio::time::sleep(FAULT_DOWN).await;
                 fault_until_ns = ctx.elapsed_ns();
             }

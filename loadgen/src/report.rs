@@ -39,8 +39,9 @@ pub fn table(outcome: &Outcome) -> String {
     let _ = writeln!(text, "  {:<22} {:>12}", "answered", c.answered);
     let _ = writeln!(text, "  {:<22} {:>12}", "late sends (>10 ms)", c.late);
     let _ = writeln!(text, "  {:<22} {:>12}", "dropped sends", c.dropped);
-    if c.fault_dropped > 0 {
-        let _ = writeln!(text, "  {:<22} {:>12}", "down (injected fault)", c.fault_dropped);
+    if c.fault_dropped + c.fault_lost > 0 {
+        let _ = writeln!(text, "  {:<22} {:>12}", "not sent: fault down", c.fault_dropped);
+        let _ = writeln!(text, "  {:<22} {:>12}", "lost with a fault", c.fault_lost);
     }
     let _ = writeln!(text, "  {:<22} {:>12}", "never answered", outcome.missing());
     let _ = writeln!(text, "  {:<22} {:>12.0}", "offered /s", outcome.offered_tps());
@@ -114,6 +115,7 @@ pub fn summary_json(outcome: &Outcome, thresholds: &[crate::threshold::Verdict])
         "late_sends": c.late,
         "dropped_sends": c.dropped,
         "fault_dropped_sends": c.fault_dropped,
+        "fault_lost_requests": c.fault_lost,
         "missing": outcome.missing(),
         "errors": c.errors + outcome.missing(),
         "rejects": outcome.rejects,

@@ -30,6 +30,9 @@ pub struct ConnStats {
     pub dropped: AtomicU64,
     /// Never sent: due while an injected disconnect fault had the connection down.
     pub fault_dropped: AtomicU64,
+    /// Sent, then lost with the connection an injected disconnect closed (the switch
+    /// answers the session that asked; that session is gone).
+    pub fault_lost: AtomicU64,
     pub replies: Mutex<Replies>,
     pub responder: Mutex<Responded>,
 }
@@ -121,6 +124,7 @@ pub struct Counters {
     pub late: u64,
     pub dropped: u64,
     pub fault_dropped: u64,
+    pub fault_lost: u64,
     pub answered: u64,
     pub errors: u64,
     pub unexpected: u64,
@@ -134,14 +138,16 @@ impl Counters {
             late: self.late - before.late,
             dropped: self.dropped - before.dropped,
             fault_dropped: self.fault_dropped - before.fault_dropped,
+            fault_lost: self.fault_lost - before.fault_lost,
             answered: self.answered - before.answered,
             errors: self.errors - before.errors,
             unexpected: self.unexpected - before.unexpected,
         }
     }
 
+    /// Sent and neither answered nor lost to an injected disconnect.
     pub fn in_flight(&self) -> u64 {
-        self.sent.saturating_sub(self.answered)
+        self.sent.saturating_sub(self.answered + self.fault_lost)
     }
 }
 
@@ -155,6 +161,7 @@ pub fn collect(connections: &[std::sync::Arc<ConnStats>], interval: &mut Histogr
         c.late += conn.late.load(Ordering::Relaxed);
         c.dropped += conn.dropped.load(Ordering::Relaxed);
         c.fault_dropped += conn.fault_dropped.load(Ordering::Relaxed);
+        c.fault_lost += conn.fault_lost.load(Ordering::Relaxed);
         let mut replies = conn.replies.lock().unwrap_or_else(|e| e.into_inner());
         c.answered += replies.answered;
         c.errors += replies.errors;
