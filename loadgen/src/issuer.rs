@@ -3,7 +3,6 @@
 //! measures throughput), acknowledges reversals and refunds, answers echoes and sign-offs.
 //! The open-loop engine's connections ([`crate::peer`]) answer with the full behaviour.
 
-use codec::field::FieldText;
 use codec::{Echo, Message, SignOff};
 
 use crate::client::Client;
@@ -13,7 +12,7 @@ use crate::rng::Rng;
 /// Answers until the switch signs off or closes the connection; returns the requests seen.
 pub async fn run_issuer(client: Client, behaviour: Behaviour) -> anyhow::Result<u64> {
     let Client { participant, mut reader, mut writer, .. } = client;
-    let mut rng = Rng::split(0x1550E5, participant.as_str().len() as u64);
+    let mut rng = Rng::new(0x1550E5);
     let mut requests = 0u64;
     loop {
         let Ok(message) = reader.next(|message| message.to_message()).await else {

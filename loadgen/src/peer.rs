@@ -247,7 +247,7 @@ async fn write_loop(
             }
         }
         if let Some((arrivals, traffic)) = peer.origination.as_mut() {
-            let now_ms = jiff_now_ms();
+            let now_ms = unix_ms();
             while let Some(due_ns) = arrivals.peek().filter(|&due| due <= now_ns) {
                 if !arrivals.advance() {
                     continue;
@@ -285,7 +285,7 @@ async fn write_loop(
         }
         if last_write.elapsed() >= ECHO_AFTER && writer.is_empty() {
             echo_sequence += 1;
-            let echo = Echo { sequence: echo_sequence, sent_time_ms: jiff_now_ms() };
+            let echo = Echo { sequence: echo_sequence, sent_time_ms: unix_ms() };
             if let Err(error) = writer.queue(&Message::EchoRequest(echo)) {
                 return Ended::Failed(error);
             }
@@ -320,7 +320,7 @@ async fn write_loop(
 }
 
 /// Unix milliseconds now.
-fn jiff_now_ms() -> i64 {
+fn unix_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
@@ -426,7 +426,7 @@ async fn read_loop(
                                 responded.declined += 1;
                             }
                             answered_as_receiver += 1;
-                            let reply = payment_reply(me, details, code, answered_as_receiver, jiff_now_ms());
+                            let reply = payment_reply(me, details, code, answered_as_receiver, unix_ms());
                             batch.push((now_ns + after.as_nanos() as u64, Message::PaymentReply(reply)));
                         }
                     }
@@ -445,7 +445,7 @@ async fn read_loop(
                         responded.refunds += 1;
                     }
                     if let Decision::Answer { after, .. } = behaviour.linked(&mut rng) {
-                        let reply = linked_reply(me, linked, jiff_now_ms());
+                        let reply = linked_reply(me, linked, unix_ms());
                         let message =
                             if reversal { Message::ReversalReply(reply) } else { Message::RefundReply(reply) };
                         batch.push((now_ns + after.as_nanos() as u64, message));
@@ -460,11 +460,10 @@ async fn read_loop(
                     signing_off = true;
                     batch.push((now_ns, Message::SignOffReply(SignOff { code: 0, reserved: [0; 6] })));
                 }
-                MessageRef::Reject(reject) => {
+                MessageRef::Reject(_) => {
                     let mut replies = stats.replies.lock().unwrap_or_else(|e| e.into_inner());
                     replies.rejects += 1;
                     replies.errors += 1;
-                    let _ = reject;
                 }
                 _ => {}
             }

@@ -216,6 +216,14 @@ fn escape(text: &str) -> String {
 }
 
 /// One line chart: series of (x, y) with a legend, as inline SVG.
+/// The smallest 1, 2, 2.5 or 5 times a power of ten at least `raw`: a readable axis step.
+fn nice_step(raw: f64) -> f64 {
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let fraction = raw / magnitude;
+    let nice = [1.0, 2.0, 2.5, 5.0, 10.0].into_iter().find(|&n| fraction <= n).unwrap_or(10.0);
+    nice * magnitude
+}
+
 /// One line of a chart: its name, colour and points.
 type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
 
@@ -223,7 +231,8 @@ fn chart(title: &str, unit: &str, series: &[Series<'_>]) -> String {
     let (width, height, left, bottom, top, right) = (860.0, 280.0, 70.0, 34.0, 28.0, 150.0);
     let points = series.iter().flat_map(|(_, _, p)| p.iter());
     let x_max = points.clone().map(|p| p.0).fold(1e-9, f64::max);
-    let y_max = points.map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.1;
+    let step = nice_step(points.map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.05 / 4.0);
+    let y_max = step * 4.0;
     let plot_w = width - left - right;
     let plot_h = height - top - bottom;
     let sx = |x: f64| left + x / x_max * plot_w;
@@ -243,7 +252,7 @@ fn chart(title: &str, unit: &str, series: &[Series<'_>]) -> String {
             sy(y),
             left - 6.0,
             sy(y) + 4.0,
-            if y_max > 10.0 { format!("{y:.0}") } else { format!("{y:.2}") }
+            if step >= 1.0 { format!("{y:.0}") } else { format!("{y:.2}") }
         );
     }
     for i in 0..=5 {
@@ -355,4 +364,14 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let temporary = path.with_extension("partial");
     std::fs::write(&temporary, bytes).with_context(|| format!("writing {}", temporary.display()))?;
     std::fs::rename(&temporary, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn axis_steps_are_round() {
+        for (raw, step) in [(5_251.0, 10_000.0), (4_999.0, 5_000.0), (0.3, 0.5), (2.2, 2.5), (1.0, 1.0)] {
+            assert_eq!(super::nice_step(raw), step, "{raw}");
+        }
+    }
 }

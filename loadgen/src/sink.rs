@@ -151,8 +151,8 @@ async fn connection(
                     originator: query.originator,
                     original_originator_transaction_id: query.original_originator_transaction_id,
                     original_switch_reference: query.original_switch_reference.to_native(),
-                    code: 0,
-                    status: 2,
+                    code: ReplyCode::Approved.value(),
+                    status: codec::TransactionStatus::Approved.value(),
                     ..StatusReply::default()
                 }),
                 MessageRef::EchoRequest(echo) => Message::EchoReply(codec::Echo {

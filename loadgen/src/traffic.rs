@@ -155,6 +155,8 @@ pub struct Traffic {
     mix: Arc<Mix>,
     flows: Vec<Flow>,
     weights: Vec<f64>,
+    /// The wallets' shares, for picking a consumer-presented code's prefix.
+    wallet_weights: Vec<f64>,
     /// QR payloads per flow (empty for consumer-presented).
     qr: Vec<Vec<String>>,
     rng: Rng,
@@ -232,6 +234,7 @@ impl Traffic {
             originator: origination.participant,
             flows: origination.flows.iter().map(|(f, _)| *f).collect(),
             weights: origination.flows.iter().map(|(_, w)| *w).collect(),
+            wallet_weights: mix.wallets.iter().map(|w| w.share).collect(),
             qr,
             mix,
             rng,
@@ -324,7 +327,7 @@ impl Traffic {
         details.amount_minor = fen;
         let message = match self.flows[flow_index] {
             Flow::ConsumerPresented => {
-                let wallet = &mix.wallets[self.rng.weighted(&mix.wallets.iter().map(|w| w.share).collect::<Vec<_>>())];
+                let wallet = &mix.wallets[self.rng.weighted(&self.wallet_weights)];
                 let payment_code = self.payment_code(&wallet.prefix, wallet.digits)?;
                 Message::PaymentCodeRequest(PaymentCodeRequest { details, payment_code })
             }

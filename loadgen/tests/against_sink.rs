@@ -260,7 +260,6 @@ async fn reports_are_written_and_the_page_draws_offline() {
     assert!(!console.contains("CONSOLE"), "console messages: {console}");
     assert!(dom.contains("Offered vs achieved rate") && dom.contains("Latency from intended send"), "{dom}");
     assert_eq!(dom.matches("<polyline").count(), 7, "three rate and four latency series");
-    assert!(dom.matches(" points=\"").all(|_| true));
     assert!(!dom.contains("points=\"\""), "a series with no points");
     assert!(std::fs::metadata(dir.join("report.png")).unwrap().len() > 10_000, "the screenshot is blank");
     let _ = std::fs::remove_dir_all(&dir);
