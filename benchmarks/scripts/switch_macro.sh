@@ -45,10 +45,12 @@ loadgen() {
   ./target/release/loadgen run --target "127.0.0.1:$port" --admin "127.0.0.1:$admin" "$@"
 }
 
-# An open-loop run at a constant rate (the weekday mix: both payment modes, refunds,
-# queries); leaves its summary in target/bench-open.json.
+# An open-loop run at a constant rate; leaves its summary in target/bench-open.json. The
+# scenario (benchmarks/scenarios/codes-only.toml: payment codes from two acquirers to the
+# three wallets) unless a profile is given as $2 (its mix, at the constant rate).
 open_loop() {
-  loadgen --rate "$1" --duration "${seconds}s" --quiet --summary-json target/bench-open.json > /dev/null || true
+  loadgen --rate "$1" --profile "${2:-benchmarks/scenarios/codes-only.toml}" --duration "${seconds}s" --quiet \
+    --summary-json target/bench-open.json > /dev/null || true
 }
 # A field of the last open-loop summary (dotted path, e.g. latency_us.p99).
 summary() {
@@ -93,6 +95,19 @@ for io in tokio uring; do
   done
   stop_switch
 done
+
+echo
+echo "### The weekday mix (tokio, 2 shards): both payment modes, cross-border, refunds, queries"
+echo
+echo "| offered /s | valid | p50 us | p99 us | p99.9 us | switch CPU us/tx | loadgen CPU us/tx |"
+echo "|---:|---|---:|---:|---:|---:|---:|"
+start_switch --io tokio --shards 2
+loadgen --in-flight 512 --duration 3s > /dev/null
+for rate in 50000 100000 150000; do
+  open_loop "$rate" weekday
+  echo "| $rate | $(summary valid) | $(summary latency_us.p50) | $(summary latency_us.p99) | $(summary latency_us.p999) | $(summary switch_cpu_us_per_request) | $(summary loadgen_cpu_us_per_request) |"
+done
+stop_switch
 
 echo
 echo "### Journal policy (tokio, 2 shards)"

@@ -6,7 +6,7 @@
 use codec::{Echo, Message, SignOff};
 
 use crate::client::Client;
-use crate::responder::{Behaviour, Decision, linked_reply, payment_reply};
+use crate::responder::{Answered, Behaviour, Decision};
 use crate::rng::Rng;
 
 /// Answers until the switch signs off or closes the connection; returns the requests seen.
@@ -14,6 +14,7 @@ pub async fn run_issuer(client: Client, behaviour: Behaviour) -> anyhow::Result<
     let Client { participant, mut reader, mut writer, .. } = client;
     let mut rng = Rng::new(0x1550E5);
     let mut requests = 0u64;
+    let approved = codec::ReplyCode::Approved;
     loop {
         let Ok(message) = reader.next(|message| message.to_message()).await else {
             // The switch closed the connection.
@@ -29,16 +30,19 @@ pub async fn run_issuer(client: Client, behaviour: Behaviour) -> anyhow::Result<
                     _ => unreachable!("matched a payment request"),
                 };
                 match behaviour.payment(requests, &mut rng) {
-                    Decision::Answer { code, .. } => {
-                        Some(Message::PaymentReply(payment_reply(participant, details, code, requests, now_ms)))
-                    }
+                    Decision::Answer { code, .. } => Some(Message::PaymentReply(Answered::from(details).reply(
+                        participant,
+                        code,
+                        Some(requests),
+                        now_ms,
+                    ))),
                     Decision::Ignore => None,
                 }
             }
             Message::ReversalRequest(reversal) => (behaviour.linked(&mut rng) != Decision::Ignore)
-                .then(|| Message::ReversalReply(linked_reply(participant, reversal, now_ms))),
+                .then(|| Message::ReversalReply(Answered::from(reversal).reply(participant, approved, None, now_ms))),
             Message::RefundRequest(refund) => (behaviour.linked(&mut rng) != Decision::Ignore)
-                .then(|| Message::RefundReply(linked_reply(participant, refund, now_ms))),
+                .then(|| Message::RefundReply(Answered::from(refund).reply(participant, approved, None, now_ms))),
             Message::EchoRequest(Echo { sequence, sent_time_ms }) => {
                 Some(Message::EchoReply(Echo { sequence: *sequence, sent_time_ms: *sent_time_ms }))
             }

@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 
 use crate::client::{Client, FrameReader, FrameWriter};
 use crate::participants::Participant;
-use crate::responder::{Behaviour, Decision, linked_reply, payment_reply};
+use crate::responder::{Answered, Behaviour, Decision};
 use crate::rng::Rng;
 use crate::schedule::ArrivalStream;
 use crate::stats::ConnStats;
@@ -366,6 +366,7 @@ async fn read_loop(
                     let reference = reply.switch_reference.to_native();
                     if kind == Kind::Payment && code == ReplyCode::Approved.value() {
                         pool.force_push(Approved {
+                            at_us: now_us,
                             reference,
                             id: reply.originator_transaction_id,
                             amount_minor: reply.amount_minor.to_native(),
@@ -409,10 +410,10 @@ async fn read_loop(
                     }
                 }
                 MessageRef::PaymentCodeRequest(_) | MessageRef::QrPaymentRequest(_) => {
-                    let request = message.to_message();
-                    let details = match &request {
-                        Message::PaymentCodeRequest(r) => &r.details,
-                        Message::QrPaymentRequest(r) => &r.details,
+                    // Read in place: a reply needs only what identifies the request.
+                    let answered = match message {
+                        MessageRef::PaymentCodeRequest(r) => Answered::from(&r.details),
+                        MessageRef::QrPaymentRequest(r) => Answered::from(&r.details),
                         _ => return,
                     };
                     let mut responded = stats.responder.lock().unwrap_or_else(|e| e.into_inner());
@@ -426,17 +427,16 @@ async fn read_loop(
                                 responded.declined += 1;
                             }
                             answered_as_receiver += 1;
-                            let reply = payment_reply(me, details, code, answered_as_receiver, unix_ms());
+                            let reply = answered.reply(me, code, Some(answered_as_receiver), unix_ms());
                             batch.push((now_ns + after.as_nanos() as u64, Message::PaymentReply(reply)));
                         }
                     }
                 }
                 MessageRef::ReversalRequest(_) | MessageRef::RefundRequest(_) => {
-                    let request = message.to_message();
                     let mut responded = stats.responder.lock().unwrap_or_else(|e| e.into_inner());
-                    let (linked, reversal) = match &request {
-                        Message::ReversalRequest(r) => (r, true),
-                        Message::RefundRequest(r) => (r, false),
+                    let (answered, reversal) = match message {
+                        MessageRef::ReversalRequest(r) => (Answered::from(r), true),
+                        MessageRef::RefundRequest(r) => (Answered::from(r), false),
                         _ => return,
                     };
                     if reversal {
@@ -445,7 +445,7 @@ async fn read_loop(
                         responded.refunds += 1;
                     }
                     if let Decision::Answer { after, .. } = behaviour.linked(&mut rng) {
-                        let reply = linked_reply(me, linked, unix_ms());
+                        let reply = answered.reply(me, ReplyCode::Approved, None, unix_ms());
                         let message =
                             if reversal { Message::ReversalReply(reply) } else { Message::RefundReply(reply) };
                         batch.push((now_ns + after.as_nanos() as u64, message));

@@ -551,6 +551,20 @@ mod tests {
     }
 
     #[test]
+    fn the_benchmark_scenarios_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../benchmarks/scenarios");
+        let mut parsed = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Profile::load(&path.to_string_lossy()).unwrap_or_else(|e| panic!("{e}"));
+                parsed += 1;
+            }
+        }
+        assert!(parsed > 0, "no scenario in {}", dir.display());
+    }
+
+    #[test]
     fn holiday_shapes_match_the_cited_figures() {
         // Double 11: peak 4.0-6.8x the day's average, minutes long, right after 00:00.
         let d11 = Profile::load("double-11").unwrap();

@@ -190,46 +190,63 @@ impl Behaviour {
     }
 }
 
-/// The receiver's reply to a payment: echoes what identifies it, its amount and currency.
-pub fn payment_reply(
-    responder: InstitutionId,
-    request: &TransactionDetails,
-    code: ReplyCode,
-    sequence: u64,
-    now_ms: i64,
-) -> Reply {
-    Reply {
-        originator: request.originator,
-        originator_transaction_id: request.originator_transaction_id,
-        switch_reference: request.switch_reference,
-        amount_minor: request.amount_minor,
-        reply_time_ms: now_ms,
-        currency: request.currency,
-        code: code.value(),
-        reserved: [0; 4],
-        authorization_code: if code.is_approved() {
-            AuthorizationCode::new(&format!("A{:05}", sequence % 100_000)).unwrap_or_default()
-        } else {
-            AuthorizationCode::EMPTY
-        },
-        responder,
+/// What a reply echoes of the request it answers.
+#[derive(Debug, Clone, Copy)]
+pub struct Answered {
+    pub originator: InstitutionId,
+    pub id: codec::TransactionId,
+    pub switch_reference: u64,
+    pub amount_minor: u64,
+    pub currency: u16,
+}
+
+impl Answered {
+    /// The reply: `code`, with an authorisation code on approval when `authorization` is
+    /// given.
+    pub fn reply(self, responder: InstitutionId, code: ReplyCode, authorization: Option<u64>, now_ms: i64) -> Reply {
+        Reply {
+            originator: self.originator,
+            originator_transaction_id: self.id,
+            switch_reference: self.switch_reference,
+            amount_minor: self.amount_minor,
+            reply_time_ms: now_ms,
+            currency: self.currency,
+            code: code.value(),
+            reserved: [0; 4],
+            authorization_code: match authorization {
+                Some(n) if code.is_approved() => {
+                    AuthorizationCode::new(&format!("A{:05}", n % 100_000)).unwrap_or_default()
+                }
+                _ => AuthorizationCode::EMPTY,
+            },
+            responder,
+        }
     }
 }
 
-/// The receiver's approval of a reversal or refund.
-pub fn linked_reply(responder: InstitutionId, request: &LinkedRequest, now_ms: i64) -> Reply {
-    Reply {
-        originator: request.originator,
-        originator_transaction_id: request.originator_transaction_id,
-        switch_reference: request.switch_reference,
-        amount_minor: request.amount_minor,
-        reply_time_ms: now_ms,
-        currency: request.currency,
-        code: ReplyCode::Approved.value(),
-        reserved: [0; 4],
-        authorization_code: AuthorizationCode::EMPTY,
-        responder,
-    }
+/// Builds [`Answered`] from every request form a receiver meets: owned or archived (read
+/// in place from the frame, no copy of the request), payment or linked.
+macro_rules! answered_from {
+    ($($type:ty => |$r:ident| ($originator:expr, $id:expr, $reference:expr, $amount:expr, $currency:expr)),* $(,)?) => {
+        $(impl From<&$type> for Answered {
+            fn from($r: &$type) -> Self {
+                Self { originator: $originator, id: $id, switch_reference: $reference, amount_minor: $amount, currency: $currency }
+            }
+        })*
+    };
+}
+
+answered_from! {
+    TransactionDetails => |r| (r.originator, r.originator_transaction_id, r.switch_reference, r.amount_minor, r.currency),
+    LinkedRequest => |r| (r.originator, r.originator_transaction_id, r.switch_reference, r.amount_minor, r.currency),
+    codec::message::ArchivedTransactionDetails => |r| (
+        r.originator, r.originator_transaction_id, r.switch_reference.to_native(), r.amount_minor.to_native(),
+        r.currency.to_native()
+    ),
+    codec::message::ArchivedLinkedRequest => |r| (
+        r.originator, r.originator_transaction_id, r.switch_reference.to_native(), r.amount_minor.to_native(),
+        r.currency.to_native()
+    ),
 }
 
 #[cfg(test)]

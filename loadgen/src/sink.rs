@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use codec::signon::{SignOnTranscript, server_proof, verify_client_proof};
 use codec::{
-    FrameDecoder, FrameEncoder, InstitutionId, Message, MessageRef, PROTOCOL_VERSION, Reply, ReplyCode,
-    SignOnChallenge, SignOnResult, StatusReply,
+    FrameDecoder, FrameEncoder, InstitutionId, Message, MessageRef, PROTOCOL_VERSION, ReplyCode, SignOnChallenge,
+    SignOnResult, StatusReply,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::participants::Participant;
+use crate::responder::Answered;
 
 /// A pause in answering: from `after` since the sink started, for `length`.
 #[derive(Debug, Clone, Copy)]
@@ -63,6 +64,7 @@ async fn connection(
 ) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
     let switch_id = InstitutionId::new("SINK").expect("valid id");
+    let sink_id = switch_id;
     let mut server_nonce = [0u8; 32];
     getrandom::fill(&mut server_nonce).context("nonce")?;
     let mut encoder = FrameEncoder::default();
@@ -129,23 +131,13 @@ async fn connection(
                         _ => unreachable!("matched a payment request"),
                     };
                     reference += 1;
-                    Message::PaymentReply(approve(
-                        &details.originator,
-                        details.originator_transaction_id,
-                        reference,
-                        details.amount_minor,
-                        details.currency,
-                    ))
+                    let answered = Answered { switch_reference: reference, ..Answered::from(&details) };
+                    Message::PaymentReply(answered.reply(sink_id, ReplyCode::Approved, Some(reference), 0))
                 }
                 MessageRef::RefundRequest(request) => {
                     reference += 1;
-                    Message::RefundReply(approve(
-                        &request.originator,
-                        request.originator_transaction_id,
-                        reference,
-                        request.amount_minor.to_native(),
-                        request.currency.to_native(),
-                    ))
+                    let answered = Answered { switch_reference: reference, ..Answered::from(request) };
+                    Message::RefundReply(answered.reply(sink_id, ReplyCode::Approved, None, 0))
                 }
                 MessageRef::StatusQuery(query) => Message::StatusReply(StatusReply {
                     originator: query.originator,
@@ -167,26 +159,5 @@ async fn connection(
             stream.write_all(encoder.bytes()).await?;
             encoder.clear();
         }
-    }
-}
-
-fn approve(
-    originator: &InstitutionId,
-    id: codec::TransactionId,
-    reference: u64,
-    amount_minor: u64,
-    currency: u16,
-) -> Reply {
-    Reply {
-        originator: *originator,
-        originator_transaction_id: id,
-        switch_reference: reference,
-        amount_minor,
-        reply_time_ms: 0,
-        currency,
-        code: 0,
-        reserved: [0; 4],
-        authorization_code: codec::AuthorizationCode::EMPTY,
-        responder: InstitutionId::new("SINK").unwrap_or_default(),
     }
 }

@@ -32,6 +32,10 @@ use crate::rng::Rng;
 pub const QR_GUID_DEFAULT: &str = "A000000333010101";
 /// Approved payments a connection remembers for refunds and queries.
 pub const APPROVED_POOL: usize = 4096;
+/// Refunds and queries name approvals at most this old: the switch remembers completed
+/// transactions for a bounded window (5.5 s at 180,000/s by default), and a refund of a
+/// forgotten payment is answered `UnknownOriginal`, which is not what a profile means.
+pub const APPROVED_AGE_MAX_US: u64 = 2_000_000;
 /// Distinct merchants per market.
 const MERCHANTS: usize = 16;
 
@@ -100,6 +104,8 @@ pub fn originations(profile: &Profile, participants: &[Participant]) -> anyhow::
 /// An approved payment a later refund or query can name.
 #[derive(Debug, Clone, Copy)]
 pub struct Approved {
+    /// When the approval arrived, microseconds from the run's start.
+    pub at_us: u64,
     pub reference: u64,
     pub id: TransactionId,
     pub amount_minor: u64,
@@ -287,9 +293,17 @@ impl Traffic {
         let id = self.next_id(due_us)?;
         let sequence = self.sequence;
         self.sequence += 1;
-        if kind != Kind::Payment
-            && let Some(original) = approved.pop()
+        // The oldest approvals first, skipping any too old to name.
+        let mut original = None;
+        while kind != Kind::Payment
+            && let Some(candidate) = approved.pop()
         {
+            if due_us.saturating_sub(candidate.at_us) <= APPROVED_AGE_MAX_US {
+                original = Some(candidate);
+                break;
+            }
+        }
+        if let Some(original) = original {
             let message = if kind == Kind::Refund {
                 // A third of refunds are partial.
                 let amount_minor =
@@ -402,6 +416,7 @@ mod tests {
                 if let Message::QrPaymentRequest(request) = &made.message {
                     assert_eq!(parse_id(request.details.originator_transaction_id.as_str()).unwrap().sequence, n);
                     pool.force_push(Approved {
+                        at_us: n * 1000,
                         reference: 1 + n,
                         id: request.details.originator_transaction_id,
                         amount_minor: request.details.amount_minor,
