@@ -1,9 +1,10 @@
 //! One participant connection, both ways at once: it sends its share of the schedule as
 //! an originator and answers what the switch forwards to it as a receiver.
 //!
-//! Two tasks per connection: the writer (schedule, delayed answers, echoes, injected
-//! disconnects) and the reader (replies to account, requests to decide). The reader hands
-//! answers to the writer over a channel, with the time each is due.
+//! One task per connection, a loop over two events: frames arrived (replies to account,
+//! forwarded requests to decide: answered in the same write when due at once, else kept
+//! in a heap until due) and the next due time (requests of the schedule, delayed answers,
+//! echoes, injected disconnects). Everything due goes out in one write.
 //!
 //! Invariants:
 //! - A request is never sent before its intended time; one later than
@@ -24,20 +25,18 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use codec::field::FieldText;
 use codec::{Echo, Message, MessageRef, ReplyCode, SignOff, TransactionId};
-use crossbeam_queue::ArrayQueue;
-use tokio::sync::mpsc;
 
-use crate::client::{Client, FrameReader, FrameWriter};
+use crate::client::{Client, FrameWriter};
 use crate::participants::Participant;
 use crate::responder::{Answered, Behaviour, Decision};
 use crate::rng::Rng;
 use crate::schedule::ArrivalStream;
 use crate::stats::ConnStats;
-use crate::traffic::{APPROVED_POOL, Approved, Kind, Traffic, parse_id};
+use crate::traffic::{Approved, Kind, Traffic, parse_id, remember};
 
 /// A send this late against its schedule counts as late.
 pub const LATE_SEND_THRESHOLD: Duration = Duration::from_millis(10);
-/// The longest the writer sleeps without looking at the stop flag and its reader.
+/// The longest a connection waits without looking at the stop flag.
 const POLL: Duration = Duration::from_millis(100);
 /// A connection that has written nothing for this long sends an echo (the switch's
 /// default echo interval is 30 s; its idle timeout 90 s).
@@ -117,7 +116,7 @@ impl Ord for Pending {
     }
 }
 
-/// Why a connection's writer stopped.
+/// Why a connection's loop stopped.
 enum Ended {
     Stopped,
     Disconnect,
@@ -126,9 +125,13 @@ enum Ended {
 
 /// State that outlives a reconnect.
 struct Kept {
-    pool: Arc<ArrayQueue<Approved>>,
+    pool: std::collections::VecDeque<Approved>,
     /// Outstanding status queries: the queried transaction id to the queries' due times.
-    queries: Arc<Mutex<HashMap<TransactionId, Vec<u64>>>>,
+    queries: HashMap<TransactionId, Vec<u64>>,
+    /// Record lines not yet written to the record file.
+    record: String,
+    /// Payments answered as a receiver (numbers authorisation codes, `decline_every`).
+    answered_as_receiver: u64,
     counted_done: bool,
 }
 
@@ -142,10 +145,13 @@ pub async fn run_peer(
 ) -> anyhow::Result<()> {
     let mut first = Some(first);
     let mut kept = Kept {
-        pool: Arc::new(ArrayQueue::new(APPROVED_POOL)),
-        queries: Arc::new(Mutex::new(HashMap::new())),
+        pool: std::collections::VecDeque::new(),
+        queries: HashMap::new(),
+        record: String::new(),
+        answered_as_receiver: 0,
         counted_done: peer.origination.is_none(),
     };
+    let mut rng = Rng::split(ctx.seed ^ 0x5EED, u64::from(peer.connection));
     let mut fault_until_ns = 0u64;
     let result = loop {
         let name = peer.participant.id;
@@ -157,32 +163,9 @@ pub async fn run_peer(
             Ok(client) => client,
             Err(error) => break Err(error.context(format!("{name} (connection {})", peer.connection))),
         };
-        let Client { reader, writer, .. } = client;
-        let (answers, inbox) = mpsc::unbounded_channel();
-        let mut reader = tokio::spawn(read_loop(
-            Arc::clone(&ctx),
-            reader,
-            peer.participant.id,
-            peer.behaviour,
-            Rng::split(ctx.seed ^ 0x5EED, u64::from(peer.connection) + fault_until_ns),
-            Arc::clone(&stats),
-            Arc::clone(&kept.pool),
-            Arc::clone(&kept.queries),
-            answers,
-        ));
-        let ended = write_loop(&ctx, &mut peer, writer, inbox, &reader, &stats, &mut kept, fault_until_ns).await;
-        // The reader stops by itself (stop flag, or the closed connection) and writes out
-        // its part of the record; it is only aborted if it does not.
-        let read_result = match tokio::time::timeout(Duration::from_secs(2), &mut reader).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(join)) => Err(anyhow::anyhow!("reader task: {join}")),
-            Err(_) => {
-                reader.abort();
-                Ok(())
-            }
-        };
+        let ended = drive(&ctx, &mut peer, client, &stats, &mut kept, &mut rng, fault_until_ns).await;
         match ended {
-            Ended::Stopped => break read_result,
+            Ended::Stopped => break Ok(()),
             Ended::Disconnect => {
                 stats.responder.lock().unwrap_or_else(|e| e.into_inner()).disconnects += 1;
                 // What this connection still waited for is lost with it.
@@ -193,10 +176,7 @@ pub async fn run_peer(
                 tokio::time::sleep(FAULT_DOWN).await;
                 fault_until_ns = ctx.elapsed_ns();
             }
-            Ended::Failed(error) => {
-                let error = read_result.err().unwrap_or(error);
-                break Err(error.context(format!("{name} (connection {})", peer.connection)));
-            }
+            Ended::Failed(error) => break Err(error.context(format!("{name} (connection {})", peer.connection))),
         }
         if ctx.stop.is_set() {
             break Ok(());
@@ -205,20 +185,26 @@ pub async fn run_peer(
     if !kept.counted_done {
         ctx.originating.fetch_sub(1, Ordering::AcqRel);
     }
-    result
+    let written = write_record(&ctx, &mut kept.record);
+    result.and(written)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn write_loop(
+/// Unix milliseconds now.
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// One connection's loop, until the run stops, an injected disconnect, or a failure.
+async fn drive(
     ctx: &RunContext,
     peer: &mut Peer,
-    mut writer: FrameWriter,
-    mut inbox: mpsc::UnboundedReceiver<Vec<(u64, Message)>>,
-    reader: &tokio::task::JoinHandle<anyhow::Result<()>>,
+    client: Client,
     stats: &ConnStats,
     kept: &mut Kept,
+    rng: &mut Rng,
     fault_until_ns: u64,
 ) -> Ended {
+    let Client { mut reader, mut writer, .. } = client;
     let mut pending: BinaryHeap<Reverse<Pending>> = BinaryHeap::new();
     let mut order = 0u64;
     let mut last_write = Instant::now();
@@ -226,14 +212,13 @@ async fn write_loop(
     let max_lag_ns = ctx.max_lag.as_nanos() as u64;
     let late_ns = LATE_SEND_THRESHOLD.as_nanos() as u64;
     let mut echo_sequence = 0u64;
+    let me = peer.participant.id;
+    let behaviour = peer.behaviour;
     loop {
         if ctx.stop.is_set() {
             let _ = writer.flush().await;
             let _ = writer.close().await;
             return Ended::Stopped;
-        }
-        if reader.is_finished() {
-            return Ended::Failed(anyhow::anyhow!("the connection ended (see the reader's error)"));
         }
         if disconnect_at.is_some_and(|at| Instant::now() >= at) {
             let _ = writer.close().await;
@@ -265,13 +250,12 @@ async fn write_loop(
                 if lag > late_ns {
                     stats.late.fetch_add(1, Ordering::Relaxed);
                 }
-                let made = match traffic.make(due_ns / 1000, now_ms, &kept.pool) {
+                let made = match traffic.make(due_ns / 1000, now_ms, &mut kept.pool) {
                     Ok(made) => made,
                     Err(error) => return Ended::Failed(error),
                 };
                 if let Message::StatusQuery(query) = &made.message {
-                    let mut queries = kept.queries.lock().unwrap_or_else(|e| e.into_inner());
-                    queries.entry(query.original_originator_transaction_id).or_default().push(due_ns / 1000);
+                    kept.queries.entry(query.original_originator_transaction_id).or_default().push(due_ns / 1000);
                 }
                 if let Err(error) = writer.queue(&made.message) {
                     return Ended::Failed(error);
@@ -296,6 +280,11 @@ async fn write_loop(
             }
             last_write = Instant::now();
         }
+        if kept.record.len() > RECORD_FLUSH
+            && let Err(error) = write_record(ctx, &mut kept.record)
+        {
+            return Ended::Failed(error);
+        }
 
         let mut wake_ns = ctx.elapsed_ns() + POLL.as_nanos() as u64;
         if let Some(next) = peer.origination.as_ref().and_then(|(a, _)| a.peek()) {
@@ -305,197 +294,189 @@ async fn write_loop(
             wake_ns = wake_ns.min(next.0.due_ns);
         }
         let wake = ctx.start + Duration::from_nanos(wake_ns);
-        tokio::select! {
+        let mut signing_off = false;
+        let mut failure: Option<anyhow::Error> = None;
+        let mut handler = Handler {
+            ctx,
+            me,
+            behaviour,
+            stats,
+            kept: &mut *kept,
+            rng: &mut *rng,
+            writer: &mut writer,
+            pending: &mut pending,
+            order: &mut order,
+            signing_off: &mut signing_off,
+            failure: &mut failure,
+        };
+        let read = tokio::select! {
             biased;
-            batch = inbox.recv() => {
-                let Some(batch) = batch else { continue };
-                for (due_ns, message) in batch {
-                    order += 1;
-                    pending.push(Reverse(Pending { due_ns, order, message }));
-                }
-            }
-            () = tokio::time::sleep_until(wake.into()) => {}
+            read = reader.read_batch(|message| handler.handle(message)) => Some(read),
+            () = tokio::time::sleep_until(wake.into()) => None,
+        };
+        if let Some(error) = failure {
+            return Ended::Failed(error);
+        }
+        if signing_off {
+            let _ = writer.flush().await;
+            return Ended::Failed(anyhow::anyhow!("the switch asked to sign off (it is shutting down)"));
+        }
+        if let Some(Err(error)) = read {
+            return if ctx.stop.is_set() { Ended::Stopped } else { Ended::Failed(error) };
         }
     }
 }
 
-/// Unix milliseconds now.
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn read_loop(
-    ctx: Arc<RunContext>,
-    mut reader: FrameReader,
+/// What a connection does with each frame it reads.
+struct Handler<'a> {
+    ctx: &'a RunContext,
     me: codec::InstitutionId,
     behaviour: Behaviour,
-    mut rng: Rng,
-    stats: Arc<ConnStats>,
-    pool: Arc<ArrayQueue<Approved>>,
-    queries: Arc<Mutex<HashMap<TransactionId, Vec<u64>>>>,
-    answers: mpsc::UnboundedSender<Vec<(u64, Message)>>,
-) -> anyhow::Result<()> {
-    let mut record = String::new();
-    let mut batch: Vec<(u64, Message)> = Vec::new();
-    let mut answered_as_receiver = 0u64;
-    let result = loop {
-        let mut signing_off = false;
-        let read = reader.read_batch(|message| {
-            let now_ns = ctx.elapsed_ns();
-            let now_us = now_ns / 1000;
-            match message {
-                MessageRef::PaymentReply(reply) | MessageRef::RefundReply(reply) => {
-                    let kind =
-                        if matches!(message, MessageRef::PaymentReply(_)) { Kind::Payment } else { Kind::Refund };
-                    let code = reply.code.to_native();
-                    let id = reply.originator_transaction_id.as_str();
-                    let mut replies = stats.replies.lock().unwrap_or_else(|e| e.into_inner());
-                    let Some(parts) = parse_id(id).filter(|p| p.run == ctx.run_id) else {
-                        replies.unexpected += 1;
-                        replies.errors += 1;
-                        return;
-                    };
-                    if !replies.first_answer(parts.sequence) {
-                        replies.unexpected += 1;
-                        replies.errors += 1;
-                        return;
-                    }
-                    replies.record(kind, code, now_us.saturating_sub(parts.due_us));
-                    drop(replies);
-                    let reference = reply.switch_reference.to_native();
-                    if kind == Kind::Payment && code == ReplyCode::Approved.value() {
-                        pool.force_push(Approved {
+    stats: &'a ConnStats,
+    kept: &'a mut Kept,
+    rng: &'a mut Rng,
+    writer: &'a mut FrameWriter,
+    pending: &'a mut BinaryHeap<Reverse<Pending>>,
+    order: &'a mut u64,
+    signing_off: &'a mut bool,
+    failure: &'a mut Option<anyhow::Error>,
+}
+
+impl Handler<'_> {
+    /// Sends `message` with this write if it is due now, else keeps it until `due_ns`.
+    fn answer(&mut self, due_ns: u64, message: Message) {
+        if due_ns <= self.ctx.elapsed_ns() {
+            if let Err(error) = self.writer.queue(&message) {
+                self.failure.get_or_insert(error);
+            }
+        } else {
+            *self.order += 1;
+            self.pending.push(Reverse(Pending { due_ns, order: *self.order, message }));
+        }
+    }
+
+    fn handle(&mut self, message: MessageRef<'_>) {
+        let now_ns = self.ctx.elapsed_ns();
+        let now_us = now_ns / 1000;
+        match message {
+            MessageRef::PaymentReply(reply) | MessageRef::RefundReply(reply) => {
+                let kind = if matches!(message, MessageRef::PaymentReply(_)) { Kind::Payment } else { Kind::Refund };
+                let code = reply.code.to_native();
+                let id = reply.originator_transaction_id.as_str();
+                let mut replies = self.stats.replies.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(parts) = parse_id(id).filter(|p| p.run == self.ctx.run_id) else {
+                    replies.unexpected += 1;
+                    replies.errors += 1;
+                    return;
+                };
+                if !replies.first_answer(parts.sequence) {
+                    replies.unexpected += 1;
+                    replies.errors += 1;
+                    return;
+                }
+                replies.record(kind, code, now_us.saturating_sub(parts.due_us));
+                drop(replies);
+                let reference = reply.switch_reference.to_native();
+                if kind == Kind::Payment && code == ReplyCode::Approved.value() {
+                    remember(
+                        &mut self.kept.pool,
+                        Approved {
                             at_us: now_us,
                             reference,
                             id: reply.originator_transaction_id,
                             amount_minor: reply.amount_minor.to_native(),
                             currency: reply.currency.to_native(),
-                        });
-                    }
-                    if ctx.record.is_some() {
-                        let _ = writeln!(
-                            record,
-                            "{},{},{},{},{},{},{},{}",
-                            codec::SwitchReference(reference),
-                            reply.originator.as_str(),
-                            id,
-                            kind.name(),
-                            code,
-                            reply.amount_minor.to_native(),
-                            reply.currency.to_native(),
-                            reply.responder.as_str(),
-                        );
+                        },
+                    );
+                }
+                if self.ctx.record.is_some() {
+                    let _ = writeln!(
+                        self.kept.record,
+                        "{},{},{},{},{},{},{},{}",
+                        codec::SwitchReference(reference),
+                        reply.originator.as_str(),
+                        id,
+                        kind.name(),
+                        code,
+                        reply.amount_minor.to_native(),
+                        reply.currency.to_native(),
+                        reply.responder.as_str(),
+                    );
+                }
+            }
+            MessageRef::StatusReply(reply) => {
+                let key = reply.original_originator_transaction_id;
+                let due_us = self.kept.queries.get_mut(&key).and_then(Vec::pop);
+                if self.kept.queries.get(&key).is_some_and(Vec::is_empty) {
+                    self.kept.queries.remove(&key);
+                }
+                let mut replies = self.stats.replies.lock().unwrap_or_else(|e| e.into_inner());
+                match due_us {
+                    Some(due_us) => replies.record(Kind::Query, reply.code.to_native(), now_us.saturating_sub(due_us)),
+                    None => {
+                        replies.unexpected += 1;
+                        replies.errors += 1;
                     }
                 }
-                MessageRef::StatusReply(reply) => {
-                    let due_us = {
-                        let mut queries = queries.lock().unwrap_or_else(|e| e.into_inner());
-                        let key = reply.original_originator_transaction_id;
-                        let due = queries.get_mut(&key).and_then(Vec::pop);
-                        if queries.get(&key).is_some_and(Vec::is_empty) {
-                            queries.remove(&key);
-                        }
-                        due
-                    };
-                    let mut replies = stats.replies.lock().unwrap_or_else(|e| e.into_inner());
-                    match due_us {
-                        Some(due_us) => {
-                            replies.record(Kind::Query, reply.code.to_native(), now_us.saturating_sub(due_us))
-                        }
-                        None => {
-                            replies.unexpected += 1;
-                            replies.errors += 1;
-                        }
-                    }
+            }
+            MessageRef::PaymentCodeRequest(_) | MessageRef::QrPaymentRequest(_) => {
+                // Read in place: a reply needs only what identifies the request.
+                let answered = match message {
+                    MessageRef::PaymentCodeRequest(r) => Answered::from(&r.details),
+                    MessageRef::QrPaymentRequest(r) => Answered::from(&r.details),
+                    _ => return,
+                };
+                let mut responded = self.stats.responder.lock().unwrap_or_else(|e| e.into_inner());
+                responded.requests += 1;
+                let decision = self.behaviour.payment(responded.requests, self.rng);
+                match decision {
+                    Decision::Ignore => responded.ignored += 1,
+                    Decision::Answer { code, .. } if code.is_approved() => responded.approved += 1,
+                    Decision::Answer { .. } => responded.declined += 1,
                 }
-                MessageRef::PaymentCodeRequest(_) | MessageRef::QrPaymentRequest(_) => {
-                    // Read in place: a reply needs only what identifies the request.
-                    let answered = match message {
-                        MessageRef::PaymentCodeRequest(r) => Answered::from(&r.details),
-                        MessageRef::QrPaymentRequest(r) => Answered::from(&r.details),
-                        _ => return,
-                    };
-                    let mut responded = stats.responder.lock().unwrap_or_else(|e| e.into_inner());
-                    responded.requests += 1;
-                    match behaviour.payment(responded.requests, &mut rng) {
-                        Decision::Ignore => responded.ignored += 1,
-                        Decision::Answer { code, after } => {
-                            if code.is_approved() {
-                                responded.approved += 1;
-                            } else {
-                                responded.declined += 1;
-                            }
-                            answered_as_receiver += 1;
-                            let reply = answered.reply(me, code, Some(answered_as_receiver), unix_ms());
-                            batch.push((now_ns + after.as_nanos() as u64, Message::PaymentReply(reply)));
-                        }
-                    }
+                drop(responded);
+                if let Decision::Answer { code, after } = decision {
+                    self.kept.answered_as_receiver += 1;
+                    let reply = answered.reply(self.me, code, Some(self.kept.answered_as_receiver), unix_ms());
+                    self.answer(now_ns + after.as_nanos() as u64, Message::PaymentReply(reply));
                 }
-                MessageRef::ReversalRequest(_) | MessageRef::RefundRequest(_) => {
-                    let mut responded = stats.responder.lock().unwrap_or_else(|e| e.into_inner());
-                    let (answered, reversal) = match message {
-                        MessageRef::ReversalRequest(r) => (Answered::from(r), true),
-                        MessageRef::RefundRequest(r) => (Answered::from(r), false),
-                        _ => return,
-                    };
+            }
+            MessageRef::ReversalRequest(_) | MessageRef::RefundRequest(_) => {
+                let (answered, reversal) = match message {
+                    MessageRef::ReversalRequest(r) => (Answered::from(r), true),
+                    MessageRef::RefundRequest(r) => (Answered::from(r), false),
+                    _ => return,
+                };
+                {
+                    let mut responded = self.stats.responder.lock().unwrap_or_else(|e| e.into_inner());
                     if reversal {
                         responded.reversals += 1;
                     } else {
                         responded.refunds += 1;
                     }
-                    if let Decision::Answer { after, .. } = behaviour.linked(&mut rng) {
-                        let reply = answered.reply(me, ReplyCode::Approved, None, unix_ms());
-                        let message =
-                            if reversal { Message::ReversalReply(reply) } else { Message::RefundReply(reply) };
-                        batch.push((now_ns + after.as_nanos() as u64, message));
-                    }
                 }
-                MessageRef::EchoRequest(echo) => {
-                    let echo =
-                        Echo { sequence: echo.sequence.to_native(), sent_time_ms: echo.sent_time_ms.to_native() };
-                    batch.push((now_ns, Message::EchoReply(echo)));
-                }
-                MessageRef::SignOffRequest(_) => {
-                    signing_off = true;
-                    batch.push((now_ns, Message::SignOffReply(SignOff { code: 0, reserved: [0; 6] })));
-                }
-                MessageRef::Reject(_) => {
-                    let mut replies = stats.replies.lock().unwrap_or_else(|e| e.into_inner());
-                    replies.rejects += 1;
-                    replies.errors += 1;
-                }
-                _ => {}
-            }
-        });
-        let outcome = tokio::select! {
-            outcome = read => Some(outcome),
-            () = tokio::time::sleep(POLL) => None,
-        };
-        if !batch.is_empty() && answers.send(std::mem::take(&mut batch)).is_err() {
-            break Ok(());
-        }
-        if record.len() > RECORD_FLUSH {
-            write_record(&ctx, &mut record)?;
-        }
-        if signing_off {
-            // Give the writer a moment to send the sign-off reply.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            break Err(anyhow::anyhow!("the switch asked to sign off (it is shutting down)"));
-        }
-        match outcome {
-            Some(Ok(_)) | None => {
-                if ctx.stop.is_set() && outcome.is_none() {
-                    break Ok(());
+                if let Decision::Answer { after, .. } = self.behaviour.linked(self.rng) {
+                    let reply = answered.reply(self.me, ReplyCode::Approved, None, unix_ms());
+                    let message = if reversal { Message::ReversalReply(reply) } else { Message::RefundReply(reply) };
+                    self.answer(now_ns + after.as_nanos() as u64, message);
                 }
             }
-            Some(Err(error)) => {
-                break if ctx.stop.is_set() { Ok(()) } else { Err(error) };
+            MessageRef::EchoRequest(echo) => {
+                let echo = Echo { sequence: echo.sequence.to_native(), sent_time_ms: echo.sent_time_ms.to_native() };
+                self.answer(now_ns, Message::EchoReply(echo));
             }
+            MessageRef::SignOffRequest(_) => {
+                *self.signing_off = true;
+                self.answer(now_ns, Message::SignOffReply(SignOff { code: 0, reserved: [0; 6] }));
+            }
+            MessageRef::Reject(_) => {
+                let mut replies = self.stats.replies.lock().unwrap_or_else(|e| e.into_inner());
+                replies.rejects += 1;
+                replies.errors += 1;
+            }
+            _ => {}
         }
-    };
-    write_record(&ctx, &mut record)?;
-    result
+    }
 }
 
 fn write_record(ctx: &RunContext, buffer: &mut String) -> anyhow::Result<()> {

@@ -22,7 +22,7 @@ use codec::{
     InstitutionId, LinkedRequest, Message, PaymentCode, PaymentCodeRequest, QrPaymentRequest, StatusQuery,
     TransactionDetails, TransactionId,
 };
-use crossbeam_queue::ArrayQueue;
+use std::collections::VecDeque;
 
 use crate::participants::Participant;
 use crate::profile::{Direction, Mix, Profile};
@@ -99,6 +99,15 @@ pub fn originations(profile: &Profile, participants: &[Participant]) -> anyhow::
         add(&country.wallet, Flow::CrossBorder(index), mix.cross_border * country.share, "a cross-border market")?;
     }
     Ok(out)
+}
+
+/// Remembers `approved` for later refunds and queries, forgetting the oldest beyond
+/// [`APPROVED_POOL`].
+pub fn remember(pool: &mut VecDeque<Approved>, approved: Approved) {
+    if pool.len() >= APPROVED_POOL {
+        pool.pop_front();
+    }
+    pool.push_back(approved);
 }
 
 /// An approved payment a later refund or query can name.
@@ -279,7 +288,7 @@ impl Traffic {
 
     /// The next request, due `due_us` after the run's start; refunds and queries name
     /// payments from `approved` (a payment is sent instead when it is empty).
-    pub fn make(&mut self, due_us: u64, now_ms: i64, approved: &ArrayQueue<Approved>) -> anyhow::Result<Made> {
+    pub fn make(&mut self, due_us: u64, now_ms: i64, approved: &mut VecDeque<Approved>) -> anyhow::Result<Made> {
         let mix = Arc::clone(&self.mix);
         let linked = mix.refunds + mix.queries;
         let pick = self.rng.unit() * (1.0 + linked);
@@ -296,7 +305,7 @@ impl Traffic {
         // The oldest approvals first, skipping any too old to name.
         let mut original = None;
         while kind != Kind::Payment
-            && let Some(candidate) = approved.pop()
+            && let Some(candidate) = approved.pop_front()
         {
             if due_us.saturating_sub(candidate.at_us) <= APPROVED_AGE_MAX_US {
                 original = Some(candidate);
@@ -322,7 +331,7 @@ impl Traffic {
                 })
             } else {
                 // A queried payment can be queried or refunded again.
-                let _ = approved.push(original);
+                approved.push_back(original);
                 Message::StatusQuery(StatusQuery {
                     originator: self.originator,
                     original_originator_transaction_id: original.id,
@@ -405,23 +414,26 @@ mod tests {
         assert!(wal.flows.iter().all(|(f, _)| matches!(f, Flow::CrossBorder(_))));
 
         let mix = Arc::new(profile.mix.clone());
-        let pool = ArrayQueue::new(APPROVED_POOL);
+        let mut pool = VecDeque::new();
         let mut encoder = codec::FrameEncoder::default();
         for origination in &origins {
             let mut traffic = Traffic::new(7, 1, origination, Arc::clone(&mix), QR_GUID_DEFAULT, Rng::new(1)).unwrap();
             for n in 0..500 {
-                let made = traffic.make(n * 1000, codec::sample::SAMPLE_TIME_MS, &pool).unwrap();
+                let made = traffic.make(n * 1000, codec::sample::SAMPLE_TIME_MS, &mut pool).unwrap();
                 encoder.encode(&made.message).unwrap_or_else(|e| panic!("{:?}: {e}", made.message));
                 encoder.clear();
                 if let Message::QrPaymentRequest(request) = &made.message {
                     assert_eq!(parse_id(request.details.originator_transaction_id.as_str()).unwrap().sequence, n);
-                    pool.force_push(Approved {
-                        at_us: n * 1000,
-                        reference: 1 + n,
-                        id: request.details.originator_transaction_id,
-                        amount_minor: request.details.amount_minor,
-                        currency: request.details.currency,
-                    });
+                    remember(
+                        &mut pool,
+                        Approved {
+                            at_us: n * 1000,
+                            reference: 1 + n,
+                            id: request.details.originator_transaction_id,
+                            amount_minor: request.details.amount_minor,
+                            currency: request.details.currency,
+                        },
+                    );
                 }
             }
         }
@@ -434,7 +446,7 @@ mod tests {
         let mut prefixes = std::collections::BTreeMap::new();
         for n in 0..2000 {
             if let Made { message: Message::PaymentCodeRequest(request), .. } =
-                traffic.make(n, codec::sample::SAMPLE_TIME_MS, &pool).unwrap()
+                traffic.make(n, codec::sample::SAMPLE_TIME_MS, &mut pool).unwrap()
             {
                 let code = request.payment_code.as_str().to_string();
                 *prefixes.entry((code[..2].to_string(), code.len())).or_insert(0) += 1;
