@@ -90,8 +90,10 @@ struct TargetArgs {
     /// Sends later than this are dropped and counted (the run is then invalid).
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
     max_lag: Duration,
-    /// Wait this long for outstanding replies after the last send.
-    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    /// Wait at most this long for outstanding replies after the last send (the run ends
+    /// as soon as none is outstanding). Above the switch's reply deadline (10 s by
+    /// default), so that a request a silent issuer held is answered Timeout, not missing.
+    #[arg(long, value_parser = parse_duration, default_value = "12s")]
     drain: Duration,
     #[arg(long, default_value_t = 1)]
     seed: u64,

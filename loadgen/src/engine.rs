@@ -73,7 +73,7 @@ impl RunSpec {
             behaviour: Behaviour::default(),
             behaviour_for: Vec::new(),
             max_lag: Duration::from_secs(1),
-            drain: Duration::from_secs(5),
+            drain: Duration::from_secs(12),
             seed: 1,
             interval: Duration::from_secs(1),
             record: None,
