@@ -98,6 +98,11 @@ impl Mesh {
         Ok(())
     }
 
+    /// The next event in `shard`'s inbox (taken by that shard's loop only).
+    pub fn try_pop(&self, shard: usize) -> Option<Event> {
+        self.inboxes[shard].queue.pop()
+    }
+
     /// Wakes shard `shard`'s loop.
     pub fn wake_shard(&self, shard: usize) {
         self.inboxes[shard].wake.notify_one();
@@ -194,7 +199,7 @@ pub async fn run_shard(parts: ShardLoop) {
         }
         let now = super::now(started);
         for _ in 0..if accepting { EVENT_BATCH_MAX } else { 0 } {
-            let Some(event) = inbox.queue.pop() else { break };
+            let Some(event) = mesh.try_pop(index) else { break };
             match event {
                 Event::SessionUp { participant, session, home, outbound } => {
                     let route = match outbound {
