@@ -161,7 +161,9 @@ fn a_switch_that_drops_the_connection_ends_the_run_with_a_report() {
     assert!(started.elapsed() < Duration::from_secs(15), "the generator hung after the switch went away");
     let out = text(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");
-    assert!(out.contains("the run ended early") && out.contains("closed the connection"), "{out}");
+    // A killed peer shows as end of stream or as a reset, depending on timing.
+    let dropped = out.contains("closed the connection") || out.contains("reset by peer");
+    assert!(out.contains("the run ended early") && dropped, "{out}");
     assert!(out.contains("INVALID: aborted"), "the table is still printed: {out}");
 }
 
