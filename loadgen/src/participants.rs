@@ -8,6 +8,9 @@ use anyhow::{Context, bail};
 use codec::InstitutionId;
 use serde::Deserialize;
 
+/// A participant's role, as the switch's configuration file writes it. It mirrors the
+/// switch's own `Role` on purpose: the generator reads the same file but never depends on
+/// the switch crate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
