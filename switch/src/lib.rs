@@ -18,5 +18,6 @@ pub mod edge;
 pub mod inspect;
 pub mod journal;
 pub mod metrics;
+pub mod notify;
 pub mod participant;
 pub mod status;

@@ -271,6 +271,16 @@ pub async fn serve(
     let _ = shared.mesh.set(Arc::clone(&mesh));
     shared.metrics.set_serving();
     tracing::info!(shards, "serving");
+    crate::notify::notify("READY=1\nSTATUS=serving");
+    // Fed from the acceptor's runtime; participants have nothing to do with it.
+    let watchdog = crate::notify::watchdog_interval().map(|every| {
+        tokio::spawn(async move {
+            loop {
+                crate::notify::notify("WATCHDOG=1");
+                tokio::time::sleep(every).await;
+            }
+        })
+    });
     let cutoffs = match (shared.daily_cutoff, &shared.journal) {
         (Some(at), Some(_)) => Some(tokio::spawn(daily_cutoffs(Arc::clone(&shared), at))),
         _ => None,
@@ -307,6 +317,7 @@ pub async fn serve(
     }
     shared.metrics.set_draining();
     tracing::info!("draining: signing off every session");
+    crate::notify::notify("STOPPING=1\nSTATUS=draining");
     // Receivers only stop listening when their shard has ended, so a send error means none
     // is left to tell.
     let _ = draining_tx.send(true);
@@ -318,6 +329,9 @@ pub async fn serve(
     for thread in threads {
         // The thread has finished its work (its loop saw `stop`); joining only reaps it.
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
     }
     Ok(())
 }
