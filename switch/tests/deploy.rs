@@ -1,8 +1,9 @@
 //! What can be checked of `deploy/` without a cluster or a container engine: the
 //! Kubernetes manifests validate strictly against the API schema, the ConfigMap's
-//! configuration starts a real switch, the seccomp profile allows io_uring and refuses
-//! what a network service never needs, and the container builds with the toolchain the
-//! workspace asks for.
+//! configuration starts a real switch that exports every metric the alert rules use, the
+//! alert rules pass promtool's checks and fire on their test series, the seccomp profile
+//! allows io_uring and refuses what a network service never needs, and the container
+//! builds with the toolchain the workspace asks for.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -83,10 +84,42 @@ fn the_configmap_configuration_starts_a_switch() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    // Every metric the alert rules use is one the switch exports.
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(admin).unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    };
     let _ = child.kill();
     let output = child.wait_with_output().unwrap();
     assert!(ready, "the ConfigMap's configuration did not start: {}", String::from_utf8_lossy(&output.stderr));
+    let rules = std::fs::read_to_string(deploy().join("prometheus/alerts.yml")).unwrap();
+    let used: std::collections::BTreeSet<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("switch_") || word.starts_with("process_"))
+        .collect();
+    assert!(used.len() >= 6, "{used:?}");
+    for name in used {
+        assert!(metrics.lines().any(|line| line.starts_with(name)), "alerts use {name}, which /metrics lacks");
+    }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_alert_rules_check_and_fire_on_their_test_series() {
+    let dir = deploy().join("prometheus");
+    for args in [["check", "rules", "alerts.yml"], ["test", "rules", "alerts.test.yml"]] {
+        let output = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool is needed to check the alert rules: `apt-get install prometheus` (.ci/test does)");
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success() && text.contains("SUCCESS"), "promtool {args:?}: {text}");
+    }
 }
 
 #[test]
