@@ -2,46 +2,42 @@
 //! one sent for each reply. It measures throughput, not a schedule (the open-loop engine
 //! in [`crate::engine`] measures latency against one).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use codec::field::FieldText;
-use codec::{InstitutionId, Message, MessageRef, PaymentCode, ReplyCode, TransactionId};
+use codec::{InstitutionId, Message, MessageRef, ReplyCode};
 use hdrhistogram::Histogram;
 
 use crate::client::Client;
+use crate::profile::Profile;
+use crate::rng::Rng;
+use crate::traffic::{Approved, Flow, Origination, QR_GUID_DEFAULT, Traffic, parse_id};
 
-/// The closed loop's requests: payment codes cycling through the demo wallets.
+/// The closed loop's requests: consumer-presented payment codes of the weekday mix's
+/// wallets, made and numbered as the open-loop engine makes them.
 struct Requests {
-    template: codec::PaymentCodeRequest,
-    session_id: u64,
-    text: String,
+    traffic: Traffic,
+    /// Always empty: a closed loop sends payments only.
+    none_approved: VecDeque<Approved>,
 }
 
 impl Requests {
-    fn new(participant: InstitutionId, session_id: u64) -> Self {
-        let mut template = codec::sample::payment_code_request();
-        template.details.originator = participant;
-        Self { template, session_id, text: String::with_capacity(40) }
+    fn new(participant: InstitutionId) -> anyhow::Result<Self> {
+        let profile = Profile::load("weekday").map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut run = [0u8; 4];
+        getrandom::fill(&mut run).context("drawing a run id")?;
+        let run = u32::from_le_bytes(run) & 0x00FF_FFFF;
+        let origination = Origination { participant, flows: vec![(Flow::ConsumerPresented, 1.0)] };
+        let traffic = Traffic::new(run, 0, &origination, Arc::new(profile.mix), QR_GUID_DEFAULT, Rng::new(run.into()))?;
+        Ok(Self { traffic, none_approved: VecDeque::new() })
     }
 
-    /// Request number `sequence` of this run.
-    fn make(&mut self, sequence: u64) -> anyhow::Result<Message> {
-        use std::fmt::Write;
-        let mut request = self.template.clone();
-        self.text.clear();
-        let _ = write!(self.text, "LG{}-{sequence}", self.session_id);
-        request.details.originator_transaction_id =
-            TransactionId::new(&self.text).map_err(|e| anyhow::anyhow!("transaction id {e}"))?;
-        self.text.clear();
-        let prefix = ["13", "28", "62"][(sequence % 3) as usize];
-        let _ = write!(self.text, "{prefix}{:04}{:012}", self.session_id % 10_000, sequence % 1_000_000_000_000);
-        if prefix == "62" {
-            self.text.push('0');
-        }
-        request.payment_code = PaymentCode::new(&self.text).map_err(|e| anyhow::anyhow!("payment code {e}"))?;
-        Ok(Message::PaymentCodeRequest(request))
+    /// The next request, sent `elapsed_us` after the start.
+    fn make(&mut self, elapsed_us: u64) -> anyhow::Result<Message> {
+        Ok(self.traffic.make(elapsed_us, 0, &mut self.none_approved)?.message)
     }
 }
 
@@ -61,7 +57,7 @@ fn reply_of(message: MessageRef<'_>) -> Option<(Option<u64>, u16)> {
 }
 
 fn sequence_of(id: &str) -> Option<u64> {
-    id.rsplit_once('-').and_then(|(_, n)| n.parse().ok())
+    parse_id(id).map(|parts| parts.sequence)
 }
 
 #[derive(Debug)]
@@ -119,8 +115,8 @@ pub async fn run_closed_loop(
     drain_timeout: Duration,
 ) -> anyhow::Result<ClosedLoopReport> {
     ensure!(in_flight > 0, "at least one request in flight");
-    let Client { participant, session_id, mut reader, mut writer } = client;
-    let mut requests = Requests::new(participant, session_id);
+    let Client { participant, mut reader, mut writer, .. } = client;
+    let mut requests = Requests::new(participant)?;
     let mut latency_us = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")?;
     let mut replies_by_code = BTreeMap::new();
     // Send times of the outstanding requests, by sequence: at most `in_flight` entries.
@@ -128,7 +124,7 @@ pub async fn run_closed_loop(
     let start = Instant::now();
     let mut sent = 0u64;
     for _ in 0..in_flight {
-        writer.queue(&requests.make(sent)?)?;
+        writer.queue(&requests.make(start.elapsed().as_micros() as u64)?)?;
         outstanding.insert(sent, Instant::now());
         sent += 1;
     }
@@ -168,7 +164,7 @@ pub async fn run_closed_loop(
         if Instant::now() < send_until {
             let now = Instant::now();
             for _ in 0..std::mem::take(&mut to_send) {
-                writer.queue(&requests.make(sent)?)?;
+                writer.queue(&requests.make(start.elapsed().as_micros() as u64)?)?;
                 outstanding.insert(sent, now);
                 sent += 1;
             }

@@ -161,11 +161,44 @@ pub fn parse_id(id: &str) -> Option<IdParts> {
     parts.next().is_none().then_some(parsed)
 }
 
+/// Numbers one connection's requests: transaction ids and payment codes unique to the
+/// run, the connection and the sequence.
+#[derive(Debug)]
+struct Numbering {
+    run: u32,
+    connection: u16,
+    sequence: u64,
+    text: String,
+}
+
+impl Numbering {
+    fn next_id(&mut self, due_us: u64) -> anyhow::Result<TransactionId> {
+        use std::fmt::Write;
+        self.text.clear();
+        let _ = write!(self.text, "{:x}-{:x}-{:x}-{:x}", self.run, self.connection, self.sequence, due_us);
+        TransactionId::new(&self.text).map_err(|e| anyhow::anyhow!("transaction id {:?}: {e}", self.text))
+    }
+
+    fn payment_code(&mut self, prefix: &str, digits: u8) -> anyhow::Result<PaymentCode> {
+        use std::fmt::Write;
+        self.text.clear();
+        let width = usize::from(digits).saturating_sub(prefix.len() + 7);
+        let modulus = 10u64.checked_pow(width as u32).unwrap_or(u64::MAX);
+        let _ = write!(
+            self.text,
+            "{prefix}{:04}{:03}{:0width$}",
+            self.run % 10_000,
+            self.connection % 1000,
+            self.sequence % modulus
+        );
+        PaymentCode::new(&self.text).map_err(|e| anyhow::anyhow!("payment code: {e}"))
+    }
+}
+
 /// Builds one connection's requests.
 #[derive(Debug)]
 pub struct Traffic {
-    run: u32,
-    connection: u16,
+    numbering: Numbering,
     originator: InstitutionId,
     mix: Arc<Mix>,
     flows: Vec<Flow>,
@@ -175,8 +208,6 @@ pub struct Traffic {
     /// QR payloads per flow (empty for consumer-presented).
     qr: Vec<Vec<String>>,
     rng: Rng,
-    sequence: u64,
-    text: String,
     template: TransactionDetails,
 }
 
@@ -244,8 +275,7 @@ impl Traffic {
         let mut template = codec::sample::transaction_details();
         template.originator = origination.participant;
         Ok(Self {
-            run,
-            connection,
+            numbering: Numbering { run, connection, sequence: 0, text: String::with_capacity(40) },
             originator: origination.participant,
             flows: origination.flows.iter().map(|(f, _)| *f).collect(),
             weights: origination.flows.iter().map(|(_, w)| *w).collect(),
@@ -253,43 +283,20 @@ impl Traffic {
             qr,
             mix,
             rng,
-            sequence: 0,
-            text: String::with_capacity(40),
             template,
         })
     }
 
     /// Requests made so far.
     pub fn made(&self) -> u64 {
-        self.sequence
-    }
-
-    fn next_id(&mut self, due_us: u64) -> anyhow::Result<TransactionId> {
-        use std::fmt::Write;
-        self.text.clear();
-        let _ = write!(self.text, "{:x}-{:x}-{:x}-{:x}", self.run, self.connection, self.sequence, due_us);
-        TransactionId::new(&self.text).map_err(|e| anyhow::anyhow!("transaction id {:?}: {e}", self.text))
-    }
-
-    fn payment_code(&mut self, prefix: &str, digits: u8) -> anyhow::Result<PaymentCode> {
-        use std::fmt::Write;
-        self.text.clear();
-        let width = usize::from(digits).saturating_sub(prefix.len() + 7);
-        let modulus = 10u64.checked_pow(width as u32).unwrap_or(u64::MAX);
-        let _ = write!(
-            self.text,
-            "{prefix}{:04}{:03}{:0width$}",
-            self.run % 10_000,
-            self.connection % 1000,
-            self.sequence % modulus
-        );
-        PaymentCode::new(&self.text).map_err(|e| anyhow::anyhow!("payment code: {e}"))
+        self.numbering.sequence
     }
 
     /// The next request, due `due_us` after the run's start; refunds and queries name
     /// payments from `approved` (a payment is sent instead when it is empty).
     pub fn make(&mut self, due_us: u64, now_ms: i64, approved: &mut VecDeque<Approved>) -> anyhow::Result<Made> {
-        let mix = Arc::clone(&self.mix);
+        // Borrowed, not cloned: the numbering and the random source are other fields.
+        let mix = &*self.mix;
         let linked = mix.refunds + mix.queries;
         let pick = self.rng.unit() * (1.0 + linked);
         let kind = if pick < 1.0 {
@@ -299,9 +306,9 @@ impl Traffic {
         } else {
             Kind::Query
         };
-        let id = self.next_id(due_us)?;
-        let sequence = self.sequence;
-        self.sequence += 1;
+        let id = self.numbering.next_id(due_us)?;
+        let sequence = self.numbering.sequence;
+        self.numbering.sequence += 1;
         // The oldest approvals first, skipping any too old to name.
         let mut original = None;
         while kind != Kind::Payment
@@ -351,7 +358,7 @@ impl Traffic {
         let message = match self.flows[flow_index] {
             Flow::ConsumerPresented => {
                 let wallet = &mix.wallets[self.rng.weighted(&self.wallet_weights)];
-                let payment_code = self.payment_code(&wallet.prefix, wallet.digits)?;
+                let payment_code = self.numbering.payment_code(&wallet.prefix, wallet.digits)?;
                 Message::PaymentCodeRequest(PaymentCodeRequest { details, payment_code })
             }
             flow => {
