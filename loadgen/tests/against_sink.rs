@@ -42,6 +42,25 @@ fn loadgen(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_loadgen")).args(args).output().expect("run loadgen")
 }
 
+/// Runs `loadgen` again (up to three times in all) when the only trouble was the generator
+/// missing its own schedule: on a shared box a debug build is sometimes descheduled for
+/// more than 10 ms, which marks a run invalid (exit 2) without saying anything about what
+/// the test checks.
+fn loadgen_punctual(args: &[&str]) -> Output {
+    let mut output = loadgen(args);
+    for _ in 0..2 {
+        let late_only = output.status.code() == Some(2)
+            && text(&output).contains("sends left more than 10 ms")
+            && !text(&output).contains("never answered")
+            && !text(&output).contains("answered one twice");
+        if !late_only {
+            break;
+        }
+        output = loadgen(args);
+    }
+    output
+}
+
 fn text(output: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
@@ -98,7 +117,7 @@ async fn thresholds_give_their_exit_codes() {
         (&["--threshold", "p99<1us", "--threshold", "achieved>=10000000"], 3),
     ];
     for (extra, code) in cases {
-        let output = tokio::task::block_in_place(|| loadgen(&[&base[..], extra].concat()));
+        let output = tokio::task::block_in_place(|| loadgen_punctual(&[&base[..], extra].concat()));
         assert_eq!(output.status.code(), Some(code), "{extra:?}: {}", text(&output));
         if code != 0 {
             assert!(text(&output).contains("FAIL "), "{}", text(&output));
@@ -201,7 +220,7 @@ async fn reports_are_written_and_the_page_draws_offline() {
     let dir = scratch("reports");
     let file = |name: &str| dir.join(name).to_string_lossy().to_string();
     let output = tokio::task::block_in_place(|| {
-        loadgen(&[
+        loadgen_punctual(&[
             "run",
             "--target",
             &address,
