@@ -77,7 +77,7 @@ code_table! {
         SystemBusy = 103, "switch: overloaded; the request was shed before processing, retry later";
         Duplicate = 104, "switch: same originator transaction id, or a payment code already used";
         FormatError = 105, "switch: the message is well framed but a field is invalid";
-        NotAuthorised = 106, "switch: the sender may not send this kind, act for this originator, or reach this counterparty";
+        NotAuthorised = 106, "switch: the sender may not send this kind, act for this originator or reach this counterparty, or the request's time is outside the replay window";
     }
 }
 
@@ -167,6 +167,7 @@ code_table! {
         InvalidField = 11, "a field's value is invalid (the offset names the field)";
         NotSignedOn = 12, "traffic before a successful sign-on";
         UnexpectedKind = 13, "this kind may not be sent in this direction or session state";
+        BadMac = 14, "the frame's MAC tag does not match (connection closed)";
     }
 }
 
@@ -174,7 +175,7 @@ impl RejectReason {
     /// Whether the connection must be closed after this reject (the stream cannot be
     /// resynchronised, or the peer cannot be trusted with it).
     pub const fn closes_connection(self) -> bool {
-        self.value() <= 6
+        self.value() <= 6 || self.value() == Self::BadMac.value()
     }
 }
 

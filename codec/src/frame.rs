@@ -26,11 +26,15 @@
 //!   out is a validated [`MessageRef`].
 //! - The encoder validates what it wrote with the same checks as the decoder, and leaves
 //!   the output buffer unchanged when a message is invalid.
+//! - On an authenticated session ([`FrameDecoder::set_mac`], [`FrameEncoder::set_mac`])
+//!   every frame is followed by a [`MAC_SIZE`]-byte tag ([`crate::mac`]); the decoder checks
+//!   it before anything in the frame is trusted, and a bad tag ends the session.
 
 use rkyv::util::AlignedVec;
 
 use crate::code::RejectReason;
 use crate::field::FieldProblem;
+use crate::mac::{FrameMac, MAC_SIZE};
 use crate::message::{
     BODY_SIZE_MAX, BodyError, Checks, FieldError, Message, MessageKind, MessageRef, PROTOCOL_VERSION, serialize_body,
 };
@@ -39,6 +43,8 @@ use crate::message::{
 pub const HEADER_SIZE: usize = 16;
 /// The largest frame of any kind, header included.
 pub const FRAME_SIZE_MAX: usize = HEADER_SIZE + BODY_SIZE_MAX;
+/// The most bytes one frame takes on the wire: the largest frame and its MAC tag.
+pub const WIRE_FRAME_MAX: usize = FRAME_SIZE_MAX + MAC_SIZE;
 /// Alignment of every frame start and body within a stream (bytes).
 pub const FRAME_ALIGNMENT: usize = 8;
 /// The magic bytes at offset 8.
@@ -87,6 +93,8 @@ pub enum DecodeError {
     InvalidBody { offset: u32, kind: MessageKind },
     #[error("{kind:?} field `{field}` at offset {offset} {problem}")]
     InvalidField { offset: u32, kind: MessageKind, field: &'static str, problem: FieldProblem },
+    #[error("bad frame MAC at offset {offset}: the frame was altered, replayed or signed with another key")]
+    BadMac { offset: u32 },
 }
 
 impl DecodeError {
@@ -103,7 +111,8 @@ impl DecodeError {
             | Self::BodyLengthMismatch { offset, .. }
             | Self::Misaligned { offset }
             | Self::InvalidBody { offset, .. }
-            | Self::InvalidField { offset, .. } => offset,
+            | Self::InvalidField { offset, .. }
+            | Self::BadMac { offset } => offset,
         }
     }
 
@@ -121,6 +130,7 @@ impl DecodeError {
             Self::Misaligned { .. } => RejectReason::Misaligned,
             Self::InvalidBody { .. } => RejectReason::InvalidBody,
             Self::InvalidField { .. } => RejectReason::InvalidField,
+            Self::BadMac { .. } => RejectReason::BadMac,
         }
     }
 
@@ -283,6 +293,7 @@ pub fn encode_frame(message: &Message, out: &mut AlignedVec<16>) -> Result<(), E
 #[derive(Debug)]
 pub struct FrameEncoder {
     buffer: AlignedVec<16>,
+    mac: Option<FrameMac>,
 }
 
 impl Default for FrameEncoder {
@@ -293,12 +304,23 @@ impl Default for FrameEncoder {
 
 impl FrameEncoder {
     pub fn with_capacity(bytes: usize) -> Self {
-        Self { buffer: AlignedVec::with_capacity(bytes) }
+        Self { buffer: AlignedVec::with_capacity(bytes), mac: None }
     }
 
-    /// Appends one frame.
+    /// From the next frame on, follow every frame with its MAC tag (`None`: no more tags).
+    pub fn set_mac(&mut self, mac: Option<FrameMac>) {
+        self.mac = mac;
+    }
+
+    /// Appends one frame (and its tag on an authenticated session).
     pub fn encode(&mut self, message: &Message) -> Result<(), EncodeError> {
-        encode_frame(message, &mut self.buffer)
+        let start = self.buffer.len();
+        encode_frame(message, &mut self.buffer)?;
+        if let Some(mac) = &mut self.mac {
+            let tag = mac.sign(&self.buffer.as_slice()[start + offset::CHECKSUMMED..]);
+            self.buffer.extend_from_slice(&tag);
+        }
+        Ok(())
     }
 
     /// The frames encoded since the last clear.
@@ -344,6 +366,8 @@ pub struct FrameDecoder {
     last_kind: u8,
     /// Where the last consumed frame lies in `buffer` (valid until the next `spare`).
     last_frame: std::ops::Range<usize>,
+    /// On an authenticated session: the peer's frame MAC.
+    mac: Option<FrameMac>,
 }
 
 impl Default for FrameDecoder {
@@ -358,20 +382,26 @@ impl FrameDecoder {
 
     /// A decoder with a `bytes`-sized receive buffer (at least two of the largest frames).
     pub fn with_capacity(bytes: usize) -> Self {
-        assert!(bytes >= 2 * FRAME_SIZE_MAX, "receive buffer smaller than two frames");
+        assert!(bytes >= 2 * WIRE_FRAME_MAX, "receive buffer smaller than two frames");
         let mut buffer = AlignedVec::with_capacity(bytes);
         buffer.resize(bytes, 0);
-        Self { buffer, start: 0, end: 0, stream_offset: 0, last_kind: 0, last_frame: 0..0 }
+        Self { buffer, start: 0, end: 0, stream_offset: 0, last_kind: 0, last_frame: 0..0, mac: None }
     }
 
-    /// Free space to read into. At least [`FRAME_SIZE_MAX`] bytes long (undecoded bytes are
+    /// From the next frame on, expect every frame to be followed by its MAC tag and check
+    /// it (`None`: no more tags).
+    pub fn set_mac(&mut self, mac: Option<FrameMac>) {
+        self.mac = mac;
+    }
+
+    /// Free space to read into. At least [`WIRE_FRAME_MAX`] bytes long (undecoded bytes are
     /// moved to the front when needed, keeping alignment).
     pub fn spare(&mut self) -> &mut [u8] {
         self.last_frame = 0..0;
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
-        } else if self.buffer.len() - self.end < FRAME_SIZE_MAX {
+        } else if self.buffer.len() - self.end < WIRE_FRAME_MAX {
             self.buffer.as_mut_slice().copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
@@ -404,16 +434,25 @@ impl FrameDecoder {
         let Some(frame_size) = check_header(available)? else {
             return Ok(None);
         };
-        if self.end - self.start < frame_size {
+        let wire_size = frame_size + if self.mac.is_some() { MAC_SIZE } else { 0 };
+        if self.end - self.start < wire_size {
             return Ok(None);
         }
         // From here the frame's boundary is known: consume it whatever its validity, so a
         // recoverable error skips exactly this frame.
         let frame_start = self.start;
-        self.start += frame_size;
-        self.stream_offset += frame_size as u64;
-        self.last_frame = frame_start..self.start;
-        check_frame(&self.buffer.as_slice()[frame_start..frame_start + frame_size]).map(Some)
+        self.start += wire_size;
+        self.stream_offset += wire_size as u64;
+        self.last_frame = frame_start..frame_start + frame_size;
+        let bytes = &self.buffer.as_slice()[frame_start..frame_start + wire_size];
+        if let Some(mac) = &mut self.mac {
+            // Nothing in the frame is trusted before its tag checks out.
+            let (frame, tag) = bytes.split_at(frame_size);
+            if !mac.verify(&frame[offset::CHECKSUMMED..], tag) {
+                return Err(DecodeError::BadMac { offset: frame_size as u32 });
+            }
+        }
+        check_frame(&bytes[..frame_size]).map(Some)
     }
 
     /// Stream offset of the next undecoded byte (the start of the next frame).
@@ -504,7 +543,7 @@ mod tests {
 
     #[test]
     fn decoder_compacts_without_growing_and_keeps_alignment() {
-        let mut decoder = FrameDecoder::with_capacity(2 * FRAME_SIZE_MAX);
+        let mut decoder = FrameDecoder::with_capacity(2 * WIRE_FRAME_MAX);
         let mut frames = FrameEncoder::default();
         for sequence in 0..50 {
             frames.encode(&Message::EchoRequest(crate::message::Echo { sequence, sent_time_ms: 0 })).expect("valid");

@@ -26,6 +26,7 @@ pub mod emv_qr;
 pub mod field;
 pub mod frame;
 pub mod iso8583;
+pub mod mac;
 pub mod message;
 pub mod payment_code;
 pub mod sample;
@@ -38,9 +39,10 @@ pub use field::{
     SwitchReference, TerminalId, TransactionId,
 };
 pub use frame::{
-    DecodeError, EncodeError, FRAME_SIZE_MAX, Frame, FrameDecoder, FrameEncoder, HEADER_SIZE, decode_frame,
-    encode_frame, salvage_request, seal_frame,
+    DecodeError, EncodeError, FRAME_SIZE_MAX, Frame, FrameDecoder, FrameEncoder, HEADER_SIZE, WIRE_FRAME_MAX,
+    decode_frame, encode_frame, salvage_request, seal_frame,
 };
+pub use mac::{MAC_SIZE, MacAlgorithm, SessionMacs};
 pub use message::{
     Echo, LinkedRequest, Message, MessageKind, MessageRef, PROTOCOL_VERSION, PaymentCodeRequest, QrPaymentRequest,
     Reject, Reply, SignOff, SignOnChallenge, SignOnRequest, SignOnResult, StatusQuery, StatusReply, TransactionDetails,

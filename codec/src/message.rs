@@ -163,7 +163,10 @@ pub struct SignOnResult {
     pub idle_timeout_ms: u32,
     /// [`ReplyCode`]: `Approved`, or `NotAuthorised` / `FormatError` when refused.
     pub code: u16,
-    pub reserved: [u8; 6],
+    /// [`crate::MacAlgorithm`]: from the next frame on, every frame either way carries a
+    /// MAC tag (`0`: none). The switch's configuration for the participant decides it.
+    pub frame_mac: u8,
+    pub reserved: [u8; 5],
 }
 
 /// Echo (heartbeat), either way. The reply carries the request's values back.
@@ -498,6 +501,9 @@ impl Validate for ArchivedSignOnRequest {
 impl Validate for ArchivedSignOnResult {
     fn validate(&self, _: MessageKind, _: Checks) -> Result<(), FieldError> {
         check_code::<ReplyCode>(self.code.to_native(), "code", offset_of!(Self, code))?;
+        crate::MacAlgorithm::try_from(self.frame_mac).map_err(|value| {
+            fail("frame_mac", offset_of!(Self, frame_mac), FieldProblem::UnknownCode { value: u32::from(value) })
+        })?;
         check_reserved(&self.reserved, "reserved", offset_of!(Self, reserved))
     }
 }

@@ -133,6 +133,25 @@ pub fn sign_on_accepted(
         && verify_server_proof(key, &transcript, result.session_id.to_native(), &result.server_proof)
 }
 
+/// The participant's frame MACs for a session the switch approved with `result` (see
+/// [`crate::mac`]): `None` when the switch asked for none. The caller signs what it sends
+/// with `to_switch` and checks what it reads with `to_participant`.
+pub fn participant_session_macs(
+    challenge: &SignOnChallenge,
+    request: &SignOnRequest,
+    key: &[u8],
+    result: &ArchivedSignOnResult,
+) -> Option<crate::mac::SessionMacs> {
+    let algorithm = crate::mac::MacAlgorithm::try_from(result.frame_mac).ok()?;
+    let transcript = SignOnTranscript {
+        switch_id: &challenge.switch_id,
+        participant: &request.participant,
+        server_nonce: &challenge.server_nonce,
+        client_nonce: &request.client_nonce,
+    };
+    crate::mac::SessionMacs::derive(algorithm, key, &transcript, result.session_id.to_native())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -360,15 +360,18 @@ fn message() -> impl Strategy<Value = Message> {
                 reserved: [0; 4]
             })
         ),
-        (any::<u64>(), nonce, any::<u32>(), any::<u32>(), proptest::sample::select(ReplyCode::ALL)).prop_map(
-            |(session_id, server_proof, echo_interval_ms, idle_timeout_ms, code)| Message::SignOnResult(SignOnResult {
-                session_id,
-                server_proof,
-                echo_interval_ms,
-                idle_timeout_ms,
-                code: code.value(),
-                reserved: [0; 6]
-            })
+        (any::<u64>(), nonce, any::<u32>(), any::<u32>(), proptest::sample::select(ReplyCode::ALL), 0u8..=2).prop_map(
+            |(session_id, server_proof, echo_interval_ms, idle_timeout_ms, code, frame_mac)| Message::SignOnResult(
+                SignOnResult {
+                    session_id,
+                    server_proof,
+                    echo_interval_ms,
+                    idle_timeout_ms,
+                    code: code.value(),
+                    frame_mac,
+                    reserved: [0; 5]
+                }
+            )
         ),
         (any::<u64>(), 0..=TIME_MS_MAX, any::<bool>()).prop_map(|(sequence, sent_time_ms, reply)| {
             let echo = Echo { sequence, sent_time_ms };

@@ -42,7 +42,15 @@ fn layouts() -> Vec<Layout> {
         ),
         layout!(
             SignOnResult
-                / ArchivedSignOnResult { session_id, server_proof, echo_interval_ms, idle_timeout_ms, code, reserved }
+                / ArchivedSignOnResult {
+                    session_id,
+                    server_proof,
+                    echo_interval_ms,
+                    idle_timeout_ms,
+                    code,
+                    frame_mac,
+                    reserved
+                }
         ),
         layout!(Echo / ArchivedEcho { sequence, sent_time_ms }),
         layout!(SignOff / ArchivedSignOff { code, reserved }),

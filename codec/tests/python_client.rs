@@ -44,3 +44,43 @@ fn frames_built_by_the_independent_client_decode() {
     assert_eq!(request.payment_code.digits(), "281234567890123456");
     assert_eq!(request.payment_code.to_string(), "281234********3456");
 }
+
+#[test]
+fn frame_macs_agree_with_the_independent_client() {
+    use codec::signon::SignOnTranscript;
+    use codec::{FrameDecoder, FrameEncoder, InstitutionId, MacAlgorithm, SessionMacs};
+    let key = b"0123456789abcdef0123456789abcdef";
+    for algorithm in [MacAlgorithm::HmacSha256, MacAlgorithm::HmacSm3] {
+        let (switch_id, participant) = (InstitutionId::new("CSWITCH").unwrap(), InstitutionId::new("ACQ0001").unwrap());
+        let transcript = SignOnTranscript {
+            switch_id: &switch_id,
+            participant: &participant,
+            server_nonce: &[1; 32],
+            client_nonce: &[2; 32],
+        };
+        let macs = || SessionMacs::derive(algorithm, key, &transcript, 77).expect("a MAC algorithm");
+        let stream = hex::decode(run_client(&["tags", algorithm.name(), &hex::encode(key), "77"]).trim()).unwrap();
+        // Our encoder, given the frame the client built, writes the same bytes and tags.
+        let mut plain = AlignedVec::<16>::new();
+        plain.extend_from_slice(&hex::decode(run_client(&["encode"]).trim()).unwrap());
+        let message = decode_frame(&plain).unwrap().unwrap().message.to_message();
+        let mut encoder = FrameEncoder::default();
+        encoder.set_mac(Some(macs().to_switch));
+        encoder.encode(&message).unwrap();
+        encoder.encode(&message).unwrap();
+        assert_eq!(hex::encode(encoder.bytes()), hex::encode(&stream), "{algorithm:?}");
+        // Our decoder accepts the client's stream, and refuses it with one bit changed.
+        let mut decoder = FrameDecoder::default();
+        decoder.set_mac(Some(macs().to_switch));
+        decoder.feed(&stream);
+        assert!(decoder.decode().unwrap().is_some() && decoder.decode().unwrap().is_some());
+        let mut altered = stream.clone();
+        let last = altered.len() - 1;
+        altered[last] ^= 1;
+        let mut decoder = FrameDecoder::default();
+        decoder.set_mac(Some(macs().to_switch));
+        decoder.feed(&altered);
+        assert!(decoder.decode().unwrap().is_some());
+        assert!(matches!(decoder.decode(), Err(codec::DecodeError::BadMac { .. })));
+    }
+}

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use anyhow::{Context, bail};
-use codec::signon::{sign_on_accepted, sign_on_request};
+use codec::signon::{participant_session_macs, sign_on_accepted, sign_on_request};
 use codec::{FrameDecoder, FrameEncoder, InstitutionId, Message, MessageRef};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -144,12 +144,13 @@ impl Client {
             })
             .await??;
         writer.send(&Message::SignOnRequest(request.clone())).await?;
-        let session_id = reader
+        let (session_id, macs) = reader
             .next(|message| match message {
                 MessageRef::SignOnResult(result) => {
                     let code = result.code.to_native();
                     if sign_on_accepted(&challenge, &request, key, result) {
-                        Ok(result.session_id.to_native())
+                        // With frame MACs, every later frame either way carries a tag.
+                        Ok((result.session_id.to_native(), participant_session_macs(&challenge, &request, key, result)))
                     } else if code == 0 {
                         Err(anyhow::anyhow!("the switch approved but could not prove the key: not our switch"))
                     } else {
@@ -159,6 +160,10 @@ impl Client {
                 other => Err(anyhow::anyhow!("expected a sign-on result, got {:?}", other.kind())),
             })
             .await??;
+        if let Some(macs) = macs {
+            reader.decoder.set_mac(Some(macs.to_participant));
+            writer.encoder.set_mac(Some(macs.to_switch));
+        }
         Ok(Self { participant, session_id, reader, writer })
     }
 }

@@ -120,7 +120,9 @@ async fn connection(
                         echo_interval_ms: 30_000,
                         idle_timeout_ms: 90_000,
                         code: if signed_on { 0 } else { ReplyCode::NotAuthorised.value() },
-                        reserved: [0; 6],
+                        // The sink measures the generator, not MACs.
+                        frame_mac: 0,
+                        reserved: [0; 5],
                     })
                 }
                 _ if !signed_on => continue,

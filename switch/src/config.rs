@@ -62,7 +62,8 @@ impl SwitchConfig {
             id: InstitutionId::new(id).expect("demo id is valid"),
             name: name.to_string(),
             roles: roles.to_vec(),
-            keys: vec![SharedKey { key_id: 1, secret: demo_key(id) }],
+            keys: vec![SharedKey::new(1, demo_key(id))],
+            frame_mac: codec::MacAlgorithm::HmacSha256,
         };
         Self {
             listen: Self::LISTEN_DEFAULT.parse().expect("valid address"),
@@ -102,6 +103,7 @@ pub enum ConfigError {
 const SIGN_ON_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 1_000..=300_000;
 const ECHO_INTERVAL_MS: std::ops::RangeInclusive<u32> = 1_000..=600_000;
 const DRAIN_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 0..=600_000;
+const REPLAY_WINDOW_MS: std::ops::RangeInclusive<u64> = 1_000..=3_600_000;
 /// The shortest shared key accepted, in bytes (HMAC-SHA256 wants at least 16; 32 is better).
 const KEY_SIZE_MIN: usize = 16;
 
@@ -236,6 +238,8 @@ struct FileSession {
     echo_interval_ms: u32,
     idle_timeout_ms: u32,
     drain_timeout_ms: u64,
+    /// 0: no replay window.
+    replay_window_ms: u64,
 }
 
 impl Default for FileSession {
@@ -246,6 +250,7 @@ impl Default for FileSession {
             echo_interval_ms: defaults.echo_interval_ms,
             idle_timeout_ms: defaults.idle_timeout_ms,
             drain_timeout_ms: defaults.drain_timeout_ms,
+            replay_window_ms: defaults.replay_window_ms.unwrap_or(0),
         }
     }
 }
@@ -264,6 +269,12 @@ struct FileParticipant {
     rate_per_second: Option<u32>,
     #[serde(rename = "key")]
     keys: Vec<FileKey>,
+    /// "hmac-sha256" (the default), "hmac-sm3" or "none".
+    #[serde(default)]
+    frame_mac: Option<String>,
+    /// Admitted counterparties; absent: every participant.
+    #[serde(default)]
+    counterparties: Option<Vec<InstitutionId>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -290,6 +301,9 @@ struct FileKey {
     secret_hex: Option<String>,
     #[serde(default)]
     secret_file: Option<PathBuf>,
+    /// RFC 3339 instant from which the key is refused (the end of a rotation's overlap).
+    #[serde(default)]
+    not_after: Option<String>,
 }
 
 impl SwitchConfig {
@@ -324,6 +338,12 @@ impl SwitchConfig {
         if !DRAIN_TIMEOUT_MS.contains(&session.drain_timeout_ms) {
             return Err(invalid("session.drain_timeout_ms".into(), format!("must be {DRAIN_TIMEOUT_MS:?}")));
         }
+        if session.replay_window_ms != 0 && !REPLAY_WINDOW_MS.contains(&session.replay_window_ms) {
+            return Err(invalid(
+                "session.replay_window_ms".into(),
+                format!("must be 0 (no window) or {REPLAY_WINDOW_MS:?}"),
+            ));
+        }
         if file.participants.is_empty() {
             return Err(invalid("participant".into(), "at least one [[participant]] is needed".into()));
         }
@@ -331,6 +351,7 @@ impl SwitchConfig {
         let mut seen = HashSet::new();
         let mut participants = Vec::with_capacity(file.participants.len());
         let mut policies = std::collections::HashMap::new();
+        let mut counterparties = std::collections::HashMap::new();
         for (index, participant) in file.participants.into_iter().enumerate() {
             let key = |field: &str| format!("participant[{index}] ({}).{field}", participant.id);
             if !seen.insert(participant.id) {
@@ -392,8 +413,24 @@ impl SwitchConfig {
                         format!("is {} bytes; at least {KEY_SIZE_MIN} are needed", secret.len()),
                     ));
                 }
-                keys.push(SharedKey { key_id: file_key.id, secret });
+                let not_after_unix_ms = match &file_key.not_after {
+                    None => None,
+                    Some(text) => Some(
+                        text.parse::<jiff::Timestamp>()
+                            .map_err(|error| {
+                                invalid(name("not_after"), format!("{text:?}: expected an RFC 3339 instant ({error})"))
+                            })?
+                            .as_millisecond(),
+                    ),
+                };
+                keys.push(SharedKey { key_id: file_key.id, secret, not_after_unix_ms });
             }
+            let frame_mac = match participant.frame_mac.as_deref() {
+                None => codec::MacAlgorithm::HmacSha256,
+                Some(name) => codec::MacAlgorithm::from_name(name).ok_or_else(|| {
+                    invalid(key("frame_mac"), format!("{name:?}: expected hmac-sha256, hmac-sm3 or none"))
+                })?,
+            };
             participants.push(Participant {
                 id: participant.id,
                 name: participant.name,
@@ -407,7 +444,11 @@ impl SwitchConfig {
                     })
                     .collect(),
                 keys,
+                frame_mac,
             });
+            if let Some(list) = participant.counterparties {
+                counterparties.insert(participant.id, list);
+            }
         }
         if file.switch.shards.is_some_and(|shards| !(1..=crate::core::shard::SHARDS_MAX).contains(&shards)) {
             return Err(invalid("switch.shards".into(), format!("must be 1..={}", crate::core::shard::SHARDS_MAX)));
@@ -446,6 +487,16 @@ impl SwitchConfig {
                 "exchange".into(),
                 "in_flight_max, in_flight_per_participant_max and completed_max must be at least 1".into(),
             ));
+        }
+        for (id, list) in &counterparties {
+            for other in list {
+                if !participants.iter().any(|p| p.id == *other) {
+                    return Err(invalid(
+                        format!("participant ({id}).counterparties"),
+                        format!("{other} is not a configured participant"),
+                    ));
+                }
+            }
         }
         // Routes lead only to configured participants with the role that receives them.
         let has_role =
@@ -514,6 +565,7 @@ impl SwitchConfig {
                 in_flight_per_participant_max: exchange.in_flight_per_participant_max,
                 completed_max: exchange.completed_max,
                 policies,
+                counterparties,
                 breaker_failures: exchange.breaker_failures,
                 breaker_open_ms: exchange.breaker_open_ms,
             },
@@ -531,6 +583,7 @@ impl SwitchConfig {
                 echo_interval_ms: session.echo_interval_ms,
                 idle_timeout_ms: session.idle_timeout_ms,
                 drain_timeout_ms: session.drain_timeout_ms,
+                replay_window_ms: (session.replay_window_ms != 0).then_some(session.replay_window_ms),
             },
             participants,
         })

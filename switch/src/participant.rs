@@ -13,11 +13,30 @@ use codec::InstitutionId;
 pub struct SharedKey {
     pub key_id: u16,
     pub secret: Vec<u8>,
+    /// The key is refused for sign-on from this instant (Unix ms): the end of a rotation's
+    /// overlap. `None`: no end.
+    pub not_after_unix_ms: Option<i64>,
+}
+
+impl SharedKey {
+    pub fn new(key_id: u16, secret: Vec<u8>) -> Self {
+        Self { key_id, secret, not_after_unix_ms: None }
+    }
+
+    pub fn is_valid_at(&self, unix_ms: i64) -> bool {
+        self.not_after_unix_ms.is_none_or(|end| unix_ms < end)
+    }
 }
 
 impl fmt::Debug for SharedKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SharedKey {{ key_id: {}, secret: <{} bytes> }}", self.key_id, self.secret.len())
+        write!(
+            f,
+            "SharedKey {{ key_id: {}, secret: <{} bytes>, not_after_unix_ms: {:?} }}",
+            self.key_id,
+            self.secret.len(),
+            self.not_after_unix_ms
+        )
     }
 }
 
@@ -39,11 +58,28 @@ pub struct Participant {
     pub roles: Vec<Role>,
     /// Keys accepted for sign-on; more than one during a rotation's overlap.
     pub keys: Vec<SharedKey>,
+    /// The MAC every frame of the participant's sessions carries after sign-on.
+    pub frame_mac: codec::MacAlgorithm,
 }
 
 impl Participant {
     pub fn key(&self, key_id: u16) -> Option<&SharedKey> {
         self.keys.iter().find(|key| key.key_id == key_id)
+    }
+
+    /// Whether its roles allow it to originate `kind`: payment-code requests from
+    /// acquirers and networks (the merchant side presents the consumer's code), QR payments
+    /// from issuers and networks (the payer's wallet scans the merchant's code). Cancels,
+    /// refunds and status queries name the participant's own transactions, so any role may
+    /// send them; answers are checked against the request by the exchange.
+    pub fn may_originate(&self, kind: codec::MessageKind) -> bool {
+        use codec::MessageKind;
+        let has = |role| self.roles.contains(&role);
+        match kind {
+            MessageKind::PaymentCodeRequest => has(Role::Acquirer) || has(Role::Network),
+            MessageKind::QrPaymentRequest => has(Role::Issuer) || has(Role::Network),
+            _ => true,
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! The admin port on loopback: liveness, readiness through a drain, and metrics that count
 //! what participants did.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,7 +56,7 @@ async fn liveness_readiness_and_metrics() {
     let id = InstitutionId::new("ACQ0001").expect("valid");
     let mut client = Client::connect(address, id, 1, &demo_key("ACQ0001")).await.expect("sign on");
     assert!(Client::connect(address, id, 1, b"wrong key").await.is_err());
-    client.writer.send(&Message::PaymentCodeRequest(codec::sample::payment_code_request())).await.expect("send");
+    client.writer.send(&Message::PaymentCodeRequest(common::payment_code_request())).await.expect("send");
     client.reader.next(|m| assert!(matches!(m, MessageRef::PaymentReply(_)))).await.expect("reply");
     let mut garbage = tokio::net::TcpStream::connect(address).await.expect("connect");
     garbage.write_all(&[0u8; 16]).await.expect("write");

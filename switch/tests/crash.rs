@@ -3,6 +3,8 @@
 //! approval; what was in flight is timed out and reversed at its issuer; ids and codes used
 //! before the crash are still duplicates after it.
 
+mod common;
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -71,7 +73,7 @@ async fn connect(port: u16, participant: &str) -> Client {
 fn payment(cycle: u32, n: u64) -> Message {
     // Even: WeChat Pay (answers at once); odd: Alipay (never answers: in flight at the kill).
     let prefix = if n.is_multiple_of(2) { "13" } else { "28" };
-    let mut request = codec::sample::payment_code_request();
+    let mut request = common::payment_code_request();
     request.details.originator_transaction_id = format!("C{cycle}-{n}").parse().expect("valid");
     request.payment_code = format!("{prefix}{cycle:04}{n:012}").parse().expect("valid");
     Message::PaymentCodeRequest(request)

@@ -1,6 +1,8 @@
 //! The switch routing real participants on loopback: acquirers and issuers are the load
 //! generator's clients, as independent of the switch's code as a bank's would be.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,7 +50,7 @@ async fn start_on(io: Io, exchange: ExchangeConfig) -> (SocketAddr, Arc<Shared>)
 /// Consumer-presented request `n` of a test, to the issuer `prefix` names (13 WeChat Pay,
 /// 28 Alipay): ids and codes unique per `n`.
 fn payment(prefix: &str, n: u64) -> Message {
-    let mut request = codec::sample::payment_code_request();
+    let mut request = common::payment_code_request();
     request.details.originator_transaction_id = format!("P{prefix}-{n}").parse().expect("valid");
     request.payment_code = format!("{prefix}{n:016}").parse().expect("valid");
     Message::PaymentCodeRequest(request)
@@ -103,7 +105,7 @@ async fn both_payment_modes_are_routed_and_answered() {
     let mut acquirer = connect(address, "ACQ0001").await;
 
     // Consumer-presented, by payment-code prefix to WeChat Pay: approved, then declined.
-    let mut request = codec::sample::payment_code_request();
+    let mut request = common::payment_code_request();
     acquirer.writer.send(&Message::PaymentCodeRequest(request.clone())).await.expect("send");
     let reply = next_reply(&mut acquirer).await;
     assert_eq!((code(&reply), reply.responder.to_string()), (ReplyCode::Approved, "WECHATPAY".to_string()));
@@ -118,15 +120,20 @@ async fn both_payment_modes_are_routed_and_answered() {
     acquirer.writer.send(&Message::PaymentCodeRequest(request)).await.expect("send");
     assert_eq!(code(&next_reply(&mut acquirer).await), ReplyCode::Duplicate);
 
-    // Merchant-presented, by the QR's GUID to UnionPay.
-    let mut qr = codec::sample::qr_payment_request();
+    // Merchant-presented, from a wallet by the QR's GUID to UnionPay.
+    let mut wallet = connect(address, "WAL0001").await;
+    let mut qr = common::qr_payment_request();
+    qr.details.originator = id("WAL0001");
+    wallet.writer.send(&Message::QrPaymentRequest(qr.clone().into())).await.expect("send");
+    let reply = next_reply(&mut wallet).await;
+    assert_eq!((code(&reply), reply.responder.to_string()), (ReplyCode::Approved, "UNIONPAY".to_string()));
+    // A plain acquirer may not originate a merchant-presented payment (its role).
     qr.details.originator = id("ACQ0001");
     acquirer.writer.send(&Message::QrPaymentRequest(qr.into())).await.expect("send");
-    let reply = next_reply(&mut acquirer).await;
-    assert_eq!((code(&reply), reply.responder.to_string()), (ReplyCode::Approved, "UNIONPAY".to_string()));
+    assert_eq!(code(&next_reply(&mut acquirer).await), ReplyCode::NotAuthorised);
 
     // No route for an unknown prefix.
-    let mut unknown = codec::sample::payment_code_request();
+    let mut unknown = common::payment_code_request();
     unknown.details.originator_transaction_id = "T-4".parse().expect("valid");
     unknown.payment_code = "994567890123450004".parse().expect("valid");
     acquirer.writer.send(&Message::PaymentCodeRequest(unknown)).await.expect("send");
@@ -142,7 +149,7 @@ async fn a_timeout_is_answered_and_reversed_after_the_issuer_reconnects() {
     let silent = connect(address, "WECHATPAY").await;
     let silent_task = tokio::spawn(run_issuer(silent, behaviour("silent=100%")));
     let mut acquirer = connect(address, "ACQ0001").await;
-    acquirer.writer.send(&Message::PaymentCodeRequest(codec::sample::payment_code_request())).await.expect("send");
+    acquirer.writer.send(&Message::PaymentCodeRequest(common::payment_code_request())).await.expect("send");
     let started = std::time::Instant::now();
     let reply = next_reply(&mut acquirer).await;
     assert_eq!(code(&reply), ReplyCode::Timeout);
@@ -175,7 +182,7 @@ async fn duplicates_meet_their_original_across_connections_and_shards() {
 
     // Many transactions from both sessions: each is answered once, on its own session.
     for n in 0..200u64 {
-        let mut request = codec::sample::payment_code_request();
+        let mut request = common::payment_code_request();
         request.details.originator_transaction_id = format!("MX-{n}").parse().expect("valid");
         request.payment_code = format!("13{n:016}").parse().expect("valid");
         let client = if n % 2 == 0 { &mut first } else { &mut second };
@@ -193,14 +200,14 @@ async fn duplicates_meet_their_original_across_connections_and_shards() {
     }
 
     // The same transaction id on the other session, with a fresh code: still a duplicate.
-    let mut again = codec::sample::payment_code_request();
+    let mut again = common::payment_code_request();
     again.details.originator_transaction_id = "MX-0".parse().expect("valid");
     again.payment_code = "139999999999999999".parse().expect("valid");
     second.writer.send(&Message::PaymentCodeRequest(again)).await.expect("send");
     assert_eq!(code(&next_reply(&mut second).await), ReplyCode::Duplicate);
     // A used code under new ids, from either session: duplicates whichever shard owns them.
     for (n, client) in [&mut first, &mut second].into_iter().enumerate() {
-        let mut reuse = codec::sample::payment_code_request();
+        let mut reuse = common::payment_code_request();
         reuse.details.originator_transaction_id = format!("REUSE-{n}").parse().expect("valid");
         reuse.payment_code = format!("13{:016}", 7).parse().expect("valid");
         client.writer.send(&Message::PaymentCodeRequest(reuse)).await.expect("send");
@@ -217,7 +224,7 @@ async fn spoofing_a_missing_destination_and_queries_over_tcp() {
     let mut acquirer = connect(address, "ACQ0001").await;
 
     // A request naming another originator is refused, whatever the session's rights.
-    let mut spoofed = codec::sample::payment_code_request();
+    let mut spoofed = common::payment_code_request();
     spoofed.details.originator = id("ACQ0002");
     acquirer.writer.send(&Message::PaymentCodeRequest(spoofed)).await.expect("send");
     assert_eq!(code(&next_reply(&mut acquirer).await), ReplyCode::NotAuthorised);
@@ -370,7 +377,7 @@ async fn refunds_and_cancels_find_their_original_from_any_session() {
             switch_reference: 0,
             original_switch_reference: 0,
             amount_minor: 1_000,
-            transaction_time_ms: 0,
+            transaction_time_ms: common::now_ms(),
             currency: 156,
             reason: 0,
             reserved: [0; 4],

@@ -1,6 +1,8 @@
 //! Starts the real switch edge on a loopback port and talks to it as participants do,
 //! through the load generator's client (which knows nothing of the switch's code).
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,7 +61,7 @@ async fn sign_on_echo_and_an_explicit_answer_for_every_request() {
 
     // A request as ourselves is routed to WeChat Pay, which is not signed on here: an
     // explicit answer. A request claiming another originator is refused.
-    let mut request = codec::sample::payment_code_request();
+    let mut request = common::payment_code_request();
     client.writer.queue(&Message::PaymentCodeRequest(request.clone())).expect("queue");
     request.details.originator = id("ACQ0002");
     client.writer.queue(&Message::PaymentCodeRequest(request)).expect("queue");
@@ -168,7 +170,7 @@ async fn shutdown_signs_off_sessions_and_waits_for_their_answer() {
         .expect("sign-off");
     assert_eq!(reason, codec::SignOffReason::Shutdown.value());
     // New work while draining is refused explicitly.
-    client.writer.send(&Message::PaymentCodeRequest(codec::sample::payment_code_request())).await.expect("send");
+    client.writer.send(&Message::PaymentCodeRequest(common::payment_code_request())).await.expect("send");
     let code = client
         .reader
         .next(|m| match m {

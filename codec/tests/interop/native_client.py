@@ -8,7 +8,12 @@ struct layouts. `codec/tests/python_client.rs` runs it:
                                         against the kind table; print the sample payment
                                         request's fields as JSON
   native_client.py encode               print, as hex, a PaymentCodeRequest frame built here
+  native_client.py tags ALG KEY SESSION print, as hex, two such frames each followed by its
+                                        frame MAC tag (section 7, rule 8; hashlib's SHA-256
+                                        or OpenSSL's SM3)
 """
+import hashlib
+import hmac
 import json
 import re
 import struct
@@ -92,10 +97,27 @@ def verify(path):
     print(json.dumps({"vectors_checked": checked, "payment_code_request": sample}, ensure_ascii=False))
 
 
+def frame_tags(algorithm, key, switch_id, participant, server_nonce, client_nonce, session_id, frames):
+    """PROTOCOL.md section 7 rule 8: the tags of `frames` (whole frames without tags), sent
+    by the participant in this order after the SignOnResult."""
+    digest = {"hmac-sha256": "sha256", "hmac-sm3": "sm3"}[algorithm]
+    mac = lambda k, data: hmac.new(k, data, lambda: hashlib.new(digest)).digest()
+    bound = text(switch_id, 16) + text(participant, 16) + server_nonce + client_nonce + struct.pack("<Q", session_id)
+    direction_key = mac(key, b"CSW1 mac p->s" + bound)
+    return [mac(direction_key, struct.pack("<Q", n) + f[8:])[:16] for n, f in enumerate(frames, start=1)]
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["verify"]:
         verify(sys.argv[2])
     elif sys.argv[1:2] == ["encode"]:
         print(payment_code_request().hex())
+    elif sys.argv[1:2] == ["tags"]:
+        # tags ALGORITHM KEY_HEX SESSION_ID: two payment frames as the participant ACQ0001
+        # sends them to switch CSWITCH with nonces of 0x01 and 0x02 bytes, each with its tag.
+        algorithm, key, session_id = sys.argv[2], bytes.fromhex(sys.argv[3]), int(sys.argv[4])
+        frames = [payment_code_request(), payment_code_request()]
+        tags = frame_tags(algorithm, key, "CSWITCH", "ACQ0001", b"\x01" * 32, b"\x02" * 32, session_id, frames)
+        print(b"".join(f + t for f, t in zip(frames, tags)).hex())
     else:
         sys.exit(__doc__)

@@ -173,6 +173,9 @@ pub struct ExchangeConfig {
     pub completed_max: usize,
     /// Per-participant policy; participants not listed are active with the defaults.
     pub policies: HashMap<InstitutionId, ParticipantPolicy>,
+    /// Admitted counterparties of the participants that have a list; a request between two
+    /// participants goes on only if each one's list (where it has one) names the other.
+    pub counterparties: HashMap<InstitutionId, Vec<InstitutionId>>,
     /// Consecutive timeouts at a receiver that open its circuit breaker (0: never).
     pub breaker_failures: u32,
     /// How long an open breaker refuses before letting one probe through.
@@ -222,6 +225,7 @@ impl Default for ExchangeConfig {
             in_flight_per_participant_max: 20_000,
             completed_max: 1_000_000,
             policies: HashMap::new(),
+            counterparties: HashMap::new(),
             breaker_failures: 5,
             breaker_open_ms: 10_000,
         }
@@ -830,7 +834,7 @@ impl Exchange {
         let (originator_policy, receiver_policy) = (self.policy(originator), self.policy(receiver));
         // Order matters: a token is spent only on a request the limits admit, and the
         // breaker is asked last, because letting a probe through changes its state.
-        let code = if originator_policy.suspended {
+        let code = if originator_policy.suspended || !self.admitted(originator, receiver) {
             Some(ReplyCode::NotAuthorised)
         } else if receiver_policy.suspended || self.sessions.get(&receiver).is_none_or(|s| s.is_empty()) {
             Some(ReplyCode::DestinationUnavailable)
@@ -960,6 +964,14 @@ impl Exchange {
         } else {
             false
         }
+    }
+
+    /// Whether both sides admit each other as counterparties.
+    fn admitted(&self, originator: InstitutionId, receiver: InstitutionId) -> bool {
+        let admits = |who: InstitutionId, other: InstitutionId| {
+            self.config.counterparties.get(&who).is_none_or(|list| list.contains(&other))
+        };
+        admits(originator, receiver) && admits(receiver, originator)
     }
 
     fn policy(&self, participant: InstitutionId) -> ParticipantPolicy {

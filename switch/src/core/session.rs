@@ -16,7 +16,7 @@ use codec::message::{ArchivedLinkedRequest, ArchivedTransactionDetails, PROOF_SI
 use codec::signon::{SignOnTranscript, server_proof, verify_client_proof};
 use codec::{
     AuthorizationCode, DecodeError, Echo, InstitutionId, Message, MessageKind, MessageRef, PROTOCOL_VERSION, Reply,
-    SignOff, SignOnChallenge, SignOnResult,
+    SessionMacs, SignOff, SignOnChallenge, SignOnResult,
 };
 
 use crate::participant::Directory;
@@ -36,6 +36,11 @@ pub struct SessionConfig {
     pub idle_timeout_ms: u32,
     /// On shutdown, how long a session may take to answer the switch's sign-off.
     pub drain_timeout_ms: u64,
+    /// A transaction request whose `transaction_time_ms` is further than this from the
+    /// switch's clock, either way, is refused `NotAuthorised`: with the uniqueness of
+    /// (originator, transaction id), which the exchange remembers for longer than this
+    /// window, a captured request cannot be replayed. `None`: no window.
+    pub replay_window_ms: Option<u64>,
 }
 
 impl Default for SessionConfig {
@@ -46,6 +51,7 @@ impl Default for SessionConfig {
             echo_interval_ms: 30_000,
             idle_timeout_ms: 90_000,
             drain_timeout_ms: 5_000,
+            replay_window_ms: Some(300_000),
         }
     }
 }
@@ -98,6 +104,8 @@ pub struct Session {
     session_id: u64,
     server_nonce: [u8; PROOF_SIZE],
     last_received_ms: u64,
+    /// The frame MACs of an approved sign-on, until the edge takes them.
+    macs: Option<SessionMacs>,
 }
 
 impl Session {
@@ -111,6 +119,7 @@ impl Session {
             session_id,
             server_nonce,
             last_received_ms: now.monotonic_ms,
+            macs: None,
         }
     }
 
@@ -121,6 +130,13 @@ impl Session {
             protocol_version: PROTOCOL_VERSION,
             reserved: [0; 6],
         })
+    }
+
+    /// After the sign-on this session approved, with frame MACs configured: the MACs. The
+    /// edge checks every later frame from the participant with `to_switch` and signs every
+    /// frame after the `SignOnResult` with `to_participant`.
+    pub fn take_macs(&mut self) -> Option<SessionMacs> {
+        self.macs.take()
     }
 
     /// The participant, once signed on.
@@ -241,15 +257,23 @@ impl Session {
         self.last_received_ms = now.monotonic_ms;
         match self.state {
             State::Closed => Control::Close(CloseReason::SignedOff),
-            State::AwaitingSignOn { .. } => self.handle_sign_on(message, directory, out),
-            State::SignedOn { participant } => self.handle_signed_on(now, participant, false, message, out, exchange),
+            State::AwaitingSignOn { .. } => self.handle_sign_on(now, message, directory, out),
+            State::SignedOn { participant } => {
+                self.handle_signed_on(now, participant, false, message, directory, out, exchange)
+            }
             State::Draining { participant, .. } => {
-                self.handle_signed_on(now, participant, true, message, out, exchange)
+                self.handle_signed_on(now, participant, true, message, directory, out, exchange)
             }
         }
     }
 
-    fn handle_sign_on(&mut self, message: MessageRef<'_>, directory: &Directory, out: &mut Vec<Message>) -> Control {
+    fn handle_sign_on(
+        &mut self,
+        now: Now,
+        message: MessageRef<'_>,
+        directory: &Directory,
+        out: &mut Vec<Message>,
+    ) -> Control {
         let MessageRef::SignOnRequest(request) = message else {
             out.push(reject(RejectReason::NotSignedOn, message.kind(), "sign on first"));
             self.state = State::Closed;
@@ -266,11 +290,12 @@ impl Session {
         let code = if version != PROTOCOL_VERSION {
             ReplyCode::FormatError
         } else {
-            // Unknown participant, unknown key id and wrong proof get the same answer, so a
-            // prober learns nothing about which ids exist.
+            // Unknown participant, unknown or expired key id and wrong proof get the same
+            // answer, so a prober learns nothing about which ids exist.
             let proven = directory
                 .get(&participant)
                 .and_then(|p| p.key(request.key_id.to_native()))
+                .filter(|key| key.is_valid_at(now.unix_ms))
                 .is_some_and(|key| verify_client_proof(&key.secret, &transcript, version, &request.proof));
             if proven { ReplyCode::Approved } else { ReplyCode::NotAuthorised }
         };
@@ -279,17 +304,17 @@ impl Session {
             self.state = State::Closed;
             return Control::Close(CloseReason::SignOnRefused);
         }
-        let key = directory
-            .get(&participant)
-            .and_then(|p| p.key(request.key_id.to_native()))
-            .expect("the key was found when the proof was verified");
+        let found = directory.get(&participant).and_then(|p| p.key(request.key_id.to_native()).map(|key| (p, key)));
+        let (entry, key) = found.expect("the key was found when the proof was verified");
+        self.macs = SessionMacs::derive(entry.frame_mac, &key.secret, &transcript, self.session_id);
         out.push(Message::SignOnResult(SignOnResult {
             session_id: self.session_id,
             server_proof: server_proof(&key.secret, &transcript, self.session_id),
             echo_interval_ms: self.config.echo_interval_ms,
             idle_timeout_ms: self.config.idle_timeout_ms,
             code: ReplyCode::Approved.value(),
-            reserved: [0; 6],
+            frame_mac: entry.frame_mac.value(),
+            reserved: [0; 5],
         }));
         self.state = State::SignedOn { participant };
         Control::Continue
@@ -297,21 +322,28 @@ impl Session {
 
     /// A message on a signed-on session; `draining` while the switch shuts down, when new
     /// transactions are refused with `SystemBusy` and a sign-off reply ends the session.
-    /// Transactions that pass the identity check, and answers to what the switch sent,
-    /// go to the exchange.
+    /// Transactions that pass the identity, role and replay-window checks, and answers to
+    /// what the switch sent, go to the exchange.
+    #[allow(clippy::too_many_arguments)]
     fn handle_signed_on(
         &mut self,
         now: Now,
         participant: InstitutionId,
         draining: bool,
         message: MessageRef<'_>,
+        directory: &Directory,
         out: &mut Vec<Message>,
         exchange: &mut Vec<Message>,
     ) -> Control {
         let switch_id = self.config.switch_id;
-        // Identity first: a request claiming another originator goes no further.
-        let refusal = |originator: InstitutionId| {
-            if originator != participant {
+        let window = self.config.replay_window_ms;
+        let kind = message.kind();
+        // Identity first: a request claiming another originator goes no further; then the
+        // participant's roles, then the message's age.
+        let refusal = |originator: InstitutionId, time_ms: i64| {
+            let stale = window.is_some_and(|window| now.unix_ms.abs_diff(time_ms) > window);
+            let allowed = directory.get(&participant).is_some_and(|p| p.may_originate(kind));
+            if originator != participant || !allowed || stale {
                 Some(ReplyCode::NotAuthorised)
             } else if draining {
                 Some(ReplyCode::SystemBusy)
@@ -338,22 +370,34 @@ impl Session {
                 self.state = State::Closed;
                 return Control::Close(CloseReason::SignedOff);
             }
-            MessageRef::PaymentCodeRequest(request) => match refusal(request.details.originator) {
-                Some(code) => out.push(Message::PaymentReply(answer((&request.details).into(), code, switch_id, now))),
-                None => exchange.push(message.to_message()),
-            },
-            MessageRef::QrPaymentRequest(request) => match refusal(request.details.originator) {
-                Some(code) => out.push(Message::PaymentReply(answer((&request.details).into(), code, switch_id, now))),
-                None => exchange.push(message.to_message()),
-            },
-            MessageRef::ReversalRequest(request) => match refusal(request.originator) {
-                Some(code) => out.push(Message::ReversalReply(answer(request.into(), code, switch_id, now))),
-                None => exchange.push(message.to_message()),
-            },
-            MessageRef::RefundRequest(request) => match refusal(request.originator) {
-                Some(code) => out.push(Message::RefundReply(answer(request.into(), code, switch_id, now))),
-                None => exchange.push(message.to_message()),
-            },
+            MessageRef::PaymentCodeRequest(request) => {
+                match refusal(request.details.originator, request.details.transaction_time_ms.to_native()) {
+                    Some(code) => {
+                        out.push(Message::PaymentReply(answer((&request.details).into(), code, switch_id, now)))
+                    }
+                    None => exchange.push(message.to_message()),
+                }
+            }
+            MessageRef::QrPaymentRequest(request) => {
+                match refusal(request.details.originator, request.details.transaction_time_ms.to_native()) {
+                    Some(code) => {
+                        out.push(Message::PaymentReply(answer((&request.details).into(), code, switch_id, now)))
+                    }
+                    None => exchange.push(message.to_message()),
+                }
+            }
+            MessageRef::ReversalRequest(request) => {
+                match refusal(request.originator, request.transaction_time_ms.to_native()) {
+                    Some(code) => out.push(Message::ReversalReply(answer(request.into(), code, switch_id, now))),
+                    None => exchange.push(message.to_message()),
+                }
+            }
+            MessageRef::RefundRequest(request) => {
+                match refusal(request.originator, request.transaction_time_ms.to_native()) {
+                    Some(code) => out.push(Message::RefundReply(answer(request.into(), code, switch_id, now))),
+                    None => exchange.push(message.to_message()),
+                }
+            }
             MessageRef::StatusQuery(_) => {
                 // Answered as the session's participant: a query never sees another's
                 // transactions.

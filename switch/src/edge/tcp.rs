@@ -559,6 +559,9 @@ impl Connection {
         let mut session = Session::new(shared.session.clone(), shared.now(), session_id, nonce);
         let mut decoder = FrameDecoder::default();
         let mut encoder = FrameEncoder::default();
+        // The switch's frame MAC between the sign-on approval and the approving result's
+        // encoding: every frame after the result carries a tag.
+        let mut send_mac = None;
         let mut outgoing: Vec<Message> = Vec::with_capacity(64);
         let mut to_exchange: Vec<Message> = Vec::with_capacity(64);
         let mut outbound: Option<mpsc::Receiver<Message>> = None;
@@ -629,11 +632,23 @@ impl Connection {
                                     &mut outgoing,
                                     &mut to_exchange,
                                 );
+                                // Signed on with frame MACs: the participant's next frame
+                                // carries a tag.
+                                if let Some(macs) = session.take_macs() {
+                                    decoder.set_mac(Some(macs.to_switch));
+                                    send_mac = Some(macs.to_participant);
+                                }
                             }
                             Ok(None) => break,
                             Err(error) => {
                                 frames += 1;
-                                tracing::info!(%peer, %error, "frame refused");
+                                if matches!(error, codec::DecodeError::BadMac { .. }) {
+                                    // Counted (frames_rejected{reason="BadMac"}) and logged
+                                    // without any of the frame's content.
+                                    tracing::warn!(%peer, participant = ?session.participant(), "bad frame MAC");
+                                } else {
+                                    tracing::info!(%peer, %error, "frame refused");
+                                }
                                 control = session.handle_decode_error(
                                     now,
                                     &error,
@@ -679,6 +694,9 @@ impl Connection {
                 guard.signed_on |= matches!(&message, Message::SignOnResult(result) if result.code == 0);
                 // Messages the session and exchange build are valid by construction.
                 encoder.encode(&message).expect("the switch built an invalid message");
+                if matches!(&message, Message::SignOnResult(result) if result.code == 0) {
+                    encoder.set_mac(send_mac.take());
+                }
             }
             if frames > 0 {
                 shared.metrics.frames_received(frames);

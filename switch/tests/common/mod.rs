@@ -1,0 +1,21 @@
+//! Helpers shared by the switch's integration tests.
+#![allow(dead_code)] // each test crate uses its own share
+
+/// Now, as Unix milliseconds: requests carry it so the switch's replay window admits them.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis() as i64
+}
+
+/// The sample payment-code request, stamped with the current time.
+pub fn payment_code_request() -> codec::PaymentCodeRequest {
+    let mut request = codec::sample::payment_code_request();
+    request.details.transaction_time_ms = now_ms();
+    request
+}
+
+/// The sample QR payment request, stamped with the current time.
+pub fn qr_payment_request() -> codec::QrPaymentRequest {
+    let mut request = codec::sample::qr_payment_request();
+    request.details.transaction_time_ms = now_ms();
+    request
+}
