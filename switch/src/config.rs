@@ -41,6 +41,8 @@ pub struct SwitchConfig {
     pub exchange: ExchangeConfig,
     pub routes: Routes,
     pub participants: Vec<Participant>,
+    /// Admin API tokens; none: `switch run` makes an operator token in the data directory.
+    pub admin_tokens: Vec<crate::access::AdminToken>,
 }
 
 /// The demo key of a participant in the embedded default: `demo-key-{ID}`.
@@ -84,6 +86,7 @@ impl SwitchConfig {
                 demo("UNIONPAY", "UnionPay (demo)", &[Role::Issuer, Role::Network]),
                 demo("WAL0001", "Demo foreign wallet", &[Role::Issuer]),
             ],
+            admin_tokens: Vec::new(),
         }
     }
 }
@@ -119,6 +122,8 @@ struct FileConfig {
     journal: FileJournal,
     #[serde(default)]
     clearing: FileClearing,
+    #[serde(default)]
+    admin: FileAdmin,
     /// Fee rates, per participant.
     #[serde(default)]
     fee: Vec<FileFee>,
@@ -133,6 +138,25 @@ struct FileConfig {
     /// UnionPay URL institution codes to acquirers.
     #[serde(default)]
     unionpay_institution: Vec<FileUnionPayInstitution>,
+}
+
+/// Admin API tokens, by their SHA-256 (or a file holding the token itself).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAdmin {
+    #[serde(default, rename = "token")]
+    tokens: Vec<FileAdminToken>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAdminToken {
+    name: String,
+    role: String,
+    #[serde(default)]
+    sha256: Option<String>,
+    #[serde(default)]
+    token_file: Option<PathBuf>,
 }
 
 /// Each setting may be left out, keeping its default.
@@ -475,6 +499,30 @@ impl SwitchConfig {
                 invalid("clearing.daily_cutoff".into(), format!("{text:?}: expected HH:MM (Asia/Shanghai) or off"))
             })?),
         };
+        let mut admin_tokens = Vec::with_capacity(file.admin.tokens.len());
+        for (index, token) in file.admin.tokens.iter().enumerate() {
+            let key = |field: &str| format!("admin.token[{index}] ({}).{field}", token.name);
+            let role = crate::access::AdminRole::from_name(&token.role)
+                .ok_or_else(|| invalid(key("role"), format!("{:?}: expected read or operator", token.role)))?;
+            let sha256: [u8; 32] = match (&token.sha256, &token.token_file) {
+                (Some(text), None) => hex::decode(text)
+                    .ok()
+                    .and_then(|bytes| bytes.try_into().ok())
+                    .ok_or_else(|| invalid(key("sha256"), "is not 64 hexadecimal digits".into()))?,
+                (None, Some(file)) => {
+                    let resolved = path.parent().unwrap_or(Path::new(".")).join(file);
+                    let secret = crate::access::read_token_file(&resolved).map_err(|error| {
+                        invalid(key("token_file"), format!("cannot read {}: {error}", resolved.display()))
+                    })?;
+                    crate::access::AdminToken::new(&token.name, role, &secret).sha256
+                }
+                _ => return Err(invalid(key("sha256"), "give exactly one of sha256 and token_file".into())),
+            };
+            if admin_tokens.iter().any(|t: &crate::access::AdminToken| t.name == token.name) {
+                return Err(invalid(key("name"), "appears twice".into()));
+            }
+            admin_tokens.push(crate::access::AdminToken { name: token.name.clone(), role, sha256 });
+        }
         let exchange = &file.exchange;
         if !(100..=600_000).contains(&exchange.reply_deadline_ms) {
             return Err(invalid("exchange.reply_deadline_ms".into(), "must be 100..=600000".into()));
@@ -586,6 +634,7 @@ impl SwitchConfig {
                 replay_window_ms: (session.replay_window_ms != 0).then_some(session.replay_window_ms),
             },
             participants,
+            admin_tokens,
         })
     }
 }
@@ -710,5 +759,53 @@ mod tests {
         assert!(config.participants.len() >= 3);
         // Its secret files sit beside it, as the example explains.
         assert!(config.participants.iter().all(|p| !p.keys.is_empty()));
+        let find = |id: &str| config.participants.iter().find(|p| p.id.as_str() == id).expect("in the example");
+        assert_eq!(find("UNIONPAY").frame_mac, codec::MacAlgorithm::HmacSm3);
+        assert_eq!(find("ACQ0001").frame_mac, codec::MacAlgorithm::HmacSha256);
+        let rotating = find("WECHATPAY");
+        assert!(rotating.keys[0].not_after_unix_ms.is_some() && rotating.keys[1].not_after_unix_ms.is_none());
+        let acquirer = InstitutionId::new("ACQ0001").expect("valid");
+        assert_eq!(config.exchange.counterparties[&acquirer].len(), 2);
+        assert_eq!(config.session.replay_window_ms, Some(300_000));
+        let roles: Vec<_> = config.admin_tokens.iter().map(|t| (t.name.as_str(), t.role)).collect();
+        use crate::access::AdminRole;
+        assert_eq!(roles, [("sre-oncall", AdminRole::Operator), ("dashboard", AdminRole::Read)]);
+    }
+
+    #[test]
+    fn security_settings_are_checked() {
+        let participant = |extra: &str| {
+            format!(
+                "[switch]\nid = \"S\"\nlisten = \"127.0.0.1:1\"\n{extra}\n[[participant]]\nid = \"A\"\nname = \"A\"\nroles = [\"acquirer\"]\n"
+            )
+        };
+        let key = "[[participant.key]]\nid = 1\nsecret_hex = \"00112233445566778899aabbccddeeff\"\n";
+        let cases = [
+            (format!("{}frame_mac = \"md5\"\n{key}", participant("")), "frame_mac: \"md5\": expected"),
+            (
+                format!("{}counterparties = [\"NOBODY\"]\n{key}", participant("")),
+                "NOBODY is not a configured participant",
+            ),
+            (
+                format!("{}{key}not_after = \"next week\"\n", participant("")),
+                "not_after: \"next week\": expected an RFC 3339",
+            ),
+            (
+                format!("{}{key}", participant("[session]\nreplay_window_ms = 10\n")),
+                "session.replay_window_ms: must be 0 (no window) or",
+            ),
+            (
+                format!("{}{key}", participant("[[admin.token]]\nname = \"x\"\nrole = \"root\"\nsha256 = \"00\"\n")),
+                "admin.token[0] (x).role: \"root\": expected read or operator",
+            ),
+            (
+                format!("{}{key}", participant("[[admin.token]]\nname = \"x\"\nrole = \"read\"\nsha256 = \"00\"\n")),
+                "admin.token[0] (x).sha256: is not 64 hexadecimal digits",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = SwitchConfig::from_toml(&text, Path::new("t.toml")).expect_err(expected).to_string();
+            assert!(error.contains(expected), "{error}\nexpected: {expected}\n{text}");
+        }
     }
 }

@@ -85,7 +85,7 @@ fn tail(path: &Path) -> String {
 /// found a difference).
 pub fn demo(
     args: &DemoArgs,
-    close_window: impl Fn(SocketAddr) -> anyhow::Result<(u64, Vec<PathBuf>)>,
+    close_window: impl Fn(SocketAddr, &Path) -> anyhow::Result<(u64, Vec<PathBuf>)>,
 ) -> anyhow::Result<i32> {
     let stamp = jiff::Zoned::now().strftime("%Y%m%d-%H%M%S").to_string();
     let out = args.dir.join(format!("run-{stamp}"));
@@ -155,7 +155,8 @@ pub fn demo(
         bail!("the load generator failed (see above); the switch's log: {}", log_path.display());
     }
 
-    let (window, files) = close_window(admin).context("closing the clearing window")?;
+    // As the operator whose token the switch wrote into its data directory.
+    let (window, files) = close_window(admin, &data_dir.join("admin.token")).context("closing the clearing window")?;
     println!("demo: closed clearing window {window}: {} files in {}", files.len(), data_dir.join("clearing").display());
     let found = loadgen::reconcile::reconcile(Path::new(&record), &data_dir)?;
     print!("{}", found.render());

@@ -10,7 +10,9 @@
 //! - [`status`]: participant and link state for the admin port.
 //! - [`journal`]: the per-shard journal: segments, group commit, recovery.
 //! - [`inspect`]: `switch inspect`, the integrator's decoder for QR, ISO 8583 and frames.
+//! - [`access`]: admin API tokens, roles and the audit log.
 
+pub mod access;
 pub mod clearing;
 pub mod config;
 pub mod core;

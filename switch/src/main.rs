@@ -100,6 +100,10 @@ enum ClearingCommand {
     Close {
         #[arg(long, conflicts_with = "data_dir", required_unless_present = "data_dir")]
         admin: Option<std::net::SocketAddr>,
+        /// With --admin: a file holding an operator token (default: the embedded default's
+        /// switch-data/admin.token).
+        #[arg(long, requires = "admin")]
+        token_file: Option<std::path::PathBuf>,
         #[arg(long)]
         data_dir: Option<std::path::PathBuf>,
         /// With --data-dir: the configuration whose fee schedule applies (none: no fees).
@@ -244,12 +248,21 @@ async fn stop_signal() {
     }
 }
 
-/// Closes the open window through a running switch's admin port: its number and files.
-fn close_via_admin(admin: std::net::SocketAddr) -> anyhow::Result<(u64, Vec<std::path::PathBuf>)> {
+/// Closes the open window through a running switch's admin port, as the operator whose
+/// token is in `token_file`: its number and files.
+fn close_via_admin(
+    admin: std::net::SocketAddr,
+    token_file: &std::path::Path,
+) -> anyhow::Result<(u64, Vec<std::path::PathBuf>)> {
     use std::io::{Read, Write};
+    let token = switch::access::read_token_file(token_file)
+        .with_context(|| format!("cannot read the admin token {}", token_file.display()))?;
     let mut stream =
         std::net::TcpStream::connect(admin).with_context(|| format!("cannot reach the admin port {admin}"))?;
-    stream.write_all(b"POST /clearing/close HTTP/1.1\r\nHost: switch\r\nContent-Length: 0\r\n\r\n")?;
+    let request = format!(
+        "POST /clearing/close HTTP/1.1\r\nHost: switch\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes())?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
@@ -272,8 +285,10 @@ fn clearing_command(command: ClearingCommand) -> anyhow::Result<()> {
         }
     };
     match command {
-        ClearingCommand::Close { admin: Some(admin), .. } => {
-            let (window, files) = close_via_admin(admin)?;
+        ClearingCommand::Close { admin: Some(admin), token_file, .. } => {
+            let token_file = token_file
+                .unwrap_or_else(|| std::path::Path::new(SwitchConfig::DATA_DIR_DEFAULT).join(ADMIN_TOKEN_FILE));
+            let (window, files) = close_via_admin(admin, &token_file)?;
             print(window, &files);
             Ok(())
         }
@@ -346,6 +361,27 @@ fn journal_command(command: JournalCommand) -> anyhow::Result<()> {
     }
 }
 
+/// The admin API's tokens (the configuration's, or a fresh operator token written to
+/// `DATA_DIR/admin.token`) and its audit log, `DATA_DIR/audit.log`.
+fn admin_access(config: &SwitchConfig) -> anyhow::Result<switch::access::AdminAccess> {
+    let mut tokens = config.admin_tokens.clone();
+    if tokens.is_empty() {
+        let path = config.data_dir.join(ADMIN_TOKEN_FILE);
+        tokens.push(
+            switch::access::generate_token_file(&path)
+                .with_context(|| format!("cannot write the admin token {}", path.display()))?,
+        );
+        tracing::info!(file = %path.display(), "no admin tokens configured: an operator token was written");
+    }
+    let audit = config.data_dir.join("audit.log");
+    switch::access::AdminAccess::new(tokens)
+        .with_audit_log(&audit)
+        .with_context(|| format!("cannot open the audit log {}", audit.display()))
+}
+
+/// Where `switch run` writes an operator token when the configuration names none.
+const ADMIN_TOKEN_FILE: &str = "admin.token";
+
 fn run(config: SwitchConfig, io: Io, damage: Damage) -> anyhow::Result<()> {
     // One core per shard by default; the shards run on their own threads, this runtime only
     // accepts connections, serves the admin port and waits for the signal.
@@ -358,8 +394,10 @@ fn run(config: SwitchConfig, io: Io, damage: Damage) -> anyhow::Result<()> {
         let admin = tokio::net::TcpListener::bind(config.admin_listen)
             .await
             .with_context(|| format!("cannot listen on {} (admin)", config.admin_listen))?;
+        let admin_access = admin_access(&config)?;
         let shared = Arc::new(
             Shared::new(config.session.clone(), Directory::new(config.participants.clone()))
+                .with_admin(admin_access)
                 .with_exchange(config.exchange.clone(), config.routes.clone())
                 .with_shards(shards)
                 .with_io(io)

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use codec::{InstitutionId, Message, MessageRef};
 use loadgen::client::Client;
+use switch::access::{AdminAccess, AdminRole, AdminToken};
 use switch::config::{SwitchConfig, demo_key};
 use switch::edge::admin::serve_admin;
 use switch::edge::tcp::{Shared, serve};
@@ -15,8 +16,14 @@ use switch::participant::Directory;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+    call(address, "GET", path, None).await
+}
+
+async fn call(address: std::net::SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(address).await.expect("admin port");
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: switch\r\n\r\n").as_bytes()).await.expect("write");
+    let authorization = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: switch\r\n{authorization}Content-Length: 0\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.expect("write");
     let mut response = String::new();
     stream.read_to_string(&mut response).await.expect("read");
     let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
@@ -32,7 +39,15 @@ async fn liveness_readiness_and_metrics() {
     let address = listener.local_addr().expect("address");
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let admin_address = admin.local_addr().expect("address");
-    let shared = Arc::new(Shared::new(config.session, Directory::new(config.participants)));
+    let audit = std::env::temp_dir().join(format!("switch-admin-audit-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&audit);
+    let access = AdminAccess::new(vec![
+        AdminToken::new("viewer", AdminRole::Read, "read-token-1"),
+        AdminToken::new("oncall", AdminRole::Operator, "operator-token-1"),
+    ])
+    .with_audit_log(&audit)
+    .expect("audit log");
+    let shared = Arc::new(Shared::new(config.session, Directory::new(config.participants)).with_admin(access));
     tokio::spawn(serve_admin(admin, Arc::clone(&shared), std::future::pending()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let served = tokio::spawn(serve(listener, Arc::clone(&shared), async {
@@ -90,7 +105,9 @@ async fn liveness_readiness_and_metrics() {
 
     // Participant and link state: the acquirer's one session, the issuers' none; its
     // request was refused at once, so nothing is left in flight.
-    let (status, document) = get(admin_address, "/participants").await;
+    assert_eq!(get(admin_address, "/participants").await.0, 401, "no token");
+    assert_eq!(call(admin_address, "GET", "/participants", Some("guessed")).await.0, 401);
+    let (status, document) = call(admin_address, "GET", "/participants", Some("read-token-1")).await;
     assert_eq!(status, 200);
     let document: serde_json::Value = serde_json::from_str(&document).expect("JSON");
     let find = |id: &str| {
@@ -102,6 +119,23 @@ async fn liveness_readiness_and_metrics() {
     assert_eq!(acquirer["in_flight_originating"], 0);
     assert_eq!(find("WECHATPAY")["sessions"].as_array().map(Vec::len), Some(0));
     assert_eq!(find("WECHATPAY")["roles"], serde_json::json!(["issuer", "acquirer"]));
+
+    // Changing state takes the operator role; every attempt is audited, no token logged.
+    assert_eq!(call(admin_address, "POST", "/clearing/close", None).await.0, 401);
+    assert_eq!(call(admin_address, "POST", "/clearing/close", Some("read-token-1")).await.0, 403);
+    let (status, body) = call(admin_address, "POST", "/clearing/close", Some("operator-token-1")).await;
+    assert_eq!(status, 409, "no journal here to cut: {body}");
+    let log = std::fs::read_to_string(&audit).expect("audit log");
+    let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let summary: Vec<(String, String)> = lines
+        .iter()
+        .map(|l| (l["who"].as_str().unwrap_or("-").to_string(), l["outcome"].as_str().expect("outcome").to_string()))
+        .collect();
+    assert_eq!(summary.len(), 5, "{log}");
+    assert_eq!(summary[4].0, "oncall", "{log}");
+    assert!(summary[3] == ("viewer".into(), "refused: role read".into()), "{log}");
+    assert!(lines.iter().all(|l| l["time"].is_string() && l["peer"].is_string() && l["action"].is_string()));
+    assert!(!log.contains("token-1"), "tokens never reach the audit log");
 
     // Draining: not ready, still live; the silent session holds the drain open for 1 s.
     stop.send(()).expect("running");

@@ -247,7 +247,13 @@ async fn closing_a_window_accounts_for_every_approval_once_and_rebuilds_identica
     let (ok, text) = switch_cli(&["clearing", "close", "--data-dir", data]);
     assert!(!ok && text.contains("in use by a running switch"), "{text}");
 
-    let (ok, text) = switch_cli(&["clearing", "close", "--admin", &format!("127.0.0.1:{admin_port}")]);
+    // Through the admin port, as the operator whose token the switch wrote.
+    let admin = format!("127.0.0.1:{admin_port}");
+    let (ok, text) = switch_cli(&["clearing", "close", "--admin", &admin, "--token-file", "/nonexistent/admin.token"]);
+    assert!(!ok && text.contains("cannot read the admin token"), "{text}");
+    let token_file = data_dir.join("admin.token");
+    let (ok, text) =
+        switch_cli(&["clearing", "close", "--admin", &admin, "--token-file", token_file.to_str().unwrap()]);
     assert!(ok, "{text}");
     assert!(text.contains("window 1 closed"), "{text}");
     let files = read_window(&data_dir, 1);

@@ -57,6 +57,7 @@ fn the_configmap_configuration_starts_a_switch() {
     for participant in ["ACQ0001", "WECHATPAY"] {
         std::fs::write(dir.join(format!("keys/{participant}.key")), "11".repeat(32)).unwrap();
     }
+    std::fs::write(dir.join("keys/admin.token"), "a-test-operator-token\n").unwrap();
     let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let (listen, admin) = (free(), free());
     let mut child = Command::new(env!("CARGO_BIN_EXE_switch"))

@@ -1,11 +1,12 @@
-//! The admin HTTP port: `/livez`, `/readyz`, `/metrics` and `/participants` (JSON:
-//! each participant's sessions, in-flight counts, pending reversals and breaker), and one
-//! action, `POST /clearing/close`, which closes the open clearing window and answers with
-//! its number and files.
+//! The admin HTTP port: `/livez`, `/readyz`, `/metrics` (open: probes and scrapers),
+//! `/participants` (JSON: each participant's sessions, in-flight counts, pending reversals
+//! and breaker; role `read`), and one action, `POST /clearing/close` (role `operator`),
+//! which closes the open clearing window and answers with its number and files. Tokens,
+//! roles and the audit log are [`crate::access`]'s.
 //!
-//! Four read-only GET endpoints and one POST do not justify a web framework: this is a small, bounded
+//! Four GET endpoints and one POST do not justify a web framework: this is a small, bounded
 //! HTTP/1.1 responder (one request per connection, request head at most 8 KiB, 5 s to send
-//! it). The authenticated, state-changing admin API (issue 8) may replace it.
+//! it).
 //!
 //! Invariants: liveness never depends on participants or load; readiness is "listening and
 //! not draining"; nothing here touches the per-message path except reading atomics.
@@ -16,6 +17,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::access::{AdminRole, Refusal};
 use crate::edge::tcp::Shared;
 
 /// Longest request head read.
@@ -48,6 +50,7 @@ pub async fn serve_admin(listener: TcpListener, shared: Arc<Shared>, shutdown: i
 }
 
 async fn respond(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
@@ -64,15 +67,7 @@ async fn respond(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> 
     let (status, content_type, body) = match read {
         Err(_) => ("408 Request Timeout", "text/plain", "request head not received in time\n".to_string()),
         Ok(Err(error)) => return Err(error),
-        Ok(Ok(())) if head.starts_with(b"POST /clearing/close ") => match shared.close_window().await {
-            Ok((window, files)) => {
-                let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-                let body = serde_json::json!({ "window": window, "files": files });
-                ("200 OK", "application/json", format!("{body}\n"))
-            }
-            Err(problem) => ("409 Conflict", "text/plain", format!("{problem}\n")),
-        },
-        Ok(Ok(())) => route(&head, shared),
+        Ok(Ok(())) => route(&Request::parse(&head), &peer, shared).await,
     };
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -82,23 +77,107 @@ async fn respond(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> 
     stream.shutdown().await
 }
 
-fn route(head: &[u8], shared: &Shared) -> (&'static str, &'static str, String) {
-    let metrics = &shared.metrics;
-    let line = head.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or_default();
-    let mut parts = line.split(|&b| b == b' ');
-    let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-    if method != b"GET" {
-        return ("405 Method Not Allowed", "text/plain", "only GET is served here\n".into());
+/// The parts of a request head the admin port looks at.
+struct Request<'a> {
+    method: &'a str,
+    path: &'a str,
+    authorization: Option<&'a str>,
+}
+
+impl<'a> Request<'a> {
+    fn parse(head: &'a [u8]) -> Self {
+        let text = std::str::from_utf8(head).unwrap_or_default();
+        let mut lines = text.split("\r\n");
+        let mut first = lines.next().unwrap_or_default().split(' ');
+        let (method, path) = (first.next().unwrap_or_default(), first.next().unwrap_or_default());
+        let authorization = lines.find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.trim().eq_ignore_ascii_case("authorization").then_some(value.trim())
+        });
+        Self { method, path, authorization }
     }
-    match path {
-        b"/livez" => ("200 OK", "text/plain", "ok\n".into()),
-        b"/readyz" if metrics.is_draining() => ("503 Service Unavailable", "text/plain", "draining\n".into()),
-        b"/readyz" if !metrics.is_serving() => {
+}
+
+type Response = (&'static str, &'static str, String);
+
+async fn route(request: &Request<'_>, peer: &str, shared: &Shared) -> Response {
+    let metrics = &shared.metrics;
+    let action = format!("{} {}", request.method, request.path);
+    match (request.method, request.path) {
+        ("GET", "/livez") => ("200 OK", "text/plain", "ok\n".into()),
+        ("GET", "/readyz") if metrics.is_draining() => ("503 Service Unavailable", "text/plain", "draining\n".into()),
+        ("GET", "/readyz") if !metrics.is_serving() => {
             ("503 Service Unavailable", "text/plain", "starting: recovering the journal\n".into())
         }
-        b"/readyz" => ("200 OK", "text/plain", "ready\n".into()),
-        b"/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-        b"/participants" => ("200 OK", "application/json", shared.status.render(&shared.directory, &shared.exchange)),
-        _ => ("404 Not Found", "text/plain", "try /livez, /readyz, /metrics or /participants\n".into()),
+        ("GET", "/readyz") => ("200 OK", "text/plain", "ready\n".into()),
+        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
+        ("GET", "/participants") => match authorise(request, peer, &action, AdminRole::Read, shared) {
+            Ok(_) => ("200 OK", "application/json", shared.status.render(&shared.directory, &shared.exchange)),
+            Err(refused) => refused,
+        },
+        ("POST", "/clearing/close") => {
+            let who = match authorise(request, peer, &action, AdminRole::Operator, shared) {
+                Ok(who) => who,
+                Err(refused) => return refused,
+            };
+            let (response, outcome) = match shared.close_window().await {
+                Ok((window, files)) => {
+                    let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+                    let body = serde_json::json!({ "window": window, "files": files });
+                    (("200 OK", "application/json", format!("{body}\n")), format!("closed window {window}"))
+                }
+                Err(problem) => (("409 Conflict", "text/plain", format!("{problem}\n")), format!("refused: {problem}")),
+            };
+            if let Err(error) = shared.admin.audit(peer, Some(&who), &action, &outcome) {
+                // The action happened; say so, and that its record failed.
+                tracing::error!(%error, "audit log write failed");
+                return (
+                    "500 Internal Server Error",
+                    "text/plain",
+                    format!("{outcome}, but the audit log failed: {error}\n"),
+                );
+            }
+            response
+        }
+        (_, "/livez" | "/readyz" | "/metrics" | "/participants" | "/clearing/close") => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET /livez /readyz /metrics /participants; POST /clearing/close\n".into(),
+        ),
+        _ => (
+            "404 Not Found",
+            "text/plain",
+            "try /livez, /readyz, /metrics, /participants or POST /clearing/close\n".into(),
+        ),
     }
+}
+
+/// Checks the caller's token for `needed`; a refusal is audited and answered.
+fn authorise(
+    request: &Request<'_>,
+    peer: &str,
+    action: &str,
+    needed: AdminRole,
+    shared: &Shared,
+) -> Result<String, Response> {
+    let refusal = match shared.admin.authorise(request.authorization, needed) {
+        Ok(who) => return Ok(who),
+        Err(refusal) => refusal,
+    };
+    let (response, who, outcome): (Response, Option<String>, String) = match refusal {
+        Refusal::Unauthenticated => (
+            ("401 Unauthorized", "text/plain", "send Authorization: Bearer TOKEN (see deploy/README.md)\n".into()),
+            None,
+            "refused: no known token".into(),
+        ),
+        Refusal::Forbidden { who, role } => (
+            ("403 Forbidden", "text/plain", format!("role {} may not {action}\n", role.name())),
+            Some(who),
+            format!("refused: role {}", role.name()),
+        ),
+    };
+    if let Err(error) = shared.admin.audit(peer, who.as_deref(), action, &outcome) {
+        tracing::error!(%error, "audit log write failed");
+    }
+    Err(response)
 }

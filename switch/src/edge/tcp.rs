@@ -68,6 +68,8 @@ pub struct Shared {
     pub fees: clearing::FeeSchedule,
     /// Session ids, unique for this process. Relaxed: only uniqueness matters.
     next_session_id: AtomicU64,
+    /// Admin API tokens and audit log (none: only probes and metrics are served).
+    pub admin: crate::access::AdminAccess,
 }
 
 impl Shared {
@@ -90,7 +92,14 @@ impl Shared {
             prefault: false,
             fees: clearing::FeeSchedule::default(),
             next_session_id: AtomicU64::new(1),
+            admin: crate::access::AdminAccess::default(),
         }
+    }
+
+    /// Who may use the admin API, and where their actions are recorded.
+    pub fn with_admin(mut self, admin: crate::access::AdminAccess) -> Self {
+        self.admin = admin;
+        self
     }
 
     /// The exchange's settings and routes (the embedded default's unless given).
