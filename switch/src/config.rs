@@ -43,6 +43,9 @@ pub struct SwitchConfig {
     pub participants: Vec<Participant>,
     /// Admin API tokens; none: `switch run` makes an operator token in the data directory.
     pub admin_tokens: Vec<crate::access::AdminToken>,
+    /// Mutual TLS on participant links; `None` only where the configuration says
+    /// `plaintext = true` (the embedded default, on loopback).
+    pub tls: Option<crate::edge::tls::TlsSettings>,
 }
 
 /// The demo key of a participant in the embedded default: `demo-key-{ID}`.
@@ -87,6 +90,8 @@ impl SwitchConfig {
                 demo("WAL0001", "Demo foreign wallet", &[Role::Issuer]),
             ],
             admin_tokens: Vec::new(),
+            // The demo network on loopback: plaintext, said explicitly.
+            tls: None,
         }
     }
 }
@@ -124,6 +129,8 @@ struct FileConfig {
     clearing: FileClearing,
     #[serde(default)]
     admin: FileAdmin,
+    #[serde(default)]
+    tls: Option<FileTls>,
     /// Fee rates, per participant.
     #[serde(default)]
     fee: Vec<FileFee>,
@@ -138,6 +145,17 @@ struct FileConfig {
     /// UnionPay URL institution codes to acquirers.
     #[serde(default)]
     unionpay_institution: Vec<FileUnionPayInstitution>,
+}
+
+/// Mutual TLS on participant links; paths relative to the configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    client_ca_file: PathBuf,
+    #[serde(default)]
+    crl_files: Vec<PathBuf>,
 }
 
 /// Admin API tokens, by their SHA-256 (or a file holding the token itself).
@@ -210,6 +228,9 @@ struct FileSwitch {
     admin_listen: SocketAddr,
     /// Absent: one shard per core.
     shards: Option<usize>,
+    /// Participant links without TLS: only when said, for loopback tests.
+    #[serde(default)]
+    plaintext: bool,
 }
 
 fn admin_listen_default() -> SocketAddr {
@@ -499,6 +520,26 @@ impl SwitchConfig {
                 invalid("clearing.daily_cutoff".into(), format!("{text:?}: expected HH:MM (Asia/Shanghai) or off"))
             })?),
         };
+        let beside = |file: &Path| path.parent().unwrap_or(Path::new(".")).join(file);
+        let tls = match (&file.tls, file.switch.plaintext) {
+            (Some(tls), false) => Some(crate::edge::tls::TlsSettings {
+                cert_file: beside(&tls.cert_file),
+                key_file: beside(&tls.key_file),
+                client_ca_file: beside(&tls.client_ca_file),
+                crl_files: tls.crl_files.iter().map(|f| beside(f)).collect(),
+            }),
+            (None, true) => None,
+            (Some(_), true) => {
+                return Err(invalid("switch.plaintext".into(), "is true, but [tls] is given: choose one".into()));
+            }
+            (None, false) => {
+                return Err(invalid(
+                    "tls".into(),
+                    "participant links need [tls] (mutual TLS), or `plaintext = true` under [switch] for loopback tests"
+                        .into(),
+                ));
+            }
+        };
         let mut admin_tokens = Vec::with_capacity(file.admin.tokens.len());
         for (index, token) in file.admin.tokens.iter().enumerate() {
             let key = |field: &str| format!("admin.token[{index}] ({}).{field}", token.name);
@@ -635,6 +676,7 @@ impl SwitchConfig {
             },
             participants,
             admin_tokens,
+            tls,
         })
     }
 }
@@ -651,6 +693,7 @@ mod tests {
         [switch]
         id = "CSWITCH"
         listen = "127.0.0.1:7400"
+        plaintext = true
 
         [[participant]]
         id = "ACQ0001"
@@ -767,6 +810,9 @@ mod tests {
         let acquirer = InstitutionId::new("ACQ0001").expect("valid");
         assert_eq!(config.exchange.counterparties[&acquirer].len(), 2);
         assert_eq!(config.session.replay_window_ms, Some(300_000));
+        // Its TLS material (deploy/tls) loads.
+        let tls = config.tls.clone().expect("the example uses TLS");
+        crate::edge::tls::Tls::load(tls).unwrap_or_else(|e| panic!("{e}"));
         let roles: Vec<_> = config.admin_tokens.iter().map(|t| (t.name.as_str(), t.role)).collect();
         use crate::access::AdminRole;
         assert_eq!(roles, [("sre-oncall", AdminRole::Operator), ("dashboard", AdminRole::Read)]);
@@ -776,11 +822,15 @@ mod tests {
     fn security_settings_are_checked() {
         let participant = |extra: &str| {
             format!(
-                "[switch]\nid = \"S\"\nlisten = \"127.0.0.1:1\"\n{extra}\n[[participant]]\nid = \"A\"\nname = \"A\"\nroles = [\"acquirer\"]\n"
+                "[switch]\nid = \"S\"\nlisten = \"127.0.0.1:1\"\nplaintext = true\n{extra}\n[[participant]]\nid = \"A\"\nname = \"A\"\nroles = [\"acquirer\"]\n"
             )
         };
         let key = "[[participant.key]]\nid = 1\nsecret_hex = \"00112233445566778899aabbccddeeff\"\n";
+        let without_tls = format!(
+            "[switch]\nid = \"S\"\nlisten = \"127.0.0.1:1\"\n[[participant]]\nid = \"A\"\nname = \"A\"\nroles = [\"acquirer\"]\n{key}"
+        );
         let cases = [
+            (without_tls, "tls: participant links need [tls] (mutual TLS), or `plaintext = true`"),
             (format!("{}frame_mac = \"md5\"\n{key}", participant("")), "frame_mac: \"md5\": expected"),
             (
                 format!("{}counterparties = [\"NOBODY\"]\n{key}", participant("")),

@@ -395,8 +395,12 @@ fn run(config: SwitchConfig, io: Io, damage: Damage) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {} (admin)", config.admin_listen))?;
         let admin_access = admin_access(&config)?;
+        let mut shared = Shared::new(config.session.clone(), Directory::new(config.participants.clone()));
+        if let Some(settings) = &config.tls {
+            shared = shared.with_tls(switch::edge::tls::Tls::load(settings.clone())?);
+        }
         let shared = Arc::new(
-            Shared::new(config.session.clone(), Directory::new(config.participants.clone()))
+            shared
                 .with_admin(admin_access)
                 .with_exchange(config.exchange.clone(), config.routes.clone())
                 .with_shards(shards)
@@ -422,6 +426,7 @@ fn run(config: SwitchConfig, io: Io, damage: Damage) -> anyhow::Result<()> {
             shards,
             io = ?shared.io,
             switch_id = %config.session.switch_id,
+            tls = shared.tls.is_some(),
             "switch running; Ctrl-C stops it"
         );
         let served = serve(listener, shared, stop_signal()).await;

@@ -35,6 +35,8 @@ pub struct Metrics {
     sessions_signed_on: AtomicI64,
     sign_on_approved: AtomicU64,
     sign_on_refused: AtomicU64,
+    tls_accepted: AtomicU64,
+    tls_refused: AtomicU64,
     frames_received: AtomicU64,
     /// Indexed by `RejectReason` value (1..=13).
     frames_rejected: [AtomicU64; 16],
@@ -67,6 +69,13 @@ impl Metrics {
         if let Some(index) = reason.and_then(|r| CLOSE_REASONS.iter().position(|&c| c == r)) {
             self.closes[index].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A TLS handshake on a participant link finished (`accepted`) or was refused (unknown
+    /// CA, expired or revoked certificate, no certificate, timeout).
+    pub fn tls_handshake(&self, accepted: bool) {
+        let counter = if accepted { &self.tls_accepted } else { &self.tls_refused };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn frames_received(&self, count: u64) {
@@ -168,6 +177,15 @@ impl Metrics {
             vec![
                 format!("switch_sign_on_total{{result=\"approved\"}} {}", load(&self.sign_on_approved)),
                 format!("switch_sign_on_total{{result=\"refused\"}} {}", load(&self.sign_on_refused)),
+            ],
+        );
+        section(
+            "switch_tls_handshakes_total",
+            "counter",
+            "TLS handshakes on participant links by result (refused: unknown CA, expired, revoked, none).",
+            vec![
+                format!("switch_tls_handshakes_total{{result=\"accepted\"}} {}", load(&self.tls_accepted)),
+                format!("switch_tls_handshakes_total{{result=\"refused\"}} {}", load(&self.tls_refused)),
             ],
         );
         section(

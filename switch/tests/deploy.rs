@@ -58,6 +58,16 @@ fn the_configmap_configuration_starts_a_switch() {
         std::fs::write(dir.join(format!("keys/{participant}.key")), "11".repeat(32)).unwrap();
     }
     std::fs::write(dir.join("keys/admin.token"), "a-test-operator-token\n").unwrap();
+    // The switch-tls Secret's files: the example material.
+    std::fs::create_dir_all(dir.join("tls")).unwrap();
+    for (to, from) in [
+        ("tls.crt", "switch.crt"),
+        ("tls.key", "switch.key"),
+        ("participants-ca.crt", "participants-ca.crt"),
+        ("participants.crl", "participants.crl"),
+    ] {
+        std::fs::copy(deploy().join("tls").join(from), dir.join("tls").join(to)).unwrap();
+    }
     let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let (listen, admin) = (free(), free());
     let mut child = Command::new(env!("CARGO_BIN_EXE_switch"))

@@ -106,6 +106,9 @@ pub struct Session {
     last_received_ms: u64,
     /// The frame MACs of an approved sign-on, until the edge takes them.
     macs: Option<SessionMacs>,
+    /// On a TLS link: the participants the client certificate names; sign-on as anyone
+    /// else is refused.
+    certified: Option<Vec<InstitutionId>>,
 }
 
 impl Session {
@@ -120,6 +123,7 @@ impl Session {
             server_nonce,
             last_received_ms: now.monotonic_ms,
             macs: None,
+            certified: None,
         }
     }
 
@@ -130,6 +134,12 @@ impl Session {
             protocol_version: PROTOCOL_VERSION,
             reserved: [0; 6],
         })
+    }
+
+    /// On a TLS link: only the participants `names` (those the client certificate names)
+    /// may sign on.
+    pub fn require_certificate_for(&mut self, names: Vec<InstitutionId>) {
+        self.certified = Some(names);
     }
 
     /// After the sign-on this session approved, with frame MACs configured: the MACs. The
@@ -297,6 +307,9 @@ impl Session {
                 .and_then(|p| p.key(request.key_id.to_native()))
                 .filter(|key| key.is_valid_at(now.unix_ms))
                 .is_some_and(|key| verify_client_proof(&key.secret, &transcript, version, &request.proof));
+            // On a TLS link the certificate must name the participant too.
+            let certified = self.certified.as_ref().is_none_or(|names| names.contains(&participant));
+            let proven = proven && certified;
             if proven { ReplyCode::Approved } else { ReplyCode::NotAuthorised }
         };
         if code != ReplyCode::Approved {

@@ -1,8 +1,9 @@
 //! The admin HTTP port: `/livez`, `/readyz`, `/metrics` (open: probes and scrapers),
 //! `/participants` (JSON: each participant's sessions, in-flight counts, pending reversals
-//! and breaker; role `read`), and one action, `POST /clearing/close` (role `operator`),
-//! which closes the open clearing window and answers with its number and files. Tokens,
-//! roles and the audit log are [`crate::access`]'s.
+//! and breaker; role `read`), and two actions (role `operator`): `POST /clearing/close`,
+//! which closes the open clearing window and answers with its number and files, and
+//! `POST /tls/reload`, which reads the TLS certificates, CA and CRLs again. Tokens, roles
+//! and the audit log are [`crate::access`]'s.
 //!
 //! Four GET endpoints and one POST do not justify a web framework: this is a small, bounded
 //! HTTP/1.1 responder (one request per connection, request head at most 8 KiB, 5 s to send
@@ -139,15 +140,41 @@ async fn route(request: &Request<'_>, peer: &str, shared: &Shared) -> Response {
             }
             response
         }
-        (_, "/livez" | "/readyz" | "/metrics" | "/participants" | "/clearing/close") => (
+        ("POST", "/tls/reload") => {
+            let who = match authorise(request, peer, &action, AdminRole::Operator, shared) {
+                Ok(who) => who,
+                Err(refused) => return refused,
+            };
+            let (response, outcome): (Response, String) = match shared.tls.as_ref().map(|tls| tls.reload()) {
+                None => (
+                    ("409 Conflict", "text/plain", "participant links are plaintext\n".into()),
+                    "refused: no TLS".into(),
+                ),
+                Some(Ok(())) => (("200 OK", "text/plain", "reloaded\n".into()), "reloaded".into()),
+                Some(Err(error)) => (
+                    ("422 Unprocessable Entity", "text/plain", format!("kept the running configuration: {error}\n")),
+                    format!("refused: {error}"),
+                ),
+            };
+            if let Err(error) = shared.admin.audit(peer, Some(&who), &action, &outcome) {
+                tracing::error!(%error, "audit log write failed");
+                return (
+                    "500 Internal Server Error",
+                    "text/plain",
+                    format!("{outcome}, but the audit log failed: {error}\n"),
+                );
+            }
+            response
+        }
+        (_, "/livez" | "/readyz" | "/metrics" | "/participants" | "/clearing/close" | "/tls/reload") => (
             "405 Method Not Allowed",
             "text/plain",
-            "GET /livez /readyz /metrics /participants; POST /clearing/close\n".into(),
+            "GET /livez /readyz /metrics /participants; POST /clearing/close /tls/reload\n".into(),
         ),
         _ => (
             "404 Not Found",
             "text/plain",
-            "try /livez, /readyz, /metrics, /participants or POST /clearing/close\n".into(),
+            "try /livez, /readyz, /metrics, /participants, POST /clearing/close or POST /tls/reload\n".into(),
         ),
     }
 }

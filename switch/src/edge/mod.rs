@@ -4,6 +4,7 @@ pub mod admin;
 pub mod commit;
 pub mod shard;
 pub mod tcp;
+pub mod tls;
 pub mod transport;
 
 /// The clocks the core needs, read once per batch: monotonic since `started` for

@@ -70,6 +70,8 @@ pub struct Shared {
     next_session_id: AtomicU64,
     /// Admin API tokens and audit log (none: only probes and metrics are served).
     pub admin: crate::access::AdminAccess,
+    /// Mutual TLS on participant links; `None`: plaintext (the configuration says so).
+    pub tls: Option<crate::edge::tls::Tls>,
 }
 
 impl Shared {
@@ -93,7 +95,14 @@ impl Shared {
             fees: clearing::FeeSchedule::default(),
             next_session_id: AtomicU64::new(1),
             admin: crate::access::AdminAccess::default(),
+            tls: None,
         }
+    }
+
+    /// Requires mutual TLS on participant links.
+    pub fn with_tls(mut self, tls: crate::edge::tls::Tls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Who may use the admin API, and where their actions are recorded.
@@ -478,6 +487,21 @@ impl ShardThread {
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 handed = accepted.recv() => {
                     let Some((stream, peer)) = handed else { break };
+                    let connection = Connection {
+                        shared: Arc::clone(shared),
+                        mesh: Arc::clone(&self.mesh),
+                        home: self.index,
+                        draining: self.draining.clone(),
+                    };
+                    if let Some(tls) = &shared.tls {
+                        let acceptor = tls.acceptor();
+                        connections.spawn_local(async move {
+                            if let Err(error) = connection.serve_tls(acceptor, stream, peer).await {
+                                tracing::debug!(%peer, %error, "TLS connection ended with an I/O error");
+                            }
+                        });
+                        continue;
+                    }
                     let stream = match stream.set_nodelay(true).and_then(|()| T::from_std(stream)) {
                         Ok(stream) => stream,
                         Err(error) => {
@@ -485,14 +509,8 @@ impl ShardThread {
                             continue;
                         }
                     };
-                    let connection = Connection {
-                        shared: Arc::clone(shared),
-                        mesh: Arc::clone(&self.mesh),
-                        home: self.index,
-                        draining: self.draining.clone(),
-                    };
                     connections.spawn_local(async move {
-                        if let Err(error) = connection.serve(stream, peer).await {
+                        if let Err(error) = connection.serve(stream, peer, None).await {
                             tracing::debug!(%peer, %error, "connection ended with an I/O error");
                         }
                     });
@@ -537,13 +555,53 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve<T: Transport>(self, stream: T, peer: SocketAddr) -> std::io::Result<()> {
+    /// The TLS handshake (within the sign-on deadline), then the session; a client without
+    /// a certificate the participant CA issued, valid now and not revoked, never gets one.
+    async fn serve_tls(
+        self,
+        acceptor: tokio_rustls::TlsAcceptor,
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+    ) -> std::io::Result<()> {
+        let metrics = &self.shared.metrics;
+        stream.set_nodelay(true)?;
+        let tcp = TcpStream::from_std(stream)?;
+        let deadline = Duration::from_millis(self.shared.session.sign_on_timeout_ms);
+        let stream = match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                metrics.tls_handshake(false);
+                tracing::info!(%peer, %error, "TLS handshake refused");
+                return Ok(());
+            }
+            Err(_) => {
+                metrics.tls_handshake(false);
+                tracing::info!(%peer, "TLS handshake not finished within the sign-on deadline");
+                return Ok(());
+            }
+        };
+        metrics.tls_handshake(true);
+        let names = match stream.get_ref().1.peer_certificates().and_then(|chain| chain.first()) {
+            Some(certificate) => crate::edge::tls::participants_named(certificate, &self.shared.directory),
+            None => Vec::new(),
+        };
+        self.serve(crate::edge::tls::TlsTransport::new(stream), peer, Some(names)).await
+    }
+
+    /// `certified`: on a TLS link, the participants its certificate names (only they may
+    /// sign on); `None` on a plaintext link.
+    async fn serve<T: Transport>(
+        self,
+        stream: T,
+        peer: SocketAddr,
+        certified: Option<Vec<InstitutionId>>,
+    ) -> std::io::Result<()> {
         let shared = &*self.shared;
         shared.metrics.connection_opened();
         let mut guard = ConnectionGuard { metrics: &shared.metrics, signed_on: false, reason: None };
         let session_id = shared.next_session_id.fetch_add(1, Ordering::Relaxed);
         let mut registered = None;
-        let result = self.run(stream, peer, session_id, &mut registered, &mut guard).await;
+        let result = self.run(stream, peer, session_id, certified, &mut registered, &mut guard).await;
         // Whichever way the connection ended, no shard sends to it any more.
         if let Some(participant) = registered {
             shared.status.link_down(session_id);
@@ -557,6 +615,7 @@ impl Connection {
         stream: T,
         peer: SocketAddr,
         session_id: u64,
+        certified: Option<Vec<InstitutionId>>,
         registered: &mut Option<InstitutionId>,
         guard: &mut ConnectionGuard<'_>,
     ) -> std::io::Result<()> {
@@ -566,6 +625,9 @@ impl Connection {
         let mut nonce = [0u8; 32];
         getrandom::fill(&mut nonce).map_err(std::io::Error::other)?;
         let mut session = Session::new(shared.session.clone(), shared.now(), session_id, nonce);
+        if let Some(names) = certified {
+            session.require_certificate_for(names);
+        }
         let mut decoder = FrameDecoder::default();
         let mut encoder = FrameEncoder::default();
         // The switch's frame MAC between the sign-on approval and the approving result's
@@ -717,7 +779,7 @@ impl Connection {
             if let Control::Close(reason) = control {
                 guard.reason = Some(reason);
                 tracing::info!(%peer, participant = ?session.participant(), ?reason, "closing session");
-                stream.shutdown()?;
+                stream.shutdown().await?;
                 return Ok(());
             }
         }

@@ -51,7 +51,7 @@ pub trait Transport: Sized + 'static {
     /// Writes all of `buffer`, handing it back.
     fn write_all(&self, buffer: Vec<u8>) -> impl Future<Output = (io::Result<()>, Vec<u8>)>;
     /// Ends our direction of the stream (the peer reads end of stream).
-    fn shutdown(&self) -> io::Result<()>;
+    fn shutdown(&self) -> impl Future<Output = io::Result<()>>;
 }
 
 impl Transport for tokio::net::TcpStream {
@@ -90,7 +90,7 @@ impl Transport for tokio::net::TcpStream {
         (Ok(()), buffer)
     }
 
-    fn shutdown(&self) -> io::Result<()> {
+    async fn shutdown(&self) -> io::Result<()> {
         socket2::SockRef::from(self).shutdown(std::net::Shutdown::Write)
     }
 }
@@ -115,7 +115,7 @@ impl Transport for tokio_uring::net::TcpStream {
         tokio_uring::net::TcpStream::write_all(self, buffer).await
     }
 
-    fn shutdown(&self) -> io::Result<()> {
+    async fn shutdown(&self) -> io::Result<()> {
         tokio_uring::net::TcpStream::shutdown(self, std::net::Shutdown::Write)
     }
 }
