@@ -19,6 +19,8 @@ fn the_demo_replays_a_profile_and_reconciles_exactly() {
     let output = Command::new(env!("CARGO_BIN_EXE_switch"))
         .args(["demo", "--duration", "4s", "--peak-tps", "1500", "--dir"])
         .arg(&root)
+        // Everything the switch can log, so the leak scan below sees it all.
+        .env("RUST_LOG", "debug")
         .output()
         .expect("run the demo");
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
@@ -38,6 +40,7 @@ fn the_demo_replays_a_profile_and_reconciles_exactly() {
     let record = dir.join("record.csv");
     let clean = loadgen::reconcile::reconcile(&record, &dir.join("data")).unwrap();
     assert!(clean.is_clean() && clean.approved > 1000, "{}", clean.render());
+    no_full_payment_code_leaks(&dir, &text);
 
     // Inject: an approval clearing never saw (missing); an altered amount (mismatched);
     // a dropped approval and an approval turned decline (extra: clearing has them, the
@@ -70,4 +73,59 @@ fn the_demo_replays_a_profile_and_reconciles_exactly() {
     assert!(found.extra.iter().any(|e| e.starts_with(&dropped_reference)), "{report}");
     assert!(report.contains("NOT CLEAN"));
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Every payment code the switch journalled, in full (the journal is the one place that
+/// keeps them: it must, to refuse a code's reuse after a restart).
+fn journalled_codes(data: &Path) -> std::collections::HashSet<String> {
+    let mut codes = std::collections::HashSet::new();
+    for (_, dir) in switch::clearing::shard_dirs(data).unwrap() {
+        switch::journal::read_with(&dir, |record| {
+            if let switch::core::record::Record::Admitted { payment_code: Some(code), .. } = record {
+                codes.insert(code.digits().to_string());
+            }
+        })
+        .unwrap();
+    }
+    codes
+}
+
+/// No full payment code in any file of the run but the journal's segments, in the demo's
+/// own output, or in `switch journal inspect`: only masked forms (first 6, last 4).
+fn no_full_payment_code_leaks(dir: &Path, demo_output: &str) {
+    let codes = journalled_codes(&dir.join("data"));
+    assert!(codes.len() > 500, "the run used payment codes: {}", codes.len());
+    let inspect = Command::new(env!("CARGO_BIN_EXE_switch"))
+        .args(["journal", "inspect", "--data-dir"])
+        .arg(dir.join("data"))
+        .output()
+        .expect("journal inspect");
+    let inspected = String::from_utf8_lossy(&inspect.stdout).to_string();
+    assert!(inspect.status.success() && inspected.contains("******"), "inspect shows masked codes");
+    let mut texts = vec![
+        ("demo output".to_string(), demo_output.as_bytes().to_vec()),
+        ("journal inspect".into(), inspected.into_bytes()),
+    ];
+    let mut pending = vec![dir.to_path_buf()];
+    let mut files = 0;
+    while let Some(path) = pending.pop() {
+        if path.is_dir() {
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if path.extension().is_none_or(|e| e != "journal") {
+            files += 1;
+            texts.push((path.display().to_string(), std::fs::read(&path).unwrap()));
+        }
+    }
+    assert!(files >= 10, "scanned {files} files");
+    for (name, bytes) in &texts {
+        // Every run of digits long enough to be a code, checked against the codes used.
+        for run in bytes.split(|b| !b.is_ascii_digit()).filter(|run| run.len() >= 16) {
+            let run = std::str::from_utf8(run).unwrap();
+            for start in 0..run.len() {
+                for end in start + 16..=run.len() {
+                    assert!(!codes.contains(&run[start..end]), "a full payment code in {name}: {}******", &run[..6]);
+                }
+            }
+        }
+    }
 }
