@@ -190,7 +190,7 @@ pub async fn run_peer(
 }
 
 /// Unix milliseconds now.
-fn unix_ms() -> i64 {
+pub(crate) fn unix_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 

@@ -22,6 +22,7 @@ struct Requests {
     traffic: Traffic,
     /// Always empty: a closed loop sends payments only.
     none_approved: VecDeque<Approved>,
+    started_unix_ms: i64,
 }
 
 impl Requests {
@@ -32,12 +33,14 @@ impl Requests {
         let run = u32::from_le_bytes(run) & 0x00FF_FFFF;
         let origination = Origination { participant, flows: vec![(Flow::ConsumerPresented, 1.0)] };
         let traffic = Traffic::new(run, 0, &origination, Arc::new(profile.mix), QR_GUID_DEFAULT, Rng::new(run.into()))?;
-        Ok(Self { traffic, none_approved: VecDeque::new() })
+        Ok(Self { traffic, none_approved: VecDeque::new(), started_unix_ms: crate::peer::unix_ms() })
     }
 
-    /// The next request, sent `elapsed_us` after the start.
+    /// The next request, sent `elapsed_us` after the start; it carries the wall-clock time
+    /// (the switch refuses requests outside its replay window).
     fn make(&mut self, elapsed_us: u64) -> anyhow::Result<Message> {
-        Ok(self.traffic.make(elapsed_us, 0, &mut self.none_approved)?.message)
+        let now_ms = self.started_unix_ms + (elapsed_us / 1000) as i64;
+        Ok(self.traffic.make(elapsed_us, now_ms, &mut self.none_approved)?.message)
     }
 }
 

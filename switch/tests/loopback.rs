@@ -209,3 +209,26 @@ async fn a_silent_session_is_closed_at_the_drain_deadline() {
     // New connections are refused once draining started.
     assert!(tokio::net::TcpStream::connect(running.address).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_loop_payments_are_approved_end_to_end() {
+    let (address, _stop) = start_switch().await;
+    // The three domestic wallets answer; the closed loop sends codes to all of them.
+    let mut issuers = Vec::new();
+    for wallet in ["WECHATPAY", "ALIPAY", "UNIONPAY"] {
+        let client = Client::connect(address, id(wallet), 1, &demo_key(wallet)).await.expect("sign on");
+        issuers.push(tokio::spawn(loadgen::issuer::run_issuer(client, loadgen::responder::Behaviour::default())));
+    }
+    let acquirer = Client::connect(address, id("ACQ0001"), 1, &demo_key("ACQ0001")).await.expect("sign on");
+    let report = loadgen::run::run_closed_loop(acquirer, 32, Duration::from_millis(300), Duration::from_secs(5))
+        .await
+        .expect("run");
+    let text = report.render();
+    assert!(report.answered > 100 && report.answered == report.sent, "{text}");
+    // Every reply an approval: the requests carried a current time, the right roles and
+    // MACs, and reached an issuer.
+    assert_eq!(report.replies_by_code.get(&ReplyCode::Approved.value()), Some(&report.answered), "{text}");
+    for issuer in issuers {
+        issuer.abort();
+    }
+}
