@@ -39,22 +39,22 @@ fn records(c: &mut Criterion) {
     let mut group = c.benchmark_group("journal_record");
     let records = payment(7);
     let mut bytes = Vec::with_capacity(512);
-    records.iter().enumerate().for_each(|(i, r)| r.encode(i as u64 + 1, &mut bytes));
+    records.iter().enumerate().for_each(|(i, r)| r.encode(i as u64 + 1, None, &mut bytes));
     group.throughput(Throughput::Bytes(bytes.len() as u64));
     group.bench_function(format!("encode_payment/{}_bytes", bytes.len()), |b| {
         let mut out = Vec::with_capacity(512);
         b.iter(|| {
             out.clear();
             for (i, record) in black_box(&records).iter().enumerate() {
-                record.encode(i as u64 + 1, &mut out);
+                record.encode(i as u64 + 1, None, &mut out);
             }
             black_box(out.len())
         })
     });
     group.bench_function("decode_payment", |b| {
         b.iter(|| {
-            let (first, _, size) = Record::decode(black_box(&bytes)).expect("valid");
-            let (second, _, _) = Record::decode(&bytes[size..]).expect("valid");
+            let (first, _, size) = Record::decode(black_box(&bytes), None).expect("valid");
+            let (second, _, _) = Record::decode(&bytes[size..], None).expect("valid");
             black_box((first, second))
         })
     });
@@ -66,7 +66,7 @@ fn append(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("bench-journal-{}", std::process::id()));
     let open = || {
         let _ = std::fs::remove_dir_all(&dir);
-        Journal::open(&dir, SyncPolicy::Never, Damage::Refuse, |_| {}).expect("open").0
+        Journal::open(&dir, SyncPolicy::Never, Damage::Refuse, None, |_| {}).expect("open").0
     };
     let batch: Vec<Record> = (0..1_000).flat_map(payment).collect();
     group.throughput(Throughput::Elements(1_000));

@@ -28,7 +28,7 @@ use codec::InstitutionId;
 use codec::field::FieldText;
 use serde::Serialize;
 
-use crate::core::record::Record;
+use crate::core::record::{CodeKey, Record};
 use crate::journal::{self, JournalError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -391,12 +391,17 @@ pub fn recorded_fees(data_dir: &Path, window: u64) -> Result<FeeSchedule, Cleari
 }
 
 /// Reads every shard's journal in `data_dir` and builds window `window`, which must have
-/// been cut in each, with `fees`.
-pub fn rebuild(data_dir: &Path, window: u64, fees: &FeeSchedule) -> Result<Window, ClearingError> {
+/// been cut in each, with `fees`. `key` reads a journal whose payment codes are encrypted.
+pub fn rebuild(
+    data_dir: &Path,
+    window: u64,
+    fees: &FeeSchedule,
+    key: Option<&CodeKey>,
+) -> Result<Window, ClearingError> {
     let mut entries = Vec::new();
     for (_, dir) in shard_dirs(data_dir)? {
         let mut shard = ShardEntries::new(window, fees);
-        journal::read_with(&dir, |record| shard.add(record))?;
+        journal::read_with(&dir, key, |record| shard.add(record))?;
         if !shard.closed {
             return Err(ClearingError::NotClosed(window));
         }
@@ -436,17 +441,26 @@ pub fn next_cutoff(now: jiff::Timestamp, at: jiff::civil::Time) -> Result<jiff::
 
 /// Closes the open window of a stopped switch's data directory: takes the directory's lock
 /// (refused while a switch runs on it), cuts every shard's journal, and writes the files.
-pub fn close_offline(data_dir: &Path, fees: &FeeSchedule) -> Result<(u64, Vec<PathBuf>), ClearingError> {
+pub fn close_offline(
+    data_dir: &Path,
+    fees: &FeeSchedule,
+    key: Option<&CodeKey>,
+) -> Result<(u64, Vec<PathBuf>), ClearingError> {
     let _lock = lock(data_dir)?;
     let mut journals = Vec::new();
     let mut last = 0;
     for (_, dir) in shard_dirs(data_dir)? {
-        let (journal, _) =
-            journal::Journal::open(&dir, journal::SyncPolicy::Always, journal::Damage::Refuse, |record| {
+        let (journal, _) = journal::Journal::open(
+            &dir,
+            journal::SyncPolicy::Always,
+            journal::Damage::Refuse,
+            key.cloned(),
+            |record| {
                 if let Record::WindowCut { window, .. } = record {
                     last = last.max(window);
                 }
-            })?;
+            },
+        )?;
         journals.push((dir, journal));
     }
     let window = last + 1;
@@ -457,7 +471,7 @@ pub fn close_offline(data_dir: &Path, fees: &FeeSchedule) -> Result<(u64, Vec<Pa
             .map_err(|source| ClearingError::Io { path: dir.clone(), source })?;
     }
     drop(journals);
-    let built = rebuild(data_dir, window, fees)?;
+    let built = rebuild(data_dir, window, fees, key)?;
     Ok((window, built.write(data_dir, fees)?))
 }
 

@@ -33,6 +33,8 @@ pub struct SwitchConfig {
     /// directory unless absolute.
     pub data_dir: PathBuf,
     pub fsync: SyncPolicy,
+    /// Encrypts payment codes in the journal (`None`: kept in clear; protect the directory).
+    pub code_key: Option<crate::core::record::CodeKey>,
     /// The daily clearing cut-off, Asia/Shanghai wall-clock time; `None`: on demand only.
     pub daily_cutoff: Option<jiff::civil::Time>,
     /// Fees charged in clearing windows (none in the embedded default).
@@ -76,6 +78,7 @@ impl SwitchConfig {
             shards: None,
             data_dir: PathBuf::from(Self::DATA_DIR_DEFAULT),
             fsync: SyncPolicy::Always,
+            code_key: None,
             daily_cutoff: Some(Self::DAILY_CUTOFF_DEFAULT),
             fees: crate::clearing::FeeSchedule { operator: "CSWITCH".into(), ..Default::default() },
             session: SessionConfig::default(),
@@ -244,12 +247,25 @@ struct FileJournal {
     /// Relative to the configuration file's directory unless absolute.
     data_dir: PathBuf,
     fsync: String,
+    /// A file holding the 16-byte key (32 hex digits) that encrypts payment codes in the
+    /// journal; relative to the configuration file's directory unless absolute.
+    code_key_file: Option<PathBuf>,
 }
 
 impl Default for FileJournal {
     fn default() -> Self {
-        Self { data_dir: PathBuf::from(SwitchConfig::DATA_DIR_DEFAULT), fsync: "always".into() }
+        Self { data_dir: PathBuf::from(SwitchConfig::DATA_DIR_DEFAULT), fsync: "always".into(), code_key_file: None }
     }
+}
+
+/// Reads a journal code key: 32 hexadecimal digits (16 bytes), surrounding space ignored.
+pub fn read_code_key(path: &Path) -> Result<crate::core::record::CodeKey, String> {
+    let text = std::fs::read_to_string(path).map_err(|error| format!("cannot read: {error}"))?;
+    let bytes: [u8; 16] = hex::decode(text.trim())
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or("expected 32 hexadecimal digits (a 16-byte SM4 key)")?;
+    Ok(crate::core::record::CodeKey::new(bytes))
 }
 
 /// A participant's fee rate.
@@ -500,6 +516,15 @@ impl SwitchConfig {
         }
         let fsync: SyncPolicy =
             file.journal.fsync.parse().map_err(|problem| invalid("journal.fsync".into(), problem))?;
+        let code_key = match &file.journal.code_key_file {
+            None => None,
+            Some(key_file) => {
+                let resolved = path.parent().unwrap_or(Path::new(".")).join(key_file);
+                Some(read_code_key(&resolved).map_err(|problem| {
+                    invalid("journal.code_key_file".into(), format!("{}: {problem}", resolved.display()))
+                })?)
+            }
+        };
         let mut fees =
             crate::clearing::FeeSchedule { operator: file.switch.id.as_str().to_string(), ..Default::default() };
         for (index, fee) in file.fee.iter().enumerate() {
@@ -664,6 +689,7 @@ impl SwitchConfig {
             shards: file.switch.shards,
             data_dir: path.parent().unwrap_or(Path::new(".")).join(&file.journal.data_dir),
             fsync,
+            code_key,
             daily_cutoff,
             fees,
             session: SessionConfig {

@@ -22,7 +22,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::core::record::{HEADER_SIZE, Record, RecordError};
+use crate::core::record::{CodeKey, HEADER_SIZE, Record, RecordError};
 
 /// A segment is closed and a new one started past this size.
 pub const SEGMENT_SIZE_MAX: u64 = 64 * 1024 * 1024;
@@ -86,6 +86,11 @@ pub enum JournalError {
     Sequence { path: PathBuf, offset: u64, expected: u64, found: u64 },
     #[error("{path}: written with {written} shards; run with --shards {written} or use another data directory")]
     Shards { path: PathBuf, written: usize },
+    #[error(
+        "{path}: record at offset {offset} holds an encrypted payment code; give the journal's code key \
+         ([journal] code_key_file, or --code-key-file)"
+    )]
+    Sealed { path: PathBuf, offset: u64 },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
@@ -93,13 +98,15 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
 }
 
 /// Where and how the switch keeps its journal.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct JournalSettings {
     pub data_dir: PathBuf,
     pub policy: SyncPolicy,
     pub damage: Damage,
     /// Write through io_uring (falling back, with a warning, where the kernel refuses).
     pub io_uring: bool,
+    /// Encrypts payment codes at rest (and is needed to read them back).
+    pub code_key: Option<CodeKey>,
 }
 
 /// What recovery found in one shard's journal.
@@ -126,6 +133,8 @@ pub struct Journal {
     unsynced: bool,
     /// Writes and syncs through io_uring when set (Linux; see `use_io_uring`).
     ring: Option<Ring>,
+    /// Encrypts payment codes at rest when set.
+    key: Option<CodeKey>,
 }
 
 /// An io_uring instance for the journal's writes.
@@ -194,14 +203,18 @@ pub fn segments(dir: &Path) -> Result<Vec<PathBuf>, JournalError> {
 /// hands each to `on_record` (streamed: the journal need not fit in memory). Returns where
 /// a torn tail starts, if anywhere (recovery would cut it). For `switch journal verify`,
 /// `inspect` and clearing.
-pub fn read_with(dir: &Path, mut on_record: impl FnMut(Record)) -> Result<Option<(PathBuf, u64)>, JournalError> {
+pub fn read_with(
+    dir: &Path,
+    key: Option<&CodeKey>,
+    mut on_record: impl FnMut(Record),
+) -> Result<Option<(PathBuf, u64)>, JournalError> {
     let segments = segments(dir)?;
     let mut expected = 1u64;
     for (index, path) in segments.iter().enumerate() {
         let bytes = fs::read(path).map_err(io_error(path))?;
         let last = index + 1 == segments.len();
-        if let Some((offset, problem)) = scan(path, &bytes, &mut expected, &mut on_record)? {
-            if last && !valid_after(&bytes, offset as usize, expected) {
+        if let Some((offset, problem)) = scan(path, &bytes, key, &mut expected, &mut on_record)? {
+            if last && !valid_after(&bytes, offset as usize, expected, key) {
                 return Ok(Some((path.clone(), offset)));
             }
             return Err(JournalError::Corrupt { path: path.clone(), offset, problem });
@@ -211,16 +224,21 @@ pub fn read_with(dir: &Path, mut on_record: impl FnMut(Record)) -> Result<Option
 }
 
 /// Hands the records of `bytes` to `on_record` until the end or the first damaged record
-/// (returned with its offset). Sequence gaps are errors.
+/// (returned with its offset). Sequence gaps, and encrypted codes without the key, are
+/// errors (never damage: nothing may be cut for want of a key).
 fn scan(
     path: &Path,
     bytes: &[u8],
+    key: Option<&CodeKey>,
     expected: &mut u64,
     on_record: &mut impl FnMut(Record),
 ) -> Result<Option<(u64, RecordError)>, JournalError> {
     let mut offset = 0usize;
     while offset < bytes.len() {
-        match Record::decode(&bytes[offset..]) {
+        match Record::decode(&bytes[offset..], key) {
+            Err(RecordError::Sealed) => {
+                return Err(JournalError::Sealed { path: path.to_path_buf(), offset: offset as u64 });
+            }
             Ok((record, sequence, size)) => {
                 if sequence != *expected {
                     return Err(JournalError::Sequence {
@@ -242,10 +260,11 @@ fn scan(
 
 /// Whether a valid record with a sequence at or past `expected` starts anywhere after
 /// `offset` (records are 8-aligned): if so, the damage is not a torn tail.
-fn valid_after(bytes: &[u8], offset: usize, expected: u64) -> bool {
-    (offset + 8..bytes.len().saturating_sub(HEADER_SIZE - 1))
-        .step_by(8)
-        .any(|at| matches!(Record::decode(&bytes[at..]), Ok((_, sequence, _)) if sequence >= expected))
+fn valid_after(bytes: &[u8], offset: usize, expected: u64, key: Option<&CodeKey>) -> bool {
+    (offset + 8..bytes.len().saturating_sub(HEADER_SIZE - 1)).step_by(8).any(|at| {
+        matches!(Record::decode(&bytes[at..], key), Ok((_, sequence, _)) if sequence >= expected)
+            || matches!(Record::decode(&bytes[at..], key), Err(RecordError::Sealed))
+    })
 }
 
 impl Journal {
@@ -253,10 +272,12 @@ impl Journal {
     /// `on_record` in order (streamed: a journal need not fit in memory), cuts a torn tail
     /// (and, if the operator said so, accepted damage), and opens the last segment for
     /// appending.
+    /// With `key`, payment codes are written encrypted, and encrypted ones can be read.
     pub fn open(
         dir: &Path,
         policy: SyncPolicy,
         damage: Damage,
+        key: Option<CodeKey>,
         mut on_record: impl FnMut(Record),
     ) -> Result<(Self, Recovery), JournalError> {
         fs::create_dir_all(dir).map_err(io_error(dir))?;
@@ -266,9 +287,11 @@ impl Journal {
         let mut keep = segments.len();
         for (index, path) in segments.iter().enumerate() {
             let bytes = fs::read(path).map_err(io_error(path))?;
-            let Some((offset, problem)) = scan(path, &bytes, &mut expected, &mut on_record)? else { continue };
+            let Some((offset, problem)) = scan(path, &bytes, key.as_ref(), &mut expected, &mut on_record)? else {
+                continue;
+            };
             let last = index + 1 == segments.len();
-            if last && !valid_after(&bytes, offset as usize, expected) {
+            if last && !valid_after(&bytes, offset as usize, expected, key.as_ref()) {
                 recovery.torn_tail = Some((path.clone(), offset, bytes.len() as u64 - offset));
             } else if damage == Damage::Truncate {
                 recovery.accepted_damage = Some((path.clone(), offset, problem));
@@ -300,6 +323,7 @@ impl Journal {
             policy,
             unsynced: false,
             ring: None,
+            key,
         };
         Ok((journal, recovery))
     }
@@ -331,7 +355,7 @@ impl Journal {
             }
             self.buffer.clear();
             for record in records {
-                record.encode(self.next_sequence, &mut self.buffer);
+                record.encode(self.next_sequence, self.key.as_ref(), &mut self.buffer);
                 self.next_sequence += 1;
             }
             self.unsynced = true;
@@ -466,7 +490,7 @@ mod tests {
 
     fn read(dir: &Path) -> Result<Contents, JournalError> {
         let mut records = Vec::new();
-        let torn_tail = read_with(dir, |record| records.push(record))?;
+        let torn_tail = read_with(dir, None, |record| records.push(record))?;
         Ok(Contents { records, torn_tail })
     }
 
@@ -477,7 +501,8 @@ mod tests {
     }
 
     fn write(dir: &Path, count: u64) -> PathBuf {
-        let (mut journal, recovery) = Journal::open(dir, SyncPolicy::Always, Damage::Refuse, |_| {}).expect("open");
+        let (mut journal, recovery) =
+            Journal::open(dir, SyncPolicy::Always, Damage::Refuse, None, |_| {}).expect("open");
         assert_eq!(recovery.records, 0);
         let records: Vec<_> = (1..=count).map(record).collect();
         journal.append(&records).expect("append");
@@ -491,7 +516,7 @@ mod tests {
         write(&dir, 10);
         let mut records = Vec::new();
         let (mut journal, recovery) =
-            Journal::open(&dir, SyncPolicy::Always, Damage::Refuse, |r| records.push(r)).expect("reopen");
+            Journal::open(&dir, SyncPolicy::Always, Damage::Refuse, None, |r| records.push(r)).expect("reopen");
         assert_eq!(records, (1..=10).map(record).collect::<Vec<_>>());
         assert!(recovery.torn_tail.is_none());
         journal.append(&[record(11)]).expect("append");
@@ -509,7 +534,8 @@ mod tests {
         let record_size = whole.len() / 3;
         for cut in (2 * record_size + 1)..whole.len() {
             fs::write(&path, &whole[..cut]).expect("tear");
-            let (_, recovery) = Journal::open(&dir, SyncPolicy::Always, Damage::Refuse, |_| {}).expect("recovers");
+            let (_, recovery) =
+                Journal::open(&dir, SyncPolicy::Always, Damage::Refuse, None, |_| {}).expect("recovers");
             assert_eq!(recovery.records, 2, "cut at {cut}");
             let (_, offset, dropped) = recovery.torn_tail.clone().expect("reported");
             assert_eq!((offset, dropped), ((2 * record_size) as u64, (cut - 2 * record_size) as u64));
@@ -519,7 +545,7 @@ mod tests {
         let mut zeroed = whole.clone();
         zeroed[2 * record_size..].fill(0);
         fs::write(&path, &zeroed).expect("write");
-        let (_, recovery) = Journal::open(&dir, SyncPolicy::Always, Damage::Refuse, |_| {}).expect("recovers");
+        let (_, recovery) = Journal::open(&dir, SyncPolicy::Always, Damage::Refuse, None, |_| {}).expect("recovers");
         assert_eq!(recovery.records, 2);
         let _ = fs::remove_dir_all(&dir);
     }
@@ -532,7 +558,7 @@ mod tests {
         let record_size = bytes.len() / 5;
         bytes[record_size + 40] ^= 0x01;
         fs::write(&path, &bytes).expect("write");
-        match Journal::open(&dir, SyncPolicy::Always, Damage::Refuse, |_| {}) {
+        match Journal::open(&dir, SyncPolicy::Always, Damage::Refuse, None, |_| {}) {
             Err(JournalError::Corrupt { offset, .. }) => assert_eq!(offset, record_size as u64),
             other => panic!("expected corruption at record 2: {other:?}"),
         }
@@ -540,7 +566,7 @@ mod tests {
         // The operator accepts the loss: the journal is cut there and goes on.
         let mut records = Vec::new();
         let (mut journal, recovery) =
-            Journal::open(&dir, SyncPolicy::Always, Damage::Truncate, |r| records.push(r)).expect("accepted");
+            Journal::open(&dir, SyncPolicy::Always, Damage::Truncate, None, |r| records.push(r)).expect("accepted");
         assert_eq!(records, vec![record(1)]);
         assert!(recovery.accepted_damage.is_some());
         journal.append(&[record(2)]).expect("append");
@@ -550,7 +576,7 @@ mod tests {
     #[test]
     fn segments_rotate_and_a_gap_in_sequences_is_refused() {
         let dir = temp_dir("rotate");
-        let (mut journal, _) = Journal::open(&dir, SyncPolicy::Never, Damage::Refuse, |_| {}).expect("open");
+        let (mut journal, _) = Journal::open(&dir, SyncPolicy::Never, Damage::Refuse, None, |_| {}).expect("open");
         journal.append(&[record(1)]).expect("append");
         journal.segment_size = SEGMENT_SIZE_MAX;
         journal.append(&[record(2), record(3)]).expect("append");
@@ -568,7 +594,7 @@ mod tests {
     #[test]
     fn io_uring_writes_and_syncs_the_same_bytes() {
         let dir = temp_dir("uring");
-        let (mut journal, _) = Journal::open(&dir, SyncPolicy::Always, Damage::Refuse, |_| {}).expect("open");
+        let (mut journal, _) = Journal::open(&dir, SyncPolicy::Always, Damage::Refuse, None, |_| {}).expect("open");
         assert!(journal.use_io_uring(), "this machine allows io_uring; the test needs it");
         let records: Vec<_> = (1..=1_000).map(record).collect();
         for chunk in records.chunks(100) {

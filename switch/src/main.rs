@@ -68,6 +68,10 @@ enum Command {
         /// at the damage (the records after it are lost; later segments are kept aside).
         #[arg(long)]
         accept_journal_damage: bool,
+        /// Encrypt payment codes in the journal with this key (32 hex digits in a file;
+        /// overrides the file's journal.code_key_file). Keep it apart from the data.
+        #[arg(long)]
+        code_key_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -78,6 +82,9 @@ enum JournalCommand {
     Verify {
         #[arg(long, default_value = SwitchConfig::DATA_DIR_DEFAULT)]
         data_dir: std::path::PathBuf,
+        /// The journal's payment-code key (32 hex digits), if its codes are encrypted.
+        #[arg(long)]
+        code_key_file: Option<std::path::PathBuf>,
     },
     /// Prints journal records, one per line (payment codes masked).
     Inspect {
@@ -89,6 +96,9 @@ enum JournalCommand {
         /// At most this many records per shard, from the start.
         #[arg(long, default_value_t = 1000)]
         limit: usize,
+        /// The journal's payment-code key (32 hex digits), if its codes are encrypted.
+        #[arg(long)]
+        code_key_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -109,6 +119,9 @@ enum ClearingCommand {
         /// With --data-dir: the configuration whose fee schedule applies (none: no fees).
         #[arg(long, requires = "data_dir")]
         config: Option<std::path::PathBuf>,
+        /// With --data-dir: the journal's payment-code key, if its codes are encrypted.
+        #[arg(long, requires = "data_dir")]
+        code_key_file: Option<std::path::PathBuf>,
     },
     /// Writes a closed window's files again from the journal (byte-identical).
     Rebuild {
@@ -116,6 +129,9 @@ enum ClearingCommand {
         data_dir: std::path::PathBuf,
         #[arg(long)]
         window: u64,
+        /// The journal's payment-code key (32 hex digits), if its codes are encrypted.
+        #[arg(long)]
+        code_key_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -190,7 +206,17 @@ fn main_inner() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config, listen, admin_listen, shards, io, data_dir, fsync, accept_journal_damage } => {
+        Command::Run {
+            config,
+            listen,
+            admin_listen,
+            shards,
+            io,
+            data_dir,
+            fsync,
+            accept_journal_damage,
+            code_key_file,
+        } => {
             let mut config = match config {
                 Some(path) => SwitchConfig::from_file(&path)?,
                 None => SwitchConfig::embedded_default(),
@@ -209,6 +235,9 @@ fn main_inner() -> anyhow::Result<()> {
             }
             if let Some(fsync) = fsync {
                 config.fsync = fsync;
+            }
+            if let Some(path) = code_key_file {
+                config.code_key = Some(read_code_key(&path)?);
             }
             let damage = if accept_journal_damage { Damage::Truncate } else { Damage::Refuse };
             run(config, io, damage)
@@ -292,20 +321,27 @@ fn clearing_command(command: ClearingCommand) -> anyhow::Result<()> {
             print(window, &files);
             Ok(())
         }
-        ClearingCommand::Close { data_dir, config, .. } => {
+        ClearingCommand::Close { data_dir, config, code_key_file, .. } => {
             let data_dir = data_dir.context("--admin or --data-dir")?;
-            let fees = match config {
-                Some(path) => SwitchConfig::from_file(&path)?.fees,
-                None => switch::clearing::FeeSchedule::default(),
+            let (fees, mut key) = match config {
+                Some(path) => {
+                    let config = SwitchConfig::from_file(&path)?;
+                    (config.fees, config.code_key)
+                }
+                None => (switch::clearing::FeeSchedule::default(), None),
             };
-            let (window, files) = switch::clearing::close_offline(&data_dir, &fees)?;
+            if let Some(path) = code_key_file {
+                key = Some(read_code_key(&path)?);
+            }
+            let (window, files) = switch::clearing::close_offline(&data_dir, &fees, key.as_ref())?;
             print(window, &files);
             Ok(())
         }
-        ClearingCommand::Rebuild { data_dir, window } => {
+        ClearingCommand::Rebuild { data_dir, window, code_key_file } => {
             // The schedule the window was closed with, so the files come out the same.
             let fees = switch::clearing::recorded_fees(&data_dir, window)?;
-            let built = switch::clearing::rebuild(&data_dir, window, &fees)?;
+            let key = code_key_file.map(|path| read_code_key(&path)).transpose()?;
+            let built = switch::clearing::rebuild(&data_dir, window, &fees, key.as_ref())?;
             let files = built.write(&data_dir, &fees)?;
             emit!("window {window} rebuilt: {} entries, {} files", built.entries.len(), files.len());
             Ok(())
@@ -315,12 +351,13 @@ fn clearing_command(command: ClearingCommand) -> anyhow::Result<()> {
 
 fn journal_command(command: JournalCommand) -> anyhow::Result<()> {
     match command {
-        JournalCommand::Verify { data_dir } => {
+        JournalCommand::Verify { data_dir, code_key_file } => {
+            let key = code_key_file.map(|path| read_code_key(&path)).transpose()?;
             let mut damaged = false;
             for (index, dir) in switch::clearing::shard_dirs(&data_dir)? {
                 let segments = switch::journal::segments(&dir)?.len();
                 let mut records = 0u64;
-                match switch::journal::read_with(&dir, |_| records += 1) {
+                match switch::journal::read_with(&dir, key.as_ref(), |_| records += 1) {
                     Ok(torn_tail) => {
                         let tail = match torn_tail {
                             Some((path, offset)) => {
@@ -341,14 +378,15 @@ fn journal_command(command: JournalCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        JournalCommand::Inspect { data_dir, shard, limit } => {
+        JournalCommand::Inspect { data_dir, shard, limit, code_key_file } => {
+            let key = code_key_file.map(|path| read_code_key(&path)).transpose()?;
             for (index, dir) in switch::clearing::shard_dirs(&data_dir)? {
                 if shard.is_some_and(|wanted| wanted != index) {
                     continue;
                 }
                 emit!("# shard {index}");
                 let mut sequence = 0usize;
-                switch::journal::read_with(&dir, |record| {
+                switch::journal::read_with(&dir, key.as_ref(), |record| {
                     sequence += 1;
                     if sequence <= limit {
                         emit!("{sequence:>10} {record}");
@@ -359,6 +397,10 @@ fn journal_command(command: JournalCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn read_code_key(path: &std::path::Path) -> anyhow::Result<switch::core::record::CodeKey> {
+    switch::config::read_code_key(path).map_err(|problem| anyhow::anyhow!("{}: {problem}", path.display()))
 }
 
 /// The admin API's tokens (the configuration's, or a fresh operator token written to
@@ -410,6 +452,7 @@ fn run(config: SwitchConfig, io: Io, damage: Damage) -> anyhow::Result<()> {
                     policy: config.fsync,
                     damage,
                     io_uring: io == Io::Uring,
+                    code_key: config.code_key.clone(),
                 })
                 .with_daily_cutoff(config.daily_cutoff)
                 .with_fees(config.fees.clone())

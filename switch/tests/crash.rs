@@ -43,8 +43,14 @@ async fn start(data_dir: &Path, port: u16) -> Switch {
 }
 
 async fn start_with_admin(data_dir: &Path, port: u16, admin_port: u16) -> Switch {
+    start_with_args(data_dir, port, admin_port, &[]).await
+}
+
+async fn start_with_args(data_dir: &Path, port: u16, admin_port: u16, extra: &[&str]) -> Switch {
     let child = Command::new(env!("CARGO_BIN_EXE_switch"))
-        .args(["run", "--shards", "2", "--fsync", "always", "--listen"])
+        .arg("run")
+        .args(extra)
+        .args(["--shards", "2", "--fsync", "always", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .arg("--admin-listen")
         .arg(format!("127.0.0.1:{admin_port}"))
@@ -346,4 +352,87 @@ async fn a_journal_write_that_fails_stops_the_switch_before_it_answers() {
 /// A receiver's behaviour from loadgen's `--respond` syntax.
 fn behaviour(spec: &str) -> Behaviour {
     spec.parse().expect("valid behaviour")
+}
+
+#[tokio::test]
+async fn payment_codes_are_encrypted_at_rest_with_a_code_key() {
+    let data_dir = std::env::temp_dir().join(format!("switch-code-key-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    std::fs::create_dir_all(&data_dir).expect("dir");
+    let key_file = std::env::temp_dir().join(format!("switch-code-key-{}.key", std::process::id()));
+    std::fs::write(&key_file, "00112233445566778899aabbccddeeff\n").expect("key");
+    let key_arg = key_file.to_str().expect("utf-8").to_string();
+    let data = data_dir.to_str().expect("utf-8").to_string();
+    const PAYMENTS: u64 = 200;
+
+    let port = free_port();
+    let switch = start_with_args(&data_dir, port, free_port(), &["--code-key-file", &key_arg]).await;
+    let wechat = tokio::spawn(run_issuer(connect(port, "WECHATPAY").await, Behaviour::default()));
+    let mut acquirer = connect(port, "ACQ0001").await;
+    for n in 0..PAYMENTS {
+        acquirer.writer.queue(&payment(7, n * 2)).expect("queue");
+    }
+    acquirer.writer.flush().await.expect("send");
+    for _ in 0..PAYMENTS {
+        assert_eq!(next_reply(&mut acquirer).await.1, ReplyCode::Approved.value());
+    }
+    drop(switch); // SIGKILL
+    wechat.abort();
+
+    // No code, not even the codes' common prefix, is anywhere in the journal's bytes.
+    let mut journal = Vec::new();
+    for (_, dir) in switch::clearing::shard_dirs(&data_dir).expect("shards") {
+        for segment in switch::journal::segments(&dir).expect("segments") {
+            journal.extend(std::fs::read(segment).expect("read"));
+        }
+    }
+    assert!(journal.len() > 10_000);
+    assert!(!journal.windows(6).any(|w| w == b"130007"), "a payment code prefix in clear");
+    for n in 0..PAYMENTS {
+        let code = format!("13{:04}{:012}", 7, n * 2);
+        assert!(!journal.windows(code.len()).any(|w| w == code.as_bytes()));
+    }
+
+    // Reading it needs the key; with it, codes come back (masked when shown).
+    let (ok, text) = switch_cli(&["journal", "verify", "--data-dir", &data]);
+    assert!(!ok && text.contains("encrypted payment code"), "{text}");
+    let (ok, text) = switch_cli(&["journal", "verify", "--data-dir", &data, "--code-key-file", &key_arg]);
+    assert!(ok && text.contains("ok"), "{text}");
+    let (ok, text) = switch_cli(&["journal", "inspect", "--data-dir", &data, "--code-key-file", &key_arg]);
+    assert!(ok && text.contains("130007********"), "{text}");
+
+    // Without the key the switch refuses to start (it could not rebuild the used codes)...
+    let mut keyless = Command::new(env!("CARGO_BIN_EXE_switch"))
+        .args(["run", "--shards", "2", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--admin-listen", &format!("127.0.0.1:{}", free_port()), "--data-dir", &data])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut exited = None;
+    for _ in 0..200 {
+        if let Some(status) = keyless.try_wait().expect("wait") {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let Some(status) = exited else {
+        let _ = keyless.kill();
+        panic!("a switch without the code key started on an encrypted journal");
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut keyless.stderr.take().expect("stderr"), &mut stderr).expect("read");
+    assert!(!status.success() && stderr.contains("code key"), "{stderr}");
+
+    // ...and with it, it recovers every used code: reuse is still refused.
+    let port = free_port();
+    let _switch = start_with_args(&data_dir, port, free_port(), &["--code-key-file", &key_arg]).await;
+    let mut acquirer = connect(port, "ACQ0001").await;
+    let Message::PaymentCodeRequest(mut reuse) = payment(7, 0) else { unreachable!("a payment") };
+    reuse.details.originator_transaction_id = "REUSE-AFTER-RESTART".parse().expect("valid");
+    acquirer.writer.send(&Message::PaymentCodeRequest(reuse)).await.expect("send");
+    assert_eq!(next_reply(&mut acquirer).await.1, ReplyCode::Duplicate.value());
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let _ = std::fs::remove_file(&key_file);
 }

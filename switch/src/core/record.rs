@@ -16,6 +16,11 @@
 //! Invariant: `decode(encode(r)) == r` for every record, and any bit flipped in a record's
 //! bytes makes `decode` fail (the CRC covers everything after itself; the length is checked
 //! against the kind).
+//!
+//! With a [`CodeKey`], an `Admitted` record's payment code is stored encrypted (SM4 in
+//! counter mode, the record's switch reference as the nonce, marked by code flag 2): the
+//! journal then holds no payment code in clear. The CRC covers the stored bytes, so
+//! integrity checks need no key; reading the code back does.
 
 use codec::{AuthorizationCode, InstitutionId, PaymentCode, TransactionId};
 
@@ -29,6 +34,45 @@ const TIMED_OUT_BODY: usize = 16;
 const REVERSAL_STARTED_BODY: usize = 32;
 const REVERSAL_ACKNOWLEDGED_BODY: usize = 16;
 const WINDOW_CUT_BODY: usize = 16;
+
+/// The key that encrypts payment codes at rest (16 bytes, SM4). Never printed.
+#[derive(Clone)]
+pub struct CodeKey {
+    cipher: sm4::Sm4,
+}
+
+impl std::fmt::Debug for CodeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CodeKey(..)")
+    }
+}
+
+impl CodeKey {
+    pub fn new(key: [u8; 16]) -> Self {
+        use sm4::cipher::KeyInit;
+        Self { cipher: sm4::Sm4::new(&key.into()) }
+    }
+
+    /// Encrypts or decrypts (the same XOR) the 32 code bytes of the record `reference`:
+    /// keystream block `i` is SM4(reference LE | 0u32 | i LE u32). A reference names one
+    /// `Admitted` record, so no keystream is used twice under one key.
+    fn apply(&self, reference: u64, bytes: &mut [u8; 32]) {
+        use sm4::cipher::BlockCipherEncrypt;
+        for (index, chunk) in bytes.chunks_exact_mut(16).enumerate() {
+            let mut block = [0u8; 16];
+            block[..8].copy_from_slice(&reference.to_le_bytes());
+            block[12..].copy_from_slice(&(index as u32).to_le_bytes());
+            let mut block = block.into();
+            self.cipher.encrypt_block(&mut block);
+            chunk.iter_mut().zip(block.iter()).for_each(|(byte, key)| *byte ^= key);
+        }
+    }
+}
+
+/// An `Admitted` record's code flag: no code, the code in clear, the code encrypted.
+const CODE_NONE: u8 = 0;
+const CODE_PLAIN: u8 = 1;
+const CODE_SEALED: u8 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Record {
@@ -73,6 +117,8 @@ pub enum RecordError {
     Reserved,
     #[error("field {0} is invalid")]
     Field(&'static str),
+    #[error("the payment code is encrypted and no journal code key was given")]
+    Sealed,
 }
 
 impl Record {
@@ -88,7 +134,8 @@ impl Record {
     }
 
     /// Appends this record with sequence `sequence` to `out`.
-    pub fn encode(&self, sequence: u64, out: &mut Vec<u8>) {
+    /// Appends the record; with `key`, a payment code is stored encrypted.
+    pub fn encode(&self, sequence: u64, key: Option<&CodeKey>, out: &mut Vec<u8>) {
         let start = out.len();
         out.extend_from_slice(&[0; HEADER_SIZE]);
         match *self {
@@ -108,12 +155,22 @@ impl Record {
                 out.extend_from_slice(&amount_minor.to_le_bytes());
                 out.extend_from_slice(&refund_of.to_le_bytes());
                 out.extend_from_slice(&currency.to_le_bytes());
-                out.push(u8::from(payment_code.is_some()));
+                let flag = match (payment_code, key) {
+                    (None, _) => CODE_NONE,
+                    (Some(_), None) => CODE_PLAIN,
+                    (Some(_), Some(_)) => CODE_SEALED,
+                };
+                out.push(flag);
                 out.extend_from_slice(&[0; 5]);
                 out.extend_from_slice(originator.as_bytes());
                 out.extend_from_slice(receiver.as_bytes());
                 out.extend_from_slice(id.as_bytes());
-                out.extend_from_slice(payment_code.unwrap_or_default().as_bytes());
+                let mut code = [0u8; 32];
+                code.copy_from_slice(payment_code.unwrap_or_default().as_bytes());
+                if let (Some(key), CODE_SEALED) = (key, flag) {
+                    key.apply(reference, &mut code);
+                }
+                out.extend_from_slice(&code);
             }
             Self::Answered { reference, time_ms, code, authorization_code } => {
                 out.extend_from_slice(&reference.to_le_bytes());
@@ -152,7 +209,8 @@ impl Record {
     }
 
     /// Decodes the record at the start of `bytes`: the record, its sequence and its size.
-    pub fn decode(bytes: &[u8]) -> Result<(Record, u64, usize), RecordError> {
+    /// An encrypted payment code needs `key` ([`RecordError::Sealed`] without it).
+    pub fn decode(bytes: &[u8], key: Option<&CodeKey>) -> Result<(Record, u64, usize), RecordError> {
         if bytes.len() < HEADER_SIZE {
             return Err(RecordError::Incomplete { needed: HEADER_SIZE, available: bytes.len() });
         }
@@ -206,10 +264,16 @@ impl Record {
                     InstitutionId::from_bytes(body.take()).map_err(|_| RecordError::Field("originator"))?;
                 let receiver = InstitutionId::from_bytes(body.take()).map_err(|_| RecordError::Field("receiver"))?;
                 let id = TransactionId::from_bytes(body.take()).map_err(|_| RecordError::Field("id"))?;
-                let code_bytes = body.take();
-                let payment_code = match has_code {
-                    0 if code_bytes == [0; 32] => None,
-                    1 => Some(PaymentCode::from_bytes(code_bytes).map_err(|_| RecordError::Field("payment_code"))?),
+                let mut code_bytes: [u8; 32] = body.take();
+                let payment_code = match (has_code, key) {
+                    (CODE_NONE, _) if code_bytes == [0; 32] => None,
+                    (CODE_SEALED, None) => return Err(RecordError::Sealed),
+                    (CODE_PLAIN | CODE_SEALED, key) => {
+                        if let (CODE_SEALED, Some(key)) = (has_code, key) {
+                            key.apply(reference, &mut code_bytes);
+                        }
+                        Some(PaymentCode::from_bytes(code_bytes).map_err(|_| RecordError::Field("payment_code"))?)
+                    }
                     _ => return Err(RecordError::Field("payment_code")),
                 };
                 Record::Admitted {
@@ -373,34 +437,80 @@ mod tests {
         ]
     }
 
+    fn key() -> CodeKey {
+        CodeKey::new(*b"journal-code-key")
+    }
+
     #[test]
     fn every_record_round_trips_and_is_a_whole_number_of_words() {
-        let mut bytes = Vec::new();
-        for (index, record) in samples().iter().enumerate() {
-            let start = bytes.len();
-            record.encode(index as u64 + 1, &mut bytes);
-            assert_eq!((bytes.len() - start) % 8, 0);
-            assert!(bytes.len() - start <= RECORD_SIZE_MAX);
-            let (decoded, sequence, size) = Record::decode(&bytes[start..]).expect("decodes");
-            assert_eq!((decoded, sequence, size), (*record, index as u64 + 1, bytes.len() - start));
+        for key in [None, Some(key())] {
+            let mut bytes = Vec::new();
+            for (index, record) in samples().iter().enumerate() {
+                let start = bytes.len();
+                record.encode(index as u64 + 1, key.as_ref(), &mut bytes);
+                assert_eq!((bytes.len() - start) % 8, 0);
+                assert!(bytes.len() - start <= RECORD_SIZE_MAX);
+                let (decoded, sequence, size) = Record::decode(&bytes[start..], key.as_ref()).expect("decodes");
+                assert_eq!((decoded, sequence, size), (*record, index as u64 + 1, bytes.len() - start));
+            }
         }
     }
 
     #[test]
-    fn any_flipped_bit_or_short_read_is_refused() {
-        for record in samples() {
-            let mut bytes = Vec::new();
-            record.encode(42, &mut bytes);
-            for bit in 0..bytes.len() * 8 {
-                let mut bad = bytes.clone();
-                bad[bit / 8] ^= 1 << (bit % 8);
-                assert!(Record::decode(&bad).is_err(), "{record:?}: bit {bit} flipped went unnoticed");
+    fn encrypted_codes_need_the_key_and_leave_nothing_in_clear() {
+        let record = samples()[0];
+        let Record::Admitted { payment_code: Some(code), .. } = record else { unreachable!("a code sample") };
+        let mut sealed = Vec::new();
+        record.encode(1, Some(&key()), &mut sealed);
+        let digits = code.digits().as_bytes();
+        assert!(!sealed.windows(digits.len()).any(|w| w == digits), "the code is not in the record");
+        assert!(!sealed.windows(6).any(|w| w == &digits[..6]), "not even its prefix");
+        assert!(matches!(Record::decode(&sealed, None), Err(RecordError::Sealed)));
+        let other = CodeKey::new(*b"another-code-key");
+        assert!(matches!(Record::decode(&sealed, Some(&other)), Err(RecordError::Field("payment_code"))));
+        assert_eq!(Record::decode(&sealed, Some(&key())).expect("decodes").0, record);
+        // A plain journal reads with or without a key.
+        let mut plain = Vec::new();
+        record.encode(1, None, &mut plain);
+        assert_eq!(Record::decode(&plain, Some(&key())).expect("decodes").0, record);
+        // Two records, two keystreams.
+        let mut second = Vec::new();
+        let Record::Admitted { .. } = record else { unreachable!() };
+        let moved = match record {
+            Record::Admitted { reference, .. } => {
+                let mut other = record;
+                if let Record::Admitted { reference: r, .. } = &mut other {
+                    *r = reference + 1;
+                }
+                other
             }
-            for length in 0..bytes.len() {
-                assert!(matches!(
-                    Record::decode(&bytes[..length]),
-                    Err(RecordError::Incomplete { .. } | RecordError::Checksum)
-                ));
+            _ => unreachable!(),
+        };
+        moved.encode(2, Some(&key()), &mut second);
+        let code_at = HEADER_SIZE + ADMITTED_BODY - 32;
+        assert_ne!(sealed[code_at..code_at + 32], second[code_at..code_at + 32]);
+    }
+
+    #[test]
+    fn any_flipped_bit_or_short_read_is_refused() {
+        for key in [None, Some(key())] {
+            for record in samples() {
+                let mut bytes = Vec::new();
+                record.encode(42, key.as_ref(), &mut bytes);
+                for bit in 0..bytes.len() * 8 {
+                    let mut bad = bytes.clone();
+                    bad[bit / 8] ^= 1 << (bit % 8);
+                    assert!(
+                        Record::decode(&bad, key.as_ref()).is_err(),
+                        "{record:?}: bit {bit} flipped went unnoticed"
+                    );
+                }
+                for length in 0..bytes.len() {
+                    assert!(matches!(
+                        Record::decode(&bytes[..length], key.as_ref()),
+                        Err(RecordError::Incomplete { .. } | RecordError::Checksum)
+                    ));
+                }
             }
         }
     }

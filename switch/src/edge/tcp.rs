@@ -177,9 +177,10 @@ impl Shared {
             }
         }
         let data_dir = settings.data_dir.clone();
+        let key = settings.code_key.clone();
         let fees = self.fees.clone();
         tokio::task::spawn_blocking(move || {
-            let built = clearing::rebuild(&data_dir, window, &fees).map_err(|e| e.to_string())?;
+            let built = clearing::rebuild(&data_dir, window, &fees, key.as_ref()).map_err(|e| e.to_string())?;
             let files = built.write(&data_dir, &fees).map_err(|e| e.to_string())?;
             tracing::info!(window, entries = built.entries.len(), files = files.len(), "clearing window closed");
             Ok((window, files))
@@ -238,22 +239,24 @@ pub async fn serve(
         journal::check_shards(&settings.data_dir, shards)?;
     }
     let (now, prefault, settings) = (shared.now(), shared.prefault, shared.journal.as_ref());
-    let mut journals: Vec<Option<Journal>> = std::thread::scope(|scope| {
-        if prefault {
+    if prefault {
+        // First touch every reserved table, in parallel; only then recover. (The code set's
+        // prefault ends by clearing it, so it must finish before replay claims any code.)
+        std::thread::scope(|scope| {
             let records = shared.exchange.in_flight_max.saturating_add(shared.exchange.completed_max);
             let codes = &used_codes;
             scope.spawn(move || codes.prefault(records));
-        }
+            for exchange in exchanges.iter_mut() {
+                scope.spawn(move || exchange.prefault());
+            }
+        });
+    }
+    let mut journals: Vec<Option<Journal>> = std::thread::scope(|scope| {
         let starts: Vec<_> = exchanges
             .iter_mut()
             .enumerate()
             .map(|(index, exchange)| {
-                scope.spawn(move || {
-                    if prefault {
-                        exchange.prefault();
-                    }
-                    settings.map(|settings| recover(settings, index, exchange, now)).transpose()
-                })
+                scope.spawn(move || settings.map(|settings| recover(settings, index, exchange, now)).transpose())
             })
             .collect();
         starts
@@ -365,7 +368,9 @@ fn recover(
 ) -> Result<Journal, JournalError> {
     let dir = journal::shard_dir(&settings.data_dir, index);
     let (mut journal, recovery) =
-        Journal::open(&dir, settings.policy, settings.damage, |record| exchange.replay(&record))?;
+        Journal::open(&dir, settings.policy, settings.damage, settings.code_key.clone(), |record| {
+            exchange.replay(&record)
+        })?;
     if settings.io_uring {
         journal.use_io_uring();
     }
