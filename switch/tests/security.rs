@@ -82,18 +82,7 @@ async fn counting_issuer(address: SocketAddr, participant: &str) -> Arc<AtomicU6
                 _ => continue,
             };
             seen.fetch_add(1, Ordering::SeqCst);
-            let reply = codec::Reply {
-                originator: details.originator,
-                originator_transaction_id: details.originator_transaction_id,
-                switch_reference: details.switch_reference,
-                amount_minor: details.amount_minor,
-                reply_time_ms: common::now_ms(),
-                currency: details.currency,
-                code: 0,
-                reserved: [0; 4],
-                authorization_code: "A00001".parse().expect("valid"),
-                responder: participant,
-            };
+            let reply = common::approval(&details, participant);
             if writer.send(&Message::PaymentReply(reply)).await.is_err() {
                 return;
             }

@@ -229,18 +229,7 @@ async fn approve_everything(mut issuer: Session<Link>) {
     while let Some(message) = issuer.read().await {
         let Message::PaymentCodeRequest(request) = message else { continue };
         let details = request.details;
-        let reply = codec::Reply {
-            originator: details.originator,
-            originator_transaction_id: details.originator_transaction_id,
-            switch_reference: details.switch_reference,
-            amount_minor: details.amount_minor,
-            reply_time_ms: common::now_ms(),
-            currency: details.currency,
-            code: 0,
-            reserved: [0; 4],
-            authorization_code: "A00001".parse().expect("valid"),
-            responder: id("WECHATPAY"),
-        };
+        let reply = common::approval(&details, id("WECHATPAY"));
         issuer.send(&Message::PaymentReply(reply)).await;
     }
 }

@@ -121,7 +121,7 @@ async fn route(request: &Request<'_>, peer: &str, shared: &Shared) -> Response {
                 Ok(who) => who,
                 Err(refused) => return refused,
             };
-            let (response, outcome) = match shared.close_window().await {
+            let done = match shared.close_window().await {
                 Ok((window, files)) => {
                     let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
                     let body = serde_json::json!({ "window": window, "files": files });
@@ -129,23 +129,14 @@ async fn route(request: &Request<'_>, peer: &str, shared: &Shared) -> Response {
                 }
                 Err(problem) => (("409 Conflict", "text/plain", format!("{problem}\n")), format!("refused: {problem}")),
             };
-            if let Err(error) = shared.admin.audit(peer, Some(&who), &action, &outcome) {
-                // The action happened; say so, and that its record failed.
-                tracing::error!(%error, "audit log write failed");
-                return (
-                    "500 Internal Server Error",
-                    "text/plain",
-                    format!("{outcome}, but the audit log failed: {error}\n"),
-                );
-            }
-            response
+            audited(done, peer, &who, &action, shared)
         }
         ("POST", "/tls/reload") => {
             let who = match authorise(request, peer, &action, AdminRole::Operator, shared) {
                 Ok(who) => who,
                 Err(refused) => return refused,
             };
-            let (response, outcome): (Response, String) = match shared.tls.as_ref().map(|tls| tls.reload()) {
+            let done = match shared.tls.as_ref().map(|tls| tls.reload()) {
                 None => (
                     ("409 Conflict", "text/plain", "participant links are plaintext\n".into()),
                     "refused: no TLS".into(),
@@ -156,15 +147,7 @@ async fn route(request: &Request<'_>, peer: &str, shared: &Shared) -> Response {
                     format!("refused: {error}"),
                 ),
             };
-            if let Err(error) = shared.admin.audit(peer, Some(&who), &action, &outcome) {
-                tracing::error!(%error, "audit log write failed");
-                return (
-                    "500 Internal Server Error",
-                    "text/plain",
-                    format!("{outcome}, but the audit log failed: {error}\n"),
-                );
-            }
-            response
+            audited(done, peer, &who, &action, shared)
         }
         (_, "/livez" | "/readyz" | "/metrics" | "/participants" | "/clearing/close" | "/tls/reload") => (
             "405 Method Not Allowed",
@@ -176,6 +159,18 @@ async fn route(request: &Request<'_>, peer: &str, shared: &Shared) -> Response {
             "text/plain",
             "try /livez, /readyz, /metrics, /participants, POST /clearing/close or POST /tls/reload\n".into(),
         ),
+    }
+}
+
+/// Records an operator action's `outcome` in the audit log before its response leaves. The
+/// action has happened either way; if its record cannot be written, the caller is told.
+fn audited((response, outcome): (Response, String), peer: &str, who: &str, action: &str, shared: &Shared) -> Response {
+    match shared.admin.audit(peer, Some(who), action, &outcome) {
+        Ok(()) => response,
+        Err(error) => {
+            tracing::error!(%error, "audit log write failed");
+            ("500 Internal Server Error", "text/plain", format!("{outcome}, but the audit log failed: {error}\n"))
+        }
     }
 }
 

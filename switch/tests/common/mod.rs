@@ -19,3 +19,19 @@ pub fn qr_payment_request() -> codec::QrPaymentRequest {
     request.details.transaction_time_ms = now_ms();
     request
 }
+
+/// The approval `responder` sends for the forwarded payment `details`.
+pub fn approval(details: &codec::TransactionDetails, responder: codec::InstitutionId) -> codec::Reply {
+    codec::Reply {
+        originator: details.originator,
+        originator_transaction_id: details.originator_transaction_id,
+        switch_reference: details.switch_reference,
+        amount_minor: details.amount_minor,
+        reply_time_ms: now_ms(),
+        currency: details.currency,
+        code: 0,
+        reserved: [0; 4],
+        authorization_code: "A00001".parse().expect("valid"),
+        responder,
+    }
+}
