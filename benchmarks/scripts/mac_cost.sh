@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# What frame MACs cost end to end: the same closed loop (512 in flight, the weekday mix,
-# journal at its default policy) against the switch with every participant on
-# hmac-sha256 (the embedded default), on hmac-sm3, and with frame MACs off, in one
-# invocation. Loopback only; about 4 x (3 + SECONDS) s.
+# What link security costs end to end: the same closed loop (512 in flight, the weekday
+# mix, journal at its default policy) against the switch with frame MACs off, on
+# hmac-sha256 (the embedded default) and on hmac-sm3, over plain TCP; then mutual TLS
+# (the example PKI in deploy/tls) without and with hmac-sha256; in one invocation.
+# Loopback only; about 5 x (3 + SECONDS) s.
 #   bash benchmarks/scripts/mac_cost.sh [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -14,10 +15,16 @@ switch_pid=
 trap '[ -n "$switch_pid" ] && kill "$switch_pid" 2>/dev/null || true' EXIT
 
 # The embedded default's participants and routes, with the frame MAC given (and keys of
-# their own: the load generator reads them from the same file).
+# their own: the load generator reads them from the same file); TLS when $2 is "tls".
 config() {
   {
-    printf '[switch]\nid = "CSWITCH"\nlisten = "127.0.0.1:%s"\nplaintext = true\n' "$port"
+    printf '[switch]\nid = "CSWITCH"\nlisten = "127.0.0.1:%s"\n' "$port"
+    if [ "$2" = tls ]; then
+      printf '[tls]\ncert_file = "%s/switch.crt"\nkey_file = "%s/switch.key"\n' "$tls" "$tls"
+      printf 'client_ca_file = "%s/participants-ca.crt"\ncrl_files = ["%s/participants.crl"]\n' "$tls" "$tls"
+    else
+      printf 'plaintext = true\n'
+    fi
     printf '[[qr_network]]\nguid = "A000000333010101"\nacquirer = "UNIONPAY"\n'
     printf '[[unionpay_institution]]\ncode = "00010000"\nacquirer = "UNIONPAY"\n'
     for entry in ACQ0001:acquirer ACQ0002:acquirer WECHATPAY:issuer,acquirer ALIPAY:issuer,acquirer \
@@ -28,30 +35,34 @@ config() {
       printf '[[participant]]\nid = "%s"\nname = "%s"\nroles = [%s]\nframe_mac = "%s"\n' "$id" "$id" "$roles" "$1"
       printf '[[participant.key]]\nid = 1\nsecret_hex = "%s"\n' "$key"
     done
-  } > "target/bench-mac-$1.toml"
+  } > "target/bench-mac.toml"
 }
+tls=$(pwd)/deploy/tls
 
 echo "commit $(git rev-parse --short HEAD), $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ), $seconds s per run, 1 shard"
 echo
-echo "| frame MAC | throughput /s | p50 us | p99 us | switch CPU us/tx |"
-echo "|---|---:|---:|---:|---:|"
+echo "| link | frame MAC | throughput /s | p50 us | p99 us | switch CPU us/tx |"
+echo "|---|---|---:|---:|---:|---:|"
 field() { sed -n "s/.*$1 \([0-9.]*\).*/\1/p" | head -1; }
-for mac in none hmac-sha256 hmac-sm3; do
-  config "$mac"
+for setting in tcp:none tcp:hmac-sha256 tcp:hmac-sm3 tls:none tls:hmac-sha256; do
+  link=${setting%%:*} mac=${setting#*:}
+  config "$mac" "$link"
+  tls_args=()
+  [ "$link" = tls ] && tls_args=(--tls-dir "$tls")
   rm -rf target/bench-mac-data
-  ./target/release/switch run --config "target/bench-mac-$mac.toml" --admin-listen "127.0.0.1:$admin" \
+  ./target/release/switch run --config target/bench-mac.toml --admin-listen "127.0.0.1:$admin" \
     --shards 1 --data-dir target/bench-mac-data > target/bench-mac-switch.log 2>&1 &
   switch_pid=$!
   for _ in $(seq 1 50); do grep -q "switch running" target/bench-mac-switch.log && break; sleep 0.1; done
   run() {
     ./target/release/loadgen run --target "127.0.0.1:$port" --admin "127.0.0.1:$admin" \
-      --participants "target/bench-mac-$mac.toml" --in-flight 512 "$@"
+      --participants target/bench-mac.toml "${tls_args[@]}" --in-flight 512 "$@"
   }
   run --duration 3s > /dev/null
   out=$(run --duration "${seconds}s")
   throughput=$(sed -n 's/.*s: \([0-9]*\)\/s$/\1/p' <<<"$out")
   cpu=$(sed -n 's/.*: \([0-9.]*\) us per transaction/\1/p' <<<"$out")
-  echo "| $mac | $throughput | $(field p50 <<<"$out") | $(field p99 <<<"$out") | $cpu |"
+  echo "| $link | $mac | $throughput | $(field p50 <<<"$out") | $(field p99 <<<"$out") | $cpu |"
   kill -INT "$switch_pid"; wait "$switch_pid" || true; switch_pid=
 done
-rm -rf target/bench-mac-data target/bench-mac-*.toml target/bench-mac-switch.log
+rm -rf target/bench-mac-data target/bench-mac.toml target/bench-mac-switch.log

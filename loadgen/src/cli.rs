@@ -78,6 +78,16 @@ struct TargetArgs {
     /// Connections per participant.
     #[arg(long, default_value_t = 1)]
     connections: usize,
+    /// Mutual TLS: each participant presents DIR/ID.crt with DIR/ID.key (as in deploy/tls).
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
+    /// With --tls-dir: the CA that issued the switch's certificate (default
+    /// DIR/participants-ca.crt).
+    #[arg(long, requires = "tls_dir")]
+    tls_ca: Option<PathBuf>,
+    /// With --tls-dir: the name the switch's certificate must carry.
+    #[arg(long, requires = "tls_dir", default_value = "localhost")]
+    tls_server_name: String,
     /// How receivers answer (see `loadgen/README.md`): e.g.
     /// `latency=lognormal:2ms:20ms,decline=2%,silent=0.1%,slow=1%:500ms,disconnect=30s`.
     #[arg(long, default_value = "", value_parser = parse_behaviour)]
@@ -242,10 +252,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn load_participants(args: &TargetArgs) -> anyhow::Result<Vec<Participant>> {
-    match &args.participants {
-        Some(path) => participants::from_file(path),
-        None => Ok(participants::demo()),
+    let mut participants = match &args.participants {
+        Some(path) => participants::from_file(path)?,
+        None => participants::demo(),
+    };
+    if let Some(dir) = &args.tls_dir {
+        let ca = args.tls_ca.clone().unwrap_or_else(|| dir.join("participants-ca.crt"));
+        crate::tls::attach(&mut participants, dir, &ca, &args.tls_server_name)?;
     }
+    Ok(participants)
 }
 
 fn execute(cli: Cli) -> anyhow::Result<i32> {
@@ -508,10 +523,10 @@ fn closed_loop(args: &RunArgs, in_flight: usize) -> anyhow::Result<i32> {
     runtime()?.block_on(async {
         let mut receivers = Vec::new();
         for p in participants.iter().filter(|p| !p.is_plain_acquirer()) {
-            let client = Client::connect(target, p.id, p.key_id, &p.key).await?;
+            let client = Client::connect_as(target, p).await?;
             receivers.push(tokio::spawn(run_issuer(client, args.target.respond)));
         }
-        let client = Client::connect(target, acquirer.id, acquirer.key_id, &acquirer.key).await?;
+        let client = Client::connect_as(target, acquirer).await?;
         let cpu_before = match args.admin {
             Some(admin) => Some(crate::cpu::switch_seconds(admin).await?),
             None => None,

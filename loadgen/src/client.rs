@@ -1,13 +1,19 @@
-//! One participant session over TCP, from connect through sign-on.
+//! One participant session over TCP (or TLS), from connect through sign-on.
 
 use std::net::SocketAddr;
 
 use anyhow::{Context, bail};
 use codec::signon::{participant_session_macs, sign_on_accepted, sign_on_request};
 use codec::{FrameDecoder, FrameEncoder, InstitutionId, Message, MessageRef};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::participants::Participant;
+
+/// The receiving half of a participant link: TCP or TLS.
+type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The sending half.
+type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// A signed-on session, split into its two directions.
 #[derive(Debug)]
@@ -18,16 +24,26 @@ pub struct Client {
     pub writer: FrameWriter,
 }
 
-#[derive(Debug)]
 pub struct FrameReader {
-    stream: OwnedReadHalf,
+    stream: ReadHalf,
     decoder: FrameDecoder,
 }
 
-#[derive(Debug)]
 pub struct FrameWriter {
-    stream: OwnedWriteHalf,
+    stream: WriteHalf,
     encoder: FrameEncoder,
+}
+
+impl std::fmt::Debug for FrameReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FrameReader {{ buffered: {} }}", self.decoder.buffered())
+    }
+}
+
+impl std::fmt::Debug for FrameWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FrameWriter {{ queued: {} }}", self.encoder.len())
+    }
 }
 
 impl FrameReader {
@@ -96,6 +112,8 @@ impl FrameWriter {
     pub async fn flush(&mut self) -> anyhow::Result<()> {
         if !self.encoder.is_empty() {
             self.stream.write_all(self.encoder.bytes()).await.context("writing to the switch")?;
+            // A TLS stream buffers records until flushed; TCP's flush does nothing.
+            self.stream.flush().await.context("writing to the switch")?;
             self.encoder.clear();
         }
         Ok(())
@@ -117,17 +135,37 @@ impl FrameWriter {
 }
 
 impl Client {
-    /// Connects, answers the challenge with a proof of `key`, and checks the switch's proof.
+    /// Connects over plain TCP, answers the challenge with a proof of `key`, and checks
+    /// the switch's proof.
     pub async fn connect(
         address: SocketAddr,
         participant: InstitutionId,
         key_id: u16,
         key: &[u8],
     ) -> anyhow::Result<Self> {
-        let stream =
-            TcpStream::connect(address).await.with_context(|| format!("connecting to the switch at {address}"))?;
-        stream.set_nodelay(true)?;
+        let stream = tcp(address).await?;
         let (read, write) = stream.into_split();
+        Self::sign_on(Box::new(read), Box::new(write), participant, key_id, key).await
+    }
+
+    /// Connects as `participant`: over TLS with its certificate when it has one, else
+    /// over plain TCP; then signs on.
+    pub async fn connect_as(address: SocketAddr, participant: &Participant) -> anyhow::Result<Self> {
+        let Some(tls) = &participant.tls else {
+            return Self::connect(address, participant.id, participant.key_id, &participant.key).await;
+        };
+        let stream = tls.connect(address, tcp(address).await?).await?;
+        let (read, write) = tokio::io::split(stream);
+        Self::sign_on(Box::new(read), Box::new(write), participant.id, participant.key_id, &participant.key).await
+    }
+
+    async fn sign_on(
+        read: ReadHalf,
+        write: WriteHalf,
+        participant: InstitutionId,
+        key_id: u16,
+        key: &[u8],
+    ) -> anyhow::Result<Self> {
         let mut reader = FrameReader { stream: read, decoder: FrameDecoder::default() };
         let mut writer = FrameWriter { stream: write, encoder: FrameEncoder::default() };
 
@@ -166,4 +204,10 @@ impl Client {
         }
         Ok(Self { participant, session_id, reader, writer })
     }
+}
+
+async fn tcp(address: SocketAddr) -> anyhow::Result<TcpStream> {
+    let stream = TcpStream::connect(address).await.with_context(|| format!("connecting to the switch at {address}"))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }

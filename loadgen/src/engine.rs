@@ -229,9 +229,7 @@ pub async fn run(spec: RunSpec) -> anyhow::Result<Outcome> {
     for participant in &plans {
         let (target, participant) = (spec.target, participant.clone());
         connecting.push(tokio::spawn(async move {
-            Client::connect(target, participant.id, participant.key_id, &participant.key)
-                .await
-                .with_context(|| format!("signing on as {}", participant.id))
+            Client::connect_as(target, &participant).await.with_context(|| format!("signing on as {}", participant.id))
         }));
     }
     let mut clients = Vec::new();

@@ -35,4 +35,5 @@ pub mod schedule;
 pub mod sink;
 pub mod stats;
 pub mod threshold;
+pub mod tls;
 pub mod traffic;

@@ -26,6 +26,8 @@ pub struct Participant {
     pub roles: Vec<Role>,
     pub key_id: u16,
     pub key: Vec<u8>,
+    /// Its TLS client, when the switch requires mutual TLS (`crate::tls::attach`).
+    pub tls: Option<crate::tls::TlsIdentity>,
 }
 
 impl Participant {
@@ -42,6 +44,7 @@ pub fn demo() -> Vec<Participant> {
         roles: roles.to_vec(),
         key_id: 1,
         key: format!("demo-key-{id}").into_bytes(),
+        tls: None,
     };
     vec![
         demo("ACQ0001", &[Role::Acquirer]),
@@ -113,7 +116,7 @@ pub fn from_file(path: &Path) -> anyhow::Result<Vec<Participant>> {
             }
             _ => bail!("{where_}: key {} needs exactly one of secret_hex and secret_file", key.id),
         };
-        participants.push(Participant { id, roles: entry.roles, key_id: key.id, key: secret });
+        participants.push(Participant { id, roles: entry.roles, key_id: key.id, key: secret, tls: None });
     }
     Ok(participants)
 }

@@ -157,7 +157,7 @@ pub async fn run_peer(
         let name = peer.participant.id;
         let connected = match first.take() {
             Some(client) => Ok(client),
-            None => Client::connect(ctx.target, name, peer.participant.key_id, &peer.participant.key).await,
+            None => Client::connect_as(ctx.target, &peer.participant).await,
         };
         let client = match connected {
             Ok(client) => client,

@@ -834,7 +834,7 @@ mod tests {
         let rotating = find("WECHATPAY");
         assert!(rotating.keys[0].not_after_unix_ms.is_some() && rotating.keys[1].not_after_unix_ms.is_none());
         let acquirer = InstitutionId::new("ACQ0001").expect("valid");
-        assert_eq!(config.exchange.counterparties[&acquirer].len(), 2);
+        assert_eq!(config.exchange.counterparties[&acquirer].len(), 3);
         assert_eq!(config.session.replay_window_ms, Some(300_000));
         // Its TLS material (deploy/tls) loads.
         let tls = config.tls.clone().expect("the example uses TLS");
