@@ -50,6 +50,15 @@ pub struct SwitchConfig {
     pub tls: Option<crate::edge::tls::TlsSettings>,
 }
 
+/// A node id from a host name ending in `-N` (a StatefulSet pod: `switch-2` is node 2).
+pub fn node_from_hostname(hostname: &str) -> Option<u8> {
+    let (_, ordinal) = hostname.trim().rsplit_once('-')?;
+    if ordinal.is_empty() || !ordinal.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    ordinal.parse().ok()
+}
+
 /// The demo key of a participant in the embedded default: `demo-key-{ID}`.
 pub fn demo_key(id: &str) -> Vec<u8> {
     format!("demo-key-{id}").into_bytes()
@@ -231,6 +240,9 @@ struct FileSwitch {
     admin_listen: SocketAddr,
     /// Absent: one shard per core.
     shards: Option<usize>,
+    /// This node's id in a fleet (0 to 255), carried in every switch reference.
+    #[serde(default)]
+    node: u8,
     /// Participant links without TLS: only when said, for loopback tests.
     #[serde(default)]
     plaintext: bool,
@@ -671,7 +683,7 @@ impl SwitchConfig {
         Ok(Self {
             exchange: ExchangeConfig {
                 switch_id: file.switch.id,
-                node: 0,
+                node: file.switch.node,
                 shard: 0,
                 reply_deadline_ms: exchange.reply_deadline_ms,
                 reversal_retry_ms: exchange.reversal_retry_ms,
@@ -842,6 +854,28 @@ mod tests {
         let roles: Vec<_> = config.admin_tokens.iter().map(|t| (t.name.as_str(), t.role)).collect();
         use crate::access::AdminRole;
         assert_eq!(roles, [("sre-oncall", AdminRole::Operator), ("dashboard", AdminRole::Read)]);
+    }
+
+    #[test]
+    fn node_ids_come_from_the_file_or_a_pod_name() {
+        let config = SwitchConfig::from_toml(
+            &MINIMAL.replace("plaintext = true", "plaintext = true\nnode = 7"),
+            Path::new("t.toml"),
+        )
+        .expect("valid");
+        assert_eq!(config.exchange.node, 7);
+        let error = SwitchConfig::from_toml(
+            &MINIMAL.replace("plaintext = true", "plaintext = true\nnode = 256"),
+            Path::new("t.toml"),
+        )
+        .expect_err("out of range")
+        .to_string();
+        assert!(error.contains("node"), "{error}");
+        assert_eq!(node_from_hostname("switch-2"), Some(2));
+        assert_eq!(node_from_hostname("clearing-switch-17\n"), Some(17));
+        for bad in ["switch", "switch-", "switch-a1", "switch-300", ""] {
+            assert_eq!(node_from_hostname(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

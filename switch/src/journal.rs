@@ -87,6 +87,11 @@ pub enum JournalError {
     #[error("{path}: written with {written} shards; run with --shards {written} or use another data directory")]
     Shards { path: PathBuf, written: usize },
     #[error(
+        "{path}: written by node {written}; a data directory belongs to one node (its switch references carry \
+         the node id): run as node {written} or use another data directory"
+    )]
+    Node { path: PathBuf, written: usize },
+    #[error(
         "{path}: record at offset {offset} holds an encrypted payment code; give the journal's code key \
          ([journal] code_key_file, or --code-key-file)"
     )]
@@ -149,19 +154,43 @@ impl std::fmt::Debug for Ring {
 /// Checks (or, for a new directory, records) the shard count a journal was written with:
 /// records of one transaction live in the shard its hash names, so the count cannot change.
 pub fn check_shards(data_dir: &Path, shards: usize) -> Result<(), JournalError> {
+    pinned(data_dir, "shards", shards).map_err(|pin| match pin {
+        Pin::Other { path, written } => JournalError::Shards { path, written },
+        Pin::Failed(error) => error,
+    })
+}
+
+/// Checks (or records) the node id a journal was written by: its switch references carry
+/// the node, so two nodes must never share a directory, nor one directory change node.
+pub fn check_node(data_dir: &Path, node: u8) -> Result<(), JournalError> {
+    pinned(data_dir, "node", usize::from(node)).map_err(|pin| match pin {
+        Pin::Other { path, written } => JournalError::Node { path, written },
+        Pin::Failed(error) => error,
+    })
+}
+
+enum Pin {
+    Other { path: PathBuf, written: usize },
+    Failed(JournalError),
+}
+
+/// `DATA_DIR/journal/NAME` holds `value`, written now if the file is new.
+fn pinned(data_dir: &Path, name: &str, value: usize) -> Result<(), Pin> {
     let dir = data_dir.join("journal");
-    fs::create_dir_all(&dir).map_err(io_error(&dir))?;
-    let path = dir.join("shards");
+    fs::create_dir_all(&dir).map_err(|e| Pin::Failed(io_error(&dir)(e)))?;
+    let path = dir.join(name);
     match fs::read_to_string(&path) {
         Ok(text) => match text.trim().parse::<usize>() {
-            Ok(written) if written == shards => Ok(()),
-            Ok(written) => Err(JournalError::Shards { path, written }),
-            Err(_) => Err(JournalError::Io { path, source: io::Error::other("not a shard count") }),
+            Ok(written) if written == value => Ok(()),
+            Ok(written) => Err(Pin::Other { path, written }),
+            Err(_) => {
+                Err(Pin::Failed(JournalError::Io { path, source: io::Error::other(format!("not a {name} value")) }))
+            }
         },
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
-            write_atomically(&path, format!("{shards}\n").as_bytes()).map_err(io_error(&path))
+            write_atomically(&path, format!("{value}\n").as_bytes()).map_err(|e| Pin::Failed(io_error(&path)(e)))
         }
-        Err(source) => Err(JournalError::Io { path, source }),
+        Err(source) => Err(Pin::Failed(JournalError::Io { path, source })),
     }
 }
 
@@ -619,6 +648,9 @@ mod tests {
         check_shards(&dir, 2).expect("recorded");
         check_shards(&dir, 2).expect("same");
         assert!(matches!(check_shards(&dir, 3), Err(JournalError::Shards { written: 2, .. })));
+        check_node(&dir, 7).expect("recorded");
+        check_node(&dir, 7).expect("same");
+        assert!(matches!(check_node(&dir, 0), Err(JournalError::Node { written: 7, .. })));
         let _ = fs::remove_dir_all(&dir);
     }
 }

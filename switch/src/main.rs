@@ -68,6 +68,11 @@ enum Command {
         /// at the damage (the records after it are lost; later segments are kept aside).
         #[arg(long)]
         accept_journal_damage: bool,
+        /// This node's id in a fleet, 0 to 255 (overrides the file's switch.node), or `auto`:
+        /// the ordinal ending the host name (a StatefulSet pod `switch-2` is node 2). It is
+        /// carried in every switch reference, and a data directory keeps its node.
+        #[arg(long)]
+        node: Option<String>,
         /// Encrypt payment codes in the journal with this key (32 hex digits in a file;
         /// overrides the file's journal.code_key_file). Keep it apart from the data.
         #[arg(long)]
@@ -215,6 +220,7 @@ fn main_inner() -> anyhow::Result<()> {
             data_dir,
             fsync,
             accept_journal_damage,
+            node,
             code_key_file,
         } => {
             let mut config = match config {
@@ -238,6 +244,22 @@ fn main_inner() -> anyhow::Result<()> {
             }
             if let Some(path) = code_key_file {
                 config.code_key = Some(read_code_key(&path)?);
+            }
+            if let Some(node) = node {
+                config.exchange.node = match node.as_str() {
+                    "auto" => {
+                        let hostname = std::env::var("HOSTNAME")
+                            .ok()
+                            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                            .unwrap_or_default();
+                        switch::config::node_from_hostname(&hostname).with_context(|| {
+                            format!("--node auto: the host name {:?} does not end in -N (0 to 255)", hostname.trim())
+                        })?
+                    }
+                    number => {
+                        number.parse().with_context(|| format!("--node {number:?}: expected 0 to 255 or auto"))?
+                    }
+                };
             }
             let damage = if accept_journal_damage { Damage::Truncate } else { Damage::Refuse };
             run(config, io, damage)

@@ -436,3 +436,64 @@ async fn payment_codes_are_encrypted_at_rest_with_a_code_key() {
     let _ = std::fs::remove_dir_all(&data_dir);
     let _ = std::fs::remove_file(&key_file);
 }
+
+/// Runs `switch run` with `args` expecting it to refuse to start; returns its stderr.
+async fn refused_start(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switch"))
+        .arg("run")
+        .args(args)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--admin-listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    for _ in 0..200 {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(!status.success());
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("read");
+            return stderr;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    panic!("the switch started: {args:?}");
+}
+
+#[tokio::test]
+async fn the_node_id_is_in_every_switch_reference_and_a_data_directory_keeps_its_node() {
+    let data_dir = std::env::temp_dir().join(format!("switch-node-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let data = data_dir.to_str().expect("utf-8").to_string();
+    let port = free_port();
+    let switch = start_with_args(&data_dir, port, free_port(), &["--node", "3"]).await;
+    let wechat = tokio::spawn(run_issuer(connect(port, "WECHATPAY").await, Behaviour::default()));
+    let mut acquirer = connect(port, "ACQ0001").await;
+    acquirer.writer.send(&payment(1, 0)).await.expect("send");
+    let reference = acquirer
+        .reader
+        .next(|m| match m {
+            MessageRef::PaymentReply(reply) => reply.switch_reference.to_native(),
+            other => panic!("expected a reply, got {:?}", other.kind()),
+        })
+        .await
+        .expect("reply");
+    assert_eq!(reference >> 56, 3, "node 3 in {reference:#018x}");
+    drop(switch);
+    wechat.abort();
+    // The same directory as another node is refused, naming the node it belongs to.
+    let stderr = refused_start(&["--data-dir", &data, "--node", "4"], &[]).await;
+    assert!(stderr.contains("written by node 3"), "{stderr}");
+    // `auto` takes the pod ordinal; a host name without one is refused.
+    let stderr = refused_start(&["--data-dir", &data, "--node", "auto"], &[("HOSTNAME", "switch-5")]).await;
+    assert!(stderr.contains("written by node 3"), "node 5 from the host name: {stderr}");
+    let stderr = refused_start(&["--data-dir", &data, "--node", "auto"], &[("HOSTNAME", "worker")]).await;
+    assert!(stderr.contains("does not end in -N"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&data_dir);
+}

@@ -237,6 +237,7 @@ pub async fn serve(
         .collect();
     if let Some(settings) = &shared.journal {
         journal::check_shards(&settings.data_dir, shards)?;
+        journal::check_node(&settings.data_dir, shared.exchange.node)?;
     }
     let (now, prefault, settings) = (shared.now(), shared.prefault, shared.journal.as_ref());
     if prefault {
