@@ -107,14 +107,18 @@ fn the_configmap_configuration_starts_a_switch() {
     let _ = child.kill();
     let output = child.wait_with_output().unwrap();
     assert!(ready, "the ConfigMap's configuration did not start: {}", String::from_utf8_lossy(&output.stderr));
-    let rules = std::fs::read_to_string(deploy().join("prometheus/alerts.yml")).unwrap();
-    let used: std::collections::BTreeSet<&str> = rules
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|word| word.starts_with("switch_") || word.starts_with("process_"))
-        .collect();
-    assert!(used.len() >= 6, "{used:?}");
-    for name in used {
-        assert!(metrics.lines().any(|line| line.starts_with(name)), "alerts use {name}, which /metrics lacks");
+    // Every metric the alert rules and the dashboard use is one the switch exports.
+    for file in ["prometheus/alerts.yml", "grafana/switch-dashboard.json"] {
+        let text = std::fs::read_to_string(deploy().join(file)).unwrap();
+        let used: std::collections::BTreeSet<&str> = text
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|word| word.starts_with("switch_") || word.starts_with("process_"))
+            .map(|word| word.strip_suffix("_bucket").unwrap_or(word))
+            .collect();
+        assert!(used.len() >= 6, "{file}: {used:?}");
+        for name in used {
+            assert!(metrics.lines().any(|line| line.starts_with(name)), "{file} uses {name}, which /metrics lacks");
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -131,6 +135,40 @@ fn the_alert_rules_check_and_fire_on_their_test_series() {
         let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         assert!(output.status.success() && text.contains("SUCCESS"), "promtool {args:?}: {text}");
     }
+}
+
+/// The Grafana dashboard: a well-formed dashboard model whose every query is valid PromQL
+/// (promtool checks them as recording rules), each panel described.
+#[test]
+fn the_grafana_dashboard_is_well_formed_and_its_queries_parse() {
+    let text = std::fs::read_to_string(deploy().join("grafana/switch-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(dashboard["uid"], "clearing-switch");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 8);
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    let mut ids = std::collections::HashSet::new();
+    for panel in panels {
+        assert!(ids.insert(panel["id"].as_u64().expect("id")), "duplicate panel id");
+        assert!(panel["description"].as_str().is_some_and(|d| d.len() > 20), "{panel}");
+        for target in panel["targets"].as_array().expect("targets") {
+            // Grafana's variables, as Prometheus would see them once substituted.
+            let expr = target["expr"].as_str().expect("expr").replace("$instance", ".*");
+            let record = format!("dashboard:panel{}_{}", panel["id"], target["refId"].as_str().expect("refId"));
+            rules.push_str(&format!("      - record: {record}\n        expr: '{expr}'\n"));
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("switch-dashboard-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("dashboard-rules.yml"), &rules).unwrap();
+    let output = Command::new("promtool")
+        .args(["check", "rules", "dashboard-rules.yml"])
+        .current_dir(&dir)
+        .output()
+        .expect("promtool is needed to check the dashboard's queries (.ci/test installs prometheus)");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success() && text.contains("SUCCESS"), "promtool: {text}\n{rules}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
