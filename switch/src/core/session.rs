@@ -37,9 +37,9 @@ pub struct SessionConfig {
     /// On shutdown, how long a session may take to answer the switch's sign-off.
     pub drain_timeout_ms: u64,
     /// A transaction request whose `transaction_time_ms` is further than this from the
-    /// switch's clock, either way, is refused `NotAuthorised`: with the uniqueness of
-    /// (originator, transaction id), which the exchange remembers for longer than this
-    /// window, a captured request cannot be replayed. `None`: no window.
+    /// switch's clock, either way, is refused `NotAuthorised`: a request captured earlier
+    /// cannot be sent again later. (Frame MACs stop anyone but the participant itself from
+    /// resending; the bound of the id check is in SECURITY.md.) `None`: no window.
     pub replay_window_ms: Option<u64>,
 }
 
