@@ -154,43 +154,36 @@ impl std::fmt::Debug for Ring {
 /// Checks (or, for a new directory, records) the shard count a journal was written with:
 /// records of one transaction live in the shard its hash names, so the count cannot change.
 pub fn check_shards(data_dir: &Path, shards: usize) -> Result<(), JournalError> {
-    pinned(data_dir, "shards", shards).map_err(|pin| match pin {
-        Pin::Other { path, written } => JournalError::Shards { path, written },
-        Pin::Failed(error) => error,
-    })
+    pinned(data_dir, "shards", shards, |path, written| JournalError::Shards { path, written })
 }
 
 /// Checks (or records) the node id a journal was written by: its switch references carry
 /// the node, so two nodes must never share a directory, nor one directory change node.
 pub fn check_node(data_dir: &Path, node: u8) -> Result<(), JournalError> {
-    pinned(data_dir, "node", usize::from(node)).map_err(|pin| match pin {
-        Pin::Other { path, written } => JournalError::Node { path, written },
-        Pin::Failed(error) => error,
-    })
+    pinned(data_dir, "node", usize::from(node), |path, written| JournalError::Node { path, written })
 }
 
-enum Pin {
-    Other { path: PathBuf, written: usize },
-    Failed(JournalError),
-}
-
-/// `DATA_DIR/journal/NAME` holds `value`, written now if the file is new.
-fn pinned(data_dir: &Path, name: &str, value: usize) -> Result<(), Pin> {
+/// `DATA_DIR/journal/NAME` holds `value`, written now if the file is new; another value is
+/// the error `other` makes.
+fn pinned(
+    data_dir: &Path,
+    name: &str,
+    value: usize,
+    other: impl FnOnce(PathBuf, usize) -> JournalError,
+) -> Result<(), JournalError> {
     let dir = data_dir.join("journal");
-    fs::create_dir_all(&dir).map_err(|e| Pin::Failed(io_error(&dir)(e)))?;
+    fs::create_dir_all(&dir).map_err(io_error(&dir))?;
     let path = dir.join(name);
     match fs::read_to_string(&path) {
         Ok(text) => match text.trim().parse::<usize>() {
             Ok(written) if written == value => Ok(()),
-            Ok(written) => Err(Pin::Other { path, written }),
-            Err(_) => {
-                Err(Pin::Failed(JournalError::Io { path, source: io::Error::other(format!("not a {name} value")) }))
-            }
+            Ok(written) => Err(other(path, written)),
+            Err(_) => Err(JournalError::Io { path, source: io::Error::other(format!("not a {name} value")) }),
         },
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
-            write_atomically(&path, format!("{value}\n").as_bytes()).map_err(|e| Pin::Failed(io_error(&path)(e)))
+            write_atomically(&path, format!("{value}\n").as_bytes()).map_err(io_error(&path))
         }
-        Err(source) => Err(Pin::Failed(JournalError::Io { path, source })),
+        Err(source) => Err(JournalError::Io { path, source }),
     }
 }
 
@@ -291,8 +284,11 @@ fn scan(
 /// `offset` (records are 8-aligned): if so, the damage is not a torn tail.
 fn valid_after(bytes: &[u8], offset: usize, expected: u64, key: Option<&CodeKey>) -> bool {
     (offset + 8..bytes.len().saturating_sub(HEADER_SIZE - 1)).step_by(8).any(|at| {
-        matches!(Record::decode(&bytes[at..], key), Ok((_, sequence, _)) if sequence >= expected)
-            || matches!(Record::decode(&bytes[at..], key), Err(RecordError::Sealed))
+        match Record::decode(&bytes[at..], key) {
+            Ok((_, sequence, _)) => sequence >= expected,
+            // A whole record whose code needs the key is a record all the same.
+            Err(problem) => problem == RecordError::Sealed,
+        }
     })
 }
 

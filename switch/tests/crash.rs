@@ -87,16 +87,8 @@ fn payment(cycle: u32, n: u64) -> Message {
 
 /// The next payment reply: its transaction id and code.
 async fn next_reply(client: &mut Client) -> (String, u16) {
-    client
-        .reader
-        .next(|m| match m {
-            MessageRef::PaymentReply(reply) => {
-                (reply.originator_transaction_id.as_str().to_string(), reply.code.to_native())
-            }
-            other => panic!("expected a reply, got {:?}", other.kind()),
-        })
-        .await
-        .expect("reply")
+    let reply = common::next_payment_reply(client).await;
+    (reply.originator_transaction_id.as_str().to_string(), reply.code)
 }
 
 async fn status_of(acquirer: &mut Client, id_text: &str) -> TransactionStatus {
@@ -476,14 +468,7 @@ async fn the_node_id_is_in_every_switch_reference_and_a_data_directory_keeps_its
     let wechat = tokio::spawn(run_issuer(connect(port, "WECHATPAY").await, Behaviour::default()));
     let mut acquirer = connect(port, "ACQ0001").await;
     acquirer.writer.send(&payment(1, 0)).await.expect("send");
-    let reference = acquirer
-        .reader
-        .next(|m| match m {
-            MessageRef::PaymentReply(reply) => reply.switch_reference.to_native(),
-            other => panic!("expected a reply, got {:?}", other.kind()),
-        })
-        .await
-        .expect("reply");
+    let reference = common::next_payment_reply(&mut acquirer).await.switch_reference;
     assert_eq!(reference >> 56, 3, "node 3 in {reference:#018x}");
     drop(switch);
     wechat.abort();

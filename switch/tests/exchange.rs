@@ -84,17 +84,6 @@ async fn query_status(client: &mut Client, id: codec::TransactionId, reference: 
         .expect("status")
 }
 
-async fn next_reply(client: &mut Client) -> codec::Reply {
-    client
-        .reader
-        .next(|m| match m.to_message() {
-            Message::PaymentReply(reply) => reply,
-            other => panic!("expected a payment reply, got {:?}", other.kind()),
-        })
-        .await
-        .expect("reply")
-}
-
 #[tokio::test]
 async fn both_payment_modes_are_routed_and_answered() {
     let address = start(5_000).await;
@@ -107,37 +96,37 @@ async fn both_payment_modes_are_routed_and_answered() {
     // Consumer-presented, by payment-code prefix to WeChat Pay: approved, then declined.
     let mut request = common::payment_code_request();
     acquirer.writer.send(&Message::PaymentCodeRequest(request.clone())).await.expect("send");
-    let reply = next_reply(&mut acquirer).await;
+    let reply = common::next_payment_reply(&mut acquirer).await;
     assert_eq!((code(&reply), reply.responder.to_string()), (ReplyCode::Approved, "WECHATPAY".to_string()));
     assert_ne!(reply.switch_reference, 0);
     assert_eq!(reply.originator_transaction_id, request.details.originator_transaction_id);
     request.details.originator_transaction_id = "T-2".parse().expect("valid");
     request.payment_code = "134567890123450002".parse().expect("valid");
     acquirer.writer.send(&Message::PaymentCodeRequest(request.clone())).await.expect("send");
-    assert_eq!(code(&next_reply(&mut acquirer).await), ReplyCode::InsufficientFunds);
+    assert_eq!(code(&common::next_payment_reply(&mut acquirer).await), ReplyCode::InsufficientFunds);
     // The same payment code again: refused without reaching the issuer.
     request.details.originator_transaction_id = "T-3".parse().expect("valid");
     acquirer.writer.send(&Message::PaymentCodeRequest(request)).await.expect("send");
-    assert_eq!(code(&next_reply(&mut acquirer).await), ReplyCode::Duplicate);
+    assert_eq!(code(&common::next_payment_reply(&mut acquirer).await), ReplyCode::Duplicate);
 
     // Merchant-presented, from a wallet by the QR's GUID to UnionPay.
     let mut wallet = connect(address, "WAL0001").await;
     let mut qr = common::qr_payment_request();
     qr.details.originator = id("WAL0001");
     wallet.writer.send(&Message::QrPaymentRequest(qr.clone().into())).await.expect("send");
-    let reply = next_reply(&mut wallet).await;
+    let reply = common::next_payment_reply(&mut wallet).await;
     assert_eq!((code(&reply), reply.responder.to_string()), (ReplyCode::Approved, "UNIONPAY".to_string()));
     // A plain acquirer may not originate a merchant-presented payment (its role).
     qr.details.originator = id("ACQ0001");
     acquirer.writer.send(&Message::QrPaymentRequest(qr.into())).await.expect("send");
-    assert_eq!(code(&next_reply(&mut acquirer).await), ReplyCode::NotAuthorised);
+    assert_eq!(code(&common::next_payment_reply(&mut acquirer).await), ReplyCode::NotAuthorised);
 
     // No route for an unknown prefix.
     let mut unknown = common::payment_code_request();
     unknown.details.originator_transaction_id = "T-4".parse().expect("valid");
     unknown.payment_code = "994567890123450004".parse().expect("valid");
     acquirer.writer.send(&Message::PaymentCodeRequest(unknown)).await.expect("send");
-    assert_eq!(code(&next_reply(&mut acquirer).await), ReplyCode::NoRoute);
+    assert_eq!(code(&common::next_payment_reply(&mut acquirer).await), ReplyCode::NoRoute);
 
     wechat_task.abort();
     unionpay_task.abort();
@@ -151,7 +140,7 @@ async fn a_timeout_is_answered_and_reversed_after_the_issuer_reconnects() {
     let mut acquirer = connect(address, "ACQ0001").await;
     acquirer.writer.send(&Message::PaymentCodeRequest(common::payment_code_request())).await.expect("send");
     let started = std::time::Instant::now();
-    let reply = next_reply(&mut acquirer).await;
+    let reply = common::next_payment_reply(&mut acquirer).await;
     assert_eq!(code(&reply), ReplyCode::Timeout);
     assert!(started.elapsed() >= Duration::from_millis(300));
 
@@ -192,7 +181,7 @@ async fn duplicates_meet_their_original_across_connections_and_shards() {
     second.writer.flush().await.expect("send");
     for (client, parity) in [(&mut first, 0), (&mut second, 1)] {
         for _ in 0..100 {
-            let reply = next_reply(client).await;
+            let reply = common::next_payment_reply(client).await;
             assert_eq!(code(&reply), ReplyCode::Approved);
             let n: u64 = reply.originator_transaction_id.to_string()[3..].parse().expect("ours");
             assert_eq!(n % 2, parity, "answered on the session that asked");
@@ -204,14 +193,14 @@ async fn duplicates_meet_their_original_across_connections_and_shards() {
     again.details.originator_transaction_id = "MX-0".parse().expect("valid");
     again.payment_code = "139999999999999999".parse().expect("valid");
     second.writer.send(&Message::PaymentCodeRequest(again)).await.expect("send");
-    assert_eq!(code(&next_reply(&mut second).await), ReplyCode::Duplicate);
+    assert_eq!(code(&common::next_payment_reply(&mut second).await), ReplyCode::Duplicate);
     // A used code under new ids, from either session: duplicates whichever shard owns them.
     for (n, client) in [&mut first, &mut second].into_iter().enumerate() {
         let mut reuse = common::payment_code_request();
         reuse.details.originator_transaction_id = format!("REUSE-{n}").parse().expect("valid");
         reuse.payment_code = format!("13{:016}", 7).parse().expect("valid");
         client.writer.send(&Message::PaymentCodeRequest(reuse)).await.expect("send");
-        assert_eq!(code(&next_reply(client).await), ReplyCode::Duplicate);
+        assert_eq!(code(&common::next_payment_reply(client).await), ReplyCode::Duplicate);
     }
     wechat_task.abort();
 }
@@ -227,15 +216,15 @@ async fn spoofing_a_missing_destination_and_queries_over_tcp() {
     let mut spoofed = common::payment_code_request();
     spoofed.details.originator = id("ACQ0002");
     acquirer.writer.send(&Message::PaymentCodeRequest(spoofed)).await.expect("send");
-    assert_eq!(code(&next_reply(&mut acquirer).await), ReplyCode::NotAuthorised);
+    assert_eq!(code(&common::next_payment_reply(&mut acquirer).await), ReplyCode::NotAuthorised);
 
     // Alipay is configured but not signed on.
     acquirer.writer.send(&payment("28", 1)).await.expect("send");
-    assert_eq!(code(&next_reply(&mut acquirer).await), ReplyCode::DestinationUnavailable);
+    assert_eq!(code(&common::next_payment_reply(&mut acquirer).await), ReplyCode::DestinationUnavailable);
 
     // An approval, then the switch's record of it, asked by id and by reference.
     acquirer.writer.send(&payment("13", 2)).await.expect("send");
-    let approved = next_reply(&mut acquirer).await;
+    let approved = common::next_payment_reply(&mut acquirer).await;
     assert_eq!(code(&approved), ReplyCode::Approved);
     for reference in [0, approved.switch_reference] {
         let status = query_status(&mut acquirer, approved.originator_transaction_id, reference).await;
@@ -273,7 +262,7 @@ async fn overload_is_shed_at_once_and_in_flight_state_stays_at_its_limit() {
     let mut codes = std::collections::BTreeMap::new();
     let mut busy_before_any_timeout = 0;
     for _ in 0..OFFERED {
-        let reply = next_reply(&mut acquirer).await;
+        let reply = common::next_payment_reply(&mut acquirer).await;
         assert!(seen.insert(reply.originator_transaction_id), "answered twice: {:?}", reply.originator_transaction_id);
         if code(&reply) == ReplyCode::SystemBusy && !codes.contains_key(&ReplyCode::Timeout) {
             busy_before_any_timeout += 1;
@@ -317,11 +306,11 @@ async fn a_silent_issuer_does_not_hold_up_another_issuers_traffic() {
     // Every Alipay approval arrives before any WeChat Pay timeout: nothing of Alipay's
     // waited behind the silent issuer's requests.
     for _ in 0..200 {
-        let reply = next_reply(&mut acquirer).await;
+        let reply = common::next_payment_reply(&mut acquirer).await;
         assert_eq!((code(&reply), reply.responder.to_string()), (ReplyCode::Approved, "ALIPAY".to_string()));
     }
     for _ in 0..200 {
-        assert_eq!(code(&next_reply(&mut acquirer).await), ReplyCode::Timeout);
+        assert_eq!(code(&common::next_payment_reply(&mut acquirer).await), ReplyCode::Timeout);
     }
     silent_task.abort();
     alipay_task.abort();
@@ -367,7 +356,7 @@ async fn refunds_and_cancels_find_their_original_from_any_session() {
 
     for n in 0..8u64 {
         first.writer.send(&payment("13", n)).await.expect("send");
-        assert_eq!(code(&next_reply(&mut first).await), ReplyCode::Approved);
+        assert_eq!(code(&common::next_payment_reply(&mut first).await), ReplyCode::Approved);
     }
     // Refunds from the other session (so often another shard), by the original's id.
     for n in 0..8u64 {
@@ -427,7 +416,7 @@ async fn a_late_approval_is_reversed_and_never_forwarded() {
         .await
         .expect("request");
     // The originator hears Timeout at the deadline; the issuer gets the reversal.
-    let timed_out = next_reply(&mut acquirer).await;
+    let timed_out = common::next_payment_reply(&mut acquirer).await;
     assert_eq!(code(&timed_out), ReplyCode::Timeout);
     let reversal = issuer
         .reader

@@ -139,17 +139,16 @@ struct Raw {
 }
 
 impl Raw {
-    async fn connect(address: SocketAddr) -> Self {
-        let stream = TcpStream::connect(address).await.expect("connect");
-        let mut raw = Self { stream, decoder: FrameDecoder::default(), encoder: FrameEncoder::default() };
-        let Some(Message::SignOnChallenge(_)) = raw.read().await else { panic!("no challenge") };
-        raw
-    }
-
-    async fn sign_on(address: SocketAddr, participant: &str) -> Self {
+    /// Connected, the switch's challenge read, not signed on.
+    async fn connect(address: SocketAddr) -> (Self, codec::SignOnChallenge) {
         let stream = TcpStream::connect(address).await.expect("connect");
         let mut raw = Self { stream, decoder: FrameDecoder::default(), encoder: FrameEncoder::default() };
         let Some(Message::SignOnChallenge(challenge)) = raw.read().await else { panic!("no challenge") };
+        (raw, challenge)
+    }
+
+    async fn sign_on(address: SocketAddr, participant: &str) -> Self {
+        let (mut raw, challenge) = Self::connect(address).await;
         let key = demo_key(participant);
         let request = sign_on_request(&challenge, id(participant), 1, &key, [5; 32]);
         raw.send(&Message::SignOnRequest(request.clone())).await;
@@ -362,7 +361,7 @@ async fn frames_with_a_wrong_mac_are_refused() {
 async fn traffic_before_sign_on_is_refused() {
     let switch = start(|_| {}).await;
     for n in 0..ATTEMPTS {
-        let mut raw = Raw::connect(switch.address).await;
+        let (mut raw, _) = Raw::connect(switch.address).await;
         raw.send(&Message::PaymentCodeRequest(payment("ACQ0001", n))).await;
         assert_eq!(raw.rejects_until_closed().await, [RejectReason::NotSignedOn], "attempt {n}");
     }

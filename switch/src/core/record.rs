@@ -473,19 +473,12 @@ mod tests {
         let mut plain = Vec::new();
         record.encode(1, None, &mut plain);
         assert_eq!(Record::decode(&plain, Some(&key())).expect("decodes").0, record);
-        // Two records, two keystreams.
+        // Two records (two references), two keystreams.
+        let mut moved = record;
+        if let Record::Admitted { reference, .. } = &mut moved {
+            *reference += 1;
+        }
         let mut second = Vec::new();
-        let Record::Admitted { .. } = record else { unreachable!() };
-        let moved = match record {
-            Record::Admitted { reference, .. } => {
-                let mut other = record;
-                if let Record::Admitted { reference: r, .. } = &mut other {
-                    *r = reference + 1;
-                }
-                other
-            }
-            _ => unreachable!(),
-        };
         moved.encode(2, Some(&key()), &mut second);
         let code_at = HEADER_SIZE + ADMITTED_BODY - 32;
         assert_ne!(sealed[code_at..code_at + 32], second[code_at..code_at + 32]);

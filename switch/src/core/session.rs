@@ -109,6 +109,9 @@ pub struct Session {
     /// On a TLS link: the participants the client certificate names; sign-on as anyone
     /// else is refused.
     certified: Option<Vec<InstitutionId>>,
+    /// The message kinds the signed-on participant's roles let it originate, one bit per
+    /// kind byte, read from the directory once at sign-on.
+    originates: u128,
 }
 
 impl Session {
@@ -124,6 +127,7 @@ impl Session {
             last_received_ms: now.monotonic_ms,
             macs: None,
             certified: None,
+            originates: 0,
         }
     }
 
@@ -268,11 +272,9 @@ impl Session {
         match self.state {
             State::Closed => Control::Close(CloseReason::SignedOff),
             State::AwaitingSignOn { .. } => self.handle_sign_on(now, message, directory, out),
-            State::SignedOn { participant } => {
-                self.handle_signed_on(now, participant, false, message, directory, out, exchange)
-            }
+            State::SignedOn { participant } => self.handle_signed_on(now, participant, false, message, out, exchange),
             State::Draining { participant, .. } => {
-                self.handle_signed_on(now, participant, true, message, directory, out, exchange)
+                self.handle_signed_on(now, participant, true, message, out, exchange)
             }
         }
     }
@@ -320,6 +322,10 @@ impl Session {
         let found = directory.get(&participant).and_then(|p| p.key(request.key_id.to_native()).map(|key| (p, key)));
         let (entry, key) = found.expect("the key was found when the proof was verified");
         self.macs = SessionMacs::derive(entry.frame_mac, &key.secret, &transcript, self.session_id);
+        self.originates = MessageKind::ALL
+            .iter()
+            .filter(|&&kind| entry.may_originate(kind))
+            .fold(0, |mask, &kind| mask | 1u128 << (kind as u8));
         out.push(Message::SignOnResult(SignOnResult {
             session_id: self.session_id,
             server_proof: server_proof(&key.secret, &transcript, self.session_id),
@@ -337,25 +343,22 @@ impl Session {
     /// transactions are refused with `SystemBusy` and a sign-off reply ends the session.
     /// Transactions that pass the identity, role and replay-window checks, and answers to
     /// what the switch sent, go to the exchange.
-    #[allow(clippy::too_many_arguments)]
     fn handle_signed_on(
         &mut self,
         now: Now,
         participant: InstitutionId,
         draining: bool,
         message: MessageRef<'_>,
-        directory: &Directory,
         out: &mut Vec<Message>,
         exchange: &mut Vec<Message>,
     ) -> Control {
         let switch_id = self.config.switch_id;
         let window = self.config.replay_window_ms;
-        let kind = message.kind();
+        let allowed = self.originates & (1u128 << (message.kind() as u8)) != 0;
         // Identity first: a request claiming another originator goes no further; then the
         // participant's roles, then the message's age.
         let refusal = |originator: InstitutionId, time_ms: i64| {
             let stale = window.is_some_and(|window| now.unix_ms.abs_diff(time_ms) > window);
-            let allowed = directory.get(&participant).is_some_and(|p| p.may_originate(kind));
             if originator != participant || !allowed || stale {
                 Some(ReplyCode::NotAuthorised)
             } else if draining {
@@ -577,6 +580,29 @@ mod tests {
         let mut harness = Harness::new();
         harness.sign_on("ACQ0001");
         assert_eq!(harness.session.participant(), InstitutionId::new("ACQ0001").ok());
+    }
+
+    #[test]
+    fn roles_read_at_sign_on_decide_what_a_participant_may_originate() {
+        // A wallet (issuer only) may not present a consumer's payment code...
+        let mut wallet = Harness::new();
+        wallet.sign_on("WAL0001");
+        wallet.send(2, &payment("WAL0001"));
+        assert_eq!(wallet.reply_code(), ReplyCode::NotAuthorised);
+        assert!(wallet.exchange.is_empty());
+        // ...but may pay by QR; an acquirer the other way round.
+        let mut qr = codec::sample::qr_payment_request();
+        qr.details.originator = InstitutionId::new("WAL0001").expect("valid");
+        wallet.send(3, &Message::QrPaymentRequest(qr.clone().into()));
+        assert_eq!(wallet.exchange.len(), 1);
+        let mut acquirer = Harness::new();
+        acquirer.sign_on("ACQ0001");
+        acquirer.send(2, &payment("ACQ0001"));
+        assert_eq!(acquirer.exchange.len(), 1);
+        qr.details.originator = InstitutionId::new("ACQ0001").expect("valid");
+        acquirer.send(3, &Message::QrPaymentRequest(qr.into()));
+        assert_eq!(acquirer.reply_code(), ReplyCode::NotAuthorised);
+        assert_eq!(acquirer.exchange.len(), 1);
     }
 
     #[test]

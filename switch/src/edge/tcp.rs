@@ -768,10 +768,12 @@ impl Connection {
             for message in outgoing.drain(..) {
                 shared.metrics.sent(&message);
                 // Counted as signed on from the approving result until the connection ends.
-                guard.signed_on |= matches!(&message, Message::SignOnResult(result) if result.code == 0);
                 // Messages the session and exchange build are valid by construction.
                 encoder.encode(&message).expect("the switch built an invalid message");
                 if matches!(&message, Message::SignOnResult(result) if result.code == 0) {
+                    // Signed on from the approving result until the connection ends; every
+                    // frame after it carries a tag.
+                    guard.signed_on = true;
                     encoder.set_mac(send_mac.take());
                 }
             }

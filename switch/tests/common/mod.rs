@@ -35,3 +35,15 @@ pub fn approval(details: &codec::TransactionDetails, responder: codec::Instituti
         responder,
     }
 }
+
+/// The next message on `client`, which must be a payment reply.
+pub async fn next_payment_reply(client: &mut loadgen::client::Client) -> codec::Reply {
+    client
+        .reader
+        .next(|m| match m.to_message() {
+            codec::Message::PaymentReply(reply) => reply,
+            other => panic!("expected a payment reply, got {:?}", other.kind()),
+        })
+        .await
+        .expect("reply")
+}
