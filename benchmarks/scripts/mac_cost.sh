@@ -6,13 +6,8 @@
 # Loopback only; about 5 x (3 + SECONDS) s.
 #   bash benchmarks/scripts/mac_cost.sh [SECONDS]
 set -euo pipefail
-cd "$(dirname "$0")/../.."
 seconds=${1:-10}
-cargo build --quiet --release --bin switch --bin loadgen
-port=$((30000 + RANDOM % 20000))
-admin=$((port + 1))
-switch_pid=
-trap '[ -n "$switch_pid" ] && kill "$switch_pid" 2>/dev/null || true' EXIT
+source "$(dirname "$0")/lib.sh"
 
 # The embedded default's participants and routes, with the frame MAC given (and keys of
 # their own: the load generator reads them from the same file); TLS when $2 is "tls".

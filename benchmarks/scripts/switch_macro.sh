@@ -8,13 +8,8 @@
 # Usage: benchmarks/scripts/switch_macro.sh [seconds per run, default 10]
 # Prints one markdown table per scenario family. Loopback only, bounded in time.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
 seconds=${1:-10}
-cargo build --quiet --release --bin switch --bin loadgen
-port=$((30000 + RANDOM % 20000))
-admin=$((port + 1))
-switch_pid=
-trap '[ -n "$switch_pid" ] && kill "$switch_pid" 2>/dev/null || true' EXIT
+source "$(dirname "$0")/lib.sh"
 
 data_root=target/bench-data
 start_switch() {
