@@ -49,16 +49,22 @@ fn loadgen(args: &[&str]) -> Output {
 fn loadgen_punctual(args: &[&str]) -> Output {
     let mut output = loadgen(args);
     for _ in 0..2 {
-        let late_only = output.status.code() == Some(2)
-            && text(&output).contains("sends left more than 10 ms")
-            && !text(&output).contains("never answered")
-            && !text(&output).contains("answered one twice");
-        if !late_only {
+        if !late_only(&output) {
             break;
         }
         output = loadgen(args);
     }
     output
+}
+
+/// The run was invalid (exit 2) only because sends left late: every request was still
+/// answered exactly once (the reasons line names any other fault).
+fn late_only(output: &Output) -> bool {
+    let text = text(output);
+    output.status.code() == Some(2)
+        && text.contains("sends left more than 10 ms")
+        && !text.contains("requests never answered")
+        && !text.contains("answered one twice")
 }
 
 fn text(output: &Output) -> String {
@@ -249,7 +255,10 @@ async fn reports_are_written_and_the_page_draws_offline() {
             &file("record.csv"),
         ])
     });
-    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    // Even after retries a debug build may send a few late: the run is then invalid (exit
+    // 2), and its reports must say so; everything else below holds either way.
+    let valid = output.status.code() == Some(0);
+    assert!(valid || late_only(&output), "{}", text(&output));
 
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(file("summary.json")).unwrap()).unwrap();
@@ -259,7 +268,8 @@ async fn reports_are_written_and_the_page_draws_offline() {
     for key in ["p50", "p99", "p999", "max"] {
         assert!(summary["latency_us"][key].as_u64().is_some(), "latency_us lacks {key}");
     }
-    assert_eq!(summary["valid"], true);
+    assert_eq!(summary["valid"], valid);
+    assert_eq!(summary["missing"], 0);
     assert!(summary["replies"]["Approved"].as_u64().unwrap() > 1000);
 
     // The interval log reads back with HdrHistogram's V2 (deflate) decoder.
