@@ -130,6 +130,9 @@ struct Kept {
     queries: HashMap<TransactionId, Vec<u64>>,
     /// Record lines not yet written to the record file.
     record: String,
+    /// With a record: requests sent and not yet answered, by transaction id. Those left at
+    /// the end (the switch went away, or the drain ran out) are written as in doubt.
+    in_doubt: HashMap<TransactionId, InDoubt>,
     /// Payments answered as a receiver (numbers authorisation codes, `decline_every`).
     answered_as_receiver: u64,
     counted_done: bool,
@@ -148,6 +151,7 @@ pub async fn run_peer(
         pool: std::collections::VecDeque::new(),
         queries: HashMap::new(),
         record: String::new(),
+        in_doubt: HashMap::new(),
         answered_as_receiver: 0,
         counted_done: peer.origination.is_none(),
     };
@@ -185,8 +189,47 @@ pub async fn run_peer(
     if !kept.counted_done {
         ctx.originating.fetch_sub(1, Ordering::AcqRel);
     }
+    for (id, request) in kept.in_doubt.drain() {
+        // No switch reference and no code: the originator does not know the outcome.
+        let _ = writeln!(
+            kept.record,
+            "-,{},{},{},-,{},{},-",
+            request.originator.as_str(),
+            id.as_str(),
+            request.kind.name(),
+            request.amount_minor,
+            request.currency
+        );
+    }
     let written = write_record(&ctx, &mut kept.record);
     result.and(written)
+}
+
+/// A request sent whose answer has not come (yet).
+struct InDoubt {
+    kind: Kind,
+    originator: codec::InstitutionId,
+    amount_minor: u64,
+    currency: u16,
+}
+
+impl InDoubt {
+    /// A payment or refund request's id and what the record says of it.
+    fn of(message: &Message, kind: Kind) -> Option<(TransactionId, Self)> {
+        let (originator, id, amount_minor, currency) = match message {
+            Message::PaymentCodeRequest(request) => {
+                let d = &request.details;
+                (d.originator, d.originator_transaction_id, d.amount_minor, d.currency)
+            }
+            Message::QrPaymentRequest(request) => {
+                let d = &request.details;
+                (d.originator, d.originator_transaction_id, d.amount_minor, d.currency)
+            }
+            Message::RefundRequest(r) => (r.originator, r.originator_transaction_id, r.amount_minor, r.currency),
+            _ => return None,
+        };
+        Some((id, Self { kind, originator, amount_minor, currency }))
+    }
 }
 
 /// Unix milliseconds now.
@@ -261,6 +304,11 @@ async fn drive(
                     return Ended::Failed(error);
                 }
                 stats.sent.fetch_add(1, Ordering::Relaxed);
+                if ctx.record.is_some()
+                    && let Some((id, request)) = InDoubt::of(&made.message, made.kind)
+                {
+                    kept.in_doubt.insert(id, request);
+                }
             }
             if arrivals.peek().is_none() && !kept.counted_done {
                 kept.counted_done = true;
@@ -376,6 +424,7 @@ impl Handler<'_> {
                 }
                 replies.record(kind, code, now_us.saturating_sub(parts.due_us));
                 drop(replies);
+                self.kept.in_doubt.remove(&reply.originator_transaction_id);
                 let reference = reply.switch_reference.to_native();
                 if kind == Kind::Payment && code == ReplyCode::Approved.value() {
                     remember(

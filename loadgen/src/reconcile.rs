@@ -5,8 +5,11 @@
 //! - an `Approved` payment or refund in the record must be in clearing exactly once, net
 //!   of reversals, with the same amount and currency, between the same two participants;
 //! - anything else in the record (declined, timed out, busy) must net to nothing;
-//! - a transaction of this run in clearing that the record does not hold as approved is
-//!   extra (an approval the originator never saw, or one counted twice).
+//! - a request the record holds as in doubt (sent, never answered: the switch went away,
+//!   or the drain ran out) may be in clearing once or not at all, with its amount and
+//!   currency, never twice: the switch decided, and the originator would ask it;
+//! - a transaction of this run in clearing that the record does not hold as approved or in
+//!   doubt is extra (an approval the originator never saw, or one counted twice).
 //!
 //! Clearing entries are read from the payee's side (`direction = credit`): each entry is
 //! in exactly two participants' files, once as a credit.
@@ -25,7 +28,8 @@ pub struct RecordRow {
     pub originator: String,
     pub id: String,
     pub kind: String,
-    pub code: u16,
+    /// The reply's code; `None`: in doubt (no reply came).
+    pub code: Option<u16>,
     pub amount_minor: u64,
     pub currency: u16,
     pub responder: String,
@@ -39,6 +43,8 @@ struct Cleared {
     currency: u16,
     /// Payee and payer.
     parties: (String, String),
+    /// The originator's transaction id.
+    id: String,
     windows: Vec<String>,
 }
 
@@ -49,6 +55,9 @@ pub struct Reconciliation {
     pub record_rows: u64,
     pub approved: u64,
     pub matched: u64,
+    /// Requests never answered, and of those, how many clearing holds.
+    pub in_doubt: u64,
+    pub in_doubt_cleared: u64,
     pub missing: Vec<String>,
     pub extra: Vec<String>,
     pub mismatched: Vec<String>,
@@ -72,6 +81,12 @@ impl Reconciliation {
             self.extra.len(),
             self.mismatched.len()
         );
+        if self.in_doubt > 0 {
+            text.push_str(&format!(
+                "  in doubt {} (sent, never answered: each in clearing at most once; {} cleared)\n",
+                self.in_doubt, self.in_doubt_cleared
+            ));
+        }
         for (name, list) in [("missing", &self.missing), ("extra", &self.extra), ("mismatched", &self.mismatched)] {
             for line in list.iter().take(20) {
                 text.push_str(&format!("  {name}: {line}\n"));
@@ -115,7 +130,10 @@ pub fn read_record(path: &Path) -> anyhow::Result<(u32, Vec<RecordRow>)> {
             originator: fields[1].to_string(),
             id: fields[2].to_string(),
             kind: fields[3].to_string(),
-            code: fields[4].parse().map_err(|_| bad("bad code"))?,
+            code: match fields[4] {
+                "-" => None,
+                code => Some(code.parse().map_err(|_| bad("bad code"))?),
+            },
             amount_minor: fields[5].parse().map_err(|_| bad("bad amount"))?,
             currency: fields[6].parse().map_err(|_| bad("bad currency"))?,
             responder: fields[7].to_string(),
@@ -198,6 +216,7 @@ pub fn reconcile(record: &Path, clearing: &Path) -> anyhow::Result<Reconciliatio
                         item.amount_minor = amount;
                         item.currency = currency;
                         item.parties = (owner.clone(), fields[7].clone());
+                        item.id = fields[1].clone();
                     }
                     "reversal" => item.net -= 1,
                     other => return Err(bad(&format!("unknown type {other:?}"))),
@@ -207,8 +226,30 @@ pub fn reconcile(record: &Path, clearing: &Path) -> anyhow::Result<Reconciliatio
         }
     }
 
-    for row in &rows {
-        let approved = row.code == 0;
+    let by_id: BTreeMap<String, String> =
+        cleared.iter().map(|(reference, c)| (c.id.clone(), reference.clone())).collect();
+    for row in rows.iter().filter(|row| row.code.is_none()) {
+        report.in_doubt += 1;
+        let what = format!("{} {} ({} {} {})", row.originator, row.id, row.kind, row.amount_minor, row.currency);
+        let Some(c) = by_id.get(&row.id).and_then(|reference| cleared.remove(reference)) else { continue };
+        match c.net {
+            0 => {}
+            1 if c.amount_minor == row.amount_minor
+                && c.currency == row.currency
+                && (c.parties.0 == row.originator || c.parties.1 == row.originator) =>
+            {
+                report.in_doubt_cleared += 1;
+            }
+            1 => report.mismatched.push(format!(
+                "{what}: in doubt; clearing has {} {} between {} and {}",
+                c.amount_minor, c.currency, c.parties.0, c.parties.1
+            )),
+            net => report.extra.push(format!("{what}: in doubt, in clearing {net} times")),
+        }
+    }
+    for row in rows.iter().filter(|row| row.code.is_some()) {
+        let code = row.code.unwrap_or_default();
+        let approved = code == 0;
         report.approved += u64::from(approved);
         let found = cleared.remove(&row.reference);
         let what = format!(
@@ -234,7 +275,7 @@ pub fn reconcile(record: &Path, clearing: &Path) -> anyhow::Result<Reconciliatio
                 }
             }
             (false, Some(c)) if c.net != 0 => {
-                report.extra.push(format!("{what}: answered {} but in clearing ({})", row.code, c.windows.join(" ")))
+                report.extra.push(format!("{what}: answered {code} but in clearing ({})", c.windows.join(" ")))
             }
             (false, _) => report.matched += 1,
         }
@@ -306,6 +347,21 @@ mod tests {
         let found = fixture(&dir, record, &reversed).unwrap();
         assert!(found.missing[0].contains("reversed"), "{}", found.render());
         assert!(found.extra[0].contains("2 times"));
+
+        // In doubt (never answered): in clearing once or not at all, never twice.
+        let doubt = "# loadgen record v1 run=abc\nswitch_reference,originator,originator_transaction_id,kind,code,amount_minor,currency,responder\n\
+            -,ACQ0001,abc-0-5-50,payment,-,700,156,-\n\
+            -,ACQ0001,abc-0-6-60,payment,-,800,156,-\n";
+        let once = format!("{HEADER}R5,\"abc-0-5-50\",1,payment,credit,700,156,ACQ0001,0\n");
+        let found = fixture(&dir, doubt, &once).unwrap();
+        assert!(found.is_clean(), "{}", found.render());
+        assert_eq!((found.in_doubt, found.in_doubt_cleared), (2, 1));
+        assert!(found.render().contains("in doubt 2"), "{}", found.render());
+        let twice = format!("{once}R5,\"abc-0-5-50\",2,payment,credit,700,156,ACQ0001,0\n");
+        let found = fixture(&dir, doubt, &twice).unwrap();
+        assert!(found.extra[0].contains("in doubt, in clearing 2 times"), "{}", found.render());
+        let altered = format!("{HEADER}R5,\"abc-0-5-50\",1,payment,credit,701,156,ACQ0001,0\n");
+        assert_eq!(fixture(&dir, doubt, &altered).unwrap().mismatched.len(), 1);
 
         std::fs::write(dir.join("record.csv"), "not a record\n").unwrap();
         let error = reconcile(&dir.join("record.csv"), &dir).unwrap_err().to_string();

@@ -87,8 +87,9 @@ struct Known {
 }
 
 /// One shard's entries of a window, built record by record from its whole journal, in
-/// order (streamed: the journal need not fit in memory).
-struct ShardEntries<'a> {
+/// order (streamed: the journal need not fit in memory). The fleet reader builds one per
+/// node and shard from their published records, by the same rules.
+pub(crate) struct ShardEntries<'a> {
     window: u64,
     fees: &'a FeeSchedule,
     known: HashMap<u64, (Known, codec::TransactionId)>,
@@ -100,11 +101,21 @@ struct ShardEntries<'a> {
 }
 
 impl<'a> ShardEntries<'a> {
-    fn new(window: u64, fees: &'a FeeSchedule) -> Self {
+    pub(crate) fn new(window: u64, fees: &'a FeeSchedule) -> Self {
         Self { window, fees, known: HashMap::new(), current: 1, entries: Vec::new(), closed: false }
     }
 
-    fn add(&mut self, record: Record) {
+    /// Whether the window's cut has been read (the shard closed it).
+    pub(crate) fn closed(&self) -> bool {
+        self.closed
+    }
+
+    /// The window's entries, once every record has been added.
+    pub(crate) fn into_entries(self) -> Vec<Entry> {
+        self.entries
+    }
+
+    pub(crate) fn add(&mut self, record: Record) {
         let Self { window, fees, known, current, entries, closed } = self;
         let (window, fees) = (*window, *fees);
         match record {
@@ -241,7 +252,11 @@ impl Window {
     }
 
     /// Window `window` from its entries (of every shard, in any order).
-    fn from_entries(window: u64, mut entries: Vec<Entry>, fees: &FeeSchedule) -> Result<Self, ClearingError> {
+    pub(crate) fn from_entries(
+        window: u64,
+        mut entries: Vec<Entry>,
+        fees: &FeeSchedule,
+    ) -> Result<Self, ClearingError> {
         entries.sort_by_key(|e| (e.time_ms, e.reference, e.kind));
         let mut positions: BTreeMap<InstitutionId, BTreeMap<u16, Totals>> = BTreeMap::new();
         for entry in &entries {

@@ -48,6 +48,8 @@ pub struct SwitchConfig {
     /// Mutual TLS on participant links; `None` only where the configuration says
     /// `plaintext = true` (the embedded default, on loopback).
     pub tls: Option<crate::edge::tls::TlsSettings>,
+    /// Publish the journal's records to a fleet's NATS JetStream stream (`crate::fleet`).
+    pub fleet: Option<crate::fleet::FleetSettings>,
 }
 
 /// A node id from a host name ending in `-N` (a StatefulSet pod: `switch-2` is node 2).
@@ -104,6 +106,7 @@ impl SwitchConfig {
             admin_tokens: Vec::new(),
             // The demo network on loopback: plaintext, said explicitly.
             tls: None,
+            fleet: None,
         }
     }
 }
@@ -143,6 +146,8 @@ struct FileConfig {
     admin: FileAdmin,
     #[serde(default)]
     tls: Option<FileTls>,
+    #[serde(default)]
+    fleet: Option<FileFleet>,
     /// Fee rates, per participant.
     #[serde(default)]
     fee: Vec<FileFee>,
@@ -168,6 +173,31 @@ struct FileTls {
     client_ca_file: PathBuf,
     #[serde(default)]
     crl_files: Vec<PathBuf>,
+}
+
+/// The fleet stream this node publishes its journal to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFleet {
+    nats_url: String,
+    #[serde(default = "fleet_stream_default")]
+    stream: String,
+    #[serde(default = "fleet_subject_prefix_default")]
+    subject_prefix: String,
+    #[serde(default = "fleet_replicas_default")]
+    replicas: usize,
+}
+
+fn fleet_stream_default() -> String {
+    crate::fleet::FleetSettings::STREAM_DEFAULT.into()
+}
+
+fn fleet_subject_prefix_default() -> String {
+    crate::fleet::FleetSettings::SUBJECT_PREFIX_DEFAULT.into()
+}
+
+fn fleet_replicas_default() -> usize {
+    1
 }
 
 /// Admin API tokens, by their SHA-256 (or a file holding the token itself).
@@ -551,6 +581,46 @@ impl SwitchConfig {
                 return Err(invalid(format!("{key}.participant"), "has a fee already".into()));
             }
         }
+        let fleet = match file.fleet {
+            None => None,
+            Some(fleet) => {
+                let name_ok = |text: &str, dots: bool| {
+                    !text.is_empty()
+                        && text.split('.').all(|token| {
+                            !token.is_empty()
+                                && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                        })
+                        && (dots || !text.contains('.'))
+                };
+                if !fleet.nats_url.starts_with("nats://") && !fleet.nats_url.starts_with("tls://") {
+                    return Err(invalid(
+                        "fleet.nats_url".into(),
+                        format!("{:?}: expected nats://HOST:PORT", fleet.nats_url),
+                    ));
+                }
+                if !name_ok(&fleet.stream, false) {
+                    return Err(invalid(
+                        "fleet.stream".into(),
+                        format!("{:?}: letters, digits, - and _", fleet.stream),
+                    ));
+                }
+                if !name_ok(&fleet.subject_prefix, true) {
+                    return Err(invalid(
+                        "fleet.subject_prefix".into(),
+                        format!("{:?}: dot-separated tokens of letters, digits, - and _", fleet.subject_prefix),
+                    ));
+                }
+                if !(1..=5).contains(&fleet.replicas) {
+                    return Err(invalid("fleet.replicas".into(), format!("{}: 1 to 5", fleet.replicas)));
+                }
+                Some(crate::fleet::FleetSettings {
+                    nats_url: fleet.nats_url,
+                    stream: fleet.stream,
+                    subject_prefix: fleet.subject_prefix,
+                    replicas: fleet.replicas,
+                })
+            }
+        };
         let daily_cutoff = match file.clearing.daily_cutoff.as_str() {
             "off" => None,
             text => Some(text.parse::<jiff::civil::Time>().map_err(|_| {
@@ -715,6 +785,7 @@ impl SwitchConfig {
             participants,
             admin_tokens,
             tls,
+            fleet,
         })
     }
 }
@@ -751,12 +822,31 @@ mod tests {
     }
 
     #[test]
+    fn a_fleet_table_names_the_nats_server_and_takes_defaults() {
+        assert_eq!(parse(MINIMAL).expect("valid").fleet, None);
+        let config = parse(&format!("{MINIMAL}\n[fleet]\nnats_url = \"nats://10.0.0.5:4222\"\n")).expect("valid");
+        assert_eq!(config.fleet, Some(crate::fleet::FleetSettings::new("nats://10.0.0.5:4222")));
+    }
+
+    #[test]
     fn errors_name_the_file_the_key_and_the_problem() {
         let cases = [
             (MINIMAL.replace("listen =", "lissen ="), "test.toml: "),
             (
                 format!("{MINIMAL}\n[[fee]]\nparticipant = \"ACQ0001\"\nbasis_points = 10001\n"),
                 "test.toml: fee[0] (ACQ0001).basis_points: must be 0..=10000",
+            ),
+            (
+                format!("{MINIMAL}\n[fleet]\nnats_url = \"localhost:4222\"\n"),
+                "test.toml: fleet.nats_url: \"localhost:4222\": expected nats://HOST:PORT",
+            ),
+            (
+                format!("{MINIMAL}\n[fleet]\nnats_url = \"nats://n:4222\"\nsubject_prefix = \"a.>\"\n"),
+                "test.toml: fleet.subject_prefix: \"a.>\": dot-separated tokens of letters, digits, - and _",
+            ),
+            (
+                format!("{MINIMAL}\n[fleet]\nnats_url = \"nats://n:4222\"\nstream = \"A.B\"\n"),
+                "test.toml: fleet.stream: \"A.B\": letters, digits, - and _",
             ),
             (
                 format!("{MINIMAL}\n[clearing]\ndaily_cutoff = \"25:00\"\n"),

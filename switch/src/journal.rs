@@ -163,6 +163,31 @@ pub fn check_node(data_dir: &Path, node: u8) -> Result<(), JournalError> {
     pinned(data_dir, "node", usize::from(node), |path, written| JournalError::Node { path, written })
 }
 
+/// This data directory's instance id: 16 hex digits drawn when its journal was started
+/// (`DATA_DIR/journal/instance`). A fleet tells one node's published records from another's
+/// by it, so a directory that is lost and started afresh under the same node id is noticed
+/// instead of mixing two histories.
+pub fn instance(data_dir: &Path) -> Result<String, JournalError> {
+    let dir = data_dir.join("journal");
+    fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+    let path = dir.join("instance");
+    match fs::read_to_string(&path) {
+        Ok(text) if text.trim().len() == 16 && text.trim().bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Ok(text.trim().to_string())
+        }
+        Ok(_) => Err(JournalError::Io { path, source: io::Error::other("not an instance id (16 hex digits)") }),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 8];
+            getrandom::fill(&mut bytes)
+                .map_err(|error| JournalError::Io { path: path.clone(), source: error.into() })?;
+            let id = format!("{:016x}", u64::from_le_bytes(bytes));
+            write_atomically(&path, format!("{id}\n").as_bytes()).map_err(io_error(&path))?;
+            Ok(id)
+        }
+        Err(source) => Err(JournalError::Io { path, source }),
+    }
+}
+
 /// `DATA_DIR/journal/NAME` holds `value`, written now if the file is new; another value is
 /// the error `other` makes.
 fn pinned(
@@ -357,6 +382,11 @@ impl Journal {
         self.policy
     }
 
+    /// The sequence of the last record written (0: none yet).
+    pub fn last_sequence(&self) -> u64 {
+        self.next_sequence - 1
+    }
+
     /// Writes (and syncs) through io_uring from now on, if this kernel allows a ring: one
     /// submission for the write and the `fdatasync` linked behind it. Returns whether it does.
     pub fn use_io_uring(&mut self) -> bool {
@@ -482,6 +512,152 @@ fn segment_name(first_sequence: u64) -> String {
     format!("{first_sequence:020}.journal")
 }
 
+/// The first sequence a segment holds, from its name.
+fn first_sequence(segment: &Path) -> Option<u64> {
+    segment.file_stem()?.to_str()?.parse().ok()
+}
+
+/// Bytes read from a segment at a time by a [`Tail`].
+const TAIL_CHUNK: usize = 1 << 20;
+
+/// Reads one shard's journal while the switch appends to it, from any sequence on: the
+/// fleet publisher's view. Reads only records the caller says are written (at or below a
+/// durable sequence), so it never meets a record being written; it follows segment
+/// rotation. Memory: one chunk and a partial record, never the journal.
+#[derive(Debug)]
+pub struct Tail {
+    dir: PathBuf,
+    key: Option<CodeKey>,
+    /// The segment being read and its path.
+    file: Option<(File, PathBuf)>,
+    /// Bytes read from the segment and not yet decoded start at `buffer[start]`, which is
+    /// at segment offset `offset`.
+    buffer: Vec<u8>,
+    start: usize,
+    offset: u64,
+    /// The sequence of the next record to hand out.
+    next: u64,
+}
+
+impl Tail {
+    /// A tail of shard `dir`'s journal, positioned at its first record.
+    pub fn new(dir: &Path, key: Option<CodeKey>) -> Self {
+        Self { dir: dir.to_path_buf(), key, file: None, buffer: Vec::new(), start: 0, offset: 0, next: 1 }
+    }
+
+    /// The sequence of the next record [`Tail::read`] hands out.
+    pub fn next_sequence(&self) -> u64 {
+        self.next
+    }
+
+    /// Positions the tail at record `sequence` (at most one past the last written), reading
+    /// its segment from the start.
+    pub fn seek(&mut self, sequence: u64, written: u64) -> Result<(), JournalError> {
+        let segments = segments(&self.dir)?;
+        let segment = segments.iter().rev().find(|path| first_sequence(path).is_some_and(|first| first <= sequence));
+        self.buffer.clear();
+        (self.start, self.offset) = (0, 0);
+        self.file = None;
+        self.next = match segment {
+            Some(path) => {
+                self.open(path)?;
+                first_sequence(path).unwrap_or(1)
+            }
+            None => 1,
+        };
+        let mut skipped = Vec::new();
+        while self.next < sequence {
+            skipped.clear();
+            let wanted = usize::try_from(sequence - self.next).unwrap_or(usize::MAX).min(4096);
+            if self.read(written.min(sequence - 1), wanted, &mut skipped)? == 0 {
+                return Err(JournalError::Io {
+                    path: self.dir.clone(),
+                    source: io::Error::other(format!("the journal ends before sequence {sequence}")),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, path: &Path) -> Result<(), JournalError> {
+        let file = File::open(path).map_err(io_error(path))?;
+        self.file = Some((file, path.to_path_buf()));
+        self.buffer.clear();
+        (self.start, self.offset) = (0, 0);
+        Ok(())
+    }
+
+    /// Appends to `out` the records from the next one on, up to sequence `upto` (which the
+    /// caller knows to be written) and at most `max`; returns how many. Damage in a written
+    /// record is an error naming segment and offset.
+    pub fn read(&mut self, upto: u64, max: usize, out: &mut Vec<Record>) -> Result<usize, JournalError> {
+        let mut count = 0;
+        while count < max && self.next <= upto {
+            let decoded = Record::decode(&self.buffer[self.start..], self.key.as_ref());
+            match decoded {
+                Ok((record, sequence, size)) => {
+                    if sequence != self.next {
+                        let path = self.file.as_ref().map_or_else(|| self.dir.clone(), |(_, path)| path.clone());
+                        return Err(JournalError::Sequence {
+                            path,
+                            offset: self.offset,
+                            expected: self.next,
+                            found: sequence,
+                        });
+                    }
+                    out.push(record);
+                    self.start += size;
+                    self.offset += size as u64;
+                    self.next += 1;
+                    count += 1;
+                }
+                Err(problem) => {
+                    if self.fill()? {
+                        continue;
+                    }
+                    let at_boundary = self.start == self.buffer.len();
+                    let following = self.dir.join(segment_name(self.next));
+                    if at_boundary && following.exists() {
+                        self.open(&following)?;
+                        continue;
+                    }
+                    let path = self.file.as_ref().map_or_else(|| self.dir.clone(), |(_, path)| path.clone());
+                    return Err(match problem {
+                        RecordError::Sealed => JournalError::Sealed { path, offset: self.offset },
+                        _ if at_boundary => JournalError::Io {
+                            path,
+                            source: io::Error::other(format!("record {} is written but not in the journal", self.next)),
+                        },
+                        problem => JournalError::Corrupt { path, offset: self.offset, problem },
+                    });
+                }
+            }
+        }
+        Ok(count)
+    }
+
+    /// Reads the next chunk of the segment behind what is buffered; whether any came.
+    fn fill(&mut self) -> Result<bool, JournalError> {
+        use std::io::Read;
+        if self.file.is_none() {
+            let first = self.dir.join(segment_name(self.next));
+            if !first.exists() {
+                return Ok(false);
+            }
+            self.open(&first)?;
+        }
+        let Some((file, path)) = &mut self.file else { return Ok(false) };
+        self.buffer.drain(..self.start);
+        self.start = 0;
+        let had = self.buffer.len();
+        self.buffer.resize(had + TAIL_CHUNK, 0);
+        let read = file.read(&mut self.buffer[had..]);
+        let read = read.map_err(|source| JournalError::Io { path: path.clone(), source })?;
+        self.buffer.truncate(had + read);
+        Ok(read > 0)
+    }
+}
+
 fn truncate(path: &Path, offset: u64) -> Result<(), JournalError> {
     let file = OpenOptions::new().write(true).open(path).map_err(io_error(path))?;
     file.set_len(offset).map_err(io_error(path))?;
@@ -548,6 +724,63 @@ mod tests {
         drop(journal);
         let contents = read(&dir).expect("read");
         assert_eq!((contents.records.len(), contents.torn_tail), (11, None));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_tail_follows_appends_and_rotation_from_any_sequence() {
+        let dir = temp_dir("tail");
+        write(&dir, 10);
+        let (mut journal, _) = Journal::open(&dir, SyncPolicy::Always, Damage::Refuse, None, |_| {}).expect("open");
+        let mut tail = Tail::new(&dir, None);
+        let mut out = Vec::new();
+        // Never past what the caller says is written, nor past `max`.
+        assert_eq!(tail.read(4, 100, &mut out).expect("read"), 4);
+        assert_eq!(tail.read(10, 3, &mut out).expect("read"), 3);
+        assert_eq!(tail.read(10, 100, &mut out).expect("read"), 3);
+        assert_eq!(tail.read(10, 100, &mut out).expect("read"), 0);
+        // The next segment starts at 11 (forced rotation); the tail follows it.
+        journal.segment_size = SEGMENT_SIZE_MAX;
+        journal.append(&(11..=25).map(record).collect::<Vec<_>>()).expect("append");
+        assert_eq!(segments(&dir).expect("segments").len(), 2);
+        assert_eq!(tail.read(25, 100, &mut out).expect("read"), 15);
+        assert_eq!(out, (1..=25).map(record).collect::<Vec<_>>());
+        assert_eq!(tail.next_sequence(), 26);
+        // Seeking lands on the record asked for, in either segment, or just past the end.
+        for at in [1, 5, 10, 11, 17, 25, 26] {
+            let mut tail = Tail::new(&dir, None);
+            tail.seek(at, 25).expect("seek");
+            out.clear();
+            tail.read(25, 100, &mut out).expect("read");
+            assert_eq!(out, (at..=25).map(record).collect::<Vec<_>>(), "seek to {at}");
+        }
+        assert!(Tail::new(&dir, None).seek(30, 25).is_err(), "past the end");
+        // Damage in a written record is named, never skipped.
+        let first = segments(&dir).expect("segments")[0].clone();
+        let mut bytes = fs::read(&first).expect("read");
+        let size = bytes.len() / 10;
+        bytes[2 * size + 30] ^= 1;
+        fs::write(&first, &bytes).expect("write");
+        let mut tail = Tail::new(&dir, None);
+        out.clear();
+        match tail.read(25, 100, &mut out) {
+            Err(JournalError::Corrupt { offset, .. }) => assert_eq!(offset, 2 * size as u64),
+            other => panic!("expected damage at record 3: {other:?}"),
+        }
+        assert_eq!(out.len(), 2);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_data_directory_keeps_its_instance_id() {
+        let dir = temp_dir("instance");
+        let id = instance(&dir).expect("drawn");
+        assert_eq!(id.len(), 16);
+        assert_eq!(instance(&dir).expect("kept"), id);
+        assert_ne!(instance(&temp_dir("instance-other")).expect("drawn"), id);
+        let _ = fs::remove_dir_all(temp_dir("instance-other"));
+        fs::write(dir.join("journal/instance"), "nonsense\n").expect("write");
+        assert!(instance(&dir).is_err());
         let _ = fs::remove_dir_all(&dir);
     }
 

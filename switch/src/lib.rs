@@ -17,6 +17,7 @@ pub mod clearing;
 pub mod config;
 pub mod core;
 pub mod edge;
+pub mod fleet;
 pub mod inspect;
 pub mod journal;
 pub mod metrics;

@@ -77,7 +77,20 @@ enum Command {
         /// overrides the file's journal.code_key_file). Keep it apart from the data.
         #[arg(long)]
         code_key_file: Option<std::path::PathBuf>,
+        /// Publish the journal's records to a fleet's NATS JetStream stream at this URL
+        /// (nats://HOST:PORT; overrides the file's fleet.nats_url). See README, "A fleet".
+        #[arg(long)]
+        nats: Option<String>,
     },
+}
+
+/// Where `switch clearing close` reads the records of a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Source {
+    /// This node's journal (through its admin port, or its stopped data directory).
+    Journal,
+    /// The fleet's NATS JetStream stream: every node's published records.
+    Nats,
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,9 +124,10 @@ enum JournalCommand {
 enum ClearingCommand {
     /// Closes the open window and writes its files under DATA_DIR/clearing/. Through a
     /// running switch's admin port (--admin), or on a stopped switch's data directory
-    /// (--data-dir).
+    /// (--data-dir). With --source nats: builds a window every node of a fleet has cut
+    /// from the fleet's stream, into --out.
     Close {
-        #[arg(long, conflicts_with = "data_dir", required_unless_present = "data_dir")]
+        #[arg(long, conflicts_with = "data_dir", required_unless_present_any = ["data_dir", "out"])]
         admin: Option<std::net::SocketAddr>,
         /// With --admin: a file holding an operator token (default: the embedded default's
         /// switch-data/admin.token).
@@ -121,12 +135,29 @@ enum ClearingCommand {
         token_file: Option<std::path::PathBuf>,
         #[arg(long)]
         data_dir: Option<std::path::PathBuf>,
-        /// With --data-dir: the configuration whose fee schedule applies (none: no fees).
-        #[arg(long, requires = "data_dir")]
+        /// With --data-dir or --source nats: the configuration whose fee schedule applies
+        /// (none: no fees); with --source nats, also its [fleet] stream settings.
+        #[arg(long, conflicts_with = "admin")]
         config: Option<std::path::PathBuf>,
         /// With --data-dir: the journal's payment-code key, if its codes are encrypted.
         #[arg(long, requires = "data_dir")]
         code_key_file: Option<std::path::PathBuf>,
+        /// Where the window's records come from.
+        #[arg(long, value_enum, default_value_t = Source::Journal)]
+        source: Source,
+        /// With --source nats: the NATS server (default: the configuration's fleet.nats_url).
+        #[arg(long)]
+        nats: Option<String>,
+        /// With --source nats: the window to build; every node must have cut it.
+        #[arg(long, required_if_eq("source", "nats"))]
+        window: Option<u64>,
+        /// With --source nats: every node of the fleet (`0-2`, `0,1,2`); a node missing
+        /// from the stream, or one not listed, is an error.
+        #[arg(long, required_if_eq("source", "nats"))]
+        nodes: Option<String>,
+        /// With --source nats: the fleet's files go under OUT/clearing/window-N/.
+        #[arg(long, conflicts_with_all = ["admin", "data_dir"], required_if_eq("source", "nats"))]
+        out: Option<std::path::PathBuf>,
     },
     /// Writes a closed window's files again from the journal (byte-identical).
     Rebuild {
@@ -207,7 +238,9 @@ fn main_inner() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_nats=warn".into()),
+        )
         .init();
     let cli = Cli::parse();
     match cli.command {
@@ -222,6 +255,7 @@ fn main_inner() -> anyhow::Result<()> {
             accept_journal_damage,
             node,
             code_key_file,
+            nats,
         } => {
             let mut config = match config {
                 Some(path) => SwitchConfig::from_file(&path)?,
@@ -244,6 +278,11 @@ fn main_inner() -> anyhow::Result<()> {
             }
             if let Some(path) = code_key_file {
                 config.code_key = Some(read_code_key(&path)?);
+            }
+            if let Some(url) = nats {
+                let mut fleet = config.fleet.take().unwrap_or_else(|| switch::fleet::FleetSettings::new(&url));
+                fleet.nats_url = url;
+                config.fleet = Some(fleet);
             }
             if let Some(node) = node {
                 config.exchange.node = match node.as_str() {
@@ -336,6 +375,33 @@ fn clearing_command(command: ClearingCommand) -> anyhow::Result<()> {
         }
     };
     match command {
+        ClearingCommand::Close { source: Source::Nats, config, nats, window, nodes, out, admin: None, .. } => {
+            let (window, nodes, out) = match (window, nodes, out) {
+                (Some(window), Some(nodes), Some(out)) => (window, nodes, out),
+                _ => anyhow::bail!("--source nats needs --window, --nodes and --out"),
+            };
+            let nodes = switch::fleet::parse_nodes(&nodes).map_err(|problem| anyhow::anyhow!("--nodes {problem}"))?;
+            let (fees, fleet) = match config {
+                Some(path) => {
+                    let config = SwitchConfig::from_file(&path)?;
+                    (config.fees, config.fleet)
+                }
+                None => (switch::clearing::FeeSchedule::default(), None),
+            };
+            let mut fleet = fleet
+                .or_else(|| nats.as_deref().map(switch::fleet::FleetSettings::new))
+                .context("--source nats needs --nats URL (or --config with a [fleet] table)")?;
+            if let Some(url) = nats {
+                fleet.nats_url = url;
+            }
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
+            let built = runtime.block_on(switch::fleet::read_window(&fleet, window, &nodes, &fees))?;
+            let files = built.write(&out, &fees)?;
+            emit!("fleet window {window} (nodes {nodes:?}, stream {}): {} entries", fleet.stream, built.entries.len());
+            print(window, &files);
+            Ok(())
+        }
         ClearingCommand::Close { admin: Some(admin), token_file, .. } => {
             let token_file = token_file
                 .unwrap_or_else(|| std::path::Path::new(SwitchConfig::DATA_DIR_DEFAULT).join(ADMIN_TOKEN_FILE));
@@ -466,6 +532,7 @@ fn run(config: SwitchConfig, io: Io, damage: Damage) -> anyhow::Result<()> {
         let shared = Arc::new(
             shared
                 .with_admin(admin_access)
+                .with_fleet(config.fleet.clone())
                 .with_exchange(config.exchange.clone(), config.routes.clone())
                 .with_shards(shards)
                 .with_io(io)

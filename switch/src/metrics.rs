@@ -52,6 +52,8 @@ pub struct Metrics {
     serving: AtomicBool,
     handoffs_dropped: AtomicU64,
     shards: AtomicU64,
+    /// Fleet publication, when this node publishes (`crate::fleet`).
+    fleet: std::sync::OnceLock<std::sync::Arc<crate::fleet::Progress>>,
 }
 
 const _: () = assert!(codec::ReplyCode::ALL.len() <= 32);
@@ -119,6 +121,11 @@ impl Metrics {
     /// An answer dropped at a full shard inbox (its transaction times out and is reversed).
     pub fn handoff_dropped(&self) {
         self.handoffs_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// This node publishes to a fleet: its progress is exported (`switch_fleet_*`).
+    pub fn set_fleet(&self, progress: std::sync::Arc<crate::fleet::Progress>) {
+        let _ = self.fleet.set(progress);
     }
 
     pub fn set_shards(&self, shards: usize) {
@@ -275,6 +282,9 @@ impl Metrics {
             "1 while the switch drains for shutdown.",
             vec![format!("switch_draining {}", u8::from(self.is_draining()))],
         );
+        if let Some(fleet) = self.fleet.get() {
+            fleet.render(&mut out);
+        }
         out
     }
 }

@@ -21,6 +21,10 @@
 //! counter mode, the record's switch reference as the nonce, marked by code flag 2): the
 //! journal then holds no payment code in clear. The CRC covers the stored bytes, so
 //! integrity checks need no key; reading the code back does.
+//!
+//! The copies a node publishes to its fleet (`crate::fleet`) withhold the code (flag 3,
+//! zero bytes): clearing needs only to know one was presented. Only
+//! [`Record::decode_published`] accepts such a record, and it accepts no other code.
 
 use codec::{AuthorizationCode, InstitutionId, PaymentCode, TransactionId};
 
@@ -73,6 +77,16 @@ impl CodeKey {
 const CODE_NONE: u8 = 0;
 const CODE_PLAIN: u8 = 1;
 const CODE_SEALED: u8 = 2;
+const CODE_WITHHELD: u8 = 3;
+
+/// How an `Admitted` record's payment code is stored.
+#[derive(Clone, Copy)]
+enum Codes<'a> {
+    /// In clear, or encrypted with the key when there is one (the journal).
+    Journal(Option<&'a CodeKey>),
+    /// Not at all: only the fact that one was presented (published copies).
+    Withheld,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Record {
@@ -133,9 +147,18 @@ impl Record {
         }
     }
 
-    /// Appends this record with sequence `sequence` to `out`.
-    /// Appends the record; with `key`, a payment code is stored encrypted.
+    /// Appends this record with sequence `sequence` to `out`; with `key`, a payment code
+    /// is stored encrypted.
     pub fn encode(&self, sequence: u64, key: Option<&CodeKey>, out: &mut Vec<u8>) {
+        self.encode_with(sequence, Codes::Journal(key), out);
+    }
+
+    /// Appends this record as a node publishes it: a payment code withheld.
+    pub fn encode_published(&self, sequence: u64, out: &mut Vec<u8>) {
+        self.encode_with(sequence, Codes::Withheld, out);
+    }
+
+    fn encode_with(&self, sequence: u64, codes: Codes<'_>, out: &mut Vec<u8>) {
         let start = out.len();
         out.extend_from_slice(&[0; HEADER_SIZE]);
         match *self {
@@ -155,10 +178,11 @@ impl Record {
                 out.extend_from_slice(&amount_minor.to_le_bytes());
                 out.extend_from_slice(&refund_of.to_le_bytes());
                 out.extend_from_slice(&currency.to_le_bytes());
-                let flag = match (payment_code, key) {
+                let flag = match (payment_code, codes) {
                     (None, _) => CODE_NONE,
-                    (Some(_), None) => CODE_PLAIN,
-                    (Some(_), Some(_)) => CODE_SEALED,
+                    (Some(_), Codes::Withheld) => CODE_WITHHELD,
+                    (Some(_), Codes::Journal(None)) => CODE_PLAIN,
+                    (Some(_), Codes::Journal(Some(_))) => CODE_SEALED,
                 };
                 out.push(flag);
                 out.extend_from_slice(&[0; 5]);
@@ -166,9 +190,15 @@ impl Record {
                 out.extend_from_slice(receiver.as_bytes());
                 out.extend_from_slice(id.as_bytes());
                 let mut code = [0u8; 32];
-                code.copy_from_slice(payment_code.unwrap_or_default().as_bytes());
-                if let (Some(key), CODE_SEALED) = (key, flag) {
-                    key.apply(reference, &mut code);
+                match (codes, flag) {
+                    (_, CODE_NONE | CODE_WITHHELD) => {}
+                    (Codes::Journal(key), _) => {
+                        code.copy_from_slice(payment_code.unwrap_or_default().as_bytes());
+                        if let Some(key) = key {
+                            key.apply(reference, &mut code);
+                        }
+                    }
+                    (Codes::Withheld, _) => unreachable!("withheld codes have their own flag"),
                 }
                 out.extend_from_slice(&code);
             }
@@ -211,6 +241,16 @@ impl Record {
     /// Decodes the record at the start of `bytes`: the record, its sequence and its size.
     /// An encrypted payment code needs `key` ([`RecordError::Sealed`] without it).
     pub fn decode(bytes: &[u8], key: Option<&CodeKey>) -> Result<(Record, u64, usize), RecordError> {
+        Self::decode_with(bytes, Codes::Journal(key))
+    }
+
+    /// Decodes a published record ([`Record::encode_published`]): a presented payment code
+    /// comes back as [`PaymentCode::EMPTY`]; a record that carries a code is refused.
+    pub fn decode_published(bytes: &[u8]) -> Result<(Record, u64, usize), RecordError> {
+        Self::decode_with(bytes, Codes::Withheld)
+    }
+
+    fn decode_with(bytes: &[u8], codes: Codes<'_>) -> Result<(Record, u64, usize), RecordError> {
         if bytes.len() < HEADER_SIZE {
             return Err(RecordError::Incomplete { needed: HEADER_SIZE, available: bytes.len() });
         }
@@ -265,10 +305,11 @@ impl Record {
                 let receiver = InstitutionId::from_bytes(body.take()).map_err(|_| RecordError::Field("receiver"))?;
                 let id = TransactionId::from_bytes(body.take()).map_err(|_| RecordError::Field("id"))?;
                 let mut code_bytes: [u8; 32] = body.take();
-                let payment_code = match (has_code, key) {
+                let payment_code = match (has_code, codes) {
                     (CODE_NONE, _) if code_bytes == [0; 32] => None,
-                    (CODE_SEALED, None) => return Err(RecordError::Sealed),
-                    (CODE_PLAIN | CODE_SEALED, key) => {
+                    (CODE_WITHHELD, Codes::Withheld) if code_bytes == [0; 32] => Some(PaymentCode::EMPTY),
+                    (CODE_SEALED, Codes::Journal(None)) => return Err(RecordError::Sealed),
+                    (CODE_PLAIN | CODE_SEALED, Codes::Journal(key)) => {
                         if let (CODE_SEALED, Some(key)) = (has_code, key) {
                             key.apply(reference, &mut code_bytes);
                         }
@@ -453,6 +494,32 @@ mod tests {
                 let (decoded, sequence, size) = Record::decode(&bytes[start..], key.as_ref()).expect("decodes");
                 assert_eq!((decoded, sequence, size), (*record, index as u64 + 1, bytes.len() - start));
             }
+        }
+    }
+
+    #[test]
+    fn published_records_withhold_the_code_and_keep_everything_else() {
+        for (index, record) in samples().iter().enumerate() {
+            let mut bytes = Vec::new();
+            record.encode_published(index as u64 + 1, &mut bytes);
+            let (decoded, sequence, size) = Record::decode_published(&bytes).expect("decodes");
+            assert_eq!((sequence, size), (index as u64 + 1, bytes.len()));
+            match (*record, decoded) {
+                (Record::Admitted { payment_code: Some(code), .. }, Record::Admitted { payment_code, .. }) => {
+                    assert_eq!(payment_code, Some(PaymentCode::EMPTY));
+                    let digits = code.digits().as_bytes();
+                    assert!(!bytes.windows(6).any(|w| w == &digits[..6]), "no part of the code is published");
+                    // A journal reader refuses a published record rather than invent a code.
+                    assert!(Record::decode(&bytes, None).is_err());
+                }
+                (original, decoded) => assert_eq!(decoded, original),
+            }
+        }
+        // A record that carries a code is not a published one.
+        for key in [None, Some(key())] {
+            let mut journal = Vec::new();
+            samples()[0].encode(1, key.as_ref(), &mut journal);
+            assert_eq!(Record::decode_published(&journal), Err(RecordError::Field("payment_code")));
         }
     }
 

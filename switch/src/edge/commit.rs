@@ -64,8 +64,9 @@ impl std::fmt::Debug for Batch {
 }
 
 impl Commit {
-    /// Starts shard `shard`'s journal thread; `wake` tells the shard a batch became durable.
-    pub fn start(shard: usize, mut journal: Journal, wake: impl Fn() + Send + 'static) -> std::io::Result<Self> {
+    /// Starts shard `shard`'s journal thread; `wake` tells the shard a batch became durable,
+    /// with the journal's last durable sequence.
+    pub fn start(shard: usize, mut journal: Journal, wake: impl Fn(u64) + Send + 'static) -> std::io::Result<Self> {
         let (batches, receiver) = mpsc::channel::<Batch>();
         let durable = Arc::new(AtomicU64::new(0));
         let reported = Arc::clone(&durable);
@@ -96,7 +97,7 @@ impl Commit {
                     std::process::exit(EXIT_JOURNAL_FAILED);
                 }
                 reported.store(last, Ordering::Release);
-                wake();
+                wake(journal.last_sequence());
             }
         })?;
         Ok(Self { batches, durable, next_id: 0, held: VecDeque::new(), records: Vec::new() })

@@ -72,6 +72,8 @@ pub struct Shared {
     pub admin: crate::access::AdminAccess,
     /// Mutual TLS on participant links; `None`: plaintext (the configuration says so).
     pub tls: Option<crate::edge::tls::Tls>,
+    /// Publish the journal's records to a fleet stream (`crate::fleet`); needs a journal.
+    pub fleet: Option<crate::fleet::FleetSettings>,
 }
 
 impl Shared {
@@ -96,6 +98,7 @@ impl Shared {
             next_session_id: AtomicU64::new(1),
             admin: crate::access::AdminAccess::default(),
             tls: None,
+            fleet: None,
         }
     }
 
@@ -106,6 +109,11 @@ impl Shared {
     }
 
     /// Who may use the admin API, and where their actions are recorded.
+    pub fn with_fleet(mut self, fleet: Option<crate::fleet::FleetSettings>) -> Self {
+        self.fleet = fleet;
+        self
+    }
+
     pub fn with_admin(mut self, admin: crate::access::AdminAccess) -> Self {
         self.admin = admin;
         self
@@ -252,7 +260,7 @@ pub async fn serve(
             }
         });
     }
-    let mut journals: Vec<Option<Journal>> = std::thread::scope(|scope| {
+    let journals: Vec<Option<Journal>> = std::thread::scope(|scope| {
         let starts: Vec<_> = exchanges
             .iter_mut()
             .enumerate()
@@ -265,12 +273,34 @@ pub async fn serve(
             .map(|start| start.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
             .collect::<Result<Vec<_>, _>>()
     })?;
-    for (index, (exchange, journal)) in exchanges.drain(..).zip(journals.drain(..)).enumerate() {
+    // What each shard's journal holds durably, for the fleet publisher and its metrics.
+    let progress = Arc::new(crate::fleet::Progress::new(shards));
+    for (index, journal) in journals.iter().enumerate() {
+        progress.set_durable(index, journal.as_ref().map_or(0, Journal::last_sequence));
+    }
+    let publisher = match (&shared.fleet, &shared.journal) {
+        (Some(fleet), Some(settings)) => {
+            shared.metrics.set_fleet(Arc::clone(&progress));
+            let publisher = crate::fleet::Publisher {
+                settings: fleet.clone(),
+                node: shared.exchange.node,
+                instance: journal::instance(&settings.data_dir)?,
+                data_dir: settings.data_dir.clone(),
+                key: settings.code_key.clone(),
+                progress: Arc::clone(&progress),
+            };
+            let started = publisher.start(stop.clone());
+            Some(started.map_err(|source| JournalError::Io { path: settings.data_dir.clone(), source })?)
+        }
+        _ => None,
+    };
+    for (index, (exchange, journal)) in exchanges.drain(..).zip(journals).enumerate() {
         let (handoff, accepted) = mpsc::channel(HANDOFF_QUEUE);
         let (drained_tx, drained_rx) = oneshot::channel();
         shared.next_window.fetch_max(exchange.last_window() + 1, Ordering::Relaxed);
         let shard = ShardThread {
             index,
+            progress: Arc::clone(&progress),
             shared: Arc::clone(&shared),
             mesh: Arc::clone(&mesh),
             draining: draining.clone(),
@@ -355,6 +385,10 @@ pub async fn serve(
     if let Some(watchdog) = watchdog {
         watchdog.abort();
     }
+    if let Some(publisher) = publisher {
+        // It stops once what is durable is published, or after its grace period.
+        let _ = tokio::task::spawn_blocking(move || publisher.join()).await;
+    }
     Ok(())
 }
 
@@ -420,6 +454,8 @@ async fn daily_cutoffs(shared: Arc<Shared>, at: jiff::civil::Time) {
 /// What one shard's thread needs besides its exchange.
 struct ShardThread {
     index: usize,
+    /// Where this shard's journal thread reports its durable sequence.
+    progress: Arc<crate::fleet::Progress>,
     shared: Arc<Shared>,
     mesh: Arc<Mesh>,
     draining: watch::Receiver<bool>,
@@ -466,8 +502,12 @@ impl ShardThread {
         let shared = &self.shared;
         let commit = match journal.map(|journal| {
             let mesh = Arc::clone(&self.mesh);
+            let progress = Arc::clone(&self.progress);
             let index = self.index;
-            Commit::start(index, journal, move || mesh.wake_shard(index))
+            Commit::start(index, journal, move |durable| {
+                progress.set_durable(index, durable);
+                mesh.wake_shard(index);
+            })
         }) {
             None => None,
             Some(Ok(commit)) => Some(commit),

@@ -1,0 +1,277 @@
+//! A fleet on loopback: three switch processes publishing to one `nats-server` (JetStream),
+//! a load generator on each node; one node killed with SIGKILL mid-run and restarted, NATS
+//! killed for a while and restarted. The fleet's clearing, built from the stream alone,
+//! must reconcile exactly with every generator's record and hold exactly the rows the
+//! nodes' own clearing holds.
+//!
+//! Needs `nats-server` on the PATH (`.ci/test` installs Debian's); without it the test fails
+//! and says so.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
+}
+
+/// A child process, killed (SIGKILL) when dropped: also when the test fails.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn nats_server(store: &Path, port: u16, log: &Path) -> Process {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log");
+    let child = Command::new("nats-server")
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(store)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect(
+            "nats-server is required by the fleet test (Debian: apt-get install nats-server; .ci/test installs it)",
+        );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nats-server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Process(child)
+}
+
+/// One switch node of the fleet.
+struct Node {
+    id: u8,
+    shards: u16,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    data_dir: PathBuf,
+    nats: String,
+}
+
+impl Node {
+    fn start(&self) -> Process {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.with_extension("log"))
+            .expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_switch"))
+            .args(["run", "--node", &self.id.to_string(), "--shards", &self.shards.to_string()])
+            .args(["--listen", &self.listen.to_string(), "--admin-listen", &self.admin.to_string()])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--nats", &self.nats])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("switch starts");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http(self.admin, "GET", "/readyz", None).map(|(status, _)| status) != Some(200) {
+            assert!(Instant::now() < deadline, "node {} did not become ready", self.id);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Process(child)
+    }
+
+    fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = http(self.admin, "GET", "/metrics", None)?;
+        body.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    fn close_window(&self) -> String {
+        let token = std::fs::read_to_string(self.data_dir.join("admin.token")).expect("token");
+        let (status, body) =
+            http(self.admin, "POST", "/clearing/close", Some(token.trim())).expect("the admin port answers");
+        assert_eq!(status, 200, "node {}: {body}", self.id);
+        body
+    }
+}
+
+fn http(address: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let authorization = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: switch\r\n{authorization}Content-Length: 0\r\n\r\n");
+    stream.write_all(head.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// Runs the load generator (in this process) against `target`, recording every reply.
+fn load(target: SocketAddr, seconds: u32, record: &Path) -> std::thread::JoinHandle<i32> {
+    let args: Vec<String> = vec![
+        "loadgen".into(),
+        "run".into(),
+        "--target".into(),
+        target.to_string(),
+        "--rate".into(),
+        "120".into(),
+        "--duration".into(),
+        format!("{seconds}s"),
+        "--record".into(),
+        record.display().to_string(),
+        "--quiet".into(),
+    ];
+    std::thread::spawn(move || loadgen::cli::main_with(args))
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn close_from_nats(url: &str, window: u64, nodes: &str, out: &Path) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_switch"))
+        .args(["clearing", "close", "--source", "nats", "--nats", url, "--window", &window.to_string()])
+        .args(["--nodes", nodes, "--out"])
+        .arg(out)
+        .output()
+        .expect("switch runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+/// Every CSV of a window directory: file name to its rows (header left out), sorted.
+fn csv_rows(window_dir: &Path) -> BTreeMap<String, Vec<String>> {
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(window_dir).expect("window directory") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "csv") {
+            let text = std::fs::read_to_string(&path).expect("read");
+            let mut rows: Vec<String> = text.lines().skip(1).map(str::to_string).collect();
+            rows.sort();
+            files.insert(path.file_name().expect("name").to_string_lossy().to_string(), rows);
+        }
+    }
+    files
+}
+
+#[test]
+fn a_three_node_fleet_clears_exactly_after_a_node_and_nats_fail() {
+    let dir = std::env::temp_dir().join(format!("switch-fleet-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let nats_port = free_port();
+    let url = format!("nats://127.0.0.1:{nats_port}");
+    let (store, nats_log) = (dir.join("jetstream"), dir.join("nats.log"));
+    let nats = nats_server(&store, nats_port, &nats_log);
+    let nodes: Vec<Node> = (0..3u8)
+        .map(|id| Node {
+            id,
+            shards: if id == 0 { 2 } else { 1 },
+            listen: format!("127.0.0.1:{}", free_port()).parse().expect("address"),
+            admin: format!("127.0.0.1:{}", free_port()).parse().expect("address"),
+            data_dir: dir.join(format!("node-{id}")),
+            nats: url.clone(),
+        })
+        .collect();
+    let mut running: Vec<Option<Process>> = nodes.iter().map(|node| Some(node.start())).collect();
+    let records: Vec<PathBuf> = (0..4).map(|n| dir.join(format!("record-{n}.csv"))).collect();
+
+    // A generator per node; node 1 is killed under its load, restarted, and loaded again.
+    let started = Instant::now();
+    let mut loads: Vec<_> = (0..3).map(|n| load(nodes[n].listen, 12, &records[n])).collect();
+    std::thread::sleep(Duration::from_secs(4));
+    running[1] = None; // SIGKILL
+    std::thread::sleep(Duration::from_millis(500));
+    running[1] = Some(nodes[1].start());
+    loads.push(load(nodes[1].listen, 5, &records[3]));
+    // NATS goes away while the nodes carry traffic; their publication lags, then catches up.
+    std::thread::sleep(Duration::from_secs(1));
+    drop(nats); // SIGKILL
+    // Longer than a publish waits for its acknowledgement: the publisher gives up, and
+    // starts again from the stream's end once NATS is back.
+    std::thread::sleep(Duration::from_secs(6));
+    let lag_while_away = nodes[0].metric("switch_fleet_lag_records").expect("node 0 exports its lag");
+    assert!(lag_while_away > 0.0, "node 0 published with NATS down");
+    let _nats = nats_server(&store, nats_port, &nats_log);
+    let exits: Vec<i32> = loads.into_iter().map(|load| load.join().expect("load thread")).collect();
+    eprintln!("loads ended after {:.1} s: exit codes {exits:?}", started.elapsed().as_secs_f64());
+    // The generators on nodes that stayed up ran to the end (2: some sends were late on a
+    // busy box, which says nothing of the fleet); the one whose node was killed aborted.
+    for n in [0, 2, 3] {
+        assert!(exits[n] == 0 || exits[n] == 2, "load {n} failed: {}", exits[n]);
+    }
+    assert_ne!(exits[1], 0, "the load on the killed node saw it die");
+
+    // Each node cuts window 1 (as a daily cut-off would), and publishes the cut.
+    let caught_up = |node: &Node| {
+        node.metric("switch_fleet_lag_records") == Some(0.0) && node.metric("switch_fleet_nats_connected") == Some(1.0)
+    };
+    for node in &nodes {
+        wait_until(&format!("node {} caught up", node.id), Duration::from_secs(60), || caught_up(node));
+        node.close_window();
+    }
+    for node in &nodes {
+        wait_until(&format!("node {} published its cut", node.id), Duration::from_secs(30), || caught_up(node));
+    }
+    let failures: f64 = nodes.iter().filter_map(|n| n.metric("switch_fleet_publish_failures_total")).sum();
+    eprintln!("lag with NATS away: {lag_while_away} records; publication interruptions: {failures}");
+    assert!(failures >= 1.0, "the outage interrupted publication");
+
+    // Refusals: a node that never published, a node left out, a window not cut.
+    let out = dir.join("fleet");
+    let (ok, text) = close_from_nats(&url, 1, "0-3", &out);
+    assert!(!ok && text.contains("node 3 has published nothing"), "{text}");
+    let (ok, text) = close_from_nats(&url, 1, "0,1", &out);
+    assert!(!ok && text.contains("node 2 publishes to the stream but is not in --nodes"), "{text}");
+    let (ok, text) = close_from_nats(&url, 2, "0-2", &out);
+    assert!(!ok && text.contains("window 2 is not cut"), "{text}");
+    assert!(!out.join("clearing").exists(), "a refused close writes nothing");
+
+    let (ok, text) = close_from_nats(&url, 1, "0-2", &out);
+    assert!(ok, "{text}");
+    let fleet_window = out.join("clearing/window-000001");
+
+    // Every generator's record reconciles with the fleet's files: nothing lost, nothing
+    // doubled, in doubt (sent to the killed node, never answered) at most once.
+    let mut approved = 0;
+    for record in &records {
+        let found = loadgen::reconcile::reconcile(record, &out).expect("reconcile");
+        assert!(found.is_clean(), "{}: {}", record.display(), found.render());
+        approved += found.approved;
+        eprint!("{}", found.render());
+    }
+    assert!(approved > 2_000, "{approved} approvals");
+
+    // The fleet's rows are exactly the nodes' own rows for window 1, and sum to zero.
+    let mut union: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for node in &nodes {
+        for (file, rows) in csv_rows(&node.data_dir.join("clearing/window-000001")) {
+            union.entry(file).or_default().extend(rows);
+        }
+    }
+    union.values_mut().for_each(|rows| rows.sort());
+    assert_eq!(csv_rows(&fleet_window), union);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fleet_window.join("summary.json")).expect("summary"))
+            .expect("json");
+    let sums = summary["sum_minor_by_currency"].as_object().expect("sums");
+    assert!(!sums.is_empty() && sums.values().all(|sum| sum.as_i64() == Some(0)), "{summary}");
+
+    // Built again from the stream, the files are byte-identical.
+    let again = dir.join("fleet-again");
+    assert!(close_from_nats(&url, 1, "0-2", &again).0);
+    for file in std::fs::read_dir(&fleet_window).expect("files") {
+        let path = file.expect("file").path();
+        let twin = again.join("clearing/window-000001").join(path.file_name().expect("name"));
+        assert_eq!(std::fs::read(&path).expect("read"), std::fs::read(twin).expect("read"), "{}", path.display());
+    }
+    drop(running);
+    let _ = std::fs::remove_dir_all(&dir);
+}
