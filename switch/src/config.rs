@@ -186,6 +186,9 @@ struct FileFleet {
     subject_prefix: String,
     #[serde(default = "fleet_replicas_default")]
     replicas: usize,
+    /// A file holding the NATS server's authorization token; relative to the configuration
+    /// file's directory unless absolute.
+    token_file: Option<PathBuf>,
 }
 
 fn fleet_stream_default() -> String {
@@ -613,11 +616,20 @@ impl SwitchConfig {
                 if !(1..=5).contains(&fleet.replicas) {
                     return Err(invalid("fleet.replicas".into(), format!("{}: 1 to 5", fleet.replicas)));
                 }
+                let token = match &fleet.token_file {
+                    Some(file) => {
+                        let resolved = path.parent().unwrap_or(Path::new(".")).join(file);
+                        let token = crate::fleet::NatsToken::read(&resolved);
+                        Some(token.map_err(|problem| invalid("fleet.token_file".into(), problem))?)
+                    }
+                    None => None,
+                };
                 Some(crate::fleet::FleetSettings {
                     nats_url: fleet.nats_url,
                     stream: fleet.stream,
                     subject_prefix: fleet.subject_prefix,
                     replicas: fleet.replicas,
+                    token,
                 })
             }
         };

@@ -75,6 +75,30 @@ pub struct FleetSettings {
     pub subject_prefix: String,
     /// The stream's replicas when a node creates it (1 for one server; 3 for a cluster).
     pub replicas: usize,
+    /// The NATS server's authorization token, if it asks for one.
+    pub token: Option<NatsToken>,
+}
+
+/// A NATS authorization token: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NatsToken(pub String);
+
+impl std::fmt::Debug for NatsToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NatsToken(..)")
+    }
+}
+
+impl NatsToken {
+    /// Reads a token from a file (surrounding white space ignored; empty is an error).
+    pub fn read(path: &std::path::Path) -> Result<Self, String> {
+        let text =
+            std::fs::read_to_string(path).map_err(|error| format!("{}: cannot read: {error}", path.display()))?;
+        match text.trim() {
+            "" => Err(format!("{}: empty (expected the NATS authorization token)", path.display())),
+            token => Ok(Self(token.to_string())),
+        }
+    }
 }
 
 impl FleetSettings {
@@ -87,7 +111,17 @@ impl FleetSettings {
             stream: Self::STREAM_DEFAULT.to_string(),
             subject_prefix: Self::SUBJECT_PREFIX_DEFAULT.to_string(),
             replicas: 1,
+            token: None,
         }
+    }
+
+    /// How to connect: this client's name, and the token if there is one.
+    fn connect_options(&self, name: String) -> async_nats::ConnectOptions {
+        let options = match &self.token {
+            Some(token) => async_nats::ConnectOptions::with_token(token.0.clone()),
+            None => async_nats::ConnectOptions::new(),
+        };
+        options.name(name)
     }
 
     fn subject(&self, node: u8, shard: usize) -> String {
@@ -112,7 +146,7 @@ pub struct Progress {
     records: AtomicU64,
     messages: AtomicU64,
     failures: AtomicU64,
-    /// Unix milliseconds when every shard was last fully published (0: not yet).
+    /// Unix milliseconds when every shard was last fully published (at first: the start).
     caught_up_ms: AtomicI64,
 }
 
@@ -126,7 +160,7 @@ impl Progress {
             records: AtomicU64::new(0),
             messages: AtomicU64::new(0),
             failures: AtomicU64::new(0),
-            caught_up_ms: AtomicI64::new(0),
+            caught_up_ms: AtomicI64::new(unix_ms()),
         }
     }
 
@@ -157,7 +191,7 @@ impl Progress {
         let lag_records = self.lag_records();
         let caught_up = self.caught_up_ms.load(Ordering::Relaxed);
         // Seconds since everything durable was last in the stream (0 while it is).
-        let lag_seconds = if lag_records == 0 || caught_up == 0 { 0.0 } else { (now_ms - caught_up) as f64 / 1e3 };
+        let lag_seconds = if lag_records == 0 { 0.0 } else { (now_ms - caught_up).max(0) as f64 / 1e3 };
         let lines = [
             ("switch_fleet_nats_connected", "gauge", "1 while the publisher is connected to NATS JetStream.", {
                 u64::from(self.connected.load(Ordering::Relaxed)).to_string()
@@ -292,8 +326,9 @@ impl Publisher {
     /// or until stopped and caught up.
     async fn session(&self, tails: &mut [Tail], mut stop: watch::Receiver<bool>) -> Result<(), PublishError> {
         let progress = Arc::clone(&self.progress);
-        let client = async_nats::ConnectOptions::new()
-            .name(format!("switch-node-{}", self.node))
+        let client = self
+            .settings
+            .connect_options(format!("switch-node-{}", self.node))
             .connection_timeout(Duration::from_secs(2))
             // The client reconnects on its own; the gauge follows it.
             .event_callback(move |event| {
@@ -454,8 +489,8 @@ pub async fn read_window(
     fees: &FeeSchedule,
 ) -> Result<Window, FleetError> {
     let failed = |detail: String| FleetError::Nats { url: settings.nats_url.clone(), detail };
-    let client = async_nats::ConnectOptions::new()
-        .name("switch-clearing-close")
+    let client = settings
+        .connect_options("switch-clearing-close".into())
         .connection_timeout(Duration::from_secs(5))
         .connect(settings.nats_url.as_str())
         .await

@@ -81,6 +81,10 @@ enum Command {
         /// (nats://HOST:PORT; overrides the file's fleet.nats_url). See README, "A fleet".
         #[arg(long)]
         nats: Option<String>,
+        /// A file holding the NATS server's authorization token (overrides the file's
+        /// fleet.token_file).
+        #[arg(long, requires = "nats")]
+        nats_token_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -148,6 +152,9 @@ enum ClearingCommand {
         /// With --source nats: the NATS server (default: the configuration's fleet.nats_url).
         #[arg(long)]
         nats: Option<String>,
+        /// With --source nats: a file holding the NATS server's authorization token.
+        #[arg(long)]
+        nats_token_file: Option<std::path::PathBuf>,
         /// With --source nats: the window to build; every node must have cut it.
         #[arg(long, required_if_eq("source", "nats"))]
         window: Option<u64>,
@@ -256,6 +263,7 @@ fn main_inner() -> anyhow::Result<()> {
             node,
             code_key_file,
             nats,
+            nats_token_file,
         } => {
             let mut config = match config {
                 Some(path) => SwitchConfig::from_file(&path)?,
@@ -282,6 +290,9 @@ fn main_inner() -> anyhow::Result<()> {
             if let Some(url) = nats {
                 let mut fleet = config.fleet.take().unwrap_or_else(|| switch::fleet::FleetSettings::new(&url));
                 fleet.nats_url = url;
+                if let Some(path) = nats_token_file {
+                    fleet.token = Some(switch::fleet::NatsToken::read(&path).map_err(anyhow::Error::msg)?);
+                }
                 config.fleet = Some(fleet);
             }
             if let Some(node) = node {
@@ -375,7 +386,17 @@ fn clearing_command(command: ClearingCommand) -> anyhow::Result<()> {
         }
     };
     match command {
-        ClearingCommand::Close { source: Source::Nats, config, nats, window, nodes, out, admin: None, .. } => {
+        ClearingCommand::Close {
+            source: Source::Nats,
+            config,
+            nats,
+            nats_token_file,
+            window,
+            nodes,
+            out,
+            admin: None,
+            ..
+        } => {
             let (window, nodes, out) = match (window, nodes, out) {
                 (Some(window), Some(nodes), Some(out)) => (window, nodes, out),
                 _ => anyhow::bail!("--source nats needs --window, --nodes and --out"),
@@ -393,6 +414,9 @@ fn clearing_command(command: ClearingCommand) -> anyhow::Result<()> {
                 .context("--source nats needs --nats URL (or --config with a [fleet] table)")?;
             if let Some(url) = nats {
                 fleet.nats_url = url;
+            }
+            if let Some(path) = nats_token_file {
+                fleet.token = Some(switch::fleet::NatsToken::read(&path).map_err(anyhow::Error::msg)?);
             }
             let runtime =
                 tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;

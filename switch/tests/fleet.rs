@@ -28,10 +28,13 @@ impl Drop for Process {
     }
 }
 
+/// The NATS server asks every client for this token.
+const NATS_TOKEN: &str = "fleet-test-token-5f0c";
+
 fn nats_server(store: &Path, port: u16, log: &Path) -> Process {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log");
     let child = Command::new("nats-server")
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "--auth", NATS_TOKEN, "-sd"])
         .arg(store)
         .stdout(Stdio::null())
         .stderr(log)
@@ -55,6 +58,7 @@ struct Node {
     admin: SocketAddr,
     data_dir: PathBuf,
     nats: String,
+    token_file: PathBuf,
 }
 
 impl Node {
@@ -69,7 +73,8 @@ impl Node {
             .args(["--listen", &self.listen.to_string(), "--admin-listen", &self.admin.to_string()])
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--nats", &self.nats])
+            .args(["--nats", &self.nats, "--nats-token-file"])
+            .arg(&self.token_file)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -135,13 +140,16 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn close_from_nats(url: &str, window: u64, nodes: &str, out: &Path) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_switch"))
+fn close_from_nats(url: &str, token_file: Option<&Path>, window: u64, nodes: &str, out: &Path) -> (bool, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switch"));
+    command
         .args(["clearing", "close", "--source", "nats", "--nats", url, "--window", &window.to_string()])
         .args(["--nodes", nodes, "--out"])
-        .arg(out)
-        .output()
-        .expect("switch runs");
+        .arg(out);
+    if let Some(token_file) = token_file {
+        command.arg("--nats-token-file").arg(token_file);
+    }
+    let output = command.output().expect("switch runs");
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     (output.status.success(), text)
 }
@@ -169,6 +177,8 @@ fn a_three_node_fleet_clears_exactly_after_a_node_and_nats_fail() {
     let nats_port = free_port();
     let url = format!("nats://127.0.0.1:{nats_port}");
     let (store, nats_log) = (dir.join("jetstream"), dir.join("nats.log"));
+    let token_file = dir.join("nats.token");
+    std::fs::write(&token_file, format!("{NATS_TOKEN}\n")).expect("token");
     let nats = nats_server(&store, nats_port, &nats_log);
     let nodes: Vec<Node> = (0..3u8)
         .map(|id| Node {
@@ -178,6 +188,7 @@ fn a_three_node_fleet_clears_exactly_after_a_node_and_nats_fail() {
             admin: format!("127.0.0.1:{}", free_port()).parse().expect("address"),
             data_dir: dir.join(format!("node-{id}")),
             nats: url.clone(),
+            token_file: token_file.clone(),
         })
         .collect();
     let mut running: Vec<Option<Process>> = nodes.iter().map(|node| Some(node.start())).collect();
@@ -224,17 +235,20 @@ fn a_three_node_fleet_clears_exactly_after_a_node_and_nats_fail() {
     eprintln!("lag with NATS away: {lag_while_away} records; publication interruptions: {failures}");
     assert!(failures >= 1.0, "the outage interrupted publication");
 
-    // Refusals: a node that never published, a node left out, a window not cut.
+    // Refusals: no token, a node that never published, a node left out, a window not cut.
     let out = dir.join("fleet");
-    let (ok, text) = close_from_nats(&url, 1, "0-3", &out);
+    let token = Some(token_file.as_path());
+    let (ok, text) = close_from_nats(&url, None, 1, "0-2", &out);
+    assert!(!ok && text.contains("NATS (nats://127.0.0.1"), "{text}");
+    let (ok, text) = close_from_nats(&url, token, 1, "0-3", &out);
     assert!(!ok && text.contains("node 3 has published nothing"), "{text}");
-    let (ok, text) = close_from_nats(&url, 1, "0,1", &out);
+    let (ok, text) = close_from_nats(&url, token, 1, "0,1", &out);
     assert!(!ok && text.contains("node 2 publishes to the stream but is not in --nodes"), "{text}");
-    let (ok, text) = close_from_nats(&url, 2, "0-2", &out);
+    let (ok, text) = close_from_nats(&url, token, 2, "0-2", &out);
     assert!(!ok && text.contains("window 2 is not cut"), "{text}");
     assert!(!out.join("clearing").exists(), "a refused close writes nothing");
 
-    let (ok, text) = close_from_nats(&url, 1, "0-2", &out);
+    let (ok, text) = close_from_nats(&url, token, 1, "0-2", &out);
     assert!(ok, "{text}");
     let fleet_window = out.join("clearing/window-000001");
 
@@ -266,7 +280,7 @@ fn a_three_node_fleet_clears_exactly_after_a_node_and_nats_fail() {
 
     // Built again from the stream, the files are byte-identical.
     let again = dir.join("fleet-again");
-    assert!(close_from_nats(&url, 1, "0-2", &again).0);
+    assert!(close_from_nats(&url, token, 1, "0-2", &again).0);
     for file in std::fs::read_dir(&fleet_window).expect("files") {
         let path = file.expect("file").path();
         let twin = again.join("clearing/window-000001").join(path.file_name().expect("name"));
