@@ -6,7 +6,9 @@
 #      switch CPU per transaction (the publisher's thread included), and how far behind
 #      publication was when the load stopped;
 #   2. catch-up: NATS stopped, the same load for SECONDS, NATS started again; the time
-#      until the node's lag is zero, as records per second.
+#      until the node's lag is zero, as records per second;
+#   3. the fleet close: the node cuts window 1, and `switch clearing close --source nats`
+#      reads the whole stream and writes the window's files; its time, as records per second.
 # Needs nats-server (Debian: apt-get install nats-server). About 4 x (3 + SECONDS) s.
 #   bash benchmarks/scripts/fleet_cost.sh [SECONDS]
 set -euo pipefail
@@ -80,6 +82,15 @@ while [ "$(metric switch_fleet_lag_records)" != "0" ]; do sleep 0.05; done
 took=$(echo "$(date +%s.%N) - $started" | bc -l)
 printf 'catch-up after a %s s NATS outage under load: %s records in %.2f s (NATS start included): %.0f records/s\n' \
   "$seconds" "$lag" "$took" "$(echo "$lag / $took" | bc -l)"
+./target/release/switch clearing close --admin "127.0.0.1:$admin" --token-file target/bench-fleet-data/admin.token > /dev/null
+while [ "$(metric switch_fleet_lag_records)" != "0" ]; do sleep 0.05; done
+records=$(metric switch_fleet_published_records_total)
+started=$(date +%s.%N)
+entries=$(./target/release/switch clearing close --source nats --nats "nats://127.0.0.1:$nats_port" --window 1 --nodes 0 \
+  --out target/bench-fleet-out | sed -n 's/.*: \([0-9]*\) entries$/\1/p')
+took=$(echo "$(date +%s.%N) - $started" | bc -l)
+printf 'fleet close of window 1: %s records read, %s entries written, in %.2f s: %.0f records/s\n' \
+  "$records" "$entries" "$took" "$(echo "$records / $took" | bc -l)"
 stop_switch
 stop_nats
-rm -rf "$store" target/bench-fleet-data target/bench-fleet-switch.log target/bench-fleet-nats.log
+rm -rf "$store" target/bench-fleet-data target/bench-fleet-out target/bench-fleet-switch.log target/bench-fleet-nats.log

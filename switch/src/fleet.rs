@@ -249,6 +249,11 @@ enum PublishError {
          two nodes share node id {node}; give this node its own id"
     )]
     Foreign { subject: String, found: String, ours: String, node: u8 },
+    #[error(
+        "subject {subject} holds records up to {published}, but this journal ends at {durable} (cut after \
+         damage?): its history and the stream's part here; give this node a new id"
+    )]
+    Ahead { subject: String, published: u64, durable: u64 },
 }
 
 fn nats(error: impl std::fmt::Display) -> PublishError {
@@ -379,6 +384,10 @@ impl Publisher {
                 Err(error) if error.kind() == stream::LastRawMessageErrorKind::NoMessageFound => 0,
                 Err(error) => return Err(nats(error)),
             };
+            let durable = self.progress.durable(shard);
+            if published > durable {
+                return Err(PublishError::Ahead { subject, published, durable });
+            }
             tail.seek(published + 1, self.progress.durable(shard))?;
             self.progress.published[shard].store(published, Ordering::Relaxed);
         }
@@ -522,9 +531,11 @@ pub async fn read_window(
             Ok(Some(Err(error))) => return Err(failed(error.to_string())),
             Ok(Some(Ok(message))) => message,
         };
-        let stream_sequence = message.info().map_err(|error| failed(error.to_string()))?.stream_sequence;
+        let info = message.info().map_err(|error| failed(error.to_string()))?;
+        let (stream_sequence, pending) = (info.stream_sequence, info.pending);
         add_message(settings, window, fees, &message, stream_sequence, &mut shards)?;
-        if stream_sequence >= state.last_sequence {
+        // Everything there was when the read began (nodes may go on publishing meanwhile).
+        if stream_sequence >= state.last_sequence || pending == 0 {
             break;
         }
     }
