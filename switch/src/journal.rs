@@ -649,11 +649,9 @@ impl Tail {
         let Some((file, path)) = &mut self.file else { return Ok(false) };
         self.buffer.drain(..self.start);
         self.start = 0;
-        let had = self.buffer.len();
-        self.buffer.resize(had + TAIL_CHUNK, 0);
-        let read = file.read(&mut self.buffer[had..]);
+        // Appends at most a chunk, into spare capacity (nothing zeroed first).
+        let read = Read::take(&mut *file, TAIL_CHUNK as u64).read_to_end(&mut self.buffer);
         let read = read.map_err(|source| JournalError::Io { path: path.clone(), source })?;
-        self.buffer.truncate(had + read);
         Ok(read > 0)
     }
 }
