@@ -196,7 +196,7 @@ impl<'a> ShardEntries<'a> {
                     });
                 }
             }
-            Record::TimedOut { .. } | Record::ReversalAcknowledged { .. } => {}
+            Record::TimedOut { .. } | Record::ReversalAcknowledged { .. } | Record::Onboarding { .. } => {}
         }
     }
 }

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use crate::core::exchange::{ExchangeConfig, Routes};
 use crate::core::session::SessionConfig;
 use crate::journal::SyncPolicy;
-use crate::participant::{Participant, Role, SharedKey};
+use crate::participant::{Onboarding, Participant, Role, SharedKey};
 
 #[derive(Debug, Clone)]
 pub struct SwitchConfig {
@@ -233,6 +233,8 @@ struct FileExchange {
     completed_max: usize,
     breaker_failures: u32,
     breaker_open_ms: u64,
+    verification_amount_max_minor: u64,
+    verification_rate_per_second: u32,
 }
 
 impl Default for FileExchange {
@@ -246,6 +248,8 @@ impl Default for FileExchange {
             completed_max: defaults.completed_max,
             breaker_failures: defaults.breaker_failures,
             breaker_open_ms: defaults.breaker_open_ms,
+            verification_amount_max_minor: defaults.verification_amount_max_minor,
+            verification_rate_per_second: defaults.verification_rate_per_second,
         }
     }
 }
@@ -367,8 +371,13 @@ struct FileParticipant {
     id: InstitutionId,
     name: String,
     roles: Vec<FileRole>,
+    /// The onboarding state it starts in (`Onboarding` names; "active" is "live"). The
+    /// journal's later changes (made through the admin API) take precedence.
     #[serde(default)]
-    status: FileStatus,
+    status: Option<String>,
+    /// One of the network's test counterparts (see `Onboarding`).
+    #[serde(default)]
+    test: bool,
     #[serde(default)]
     reply_deadline_ms: Option<u64>,
     #[serde(default)]
@@ -381,14 +390,6 @@ struct FileParticipant {
     /// Admitted counterparties; absent: every participant.
     #[serde(default)]
     counterparties: Option<Vec<InstitutionId>>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum FileStatus {
-    #[default]
-    Active,
-    Suspended,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -475,10 +476,18 @@ impl SwitchConfig {
             if participant.reply_deadline_ms.is_some_and(|ms| !(100..=600_000).contains(&ms)) {
                 return Err(invalid(key("reply_deadline_ms"), "must be 100..=600000".into()));
             }
+            let state = match participant.status.as_deref() {
+                None | Some("active") => Onboarding::Live,
+                Some(text) => text.parse().map_err(|problem| invalid(key("status"), problem))?,
+            };
             policies.insert(
                 participant.id,
                 crate::core::exchange::ParticipantPolicy {
-                    suspended: participant.status == FileStatus::Suspended,
+                    state,
+                    // Suspended in the file: back to live when resumed.
+                    suspended_from: (state == Onboarding::Suspended).then_some(Onboarding::Live),
+                    state_changed_ms: 0,
+                    test: participant.test,
                     reply_deadline_ms: participant.reply_deadline_ms,
                     rate_per_second: participant.rate_per_second,
                 },
@@ -696,6 +705,9 @@ impl SwitchConfig {
                 "in_flight_max, in_flight_per_participant_max and completed_max must be at least 1".into(),
             ));
         }
+        if exchange.verification_rate_per_second == 0 {
+            return Err(invalid("exchange.verification_rate_per_second".into(), "must be at least 1".into()));
+        }
         for (id, list) in &counterparties {
             for other in list {
                 if !participants.iter().any(|p| p.id == *other) {
@@ -776,6 +788,8 @@ impl SwitchConfig {
                 counterparties,
                 breaker_failures: exchange.breaker_failures,
                 breaker_open_ms: exchange.breaker_open_ms,
+                verification_amount_max_minor: exchange.verification_amount_max_minor,
+                verification_rate_per_second: exchange.verification_rate_per_second,
             },
             routes: Routes { issuers, qr_networks, unionpay_institutions },
             listen: file.switch.listen,
@@ -847,6 +861,15 @@ mod tests {
             (
                 format!("{MINIMAL}\n[[fee]]\nparticipant = \"ACQ0001\"\nbasis_points = 10001\n"),
                 "test.toml: fee[0] (ACQ0001).basis_points: must be 0..=10000",
+            ),
+            (
+                MINIMAL.replace("roles = [\"acquirer\"]", "roles = [\"acquirer\"]\nstatus = \"pending\""),
+                "test.toml: participant[0] (ACQ0001).status: \"pending\": expected one of admission, joint_testing, \
+                 production_verification, agreement, live, suspended, terminated",
+            ),
+            (
+                format!("{MINIMAL}\n[exchange]\nverification_rate_per_second = 0\n"),
+                "test.toml: exchange.verification_rate_per_second: must be at least 1",
             ),
             (
                 format!("{MINIMAL}\n[fleet]\nnats_url = \"localhost:4222\"\n"),

@@ -109,3 +109,140 @@ impl Directory {
         self.participants.is_empty()
     }
 }
+
+/// Where a participant is in the admission process (the Cross-Border QR Code Unified
+/// Gateway's rules): what traffic the switch lets it originate and receive.
+///
+/// ```text
+/// admission ─▶ joint_testing ─▶ production_verification ─▶ agreement ─▶ live
+///     any state but terminated ─▶ suspended ─▶ the state it was suspended from
+///     any state ─▶ terminated (final)
+/// ```
+///
+/// | state | traffic |
+/// |---|---|
+/// | `admission` | none |
+/// | `joint_testing` | only with participants marked `test` |
+/// | `production_verification`, `agreement` | with live participants, each transaction at most the verification amount, at most the verification rate |
+/// | `live` | all |
+/// | `suspended` | none new (it may sign on: it still receives the reversals owed to it) |
+/// | `terminated` | none, for good |
+///
+/// Participants marked `test` (the network's own test counterparts) transact only with
+/// participants in joint testing, and with each other: test traffic never reaches
+/// production participants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Onboarding {
+    Admission,
+    JointTesting,
+    ProductionVerification,
+    Agreement,
+    #[default]
+    Live,
+    Suspended,
+    Terminated,
+}
+
+impl Onboarding {
+    pub const ALL: [Onboarding; 7] = [
+        Self::Admission,
+        Self::JointTesting,
+        Self::ProductionVerification,
+        Self::Agreement,
+        Self::Live,
+        Self::Suspended,
+        Self::Terminated,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Admission => "admission",
+            Self::JointTesting => "joint_testing",
+            Self::ProductionVerification => "production_verification",
+            Self::Agreement => "agreement",
+            Self::Live => "live",
+            Self::Suspended => "suspended",
+            Self::Terminated => "terminated",
+        }
+    }
+
+    /// Its number in journal records.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(code)).copied()
+    }
+
+    /// Whether an operator may move a participant from `self` to `to`. `suspended_from` is
+    /// the state a suspended participant was suspended from (it may only go back there).
+    pub fn may_become(self, to: Onboarding, suspended_from: Option<Onboarding>) -> bool {
+        use Onboarding::*;
+        match (self, to) {
+            (Terminated, _) => false,
+            (_, Terminated) => true,
+            (Suspended, to) => suspended_from == Some(to),
+            (_, Suspended) => true,
+            (Admission, JointTesting)
+            | (JointTesting, ProductionVerification)
+            | (ProductionVerification, Agreement)
+            | (Agreement, Live) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether it may take part in traffic at all.
+    pub fn carries_traffic(self) -> bool {
+        matches!(self, Self::JointTesting | Self::ProductionVerification | Self::Agreement | Self::Live)
+    }
+
+    /// Whether it is held to the verification limits.
+    pub fn verifying(self) -> bool {
+        matches!(self, Self::ProductionVerification | Self::Agreement)
+    }
+}
+
+impl std::str::FromStr for Onboarding {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|state| state.name() == text).ok_or_else(|| {
+            let names: Vec<_> = Self::ALL.iter().map(|s| s.name()).collect();
+            format!("{text:?}: expected one of {}", names.join(", "))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Onboarding::{self, *};
+
+    #[test]
+    fn onboarding_moves_forward_one_step_suspends_and_resumes_and_ends() {
+        let forward = [Admission, JointTesting, ProductionVerification, Agreement, Live];
+        for from in Onboarding::ALL {
+            for to in Onboarding::ALL {
+                let step = forward.windows(2).any(|pair| pair == [from, to]);
+                let expected = match (from, to) {
+                    (Terminated, _) => false,
+                    (_, Terminated) => true,
+                    (Suspended, _) => false,
+                    (_, Suspended) => true,
+                    _ => step,
+                };
+                assert_eq!(from.may_become(to, None), expected, "{from:?} -> {to:?}");
+            }
+        }
+        // A suspended participant goes back where it was, and nowhere else.
+        assert!(Suspended.may_become(JointTesting, Some(JointTesting)));
+        assert!(!Suspended.may_become(Live, Some(JointTesting)));
+        assert!(Suspended.may_become(Terminated, Some(JointTesting)));
+        for state in Onboarding::ALL {
+            assert_eq!(Onboarding::from_code(state.code()), Some(state));
+            assert_eq!(state.name().parse::<Onboarding>(), Ok(state));
+        }
+        assert!("active".parse::<Onboarding>().is_err());
+    }
+}

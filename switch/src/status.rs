@@ -6,7 +6,7 @@
 //! shard publishes its summary at most every [`PUBLISH_INTERVAL_MS`] and only after it
 //! changed, so the page may lag the switch by that much.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
@@ -14,8 +14,8 @@ use codec::InstitutionId;
 use dashmap::DashMap;
 use serde::Serialize;
 
-use crate::core::exchange::{BreakerState, ExchangeConfig, ParticipantFlight, SessionId};
-use crate::participant::{Directory, Role};
+use crate::core::exchange::{BreakerState, ParticipantFlight, SessionId};
+use crate::participant::{Directory, Onboarding, Role};
 
 /// How often a busy shard republishes its summary.
 pub const PUBLISH_INTERVAL_MS: u64 = 250;
@@ -67,11 +67,15 @@ impl Status {
     }
 
     /// The `/participants` document: every configured participant, sorted by id.
-    pub fn render(&self, directory: &Directory, exchange: &ExchangeConfig) -> String {
+    pub fn render(
+        &self,
+        directory: &Directory,
+        states: &HashMap<InstitutionId, (Onboarding, Option<Onboarding>)>,
+    ) -> String {
         let mut views: BTreeMap<InstitutionId, ParticipantView<'_>> = directory
             .iter()
             .map(|participant| {
-                let suspended = exchange.policies.get(&participant.id).is_some_and(|p| p.suspended);
+                let state = states.get(&participant.id).map_or(Onboarding::Live, |&(state, _)| state);
                 let view = ParticipantView {
                     id: participant.id,
                     name: &participant.name,
@@ -84,7 +88,7 @@ impl Status {
                             Role::Network => "network",
                         })
                         .collect(),
-                    status: if suspended { "suspended" } else { "active" },
+                    status: state.name(),
                     sessions: Vec::new(),
                     in_flight_originating: 0,
                     in_flight_receiving: 0,
@@ -131,6 +135,7 @@ mod tests {
     #[test]
     fn merges_links_and_shard_summaries_per_participant() {
         let config = SwitchConfig::embedded_default();
+        let states = HashMap::new();
         let directory = Directory::new(config.participants);
         let status = Status::default();
         let wechat = InstitutionId::new("WECHATPAY").expect("valid");
@@ -150,8 +155,7 @@ mod tests {
         };
         status.publish(0, vec![flight(2, BreakerState::Closed)]);
         status.publish(1, vec![flight(3, BreakerState::Open)]);
-        let document: serde_json::Value =
-            serde_json::from_str(&status.render(&directory, &config.exchange)).expect("json");
+        let document: serde_json::Value = serde_json::from_str(&status.render(&directory, &states)).expect("json");
         let participants = document["participants"].as_array().expect("array");
         assert_eq!(participants.len(), directory.len());
         let view = participants.iter().find(|p| p["id"] == "WECHATPAY").expect("listed");
@@ -159,10 +163,9 @@ mod tests {
         assert_eq!(view["reversals_pending"], 2);
         assert_eq!(view["breaker"], "open");
         assert_eq!(view["sessions"][0]["shard"], 1);
-        assert_eq!(view["status"], "active");
+        assert_eq!(view["status"], "live");
         status.link_down(7);
-        let document: serde_json::Value =
-            serde_json::from_str(&status.render(&directory, &config.exchange)).expect("json");
+        let document: serde_json::Value = serde_json::from_str(&status.render(&directory, &states)).expect("json");
         let view = document["participants"].as_array().expect("array").iter().find(|p| p["id"] == "WECHATPAY").cloned();
         assert_eq!(view.expect("listed")["sessions"].as_array().map(Vec::len), Some(0));
     }

@@ -149,3 +149,152 @@ async fn liveness_readiness_and_metrics() {
     assert!(metrics.contains("switch_sessions_closed_total{reason=\"DrainDeadline\"} 1"), "{metrics}");
     drop(client);
 }
+
+/// Starts a 2-shard switch with a journal in `data_dir` and an admin port; returns the
+/// participant and admin addresses and a stopper.
+async fn start_with_journal(
+    data_dir: &std::path::Path,
+    audit: &std::path::Path,
+) -> (std::net::SocketAddr, std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let mut config = SwitchConfig::embedded_default();
+    config.session.drain_timeout_ms = 500;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let admin_address = admin.local_addr().expect("address");
+    let access = AdminAccess::new(vec![
+        AdminToken::new("viewer", AdminRole::Read, "read-token-2"),
+        AdminToken::new("onboarding-desk", AdminRole::Operator, "operator-token-2"),
+    ])
+    .with_audit_log(audit)
+    .expect("audit log");
+    let shared = Arc::new(
+        Shared::new(config.session, Directory::new(config.participants))
+            .with_admin(access)
+            .with_shards(2)
+            .with_journal(switch::journal::JournalSettings {
+                data_dir: data_dir.to_path_buf(),
+                policy: switch::journal::SyncPolicy::Always,
+                damage: switch::journal::Damage::Refuse,
+                io_uring: false,
+                code_key: None,
+            }),
+    );
+    let admin_task = tokio::spawn(serve_admin(admin, Arc::clone(&shared), std::future::pending()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(async move {
+        serve(listener, shared, async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("serves");
+        admin_task.abort();
+    });
+    for _ in 0..500 {
+        if get(admin_address, "/readyz").await.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (address, admin_address, stop, served)
+}
+
+fn status_of(document: &str, participant: &str) -> String {
+    let document: serde_json::Value = serde_json::from_str(document).expect("json");
+    let participants = document["participants"].as_array().expect("participants");
+    let view = participants.iter().find(|p| p["id"] == participant).expect("listed");
+    view["status"].as_str().expect("status").to_string()
+}
+
+/// Signs `id` on and answers every request it receives with an approval.
+async fn issuer(address: std::net::SocketAddr, id: &str) -> tokio::task::JoinHandle<anyhow::Result<u64>> {
+    let participant = InstitutionId::new(id).expect("valid");
+    let client = Client::connect(address, participant, 1, &demo_key(id)).await.expect("sign on");
+    tokio::spawn(loadgen::issuer::run_issuer(client, loadgen::responder::Behaviour::default()))
+}
+
+/// The reply code ACQ0001 gets for a payment with `code` (13...: WeChat Pay; 62...: UnionPay).
+async fn pay(address: std::net::SocketAddr, code: String, id_text: &str) -> u16 {
+    let acquirer = InstitutionId::new("ACQ0001").expect("valid");
+    let mut client = Client::connect(address, acquirer, 1, &demo_key("ACQ0001")).await.expect("sign on");
+    let mut request = common::payment_code_request();
+    request.details.originator_transaction_id = codec::TransactionId::new(id_text).expect("valid");
+    request.payment_code = codec::PaymentCode::new(&code).expect("valid");
+    client.writer.send(&Message::PaymentCodeRequest(request)).await.expect("send");
+    common::next_payment_reply(&mut client).await.code
+}
+
+/// Single-use payment codes: WeChat Pay's (18 digits from 13) and UnionPay's (19 from 62).
+fn wechat_code(n: u32) -> String {
+    format!("1345678901234{n:05}")
+}
+
+fn unionpay_code(n: u32) -> String {
+    format!("62123456789012{n:05}")
+}
+const APPROVED: u16 = 0;
+const UNAVAILABLE: u16 = 102;
+
+#[tokio::test]
+async fn onboarding_changes_gate_traffic_are_audited_and_survive_a_restart() {
+    let dir = std::env::temp_dir().join(format!("switch-onboarding-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let audit = dir.join("audit.log");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (address, admin, stop, served) = start_with_journal(&dir.join("data"), &audit).await;
+    let operator = Some("operator-token-2");
+    let post = |path: &'static str, token| call(admin, "POST", path, token);
+    let (_wechat, _unionpay) = (issuer(address, "WECHATPAY").await, issuer(address, "UNIONPAY").await);
+    assert_eq!(pay(address, wechat_code(1), "OB-0").await, APPROVED);
+
+    // WeChat Pay is suspended: traffic to it is refused at once, on every shard.
+    assert_eq!(post("/participants/WECHATPAY/state/suspended", Some("read-token-2")).await.0, 403);
+    let (status, body) = post("/participants/WECHATPAY/state/suspended", operator).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""from":"live""#) && body.contains(r#""to":"suspended""#), "{body}");
+    let (_, document) = call(admin, "GET", "/participants", Some("read-token-2")).await;
+    assert_eq!(status_of(&document, "WECHATPAY"), "suspended");
+    for n in 0..4 {
+        assert_eq!(pay(address, wechat_code(10 + n), &format!("OB-S-{n}")).await, UNAVAILABLE);
+    }
+    // It may only go back where it was; states it cannot reach are refused and said why.
+    let (status, body) = post("/participants/WECHATPAY/state/joint_testing", operator).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("it may only go back to live"), "{body}");
+    assert_eq!(post("/participants/WECHATPAY/state/live", operator).await.0, 200);
+    assert_eq!(pay(address, wechat_code(2), "OB-1").await, APPROVED);
+    assert_eq!(post("/participants/NOBODY/state/live", operator).await.0, 404);
+    assert_eq!(post("/participants/WECHATPAY/state/bogus", operator).await.0, 400);
+    // UnionPay ends suspended; so does this switch.
+    assert_eq!(post("/participants/UNIONPAY/state/suspended", operator).await.0, 200);
+    let _ = stop.send(());
+    served.await.expect("stopped");
+
+    // Journaled: a new start on the same data directory has the same states.
+    let (address, admin, stop, served) = start_with_journal(&dir.join("data"), &audit).await;
+    let (_, document) = call(admin, "GET", "/participants", Some("read-token-2")).await;
+    assert_eq!(status_of(&document, "UNIONPAY"), "suspended");
+    assert_eq!(status_of(&document, "WECHATPAY"), "live");
+    let (_wechat, _unionpay) = (issuer(address, "WECHATPAY").await, issuer(address, "UNIONPAY").await);
+    assert_eq!(pay(address, wechat_code(3), "OB-2").await, APPROVED);
+    for n in 0..4 {
+        assert_eq!(pay(address, unionpay_code(20 + n), &format!("OB-U-{n}")).await, UNAVAILABLE);
+    }
+    let _ = stop.send(());
+    served.await.expect("stopped");
+
+    // Every change and every refusal is in the audit log, with who made it.
+    let log = std::fs::read_to_string(&audit).expect("audit log");
+    for expected in [
+        "WECHATPAY live -> suspended",
+        "WECHATPAY suspended -> live",
+        "UNIONPAY live -> suspended",
+        "refused: WECHATPAY is suspended: it cannot become joint_testing",
+        "refused: unknown participant",
+        "refused: role read",
+    ] {
+        assert!(log.contains(expected), "audit log lacks {expected:?}:\n{log}");
+    }
+    assert!(log.contains("onboarding-desk"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -269,8 +269,9 @@ async fn overload_is_shed_at_once_and_in_flight_state_stays_at_its_limit() {
         }
         *codes.entry(code(&reply)).or_insert(0usize) += 1;
         // Held state never exceeds the limit (the shards' summaries, sampled).
+        let states = shared.onboarding_states().await;
         let document: serde_json::Value =
-            serde_json::from_str(&shared.status.render(&shared.directory, &shared.exchange)).expect("JSON");
+            serde_json::from_str(&shared.status.render(&shared.directory, &states)).expect("JSON");
         let in_flight: u64 = document["participants"]
             .as_array()
             .expect("array")

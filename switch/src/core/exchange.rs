@@ -39,6 +39,7 @@ use codec::{
 use crate::core::record::Record;
 use crate::core::session::Now;
 use crate::core::timers::Timers;
+use crate::participant::Onboarding;
 
 /// The exchange's own maps: foldhash (randomly seeded per process, so keys that
 /// participants choose cannot be aimed at one bucket) instead of SipHash, which was the
@@ -180,14 +181,28 @@ pub struct ExchangeConfig {
     pub breaker_failures: u32,
     /// How long an open breaker refuses before letting one probe through.
     pub breaker_open_ms: u64,
+    /// The largest amount (minor units) a transaction may carry when either party is in
+    /// production verification or agreement.
+    pub verification_amount_max_minor: u64,
+    /// Requests per second a participant in production verification or agreement may
+    /// originate (with bursts of one second's worth).
+    pub verification_rate_per_second: u32,
 }
 
 /// What the exchange applies to one participant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ParticipantPolicy {
-    /// A suspended participant may sign on (it still receives the reversals owed to it),
-    /// but its new requests are refused `NotAuthorised` and none are routed to it.
-    pub suspended: bool,
+    /// Its onboarding state (`Onboarding`: what traffic it may take part in). A suspended
+    /// participant may sign on (it still receives the reversals owed to it), but its new
+    /// requests are refused `NotAuthorised` and none are routed to it.
+    pub state: Onboarding,
+    /// The state a suspended participant was suspended from (where it may go back).
+    pub suspended_from: Option<Onboarding>,
+    /// When an operator last changed its state (Unix ms; 0: the configuration's state).
+    pub state_changed_ms: i64,
+    /// One of the network's test counterparts: it transacts only with participants in
+    /// joint testing (and other test counterparts).
+    pub test: bool,
     /// Its reply deadline as a receiver, instead of `reply_deadline_ms`.
     pub reply_deadline_ms: Option<u64>,
     /// Requests it may originate per second, with bursts up to one second's worth
@@ -209,6 +224,7 @@ impl ExchangeConfig {
         for policy in config.policies.values_mut() {
             policy.rate_per_second = policy.rate_per_second.map(|rate| rate.div_ceil(shards as u32));
         }
+        config.verification_rate_per_second = self.verification_rate_per_second.div_ceil(shards as u32);
         config
     }
 }
@@ -228,6 +244,9 @@ impl Default for ExchangeConfig {
             counterparties: HashMap::new(),
             breaker_failures: 5,
             breaker_open_ms: 10_000,
+            // 1,000.00 in a two-decimal currency; one request a second.
+            verification_amount_max_minor: 100_000,
+            verification_rate_per_second: 1,
         }
     }
 }
@@ -834,14 +853,21 @@ impl Exchange {
         let (originator_policy, receiver_policy) = (self.policy(originator), self.policy(receiver));
         // Order matters: a token is spent only on a request the limits admit, and the
         // breaker is asked last, because letting a probe through changes its state.
-        let code = if originator_policy.suspended || !self.admitted(originator, receiver) {
+        let rate = match (originator_policy.state.verifying(), originator_policy.rate_per_second) {
+            (true, Some(rate)) => Some(rate.min(self.config.verification_rate_per_second)),
+            (true, None) => Some(self.config.verification_rate_per_second),
+            (false, rate) => rate,
+        };
+        let code = if let Some(code) = self.onboarding_refusal(originator_policy, receiver_policy, amount) {
+            Some(code)
+        } else if !self.admitted(originator, receiver) {
             Some(ReplyCode::NotAuthorised)
-        } else if receiver_policy.suspended || self.sessions.get(&receiver).is_none_or(|s| s.is_empty()) {
+        } else if self.sessions.get(&receiver).is_none_or(|s| s.is_empty()) {
             Some(ReplyCode::DestinationUnavailable)
         } else if self.in_flight >= self.config.in_flight_max
             || self.originating.get(&originator).copied().unwrap_or(0) >= self.config.in_flight_per_participant_max
             || self.receiving.get(&receiver).copied().unwrap_or(0) >= self.config.in_flight_per_participant_max
-            || !self.take_token(originator, originator_policy.rate_per_second, now)
+            || !self.take_token(originator, rate, now)
         {
             Some(ReplyCode::SystemBusy)
         } else if !self.breaker_admits(receiver, now) {
@@ -976,6 +1002,60 @@ impl Exchange {
 
     fn policy(&self, participant: InstitutionId) -> ParticipantPolicy {
         self.config.policies.get(&participant).copied().unwrap_or_default()
+    }
+
+    /// The onboarding rules (`Onboarding`) for a request between these two parties of
+    /// `amount`: the refusal, or `None` when both states allow it.
+    fn onboarding_refusal(
+        &self,
+        originator: ParticipantPolicy,
+        receiver: ParticipantPolicy,
+        amount: u64,
+    ) -> Option<ReplyCode> {
+        if !originator.state.carries_traffic() {
+            return Some(ReplyCode::NotAuthorised);
+        }
+        if !receiver.state.carries_traffic() {
+            return Some(ReplyCode::DestinationUnavailable);
+        }
+        // Joint testing only with test counterparts; test counterparts only with joint
+        // testing or each other: test traffic never reaches production participants.
+        let fits = |one: ParticipantPolicy, other: ParticipantPolicy| match (one.state, one.test) {
+            (Onboarding::JointTesting, _) => other.test,
+            (_, true) => other.test || other.state == Onboarding::JointTesting,
+            _ => true,
+        };
+        if !fits(originator, receiver) || !fits(receiver, originator) {
+            return Some(ReplyCode::NotAuthorised);
+        }
+        if (originator.state.verifying() || receiver.state.verifying())
+            && amount > self.config.verification_amount_max_minor
+        {
+            return Some(ReplyCode::NotAuthorised);
+        }
+        None
+    }
+
+    /// `participant`'s onboarding state, the state it was suspended from, and when an
+    /// operator last changed it (Unix ms; 0: never).
+    pub fn onboarding(&self, participant: InstitutionId) -> (Onboarding, Option<Onboarding>, i64) {
+        let policy = self.policy(participant);
+        (policy.state, policy.suspended_from, policy.state_changed_ms)
+    }
+
+    /// An operator moved `participant` from `previous` to `state`: it applies to the next
+    /// request, and is journaled (in order with the decisions around it). The caller checks
+    /// that the move is allowed (`Onboarding::may_become`).
+    pub fn set_onboarding(&mut self, participant: InstitutionId, state: Onboarding, previous: Onboarding, now: Now) {
+        self.apply_onboarding(participant, state, previous, now.unix_ms);
+        self.records.push(Record::Onboarding { participant, state, previous, time_ms: now.unix_ms });
+    }
+
+    fn apply_onboarding(&mut self, participant: InstitutionId, state: Onboarding, previous: Onboarding, at_ms: i64) {
+        let policy = self.config.policies.entry(participant).or_default();
+        policy.state = state;
+        policy.suspended_from = (state == Onboarding::Suspended).then_some(previous);
+        policy.state_changed_ms = at_ms;
     }
 
     /// A transaction left flight (answered or timed out): its allowances free up.
@@ -1233,6 +1313,9 @@ impl Exchange {
             }
             Record::ReversalAcknowledged { reversal, .. } => self.acknowledge_reversal(reversal),
             Record::WindowCut { window, .. } => self.window = self.window.max(window),
+            Record::Onboarding { participant, state, previous, time_ms } => {
+                self.apply_onboarding(participant, state, previous, time_ms);
+            }
         }
     }
 
@@ -1511,10 +1594,101 @@ mod tests {
         assert!(matches!(out.as_slice(), [Outbound { session: WECHAT, .. }]), "{out:?}");
     }
 
+    /// What happens to one payment from ACQ0001 to WeChat Pay of `amount`, with these
+    /// onboarding states (and test marks): `None` if forwarded, else the switch's answer.
+    fn onboarding_outcome(
+        acquirer: (Onboarding, bool),
+        wallet: (Onboarding, bool),
+        amount: u64,
+        requests: usize,
+    ) -> Option<ReplyCode> {
+        let policy = |(state, test)| ParticipantPolicy { state, test, ..ParticipantPolicy::default() };
+        let policies = HashMap::from([(id("ACQ0001"), policy(acquirer)), (id("WECHATPAY"), policy(wallet))]);
+        let config = ExchangeConfig {
+            policies,
+            verification_amount_max_minor: 5_000,
+            verification_rate_per_second: 1,
+            ..ExchangeConfig::default()
+        };
+        let mut exchange = Exchange::new(config, Routes::embedded_default());
+        let mut out = Vec::new();
+        exchange.session_up(id("ACQ0001"), ACQUIRER, &mut out);
+        exchange.session_up(id("WECHATPAY"), WECHAT, &mut out);
+        for n in 0..requests {
+            out.clear();
+            let mut request = payment(&format!("OB{n}"), &format!("13456789012345000{n}"));
+            request.details.amount_minor = amount;
+            exchange.handle_request(at(0), ACQUIRER, Message::PaymentCodeRequest(request), &mut out);
+        }
+        match out.as_slice() {
+            [Outbound { session: WECHAT, .. }] => None,
+            _ => Some(reply_code(&out, ACQUIRER).0),
+        }
+    }
+
+    #[test]
+    fn each_onboarding_state_admits_exactly_what_it_should() {
+        use Onboarding::*;
+        let (live, test) = ((Live, false), (Live, true));
+        let refused = Some(ReplyCode::NotAuthorised);
+        let unavailable = Some(ReplyCode::DestinationUnavailable);
+        let cases = [
+            // (acquirer, wallet, amount, requests at once) -> outcome of the last
+            (live, live, 9_999, 1, None),
+            ((Admission, false), live, 100, 1, refused),
+            ((Suspended, false), live, 100, 1, refused),
+            ((Terminated, false), live, 100, 1, refused),
+            (live, (Admission, false), 100, 1, unavailable),
+            (live, (Suspended, false), 100, 1, unavailable),
+            (live, (Terminated, false), 100, 1, unavailable),
+            // Joint testing: test counterparts only, and they only with joint testing.
+            ((JointTesting, false), live, 100, 1, refused),
+            ((JointTesting, false), test, 9_999, 1, None),
+            (test, (JointTesting, false), 100, 1, None),
+            (live, test, 100, 1, refused),
+            (test, live, 100, 1, refused),
+            (test, test, 100, 1, None),
+            // Verification (and agreement): live counterparts, small amounts, a low rate.
+            ((ProductionVerification, false), live, 5_000, 1, None),
+            ((ProductionVerification, false), live, 5_001, 1, refused),
+            ((ProductionVerification, false), test, 100, 1, refused),
+            ((ProductionVerification, false), live, 100, 2, Some(ReplyCode::SystemBusy)),
+            (live, (Agreement, false), 5_000, 1, None),
+            (live, (Agreement, false), 5_001, 1, refused),
+            ((Agreement, false), (ProductionVerification, false), 5_000, 1, None),
+            ((JointTesting, false), (JointTesting, false), 100, 1, refused),
+        ];
+        for (acquirer, wallet, amount, requests, expected) in cases {
+            assert_eq!(
+                onboarding_outcome(acquirer, wallet, amount, requests),
+                expected,
+                "acquirer {acquirer:?}, wallet {wallet:?}, amount {amount}, {requests} request(s)"
+            );
+        }
+    }
+
+    #[test]
+    fn an_onboarding_change_applies_at_once_and_replays_from_its_record() {
+        let mut exchange = exchange();
+        let mut out = Vec::new();
+        let now = at(0);
+        exchange.set_onboarding(id("WECHATPAY"), Onboarding::Suspended, Onboarding::Live, now);
+        pay(&mut exchange, "S1", "134567890123450001", &mut out);
+        assert_eq!(reply_code(&out, ACQUIRER).0, ReplyCode::DestinationUnavailable);
+        let mut records = Vec::new();
+        exchange.take_records(&mut records);
+        let change = records.iter().find(|r| matches!(r, Record::Onboarding { .. })).expect("journaled");
+        let mut rebuilt = Exchange::new(ExchangeConfig::default(), Routes::embedded_default());
+        rebuilt.replay(change);
+        assert_eq!(rebuilt.onboarding(id("WECHATPAY")), (Onboarding::Suspended, Some(Onboarding::Live), now.unix_ms));
+        assert_eq!(rebuilt.onboarding(id("ACQ0001")), (Onboarding::Live, None, 0));
+    }
+
     #[test]
     fn suspended_participants_and_per_receiver_deadlines() {
         let mut policies = HashMap::new();
-        policies.insert(id("UNIONPAY"), ParticipantPolicy { suspended: true, ..ParticipantPolicy::default() });
+        policies
+            .insert(id("UNIONPAY"), ParticipantPolicy { state: Onboarding::Suspended, ..ParticipantPolicy::default() });
         policies.insert(
             id("WECHATPAY"),
             ParticipantPolicy { reply_deadline_ms: Some(250), ..ParticipantPolicy::default() },

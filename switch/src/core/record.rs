@@ -28,6 +28,8 @@
 
 use codec::{AuthorizationCode, InstitutionId, PaymentCode, TransactionId};
 
+use crate::participant::Onboarding;
+
 pub const HEADER_SIZE: usize = 24;
 /// The largest record (an `Admitted`).
 pub const RECORD_SIZE_MAX: usize = HEADER_SIZE + ADMITTED_BODY;
@@ -38,6 +40,7 @@ const TIMED_OUT_BODY: usize = 16;
 const REVERSAL_STARTED_BODY: usize = 32;
 const REVERSAL_ACKNOWLEDGED_BODY: usize = 16;
 const WINDOW_CUT_BODY: usize = 16;
+const ONBOARDING_BODY: usize = 32;
 
 /// The key that encrypts payment codes at rest (16 bytes, SM4). Never printed.
 #[derive(Clone)]
@@ -115,6 +118,9 @@ pub enum Record {
     /// Clearing window `window` closes here: what this shard decided before belongs to
     /// it, what comes after to the next (written to every shard's journal).
     WindowCut { window: u64, time_ms: i64 },
+    /// An operator moved `participant` from `previous` to `state` (written to every shard's
+    /// journal, in order with the decisions around it).
+    Onboarding { participant: InstitutionId, state: Onboarding, previous: Onboarding, time_ms: i64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -144,6 +150,7 @@ impl Record {
             Self::ReversalStarted { .. } => 4,
             Self::ReversalAcknowledged { .. } => 5,
             Self::WindowCut { .. } => 6,
+            Self::Onboarding { .. } => 7,
         }
     }
 
@@ -228,6 +235,13 @@ impl Record {
                 out.extend_from_slice(&window.to_le_bytes());
                 out.extend_from_slice(&time_ms.to_le_bytes());
             }
+            Self::Onboarding { participant, state, previous, time_ms } => {
+                out.extend_from_slice(&time_ms.to_le_bytes());
+                out.push(state.code());
+                out.push(previous.code());
+                out.extend_from_slice(&[0; 6]);
+                out.extend_from_slice(participant.as_bytes());
+            }
         }
         let body = (out.len() - start - HEADER_SIZE) as u32;
         let header = &mut out[start..start + HEADER_SIZE];
@@ -263,6 +277,7 @@ impl Record {
             4 => REVERSAL_STARTED_BODY,
             5 => REVERSAL_ACKNOWLEDGED_BODY,
             6 => WINDOW_CUT_BODY,
+            7 => ONBOARDING_BODY,
             // An unknown kind with a sane length is still checked first: a torn or
             // corrupt record should say "checksum", not mislead with "kind".
             _ if body_length <= ADMITTED_BODY && bytes.len() >= HEADER_SIZE + body_length => {
@@ -349,6 +364,16 @@ impl Record {
             }
             5 => Record::ReversalAcknowledged { reversal: body.u64(), time_ms: body.u64() as i64 },
             6 => Record::WindowCut { window: body.u64(), time_ms: body.u64() as i64 },
+            7 => {
+                let time_ms = body.u64() as i64;
+                let [state, previous] = body.take::<2>();
+                body.reserved::<6>()?;
+                let participant =
+                    InstitutionId::from_bytes(body.take()).map_err(|_| RecordError::Field("participant"))?;
+                let state = Onboarding::from_code(state).ok_or(RecordError::Field("state"))?;
+                let previous = Onboarding::from_code(previous).ok_or(RecordError::Field("previous"))?;
+                Record::Onboarding { participant, state, previous, time_ms }
+            }
             _ => unreachable!("kinds checked above"),
         };
         Ok((record, sequence, size))
@@ -403,6 +428,9 @@ impl std::fmt::Display for Record {
                 write!(f, "reversed  {} acknowledged at {time_ms}", reference(*reversal))
             }
             Self::WindowCut { window, time_ms } => write!(f, "cut       window {window} closed at {time_ms}"),
+            Self::Onboarding { participant, state, previous, time_ms } => {
+                write!(f, "state     {} {} -> {} at {time_ms}", participant.as_str(), previous.name(), state.name())
+            }
         }
     }
 }
@@ -475,6 +503,12 @@ mod tests {
             Record::ReversalStarted { reversal: 10, original: 8, reason: 1, time_ms: 7 },
             Record::ReversalAcknowledged { reversal: 10, time_ms: 8 },
             Record::WindowCut { window: 3, time_ms: 9 },
+            Record::Onboarding {
+                participant: id("WAL0001"),
+                state: Onboarding::Suspended,
+                previous: Onboarding::ProductionVerification,
+                time_ms: 10,
+            },
         ]
     }
 

@@ -2,8 +2,10 @@
 //! `/participants` (JSON: each participant's sessions, in-flight counts, pending reversals
 //! and breaker; role `read`), and two actions (role `operator`): `POST /clearing/close`,
 //! which closes the open clearing window and answers with its number and files, and
-//! `POST /tls/reload`, which reads the TLS certificates, CA and CRLs again. Tokens, roles
-//! and the audit log are [`crate::access`]'s.
+//! `POST /tls/reload`, which reads the TLS certificates, CA and CRLs again, and
+//! `POST /participants/ID/state/STATE`, which moves a participant through onboarding
+//! (`Onboarding`), journaled by every shard. Tokens, roles and the audit log are
+//! [`crate::access`]'s.
 //!
 //! Four GET endpoints and one POST do not justify a web framework: this is a small, bounded
 //! HTTP/1.1 responder (one request per connection, request head at most 8 KiB, 5 s to send
@@ -19,7 +21,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::access::{AdminRole, Refusal};
-use crate::edge::tcp::Shared;
+use codec::InstitutionId;
+use codec::field::FieldText;
+
+use crate::edge::tcp::{OnboardingRefusal, Shared};
+use crate::participant::Onboarding;
 
 /// Longest request head read.
 const REQUEST_HEAD_MAX: usize = 8192;
@@ -113,9 +119,19 @@ async fn route(request: &Request<'_>, peer: &str, shared: &Shared) -> Response {
         ("GET", "/readyz") => ("200 OK", "text/plain", "ready\n".into()),
         ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
         ("GET", "/participants") => match authorise(request, peer, &action, AdminRole::Read, shared) {
-            Ok(_) => ("200 OK", "application/json", shared.status.render(&shared.directory, &shared.exchange)),
+            Ok(_) => {
+                let states = shared.onboarding_states().await;
+                ("200 OK", "application/json", shared.status.render(&shared.directory, &states))
+            }
             Err(refused) => refused,
         },
+        ("POST", path) if path.starts_with("/participants/") => {
+            let who = match authorise(request, peer, &action, AdminRole::Operator, shared) {
+                Ok(who) => who,
+                Err(refused) => return refused,
+            };
+            audited(change_onboarding(path, shared).await, peer, &who, &action, shared)
+        }
         ("POST", "/clearing/close") => {
             let who = match authorise(request, peer, &action, AdminRole::Operator, shared) {
                 Ok(who) => who,
@@ -159,6 +175,46 @@ async fn route(request: &Request<'_>, peer: &str, shared: &Shared) -> Response {
             "text/plain",
             "try /livez, /readyz, /metrics, /participants, POST /clearing/close or POST /tls/reload\n".into(),
         ),
+    }
+}
+
+/// `POST /participants/ID/state/STATE`: the response, and the outcome for the audit log.
+async fn change_onboarding(path: &str, shared: &Shared) -> (Response, String) {
+    let parts: Vec<&str> = path.trim_start_matches("/participants/").split('/').collect();
+    let usage = "POST /participants/ID/state/STATE (admission, joint_testing, production_verification, agreement, live, suspended, terminated)";
+    let (participant, to) = match parts[..] {
+        [id, "state", state] => match (InstitutionId::new(id), state.parse::<Onboarding>()) {
+            (Ok(id), Ok(state)) => (id, state),
+            (Err(_), _) => {
+                return (
+                    ("404 Not Found", "text/plain", format!("{id:?} is not a participant id\n")),
+                    "refused: bad id".into(),
+                );
+            }
+            (_, Err(problem)) => {
+                return (("400 Bad Request", "text/plain", format!("{problem}\n")), "refused: bad state".into());
+            }
+        },
+        _ => return (("404 Not Found", "text/plain", format!("{usage}\n")), "refused: bad path".into()),
+    };
+    match shared.change_onboarding(participant, to).await {
+        Ok(from) => {
+            let body = serde_json::json!({ "participant": participant.as_str(), "from": from.name(), "to": to.name() });
+            (
+                ("200 OK", "application/json", format!("{body}\n")),
+                format!("{participant} {} -> {}", from.name(), to.name()),
+            )
+        }
+        Err(OnboardingRefusal::Unknown) => (
+            ("404 Not Found", "text/plain", format!("{participant} is not a configured participant\n")),
+            "refused: unknown participant".into(),
+        ),
+        Err(OnboardingRefusal::NotAllowed(problem)) => {
+            (("409 Conflict", "text/plain", format!("{problem}\n")), format!("refused: {problem}"))
+        }
+        Err(OnboardingRefusal::Failed(problem)) => {
+            (("503 Service Unavailable", "text/plain", format!("{problem}\n")), format!("failed: {problem}"))
+        }
     }
 }
 

@@ -32,6 +32,7 @@ use crate::core::exchange::{Exchange, Outbound, SessionId};
 use crate::core::shard::{SHARDS_MAX, owner};
 use crate::edge::commit::{Commit, Durable};
 use crate::metrics::Metrics;
+use crate::participant::Onboarding;
 use crate::status::{PUBLISH_INTERVAL_MS, Status};
 
 /// Events waiting in one shard's inbox, from every shard.
@@ -58,6 +59,9 @@ pub enum Event {
     /// Close clearing window `window` in this shard's journal; `done` is told once the cut
     /// is durable.
     Cut { window: u64, done: Durable },
+    /// An operator moved `participant` from `previous` to `state`; `done` is told once the
+    /// change is durable in this shard's journal.
+    Onboarding { participant: InstitutionId, state: Onboarding, previous: Onboarding, done: Durable },
 }
 
 #[derive(Debug)]
@@ -231,6 +235,10 @@ pub async fn run_shard(parts: ShardLoop) {
                 Event::Undeliverable { message } => exchange.handle_undeliverable(now, message, &mut undelivered),
                 Event::Cut { window, done } => {
                     exchange.cut(window, now);
+                    cut_waiters.push(done);
+                }
+                Event::Onboarding { participant, state, previous, done } => {
+                    exchange.set_onboarding(participant, state, previous, now);
                     cut_waiters.push(done);
                 }
             }

@@ -9,6 +9,7 @@
 //! - Per connection, memory is bounded by the decoder's and encoder's fixed buffers.
 //! - Every frame's reply is written before the connection is closed.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -30,13 +31,24 @@ use crate::edge::shard::{Event, Mesh, OUTBOUND_QUEUE, ShardLoop, Touched, run_sh
 use crate::edge::transport::{Io, Transport};
 use crate::journal::{self, EXIT_JOURNAL_FAILED, Journal, JournalError, JournalSettings};
 use crate::metrics::Metrics;
-use crate::participant::Directory;
+use crate::participant::{Directory, Onboarding};
 use crate::status::{Link, Status};
 
 /// Most bytes one read asks for (the decoder's buffer bounds it too).
 const READ_MAX: usize = 64 * 1024;
 /// Messages moved from a connection's queue per wake-up, written in one write.
 const OUTBOUND_BATCH_MAX: usize = 256;
+
+/// Why an onboarding change was not made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnboardingRefusal {
+    /// No such participant in the configuration.
+    Unknown,
+    /// Its current state does not lead there (`Onboarding::may_become`).
+    NotAllowed(String),
+    /// The switch could not apply it (not serving, or a shard did not answer in time).
+    Failed(String),
+}
 
 /// What every connection task shares: immutable after start.
 #[derive(Debug)]
@@ -72,6 +84,10 @@ pub struct Shared {
     pub admin: crate::access::AdminAccess,
     /// Mutual TLS on participant links; `None`: plaintext (the configuration says so).
     pub tls: Option<crate::edge::tls::Tls>,
+    /// Every participant's onboarding state and the state it was suspended from, as the
+    /// shards hold it (set once recovered; changed only through `change_onboarding`, which
+    /// holds the lock while every shard applies and journals the change).
+    onboarding: tokio::sync::Mutex<HashMap<InstitutionId, (Onboarding, Option<Onboarding>)>>,
     /// Publish the journal's records to a fleet stream (`crate::fleet`); needs a journal.
     pub fleet: Option<crate::fleet::FleetSettings>,
 }
@@ -99,6 +115,7 @@ impl Shared {
             admin: crate::access::AdminAccess::default(),
             tls: None,
             fleet: None,
+            onboarding: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -166,6 +183,52 @@ impl Shared {
 
     fn now(&self) -> Now {
         super::now(self.started)
+    }
+
+    /// Every participant's onboarding state now.
+    pub async fn onboarding_states(&self) -> HashMap<InstitutionId, (Onboarding, Option<Onboarding>)> {
+        self.onboarding.lock().await.clone()
+    }
+
+    /// Moves `participant` to onboarding state `to`, if its current state allows it
+    /// (`Onboarding::may_become`): every shard applies it to the next request and journals
+    /// it; returns the state it left, once every shard's record is durable.
+    pub async fn change_onboarding(
+        &self,
+        participant: InstitutionId,
+        to: Onboarding,
+    ) -> Result<Onboarding, OnboardingRefusal> {
+        let mesh = self.mesh.get().ok_or_else(|| OnboardingRefusal::Failed("the switch is not serving yet".into()))?;
+        let mut states = self.onboarding.lock().await;
+        let &(from, suspended_from) = states.get(&participant).ok_or(OnboardingRefusal::Unknown)?;
+        if !from.may_become(to, suspended_from) {
+            let back = suspended_from.map(|s| format!(" (it may only go back to {})", s.name())).unwrap_or_default();
+            return Err(OnboardingRefusal::NotAllowed(format!(
+                "{participant} is {}: it cannot become {}{back}",
+                from.name(),
+                to.name()
+            )));
+        }
+        let (dones, durable): (Vec<_>, Vec<_>) = (0..mesh.shards()).map(|_| oneshot::channel()).unzip();
+        let mut dones = dones.into_iter();
+        mesh.broadcast(|_| Event::Onboarding {
+            participant,
+            state: to,
+            previous: from,
+            done: dones.next().expect("one per shard"),
+        })
+        .await;
+        for change in durable {
+            if !matches!(tokio::time::timeout(Duration::from_secs(30), change).await, Ok(Ok(()))) {
+                // Some shards may have it: the next start converges them on the latest.
+                return Err(OnboardingRefusal::Failed(format!(
+                    "{participant}: a shard did not make the change durable in 30 s"
+                )));
+            }
+        }
+        states.insert(participant, (to, (to == Onboarding::Suspended).then_some(from)));
+        tracing::info!(%participant, from = from.name(), to = to.name(), "onboarding state changed");
+        Ok(from)
     }
 
     /// Closes the open clearing window: every shard journals a cut (in order with its
@@ -260,7 +323,7 @@ pub async fn serve(
             }
         });
     }
-    let journals: Vec<Option<Journal>> = std::thread::scope(|scope| {
+    let mut journals: Vec<Option<Journal>> = std::thread::scope(|scope| {
         let starts: Vec<_> = exchanges
             .iter_mut()
             .enumerate()
@@ -273,6 +336,7 @@ pub async fn serve(
             .map(|start| start.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
             .collect::<Result<Vec<_>, _>>()
     })?;
+    converge_onboarding(&shared, &mut exchanges, &mut journals, now)?;
     // What each shard's journal holds durably, for the fleet publisher and its metrics.
     let progress = Arc::new(crate::fleet::Progress::new(shards));
     for (index, journal) in journals.iter().enumerate() {
@@ -388,6 +452,42 @@ pub async fn serve(
     if let Some(publisher) = publisher {
         // It stops once what is durable is published, or after its grace period.
         let _ = tokio::task::spawn_blocking(move || publisher.join()).await;
+    }
+    Ok(())
+}
+
+/// Settles every participant's onboarding state after recovery. A change reaches the shards
+/// one by one, so a crash can leave some without it: the latest change any shard journaled
+/// wins, and the shards without it journal it now. The result is `Shared`'s view.
+fn converge_onboarding(
+    shared: &Shared,
+    exchanges: &mut [Exchange],
+    journals: &mut [Option<Journal>],
+    now: Now,
+) -> Result<(), JournalError> {
+    let mut states = HashMap::new();
+    for participant in shared.directory.iter().map(|p| p.id) {
+        let views: Vec<_> = exchanges.iter().map(|exchange| exchange.onboarding(participant)).collect();
+        let latest = views.iter().copied().max_by_key(|&(_, _, changed_ms)| changed_ms).unwrap_or_default();
+        let (state, suspended_from, _) = latest;
+        for (exchange, view) in exchanges.iter_mut().zip(&views) {
+            if (view.0, view.1) != (state, suspended_from) {
+                tracing::warn!(%participant, state = state.name(), "onboarding change completed on a shard that missed it");
+                exchange.set_onboarding(participant, state, suspended_from.unwrap_or(state), now);
+            }
+        }
+        states.insert(participant, (state, suspended_from));
+    }
+    for (index, (exchange, journal)) in exchanges.iter_mut().zip(journals.iter_mut()).enumerate() {
+        let mut records = Vec::new();
+        exchange.take_records(&mut records);
+        if let (Some(journal), false) = (journal.as_mut(), records.is_empty()) {
+            let dir = shared.journal.as_ref().map(|s| journal::shard_dir(&s.data_dir, index)).unwrap_or_default();
+            journal.commit(&records, true).map_err(|source| JournalError::Io { path: dir, source })?;
+        }
+    }
+    if let Ok(mut view) = shared.onboarding.try_lock() {
+        *view = states;
     }
     Ok(())
 }
@@ -896,5 +996,44 @@ async fn next_outbound(outbound: &mut Option<mpsc::Receiver<Message>>, outgoing:
     match outbound {
         Some(receiver) => receiver.recv_many(outgoing, OUTBOUND_BATCH_MAX).await > 0,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SwitchConfig;
+
+    #[test]
+    fn a_change_some_shards_missed_is_completed_at_start() {
+        let config = SwitchConfig::embedded_default();
+        let shared = Shared::new(config.session.clone(), Directory::new(config.participants.clone()));
+        let wechat = InstitutionId::new("WECHATPAY").expect("valid");
+        let alipay = InstitutionId::new("ALIPAY").expect("valid");
+        let mut exchanges: Vec<Exchange> = (0..3)
+            .map(|index| Exchange::new(config.exchange.for_shard(index, 3), Routes::embedded_default()))
+            .collect();
+        let at = |unix_ms| Now { monotonic_ms: 0, unix_ms };
+        // A crash between shards: WeChat Pay's suspension reached shards 0 and 2 only; a
+        // later resumption of Alipay reached shard 1 only, after all three had suspended it.
+        exchanges[0].set_onboarding(wechat, Onboarding::Suspended, Onboarding::Live, at(10));
+        exchanges[2].set_onboarding(wechat, Onboarding::Suspended, Onboarding::Live, at(10));
+        for exchange in &mut exchanges {
+            exchange.set_onboarding(alipay, Onboarding::Suspended, Onboarding::Live, at(20));
+        }
+        exchanges[1].set_onboarding(alipay, Onboarding::Live, Onboarding::Suspended, at(30));
+        for exchange in &mut exchanges {
+            exchange.take_records(&mut Vec::new());
+        }
+        let mut journals: Vec<Option<Journal>> = (0..3).map(|_| None).collect();
+        converge_onboarding(&shared, &mut exchanges, &mut journals, at(40)).expect("converges");
+        for exchange in &exchanges {
+            assert_eq!(exchange.onboarding(wechat).0, Onboarding::Suspended);
+            assert_eq!(exchange.onboarding(alipay).0, Onboarding::Live);
+        }
+        let states = shared.onboarding.try_lock().expect("free").clone();
+        assert_eq!(states[&wechat], (Onboarding::Suspended, Some(Onboarding::Live)));
+        assert_eq!(states[&alipay], (Onboarding::Live, None));
+        assert_eq!(states.len(), config.participants.len());
     }
 }
