@@ -25,9 +25,51 @@ const CLOSE_REASONS: [CloseReason; 9] = [
     CloseReason::Backlogged,
 ];
 
+/// Buckets per latency histogram.
+const BUCKETS: usize = 10;
 /// Upper bounds of the batch-processing histogram, in seconds.
-const BATCH_BUCKETS_S: [f64; 10] =
+const BATCH_BUCKETS_S: [f64; BUCKETS] =
     [0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01];
+/// Upper bounds of the journal group-commit histogram (write and sync), in seconds.
+const COMMIT_BUCKETS_S: [f64; BUCKETS] =
+    [0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1];
+
+/// A latency histogram in the Prometheus layout: relaxed atomic buckets, count and sum.
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, bounds: &[f64; BUCKETS], elapsed: std::time::Duration) {
+        let seconds = elapsed.as_secs_f64();
+        if let Some(index) = bounds.iter().position(|&bound| seconds <= bound) {
+            self.buckets[index].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// The `_bucket`, `_sum` and `_count` lines of family `name`.
+    fn lines(&self, name: &str, bounds: &[f64; BUCKETS]) -> Vec<String> {
+        let mut cumulative = 0;
+        let mut lines: Vec<String> = bounds
+            .iter()
+            .zip(&self.buckets)
+            .map(|(bound, bucket)| {
+                cumulative += bucket.load(Ordering::Relaxed);
+                format!("{name}_bucket{{le=\"{bound}\"}} {cumulative}")
+            })
+            .collect();
+        let count = self.count.load(Ordering::Relaxed);
+        lines.push(format!("{name}_bucket{{le=\"+Inf\"}} {count}"));
+        lines.push(format!("{name}_sum {}", self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9));
+        lines.push(format!("{name}_count {count}"));
+        lines
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -44,9 +86,9 @@ pub struct Metrics {
     replies: [AtomicU64; 32],
     /// Indexed by position in `CLOSE_REASONS`.
     closes: [AtomicU64; 9],
-    batch_buckets: [AtomicU64; BATCH_BUCKETS_S.len()],
-    batch_count: AtomicU64,
-    batch_sum_ns: AtomicU64,
+    batches: Histogram,
+    journal_commits: Histogram,
+    journal_records: AtomicU64,
     draining: AtomicBool,
     /// Set once the shards are up (tables touched, journal recovered).
     serving: AtomicBool,
@@ -110,12 +152,14 @@ impl Metrics {
 
     /// Time from a read's arrival to its replies being encoded.
     pub fn batch_processed(&self, elapsed: std::time::Duration) {
-        let seconds = elapsed.as_secs_f64();
-        if let Some(index) = BATCH_BUCKETS_S.iter().position(|&bound| seconds <= bound) {
-            self.batch_buckets[index].fetch_add(1, Ordering::Relaxed);
-        }
-        self.batch_count.fetch_add(1, Ordering::Relaxed);
-        self.batch_sum_ns.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        self.batches.observe(&BATCH_BUCKETS_S, elapsed);
+    }
+
+    /// A shard's journal wrote (and, under its policy, synced) `records` in one group
+    /// commit taking `elapsed`.
+    pub fn journal_committed(&self, records: usize, elapsed: std::time::Duration) {
+        self.journal_commits.observe(&COMMIT_BUCKETS_S, elapsed);
+        self.journal_records.fetch_add(records as u64, Ordering::Relaxed);
     }
 
     /// An answer dropped at a full shard inbox (its transaction times out and is reversed).
@@ -237,24 +281,23 @@ impl Metrics {
                 })
                 .collect(),
         );
-        let mut cumulative = 0;
-        let mut lines: Vec<String> = BATCH_BUCKETS_S
-            .iter()
-            .enumerate()
-            .map(|(index, bound)| {
-                cumulative += load(&self.batch_buckets[index]);
-                format!("switch_batch_processing_seconds_bucket{{le=\"{bound}\"}} {cumulative}")
-            })
-            .collect();
-        let count = load(&self.batch_count);
-        lines.push(format!("switch_batch_processing_seconds_bucket{{le=\"+Inf\"}} {count}"));
-        lines.push(format!("switch_batch_processing_seconds_sum {}", load(&self.batch_sum_ns) as f64 / 1e9));
-        lines.push(format!("switch_batch_processing_seconds_count {count}"));
         section(
             "switch_batch_processing_seconds",
             "histogram",
             "Time from a read's arrival to its replies being encoded.",
-            lines,
+            self.batches.lines("switch_batch_processing_seconds", &BATCH_BUCKETS_S),
+        );
+        section(
+            "switch_journal_commit_seconds",
+            "histogram",
+            "Time of one journal group commit: the write and, under the fsync policy, the sync. Replies wait for it.",
+            self.journal_commits.lines("switch_journal_commit_seconds", &COMMIT_BUCKETS_S),
+        );
+        section(
+            "switch_journal_records_total",
+            "counter",
+            "Journal records written (divide by switch_journal_commit_seconds_count: records per group commit).",
+            vec![format!("switch_journal_records_total {}", load(&self.journal_records))],
         );
         if let Some(seconds) = process_cpu_seconds() {
             section(
@@ -311,7 +354,13 @@ mod tests {
         metrics
             .sent(&Message::PaymentReply(codec::Reply { code: ReplyCode::NoRoute.value(), ..codec::Reply::default() }));
         metrics.batch_processed(std::time::Duration::from_micros(30));
+        metrics.journal_committed(40, std::time::Duration::from_micros(700));
+        metrics.journal_committed(2, std::time::Duration::from_millis(30));
         let text = metrics.render();
+        assert!(text.contains("switch_journal_commit_seconds_bucket{le=\"0.001\"} 1\n"), "{text}");
+        assert!(text.contains("switch_journal_commit_seconds_bucket{le=\"0.1\"} 2\n"), "{text}");
+        assert!(text.contains("switch_journal_commit_seconds_count 2\n"), "{text}");
+        assert!(text.contains("switch_journal_records_total 42\n"), "{text}");
         assert!(text.contains("switch_replies_total{code=\"NoRoute\"} 1"), "{text}");
         assert!(text.contains("switch_connections_open 1"));
         assert!(text.contains("switch_batch_processing_seconds_bucket{le=\"0.00005\"} 1"), "{text}");

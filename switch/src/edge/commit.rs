@@ -47,6 +47,16 @@ struct Batch {
     records: Vec<Record>,
 }
 
+/// What one group commit did.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupCommit {
+    /// The journal's last durable sequence.
+    pub durable: u64,
+    pub records: usize,
+    /// The write and, under the policy, the sync (an interval policy's wait included).
+    pub took: std::time::Duration,
+}
+
 /// A shard's side of group commit.
 #[derive(Debug)]
 pub struct Commit {
@@ -65,8 +75,12 @@ impl std::fmt::Debug for Batch {
 
 impl Commit {
     /// Starts shard `shard`'s journal thread; `wake` tells the shard a batch became durable,
-    /// with the journal's last durable sequence.
-    pub fn start(shard: usize, mut journal: Journal, wake: impl Fn(u64) + Send + 'static) -> std::io::Result<Self> {
+    /// with what the group commit did.
+    pub fn start(
+        shard: usize,
+        mut journal: Journal,
+        wake: impl Fn(GroupCommit) + Send + 'static,
+    ) -> std::io::Result<Self> {
         let (batches, receiver) = mpsc::channel::<Batch>();
         let durable = Arc::new(AtomicU64::new(0));
         let reported = Arc::clone(&durable);
@@ -81,6 +95,7 @@ impl Commit {
                     last = batch.id;
                     records.extend(batch.records);
                 }
+                let started = Instant::now();
                 let written = match journal.policy() {
                     SyncPolicy::Always => journal.commit(&records, true),
                     SyncPolicy::Interval(interval) => {
@@ -91,13 +106,18 @@ impl Commit {
                     }
                     SyncPolicy::Never => journal.commit(&records, false),
                 };
+                let done = GroupCommit {
+                    durable: journal.last_sequence(),
+                    records: records.len(),
+                    took: started.elapsed(),
+                };
                 records.clear();
                 if let Err(error) = written {
                     tracing::error!(%error, shard, "journal write failed: stopping rather than answer what is not durable");
                     std::process::exit(EXIT_JOURNAL_FAILED);
                 }
                 reported.store(last, Ordering::Release);
-                wake(journal.last_sequence());
+                wake(done);
             }
         })?;
         Ok(Self { batches, durable, next_id: 0, held: VecDeque::new(), records: Vec::new() })

@@ -603,9 +603,11 @@ impl ShardThread {
         let commit = match journal.map(|journal| {
             let mesh = Arc::clone(&self.mesh);
             let progress = Arc::clone(&self.progress);
+            let metrics = Arc::clone(&self.shared.metrics);
             let index = self.index;
-            Commit::start(index, journal, move |durable| {
-                progress.set_durable(index, durable);
+            Commit::start(index, journal, move |done| {
+                progress.set_durable(index, done.durable);
+                metrics.journal_committed(done.records, done.took);
                 mesh.wake_shard(index);
             })
         }) {
