@@ -404,7 +404,9 @@ impl Publisher {
                     continue;
                 }
                 records.clear();
-                tail.read(durable, PUBLISH_BATCH, &mut records)?;
+                if tail.read(durable, PUBLISH_BATCH, &mut records)? == 0 {
+                    continue;
+                }
                 payload.clear();
                 for (offset, record) in records.iter().enumerate() {
                     record.encode_published(first + offset as u64, &mut payload);
