@@ -289,3 +289,126 @@ fn a_three_node_fleet_clears_exactly_after_a_node_and_nats_fail() {
     drop(running);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Publishes `records` (numbered from `first`) to `subject` as a node would, with
+/// `instance` as its data directory.
+async fn publish(
+    context: &async_nats::jetstream::Context,
+    subject: &str,
+    instance: &str,
+    first: u64,
+    records: &[switch::core::record::Record],
+) {
+    let mut payload = Vec::new();
+    for (offset, record) in records.iter().enumerate() {
+        record.encode_published(first + offset as u64, &mut payload);
+    }
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Switch-Instance", instance);
+    headers.insert("Switch-Shards", "1");
+    headers.insert("Switch-Last-Sequence", (first + records.len() as u64 - 1).to_string().as_str());
+    let ack = context.publish_with_headers(subject.to_string(), headers, payload.into()).await.expect("publish");
+    ack.await.expect("acknowledged");
+}
+
+/// The fleet close refuses a stream that lost records, holds two histories for one node, or
+/// lacks a cut; and a node refuses to continue a subject another data directory wrote.
+#[tokio::test]
+async fn a_damaged_or_mixed_stream_is_refused_by_the_close_and_by_the_publisher() {
+    use switch::core::record::Record;
+    use switch::fleet::{FleetError, FleetSettings, NatsToken};
+    let dir = std::env::temp_dir().join(format!("switch-fleet-refusals-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let port = free_port();
+    let _nats = nats_server(&dir.join("jetstream"), port, &dir.join("nats.log"));
+    let url = format!("nats://127.0.0.1:{port}");
+    let client =
+        async_nats::ConnectOptions::with_token(NATS_TOKEN.into()).connect(url.as_str()).await.expect("connect");
+    let context = async_nats::jetstream::new(client);
+    let cut = |window| Record::WindowCut { window, time_ms: 1 };
+    let fees = switch::clearing::FeeSchedule::default();
+    let mut settings = FleetSettings::new(&url);
+    settings.token = Some(NatsToken(NATS_TOKEN.into()));
+    // One stream per case: the close stops at the first problem.
+    let mut refusal = async |stream: &str, publishes: &[(&str, &str, u64, Vec<Record>)]| {
+        context
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: stream.into(),
+                subjects: vec![format!("{stream}.>")],
+                ..Default::default()
+            })
+            .await
+            .expect("stream");
+        for (subject, instance, first, records) in publishes {
+            publish(&context, &format!("{stream}.{subject}"), instance, *first, records).await;
+        }
+        settings.stream = stream.into();
+        settings.subject_prefix = stream.into();
+        match switch::fleet::read_window(&settings, 1, &[0], &fees).await {
+            Ok(window) => panic!("{stream}: built a window of {} entries", window.entries.len()),
+            Err(error) => error,
+        }
+    };
+    let lost =
+        refusal("LOST", &[("0.0", "aaaa000000000001", 1, vec![cut(1)]), ("0.0", "aaaa000000000001", 3, vec![cut(2)])])
+            .await;
+    assert!(
+        matches!(&lost, FleetError::Message { .. })
+            && lost.to_string().contains("holds record 3 where record 2 was due"),
+        "{lost}"
+    );
+    let trimmed = refusal("TRIMMED", &[("0.0", "aaaa000000000001", 2, vec![cut(1)])]).await;
+    assert!(trimmed.to_string().contains("holds record 2 where record 1 was due"), "{trimmed}");
+    let mixed =
+        refusal("MIXED", &[("0.0", "aaaa000000000001", 1, vec![cut(1)]), ("0.0", "bbbb000000000002", 2, vec![cut(2)])])
+            .await;
+    assert!(mixed.to_string().contains("two nodes published as node 0"), "{mixed}");
+    let uncut = refusal("UNCUT", &[("0.0", "aaaa000000000001", 1, vec![cut(7)])]).await;
+    assert!(uncut.to_string().contains("window 1 is not cut"), "{uncut}");
+
+    // A node whose subject holds another data directory's records publishes nothing there.
+    context
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: FleetSettings::STREAM_DEFAULT.into(),
+            subjects: vec![format!("{}.>", FleetSettings::SUBJECT_PREFIX_DEFAULT)],
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    let subject = format!("{}.0.0", FleetSettings::SUBJECT_PREFIX_DEFAULT);
+    publish(&context, &subject, "cccc000000000003", 1, &[cut(1)]).await;
+    let token_file = dir.join("nats.token");
+    std::fs::write(&token_file, NATS_TOKEN).expect("token");
+    let node = Node {
+        id: 0,
+        shards: 1,
+        listen: format!("127.0.0.1:{}", free_port()).parse().expect("address"),
+        admin: format!("127.0.0.1:{}", free_port()).parse().expect("address"),
+        data_dir: dir.join("node-0"),
+        nats: url.clone(),
+        token_file,
+    };
+    let running = tokio::task::spawn_blocking(move || {
+        let process = node.start();
+        node.close_window(); // a record to publish
+        wait_until("the publisher refused", Duration::from_secs(30), || {
+            node.metric("switch_fleet_publish_failures_total").is_some_and(|failures| failures >= 1.0)
+        });
+        let lag = node.metric("switch_fleet_lag_records");
+        drop(process);
+        (lag, std::fs::read_to_string(node.data_dir.with_extension("log")).unwrap_or_default())
+    });
+    let (lag, log) = running.await.expect("node");
+    assert_eq!(lag, Some(1.0), "the cut stays unpublished");
+    assert!(log.contains("holds records of another data directory"), "{log}");
+    let last = context
+        .get_stream(FleetSettings::STREAM_DEFAULT)
+        .await
+        .expect("stream")
+        .get_last_raw_message_by_subject(&subject)
+        .await
+        .expect("last");
+    assert_eq!(last.headers.get("Switch-Instance").map(|v| v.as_str()), Some("cccc000000000003"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
