@@ -208,20 +208,27 @@ fn amount_digits(amount: u64) -> Result<String, TranslateError> {
     Ok(format!("{amount:012}"))
 }
 
+/// The countries DE43 names by ISO 3166 alpha-2, with their numeric codes.
+const COUNTRIES: [(u16, &str); 10] = [
+    (156, "CN"),
+    (344, "HK"),
+    (446, "MO"),
+    (158, "TW"),
+    (702, "SG"),
+    (458, "MY"),
+    (764, "TH"),
+    (410, "KR"),
+    (392, "JP"),
+    (840, "US"),
+];
+
+/// DE43's alpha-2 country (its last two characters) as ISO 3166 numeric; 0 if unknown.
+fn country_numeric(alpha2: &str) -> u16 {
+    COUNTRIES.iter().find(|(_, code)| *code == alpha2).map_or(0, |(numeric, _)| *numeric)
+}
+
 fn country_alpha2(numeric: u16) -> &'static str {
-    match numeric {
-        156 => "CN",
-        344 => "HK",
-        446 => "MO",
-        158 => "TW",
-        702 => "SG",
-        458 => "MY",
-        764 => "TH",
-        410 => "KR",
-        392 => "JP",
-        840 => "US",
-        _ => "  ",
-    }
+    COUNTRIES.iter().find(|(code, _)| *code == numeric).map_or("  ", |(_, alpha2)| alpha2)
 }
 
 fn field(message: &IsoMessage, number: u8) -> Result<&str, TranslateError> {
@@ -513,7 +520,10 @@ fn details(
         transaction_time_ms: time_ms(message, subelements, now_ms)?,
         currency: parse_number(field(message, 49)?, 49)?,
         merchant_category_code: message.get_str(18).map_or(Ok(0), |v| parse_number(v, 18))?,
-        merchant_country: subelements.get(tag::MERCHANT_COUNTRY).map_or(Ok(0), |v| parse_number(v, 48))?,
+        merchant_country: match subelements.get(tag::MERCHANT_COUNTRY) {
+            Some(value) => parse_number(value, 48)?,
+            None => country_numeric(location.get(38..40).unwrap_or("")),
+        },
         reserved: 0,
         merchant_id,
         terminal_id: text::<TerminalId>(message.get_str(41).unwrap_or("").trim_end(), 41)?,
@@ -718,6 +728,7 @@ mod tests {
         assert_eq!(request.details.merchant_name.as_str(), "QUANJUDE ROAST DUCK");
         assert_eq!(request.details.merchant_city.as_str(), "BEIJING");
         assert_eq!(request.details.terminal_id.as_str(), "T1");
+        assert_eq!(request.details.merchant_country, 156, "from DE43's CN");
         // DE7 has no year: the one nearest "now" (February 2026) is taken.
         assert_eq!(civil(request.details.transaction_time_ms), (2026, 2, 16, 15, 59, 30));
         // An unknown DE39 in a reply is a decline, never an approval.

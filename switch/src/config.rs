@@ -50,6 +50,15 @@ pub struct SwitchConfig {
     pub tls: Option<crate::edge::tls::TlsSettings>,
     /// Publish the journal's records to a fleet's NATS JetStream stream (`crate::fleet`).
     pub fleet: Option<crate::fleet::FleetSettings>,
+    /// Where ISO 8583 participants connect, and the profile their messages follow.
+    pub iso8583: Option<Iso8583Settings>,
+}
+
+/// The ISO 8583 listener (`crate::edge::iso`).
+#[derive(Debug, Clone)]
+pub struct Iso8583Settings {
+    pub listen: SocketAddr,
+    pub profile: std::sync::Arc<codec::iso8583::Profile>,
 }
 
 /// A node id from a host name ending in `-N` (a StatefulSet pod: `switch-2` is node 2).
@@ -82,6 +91,7 @@ impl SwitchConfig {
             roles: roles.to_vec(),
             keys: vec![SharedKey::new(1, demo_key(id))],
             frame_mac: codec::MacAlgorithm::HmacSha256,
+            iso8583: false,
         };
         Self {
             listen: Self::LISTEN_DEFAULT.parse().expect("valid address"),
@@ -107,6 +117,7 @@ impl SwitchConfig {
             // The demo network on loopback: plaintext, said explicitly.
             tls: None,
             fleet: None,
+            iso8583: None,
         }
     }
 }
@@ -148,6 +159,8 @@ struct FileConfig {
     tls: Option<FileTls>,
     #[serde(default)]
     fleet: Option<FileFleet>,
+    #[serde(default)]
+    iso8583: Option<FileIso8583>,
     /// Fee rates, per participant.
     #[serde(default)]
     fee: Vec<FileFee>,
@@ -285,6 +298,21 @@ struct FileSwitch {
     plaintext: bool,
 }
 
+/// The listener for ISO 8583 participants.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileIso8583 {
+    listen: SocketAddr,
+    /// A built-in profile ("binary", "ascii") or a profile file (JSON, relative to the
+    /// configuration file), read by every participant on this listener.
+    #[serde(default = "iso8583_profile_default")]
+    profile: String,
+}
+
+fn iso8583_profile_default() -> String {
+    "binary".into()
+}
+
 fn admin_listen_default() -> SocketAddr {
     SwitchConfig::ADMIN_LISTEN_DEFAULT.parse().expect("valid address")
 }
@@ -387,6 +415,9 @@ struct FileParticipant {
     /// "hmac-sha256" (the default), "hmac-sm3" or "none".
     #[serde(default)]
     frame_mac: Option<String>,
+    /// "native" (the default) or "iso8583" (it connects to the [iso8583] listener).
+    #[serde(default)]
+    protocol: Option<String>,
     /// Admitted counterparties; absent: every participant.
     #[serde(default)]
     counterparties: Option<Vec<InstitutionId>>,
@@ -540,6 +571,9 @@ impl SwitchConfig {
                 };
                 keys.push(SharedKey { key_id: file_key.id, secret, not_after_unix_ms });
             }
+            if let Some(protocol) = participant.protocol.as_deref().filter(|p| !matches!(*p, "native" | "iso8583")) {
+                return Err(invalid(key("protocol"), format!("{protocol:?}: expected native or iso8583")));
+            }
             let frame_mac = match participant.frame_mac.as_deref() {
                 None => codec::MacAlgorithm::HmacSha256,
                 Some(name) => codec::MacAlgorithm::from_name(name).ok_or_else(|| {
@@ -560,6 +594,7 @@ impl SwitchConfig {
                     .collect(),
                 keys,
                 frame_mac,
+                iso8583: participant.protocol.as_deref() == Some("iso8583"),
             });
             if let Some(list) = participant.counterparties {
                 counterparties.insert(participant.id, list);
@@ -592,6 +627,32 @@ impl SwitchConfig {
             if fees.basis_points.insert(fee.participant.as_str().to_string(), fee.basis_points).is_some() {
                 return Err(invalid(format!("{key}.participant"), "has a fee already".into()));
             }
+        }
+        let iso8583 = match &file.iso8583 {
+            None => None,
+            Some(iso) => {
+                let profile = match codec::iso8583::Profile::builtin(&iso.profile) {
+                    Some(profile) => profile,
+                    None => {
+                        let resolved = path.parent().unwrap_or(Path::new(".")).join(&iso.profile);
+                        let text = std::fs::read_to_string(&resolved).map_err(|error| {
+                            invalid(
+                                "iso8583.profile".into(),
+                                format!("{}: not built in, and {error}", resolved.display()),
+                            )
+                        })?;
+                        codec::iso8583::Profile::from_json(&text)
+                            .map_err(|error| invalid("iso8583.profile".into(), error.to_string()))?
+                    }
+                };
+                Some(Iso8583Settings { listen: iso.listen, profile: std::sync::Arc::new(profile) })
+            }
+        };
+        if iso8583.is_none() && participants.iter().any(|p| p.iso8583) {
+            return Err(invalid(
+                "iso8583".into(),
+                "a participant has protocol = \"iso8583\": give the [iso8583] listener".into(),
+            ));
         }
         let fleet = match file.fleet {
             None => None,
@@ -812,6 +873,7 @@ impl SwitchConfig {
             admin_tokens,
             tls,
             fleet,
+            iso8583,
         })
     }
 }

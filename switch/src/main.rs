@@ -553,6 +553,12 @@ fn run(config: SwitchConfig, io: Io, damage: Damage) -> anyhow::Result<()> {
         if let Some(settings) = &config.tls {
             shared = shared.with_tls(switch::edge::tls::Tls::load(settings.clone())?);
         }
+        if let Some(iso8583) = &config.iso8583 {
+            let listener = std::net::TcpListener::bind(iso8583.listen)
+                .with_context(|| format!("cannot listen on {} (iso8583)", iso8583.listen))?;
+            tracing::info!(listen = %iso8583.listen, profile = %iso8583.profile.name, "ISO 8583 participants' listener");
+            shared = shared.with_iso8583(iso8583.clone(), listener);
+        }
         let shared = Arc::new(
             shared
                 .with_admin(admin_access)

@@ -60,6 +60,9 @@ pub struct Participant {
     pub keys: Vec<SharedKey>,
     /// The MAC every frame of the participant's sessions carries after sign-on.
     pub frame_mac: codec::MacAlgorithm,
+    /// It connects with ISO 8583 (on the switch's ISO 8583 listener) instead of the native
+    /// protocol.
+    pub iso8583: bool,
 }
 
 impl Participant {

@@ -90,6 +90,10 @@ pub struct Shared {
     onboarding: tokio::sync::Mutex<HashMap<InstitutionId, (Onboarding, Option<Onboarding>)>>,
     /// Publish the journal's records to a fleet stream (`crate::fleet`); needs a journal.
     pub fleet: Option<crate::fleet::FleetSettings>,
+    /// ISO 8583 participants' listener settings (`crate::edge::iso`), and the listener
+    /// until `serve` takes it.
+    pub iso8583: Option<crate::config::Iso8583Settings>,
+    iso8583_listener: std::sync::Mutex<Option<std::net::TcpListener>>,
 }
 
 impl Shared {
@@ -115,6 +119,8 @@ impl Shared {
             admin: crate::access::AdminAccess::default(),
             tls: None,
             fleet: None,
+            iso8583: None,
+            iso8583_listener: std::sync::Mutex::new(None),
             onboarding: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -126,6 +132,13 @@ impl Shared {
     }
 
     /// Who may use the admin API, and where their actions are recorded.
+    /// Serves ISO 8583 participants on `listener` with `settings`' profile.
+    pub fn with_iso8583(mut self, settings: crate::config::Iso8583Settings, listener: std::net::TcpListener) -> Self {
+        self.iso8583 = Some(settings);
+        self.iso8583_listener = std::sync::Mutex::new(Some(listener));
+        self
+    }
+
     pub fn with_fleet(mut self, fleet: Option<crate::fleet::FleetSettings>) -> Self {
         self.fleet = fleet;
         self
@@ -181,8 +194,13 @@ impl Shared {
         self
     }
 
-    fn now(&self) -> Now {
+    pub(crate) fn now(&self) -> Now {
         super::now(self.started)
+    }
+
+    /// A session id, unique for this process.
+    pub(crate) fn next_session_id(&self) -> SessionId {
+        self.next_session_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Every participant's onboarding state now.
@@ -263,6 +281,16 @@ impl Shared {
 
 /// Connections accepted but not yet taken up by their shard.
 const HANDOFF_QUEUE: usize = 1_024;
+
+/// What a participant speaks on a connection: decided by the listener it came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Native,
+    Iso8583,
+}
+
+/// A connection handed to a shard.
+type Accepted = (std::net::TcpStream, SocketAddr, Protocol);
 
 /// Accepts connections until `shutdown` resolves, handing them round-robin to the shards
 /// (`Shared::shards` threads, each with its own event loop and exchange). Then drains:
@@ -401,32 +429,46 @@ pub async fn serve(
         (Some(at), Some(_)) => Some(tokio::spawn(daily_cutoffs(Arc::clone(&shared), at))),
         _ => None,
     };
+    let iso8583 = shared.iso8583_listener.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    let iso8583 =
+        match iso8583.map(|listener| listener.set_nonblocking(true).and_then(|()| TcpListener::from_std(listener))) {
+            Some(Ok(listener)) => Some(listener),
+            Some(Err(source)) => return Err(JournalError::Io { path: "iso8583 listener".into(), source }),
+            None => None,
+        };
+    let iso8583_accept = async |listener: &Option<TcpListener>| match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    };
     let mut next = 0usize;
     loop {
-        tokio::select! {
+        let (accepted, protocol) = tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let stream = match stream.into_std() {
-                        Ok(stream) => stream,
-                        Err(error) => {
-                            tracing::debug!(%peer, %error, "accepted connection unusable");
-                            continue;
-                        }
-                    };
-                    next = (next + 1) % shards;
-                    if handoffs[next].try_send((stream, peer)).is_err() {
-                        tracing::warn!(%peer, shard = next, "shard not taking connections; refused");
+            accepted = listener.accept() => (accepted, Protocol::Native),
+            accepted = iso8583_accept(&iso8583) => (accepted, Protocol::Iso8583),
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let stream = match stream.into_std() {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        tracing::debug!(%peer, %error, "accepted connection unusable");
+                        continue;
                     }
+                };
+                next = (next + 1) % shards;
+                if handoffs[next].try_send((stream, peer, protocol)).is_err() {
+                    tracing::warn!(%peer, shard = next, "shard not taking connections; refused");
                 }
-                Err(error) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
+            }
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
+    drop(iso8583);
     drop(listener);
     if let Some(cutoffs) = cutoffs {
         cutoffs.abort();
@@ -569,7 +611,7 @@ impl ShardThread {
         self,
         exchange: Exchange,
         journal: Option<Journal>,
-        accepted: mpsc::Receiver<(std::net::TcpStream, SocketAddr)>,
+        accepted: mpsc::Receiver<Accepted>,
         drained: oneshot::Sender<()>,
     ) {
         match self.shared.io {
@@ -596,7 +638,7 @@ impl ShardThread {
         self,
         exchange: Exchange,
         journal: Option<Journal>,
-        mut accepted: mpsc::Receiver<(std::net::TcpStream, SocketAddr)>,
+        mut accepted: mpsc::Receiver<Accepted>,
         drained: oneshot::Sender<()>,
     ) {
         let shared = &self.shared;
@@ -634,13 +676,21 @@ impl ShardThread {
                 // Reap finished connection tasks so the set stays as small as the live sessions.
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 handed = accepted.recv() => {
-                    let Some((stream, peer)) = handed else { break };
+                    let Some((stream, peer, protocol)) = handed else { break };
                     let connection = Connection {
                         shared: Arc::clone(shared),
                         mesh: Arc::clone(&self.mesh),
                         home: self.index,
                         draining: self.draining.clone(),
                     };
+                    if protocol == Protocol::Iso8583 {
+                        connections.spawn_local(async move {
+                            if let Err(error) = connection.serve_iso8583(stream, peer).await {
+                                tracing::debug!(%peer, %error, "ISO 8583 connection ended with an I/O error");
+                            }
+                        });
+                        continue;
+                    }
                     if let Some(tls) = &shared.tls {
                         let acceptor = tls.acceptor();
                         connections.spawn_local(async move {
@@ -681,11 +731,11 @@ impl ShardThread {
 
 /// Counts a connection open for as long as it lives, and its close reason, whichever way
 /// its task ends.
-struct ConnectionGuard<'a> {
-    metrics: &'a Metrics,
+pub(crate) struct ConnectionGuard<'a> {
+    pub(crate) metrics: &'a Metrics,
     /// Whether this connection was counted in `switch_sessions_signed_on`.
-    signed_on: bool,
-    reason: Option<CloseReason>,
+    pub(crate) signed_on: bool,
+    pub(crate) reason: Option<CloseReason>,
 }
 
 impl Drop for ConnectionGuard<'_> {
@@ -695,11 +745,11 @@ impl Drop for ConnectionGuard<'_> {
 }
 
 /// One accepted connection, owned by its home shard's runtime.
-struct Connection {
-    shared: Arc<Shared>,
-    mesh: Arc<Mesh>,
-    home: usize,
-    draining: watch::Receiver<bool>,
+pub(crate) struct Connection {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) mesh: Arc<Mesh>,
+    pub(crate) home: usize,
+    pub(crate) draining: watch::Receiver<bool>,
 }
 
 impl Connection {
@@ -711,6 +761,20 @@ impl Connection {
         stream: std::net::TcpStream,
         peer: SocketAddr,
     ) -> std::io::Result<()> {
+        match self.handshake(acceptor, stream, peer).await? {
+            Some((stream, names)) => self.serve(crate::edge::tls::TlsTransport::new(stream), peer, Some(names)).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The TLS handshake within the sign-on deadline: the stream and the participants its
+    /// certificate names, or `None` (refused, counted and logged).
+    pub(crate) async fn handshake(
+        &self,
+        acceptor: tokio_rustls::TlsAcceptor,
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+    ) -> std::io::Result<Option<(tokio_rustls::server::TlsStream<TcpStream>, Vec<InstitutionId>)>> {
         let metrics = &self.shared.metrics;
         stream.set_nodelay(true)?;
         let tcp = TcpStream::from_std(stream)?;
@@ -720,12 +784,12 @@ impl Connection {
             Ok(Err(error)) => {
                 metrics.tls_handshake(false);
                 tracing::info!(%peer, %error, "TLS handshake refused");
-                return Ok(());
+                return Ok(None);
             }
             Err(_) => {
                 metrics.tls_handshake(false);
                 tracing::info!(%peer, "TLS handshake not finished within the sign-on deadline");
-                return Ok(());
+                return Ok(None);
             }
         };
         metrics.tls_handshake(true);
@@ -733,7 +797,7 @@ impl Connection {
             Some(certificate) => crate::edge::tls::participants_named(certificate, &self.shared.directory),
             None => Vec::new(),
         };
-        self.serve(crate::edge::tls::TlsTransport::new(stream), peer, Some(names)).await
+        Ok(Some((stream, names)))
     }
 
     /// `certified`: on a TLS link, the participants its certificate names (only they may
@@ -747,13 +811,12 @@ impl Connection {
         let shared = &*self.shared;
         shared.metrics.connection_opened();
         let mut guard = ConnectionGuard { metrics: &shared.metrics, signed_on: false, reason: None };
-        let session_id = shared.next_session_id.fetch_add(1, Ordering::Relaxed);
+        let session_id = shared.next_session_id();
         let mut registered = None;
         let result = self.run(stream, peer, session_id, certified, &mut registered, &mut guard).await;
         // Whichever way the connection ended, no shard sends to it any more.
         if let Some(participant) = registered {
-            shared.status.link_down(session_id);
-            self.mesh.broadcast(|_| Event::SessionDown { participant, session: session_id }).await;
+            self.unregister(participant, session_id).await;
         }
         result
     }
@@ -883,25 +946,8 @@ impl Connection {
             }
             // Signed on: every shard learns of the session before it hands any shard anything.
             if let (None, Some(participant)) = (&*registered, session.participant()) {
-                let (sender, receiver) = mpsc::channel(OUTBOUND_QUEUE);
-                outbound = Some(receiver);
+                outbound = Some(self.register(participant, session_id, peer).await);
                 *registered = Some(participant);
-                shared.status.link_up(Link {
-                    session: session_id,
-                    participant,
-                    shard: self.home,
-                    peer,
-                    signed_on_unix_ms: shared.now().unix_ms,
-                });
-                let (home, mut sender) = (self.home, Some(sender));
-                self.mesh
-                    .broadcast(|shard| Event::SessionUp {
-                        participant,
-                        session: session_id,
-                        home,
-                        outbound: if shard == home { sender.take() } else { None },
-                    })
-                    .await;
             }
             if !to_exchange.is_empty() {
                 self.hand_off(session_id, *registered, &mut to_exchange, &mut outgoing, &mut touched);
@@ -935,9 +981,44 @@ impl Connection {
         }
     }
 
+    /// A session of `participant` signed on: every shard learns of it (the home shard gets
+    /// its outbound queue, returned here) before it hands any shard anything.
+    pub(crate) async fn register(
+        &self,
+        participant: InstitutionId,
+        session_id: SessionId,
+        peer: SocketAddr,
+    ) -> mpsc::Receiver<Message> {
+        let shared = &self.shared;
+        let (sender, receiver) = mpsc::channel(OUTBOUND_QUEUE);
+        shared.status.link_up(Link {
+            session: session_id,
+            participant,
+            shard: self.home,
+            peer,
+            signed_on_unix_ms: shared.now().unix_ms,
+        });
+        let (home, mut sender) = (self.home, Some(sender));
+        self.mesh
+            .broadcast(|shard| Event::SessionUp {
+                participant,
+                session: session_id,
+                home,
+                outbound: if shard == home { sender.take() } else { None },
+            })
+            .await;
+        receiver
+    }
+
+    /// The session ended: no shard sends to it any more.
+    pub(crate) async fn unregister(&self, participant: InstitutionId, session_id: SessionId) {
+        self.shared.status.link_down(session_id);
+        self.mesh.broadcast(|_| Event::SessionDown { participant, session: session_id }).await;
+    }
+
     /// Hands a read's requests and answers to the shards that own them, waking each shard
     /// once. A request whose owner's inbox is full is answered `SystemBusy` here and now.
-    fn hand_off(
+    pub(crate) fn hand_off(
         &self,
         session: SessionId,
         registered: Option<InstitutionId>,
@@ -994,7 +1075,7 @@ async fn write_out<T: Transport>(
 /// Moves what the shard queued for this connection into `outgoing`, waiting for at least
 /// one message; pending until the session has signed on. `false` when the shard dropped
 /// the queue.
-async fn next_outbound(outbound: &mut Option<mpsc::Receiver<Message>>, outgoing: &mut Vec<Message>) -> bool {
+pub(crate) async fn next_outbound(outbound: &mut Option<mpsc::Receiver<Message>>, outgoing: &mut Vec<Message>) -> bool {
     match outbound {
         Some(receiver) => receiver.recv_many(outgoing, OUTBOUND_BATCH_MAX).await > 0,
         None => std::future::pending().await,

@@ -1,0 +1,352 @@
+//! ISO 8583 participants: a connection on the `[iso8583]` listener speaks ISO 8583 (1987)
+//! framed by the listener's profile (its TCP length header, field encodings), translated to
+//! and from the canonical model by `codec::translate`. Past the translation it is a session
+//! like any other: the same shards, exchange, journal and clearing.
+//!
+//! ```text
+//! participant ──0800 (DE70 001, DE32 its id)──▶ sign-on: 0810 DE39 00 (or 58, then closed)
+//!             ──0200 / 0400 / 0210 / 0410 ─────▶ translate ─▶ checks ─▶ shards
+//!             ◀─0210 / 0200 / 0420 ────────────── translate ◀─ what the shards send it
+//!             ──0800 301 echo ─▶ 0810           ──0800 002 sign-off ─▶ 0810, closed
+//! ```
+//!
+//! Rules:
+//! - Identity: only a participant configured with `protocol = "iso8583"` signs on here. On a
+//!   TLS listener its certificate must name it (as on native links). On a plaintext
+//!   listener (loopback tests, `plaintext = true`) the id in DE32 is taken as given:
+//!   ISO 8583 has no sign-on proof, and DE128 MACs are not implemented (SECURITY.md).
+//! - Every request is checked as on a native session: the originator it names is the
+//!   session's participant, its roles allow the kind, its time is inside the replay window;
+//!   otherwise it is answered (0210 DE39 58) and goes no further. While the switch drains,
+//!   new requests are answered `SystemBusy` (96).
+//! - A message that cannot be framed, unpacked or translated closes the connection (there
+//!   is no reliable way to answer what cannot be read), counted and logged without its
+//!   content. A translated message is held to the native protocol's field rules (it is
+//!   encoded as a native frame would be); a request that breaks them is answered
+//!   `FormatError` (0210 DE39 30) and goes no further, an answer that breaks them is
+//!   dropped (its transaction times out and is reversed). Messages the model has no
+//!   ISO 8583 form for (status replies) are not sent.
+//! - Timers: the sign-on deadline, then the idle timeout (a participant keeps the link up
+//!   with 0800 301 echoes).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use codec::field::FieldText;
+use codec::iso8583::{IsoMessage, Profile};
+use codec::translate::{Translated, from_iso, to_iso};
+use codec::{InstitutionId, Message, ReplyCode, SignOff, SignOnResult};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::core::exchange::switch_answer;
+use crate::core::session::CloseReason;
+use crate::edge::shard::Touched;
+use crate::edge::tcp::{Connection, ConnectionGuard, next_outbound};
+
+/// Bytes read at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+impl Connection {
+    /// An ISO 8583 connection: the TLS handshake first when the switch has TLS, then the
+    /// session.
+    pub(crate) async fn serve_iso8583(self, stream: std::net::TcpStream, peer: SocketAddr) -> std::io::Result<()> {
+        stream.set_nodelay(true)?;
+        match self.shared.tls.as_ref().map(|tls| tls.acceptor()) {
+            Some(acceptor) => match self.handshake(acceptor, stream, peer).await? {
+                Some((stream, names)) => self.iso8583_session(stream, peer, Some(names)).await,
+                None => Ok(()),
+            },
+            None => {
+                let stream = TcpStream::from_std(stream)?;
+                self.iso8583_session(stream, peer, None).await
+            }
+        }
+    }
+
+    async fn iso8583_session<S: AsyncRead + AsyncWrite + Unpin>(
+        self,
+        stream: S,
+        peer: SocketAddr,
+        certified: Option<Vec<InstitutionId>>,
+    ) -> std::io::Result<()> {
+        let shared = std::sync::Arc::clone(&self.shared);
+        let Some(settings) = shared.iso8583.as_ref() else { return Ok(()) };
+        shared.metrics.connection_opened();
+        let mut guard = ConnectionGuard { metrics: &shared.metrics, signed_on: false, reason: None };
+        let session_id = shared.next_session_id();
+        let mut link = IsoLink {
+            connection: &self,
+            profile: &settings.profile,
+            peer,
+            session_id,
+            certified,
+            participant: None,
+            outbound: None,
+            outgoing: Vec::new(),
+            to_exchange: Vec::new(),
+            draining: false,
+            check: codec::FrameEncoder::default(),
+        };
+        let result = link.run(stream, &mut guard).await;
+        if let Some(participant) = link.participant {
+            self.unregister(participant, session_id).await;
+        }
+        result
+    }
+}
+
+/// One ISO 8583 session's state.
+struct IsoLink<'a> {
+    connection: &'a Connection,
+    profile: &'a Profile,
+    peer: SocketAddr,
+    session_id: u64,
+    certified: Option<Vec<InstitutionId>>,
+    /// Set at sign-on.
+    participant: Option<InstitutionId>,
+    outbound: Option<mpsc::Receiver<Message>>,
+    /// Messages for the participant, in the model (translated on the way out).
+    outgoing: Vec<Message>,
+    to_exchange: Vec<Message>,
+    draining: bool,
+    /// Checks translated messages against the native field rules.
+    check: codec::FrameEncoder,
+}
+
+impl IsoLink<'_> {
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        stream: S,
+        guard: &mut ConnectionGuard<'_>,
+    ) -> std::io::Result<()> {
+        let shared = std::sync::Arc::clone(&self.connection.shared);
+        let config = &shared.session;
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let mut draining = self.connection.draining.clone();
+        let mut buffer: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+        let mut chunk = vec![0u8; READ_CHUNK];
+        let mut iso = IsoMessage::default();
+        let mut bytes = Vec::with_capacity(READ_CHUNK);
+        let mut touched = Touched::default();
+        let mut deadline = tokio::time::Instant::now() + Duration::from_millis(config.sign_on_timeout_ms);
+        loop {
+            let mut close = None;
+            tokio::select! {
+                changed = draining.wait_for(|draining| *draining), if !self.draining => {
+                    // New requests are answered SystemBusy from now on; the participant
+                    // is asked to sign off and the link closes at the drain deadline.
+                    self.draining = true;
+                    if changed.is_ok() && self.participant.is_some() {
+                        self.outgoing.push(Message::SignOffRequest(SignOff { code: 0, reserved: [0; 6] }));
+                    }
+                    deadline = tokio::time::Instant::now() + Duration::from_millis(config.drain_timeout_ms);
+                }
+                received = next_outbound(&mut self.outbound, &mut self.outgoing) => {
+                    if !received {
+                        close = Some(CloseReason::Backlogged);
+                    }
+                }
+                read = tokio::time::timeout_at(deadline, reader.read(&mut chunk)) => match read {
+                    Err(_) => {
+                        close = Some(match (self.draining, self.participant) {
+                            (true, _) => CloseReason::DrainDeadline,
+                            (false, Some(_)) => CloseReason::IdleTimeout,
+                            (false, None) => CloseReason::SignOnTimeout,
+                        });
+                    }
+                    Ok(Ok(0)) => return Ok(()),
+                    Ok(Err(error)) => return Err(error),
+                    Ok(Ok(count)) => {
+                        buffer.extend_from_slice(&chunk[..count]);
+                        if self.participant.is_some() && !self.draining {
+                            deadline = tokio::time::Instant::now() + Duration::from_millis(u64::from(config.idle_timeout_ms));
+                        }
+                        close = self.take_messages(&mut buffer, &mut iso);
+                    }
+                },
+            }
+            if let (Some(participant), None) = (self.participant, &self.outbound) {
+                self.outbound = Some(self.connection.register(participant, self.session_id, self.peer).await);
+                guard.signed_on = true;
+            }
+            if !self.to_exchange.is_empty() {
+                self.connection.hand_off(
+                    self.session_id,
+                    self.participant,
+                    &mut self.to_exchange,
+                    &mut self.outgoing,
+                    &mut touched,
+                );
+            }
+            bytes.clear();
+            for message in self.outgoing.drain(..) {
+                shared.metrics.sent(&message);
+                iso.clear();
+                let packed = to_iso(&message, &mut iso)
+                    .map_err(|error| error.to_string())
+                    .and_then(|()| self.profile.pack_frame(&iso, &mut bytes).map_err(|error| error.to_string()));
+                if let Err(error) = packed {
+                    // A status reply, say: the model has no ISO 8583 form for it.
+                    tracing::debug!(peer = %self.peer, kind = ?message.kind(), %error, "not sent to an ISO 8583 participant");
+                }
+            }
+            if !bytes.is_empty() {
+                writer.write_all(&bytes).await?;
+            }
+            if let Some(reason) = close {
+                guard.reason = Some(reason);
+                tracing::info!(peer = %self.peer, participant = ?self.participant, ?reason, "closing ISO 8583 session");
+                writer.shutdown().await?;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Handles every whole message in `buffer` (and removes it); a reason to close, if any.
+    fn take_messages(&mut self, buffer: &mut Vec<u8>, iso: &mut IsoMessage) -> Option<CloseReason> {
+        let shared = &self.connection.shared;
+        let mut consumed = 0;
+        let mut close = None;
+        let mut frames = 0;
+        while close.is_none() {
+            let range = match self.profile.frame(&buffer[consumed..]) {
+                Ok(Some(range)) => range,
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::info!(peer = %self.peer, %error, "ISO 8583 framing error");
+                    close = Some(CloseReason::FramingError);
+                    break;
+                }
+            };
+            frames += 1;
+            let body = consumed + range.start..consumed + range.end;
+            consumed += range.end;
+            let now = shared.now();
+            let translated = self
+                .profile
+                .unpack(&buffer[body], iso)
+                .map_err(|error| error.to_string())
+                .and_then(|()| from_iso(iso, now.unix_ms).map_err(|error| error.to_string()));
+            close = match translated {
+                Ok(translated) => self.handle(translated),
+                Err(error) => {
+                    tracing::info!(peer = %self.peer, participant = ?self.participant, %error, "ISO 8583 message refused");
+                    Some(CloseReason::FramingError)
+                }
+            };
+        }
+        buffer.drain(..consumed);
+        shared.metrics.frames_received(frames);
+        close
+    }
+
+    fn handle(&mut self, translated: Translated) -> Option<CloseReason> {
+        let shared = &self.connection.shared;
+        let Some(participant) = self.participant else {
+            return self.sign_on(translated);
+        };
+        let message = match translated {
+            Translated::Message(message) => message,
+            Translated::SignOn { .. } | Translated::SignOnReply { .. } => return None,
+        };
+        let now = shared.now();
+        let mut message = message;
+        if let Message::PaymentReply(reply) | Message::ReversalReply(reply) | Message::RefundReply(reply) = &mut message
+            && reply.responder.is_empty()
+        {
+            // A plain ISO 8583 answer does not name its responder (DE48 10): the session does.
+            reply.responder = participant;
+        }
+        let valid = self.check.encode(&message);
+        self.check.clear();
+        if let Err(error) = valid {
+            tracing::info!(peer = %self.peer, %participant, %error, "ISO 8583 message breaks the field rules");
+            match switch_answer(&message, ReplyCode::FormatError, shared.session.switch_id, now) {
+                Some(answer) => self.outgoing.push(answer),
+                None => tracing::warn!(peer = %self.peer, %participant, "invalid answer dropped"),
+            }
+            return None;
+        }
+        match message {
+            Message::EchoRequest(echo) => self.outgoing.push(Message::EchoReply(echo)),
+            Message::EchoReply(_) => {}
+            Message::SignOffRequest(_) => {
+                self.outgoing.push(Message::SignOffReply(SignOff { code: 0, reserved: [0; 6] }));
+                return Some(CloseReason::SignedOff);
+            }
+            Message::SignOffReply(_) => return self.draining.then_some(CloseReason::SignedOff),
+            Message::PaymentReply(_) | Message::ReversalReply(_) | Message::RefundReply(_) => {
+                // The exchange checks it sent the request being answered to this participant.
+                self.to_exchange.push(message);
+            }
+            request => {
+                let claimed = match &request {
+                    Message::PaymentCodeRequest(r) => Some((r.details.originator, r.details.transaction_time_ms)),
+                    Message::QrPaymentRequest(r) => Some((r.details.originator, r.details.transaction_time_ms)),
+                    Message::ReversalRequest(r) | Message::RefundRequest(r) => {
+                        Some((r.originator, r.transaction_time_ms))
+                    }
+                    _ => None,
+                };
+                let Some((originator, time_ms)) = claimed else {
+                    tracing::debug!(peer = %self.peer, kind = ?request.kind(), "kind not expected from an ISO 8583 participant");
+                    return None;
+                };
+                let allowed = shared.directory.get(&participant).is_some_and(|p| p.may_originate(request.kind()));
+                let stale =
+                    shared.session.replay_window_ms.is_some_and(|window| now.unix_ms.abs_diff(time_ms) > window);
+                let refusal = if originator != participant || !allowed || stale {
+                    Some(ReplyCode::NotAuthorised)
+                } else if self.draining {
+                    Some(ReplyCode::SystemBusy)
+                } else {
+                    None
+                };
+                match refusal {
+                    Some(code) => {
+                        if let Some(answer) = switch_answer(&request, code, shared.session.switch_id, now) {
+                            self.outgoing.push(answer);
+                        }
+                    }
+                    None => self.to_exchange.push(request),
+                }
+            }
+        }
+        None
+    }
+
+    /// The first message must be a sign-on (0800, DE70 001) naming a participant that
+    /// connects with ISO 8583 (and, on TLS, that its certificate names).
+    fn sign_on(&mut self, translated: Translated) -> Option<CloseReason> {
+        let shared = &self.connection.shared;
+        let Translated::SignOn { institution } = translated else {
+            tracing::info!(peer = %self.peer, "ISO 8583 message before sign-on");
+            return Some(CloseReason::NotSignedOn);
+        };
+        let admitted = institution.filter(|id| {
+            shared.directory.get(id).is_some_and(|p| p.iso8583)
+                && self.certified.as_ref().is_none_or(|names| names.contains(id))
+        });
+        let code = if admitted.is_some() { ReplyCode::Approved } else { ReplyCode::NotAuthorised };
+        self.outgoing.push(Message::SignOnResult(SignOnResult {
+            session_id: self.session_id,
+            code: code.value(),
+            idle_timeout_ms: shared.session.idle_timeout_ms,
+            echo_interval_ms: shared.session.echo_interval_ms,
+            ..SignOnResult::default()
+        }));
+        match admitted {
+            Some(participant) => {
+                tracing::info!(peer = %self.peer, %participant, "ISO 8583 participant signed on");
+                self.participant = Some(participant);
+                None
+            }
+            None => {
+                tracing::info!(peer = %self.peer, claimed = ?institution, "ISO 8583 sign-on refused");
+                Some(CloseReason::SignOnRefused)
+            }
+        }
+    }
+}

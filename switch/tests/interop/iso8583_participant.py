@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""An ISO 8583 participant written with pyiso8583, independent of our codec: it reads the
+same profile file (codec/profiles/iso8583/*.json is in pyiso8583's spec format) and speaks
+to the switch's ISO 8583 listener over TCP with the profile's 2-byte length header.
+
+  acquirer HOST PORT PROFILE ID CODE...   sign on as ID, pay each payment code (0200),
+                                          echo, sign off; one JSON line per 0210 received
+  network HOST PORT PROFILE ID COUNT      sign on as ID, answer COUNT 0200 requests with an
+                                          approving 0210 (echoing the request's fields)
+  claim HOST PORT PROFILE ID              sign on as ID; print the 0810's DE39
+
+Exit status 0 when every exchange had the expected shape; the caller checks the content.
+"""
+
+import datetime
+import json
+import random
+import socket
+import struct
+import sys
+
+import iso8583
+
+
+def load(path):
+    spec = json.load(open(path, encoding="utf-8"))
+    spec.pop("_profile")
+    return spec
+
+
+class Link:
+    def __init__(self, host, port, spec):
+        self.sock = socket.create_connection((host, int(port)), timeout=20)
+        self.spec = spec
+        self.stan = random.randint(1, 900000)
+
+    def send(self, fields):
+        encoded, _ = iso8583.encode(dict(fields), self.spec)
+        self.sock.sendall(struct.pack(">H", len(encoded)) + bytes(encoded))
+
+    def receive(self):
+        header = self._exactly(2)
+        (length,) = struct.unpack(">H", header)
+        decoded, _ = iso8583.decode(self._exactly(length), self.spec)
+        return decoded
+
+    def _exactly(self, count):
+        data = b""
+        while len(data) < count:
+            chunk = self.sock.recv(count - len(data))
+            if not chunk:
+                raise ConnectionError("the switch closed the connection")
+            data += chunk
+        return data
+
+    def next_stan(self):
+        self.stan = self.stan % 999999 + 1
+        return "%06d" % self.stan
+
+    def network(self, code, institution=None):
+        fields = {"t": "0800", "7": utc_now(), "11": self.next_stan(), "70": code}
+        if institution:
+            fields["32"] = institution
+        self.send(fields)
+        reply = self.receive()
+        if reply["t"] != "0810" or reply.get("70") != code:
+            raise ValueError("expected 0810 for network code %s, got %r" % (code, reply))
+        return reply
+
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%m%d%H%M%S")
+
+
+def acquirer(link, institution, codes):
+    signed_on = link.network("001", institution)
+    print(json.dumps({"sign_on": signed_on.get("39")}), flush=True)
+    if signed_on.get("39") != "00":
+        return
+    for index, code in enumerate(codes):
+        local = datetime.datetime.now(datetime.timezone(datetime.timedelta(hours=8)))
+        rrn = "%06d%06d" % (random.randint(0, 999999), index)
+        request = {
+            "t": "0200",
+            "2": code,
+            "3": "000000",
+            "4": "%012d" % (1000 + index),
+            "7": utc_now(),
+            "11": link.next_stan(),
+            "12": local.strftime("%H%M%S"),
+            "13": local.strftime("%m%d"),
+            "18": "5812",
+            "22": "031",
+            "25": "00",
+            "32": institution,
+            "37": rrn,
+            "41": "TERM0001",
+            "42": "MERCHANT0000001",
+            "43": "%-25s%-13s%s" % ("JINGAN COFFEE", "SHANGHAI", "CN"),
+            "49": "156",
+        }
+        link.send(request)
+        reply = link.receive()
+        print(json.dumps({
+            "mti": reply["t"],
+            "rrn_sent": rrn,
+            "rrn": reply.get("37"),
+            "amount": reply.get("4"),
+            "currency": reply.get("49"),
+            "response": reply.get("39"),
+            "authorization": reply.get("38", "").strip(),
+        }), flush=True)
+    echo = link.network("301")
+    print(json.dumps({"echo": echo.get("39", "00")}), flush=True)
+    off = link.network("002")
+    print(json.dumps({"sign_off": off.get("39")}), flush=True)
+
+
+def network(link, institution, count):
+    signed_on = link.network("001", institution)
+    print(json.dumps({"sign_on": signed_on.get("39")}), flush=True)
+    for _ in range(int(count)):
+        request = link.receive()
+        if request["t"] != "0200":
+            raise ValueError("expected 0200, got %r" % request)
+        reply = {key: value for key, value in request.items()
+                 if key in ("2", "3", "4", "7", "11", "12", "13", "32", "37", "41", "42", "48", "49")}
+        reply.update({"t": "0210", "38": "NW%04d" % random.randint(0, 9999), "39": "00"})
+        link.send(reply)
+        print(json.dumps({"answered": request.get("37"), "amount": request.get("4"), "code": request.get("2", "")[:6]}), flush=True)
+
+
+def main():
+    mode, host, port, profile, institution = sys.argv[1:6]
+    link = Link(host, port, load(profile))
+    if mode == "acquirer":
+        acquirer(link, institution, sys.argv[6:])
+    elif mode == "network":
+        network(link, institution, sys.argv[6])
+    elif mode == "claim":
+        reply = link.network("001", institution)
+        print(json.dumps({"sign_on": reply.get("39")}), flush=True)
+    else:
+        raise SystemExit("unknown mode %s" % mode)
+
+
+if __name__ == "__main__":
+    main()

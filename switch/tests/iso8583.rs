@@ -1,0 +1,231 @@
+//! ISO 8583 participants end to end, against a client we did not write: a pyiso8583
+//! participant (`tests/interop/iso8583_participant.py`) reading the same profile file.
+//!
+//! - An ISO 8583 acquirer signs on (0800 001), pays a native wallet twice (0200 → 0210
+//!   with DE39 00 and an authorisation code), echoes (301) and signs off (002).
+//! - A native acquirer and a native wallet reach an ISO 8583 network, in both payment
+//!   modes (a payment code, a merchant QR): the network answers 0210 and the natives see
+//!   approvals.
+//! - A participant that is not configured for ISO 8583 is refused (0810 DE39 58); bytes
+//!   that are not ISO 8583 close their connection and nothing else.
+//! - The window's clearing files hold the ISO 8583 participants' transactions.
+//!
+//! Needs python3 with pyiso8583 (`.ci/test` installs it); without it the test fails and says so.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use codec::field::FieldText;
+use codec::{InstitutionId, Message};
+use loadgen::client::Client;
+use switch::config::demo_key;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
+}
+
+/// A child process, killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/iso8583_participant.py")
+}
+
+fn profile() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../codec/profiles/iso8583/binary.json")
+}
+
+fn participant(command: &[&str]) -> Command {
+    let mut python = Command::new("python3");
+    python.arg(script()).args(command);
+    python
+}
+
+/// The configuration: two natives (an acquirer, two wallets), an ISO 8583 acquirer and an
+/// ISO 8583 network that payment codes from 62 and UnionPay QR codes lead to.
+fn config(dir: &Path, port: u16, iso_port: u16, admin_port: u16) -> PathBuf {
+    let key = |id: &str| hex::encode(demo_key(id));
+    let mut text = format!(
+        "[switch]\nid = \"CSWITCH\"\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nplaintext = true\n\n\
+         [iso8583]\nlisten = \"127.0.0.1:{iso_port}\"\nprofile = \"binary\"\n\n\
+         [journal]\ndata_dir = \"data\"\n\n\
+         [[issuer_prefix]]\nprefix = \"13\"\nlength_min = 18\nlength_max = 18\nissuer = \"WECHATPAY\"\n\n\
+         [[issuer_prefix]]\nprefix = \"62\"\nlength_min = 19\nlength_max = 19\nissuer = \"UPIISO01\"\n\n\
+         [[qr_network]]\nguid = \"A000000333010101\"\nacquirer = \"UPIISO01\"\n\n"
+    );
+    for (id, roles, protocol) in [
+        ("ACQ0001", "\"acquirer\"", "native"),
+        ("WECHATPAY", "\"issuer\", \"acquirer\"", "native"),
+        ("WAL0001", "\"issuer\"", "native"),
+        ("ACQISO01", "\"acquirer\"", "iso8583"),
+        ("UPIISO01", "\"issuer\", \"acquirer\", \"network\"", "iso8583"),
+    ] {
+        text.push_str(&format!(
+            "[[participant]]\nid = \"{id}\"\nname = \"{id}\"\nroles = [{roles}]\nprotocol = \"{protocol}\"\n\
+             [[participant.key]]\nid = 1\nsecret_hex = \"{}\"\n\n",
+            key(id)
+        ));
+    }
+    let path = dir.join("switch.toml");
+    std::fs::write(&path, text).expect("config");
+    path
+}
+
+async fn native(port: u16, id: &str) -> Client {
+    let participant = InstitutionId::new(id).expect("valid");
+    let address = format!("127.0.0.1:{port}").parse().expect("address");
+    Client::connect(address, participant, 1, &demo_key(id)).await.expect("sign on")
+}
+
+fn json_lines(output: &str) -> Vec<serde_json::Value> {
+    output.lines().filter_map(|line| serde_json::from_str(line).ok()).collect()
+}
+
+// Multi-threaded: the native wallet's task answers while this one waits on the Python client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iso8583_participants_pay_and_are_paid_through_the_switch() {
+    let pyiso = Command::new("python3").args(["-c", "import iso8583"]).status();
+    assert!(
+        pyiso.is_ok_and(|status| status.success()),
+        "python3 with pyiso8583 is required: pip install pyiso8583==4.0.1 (.ci/test installs it)"
+    );
+    let dir = std::env::temp_dir().join(format!("switch-iso8583-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (port, iso_port, admin_port) = (free_port(), free_port(), free_port());
+    let config = config(&dir, port, iso_port, admin_port);
+    let log = std::fs::File::create(dir.join("switch.log")).expect("log");
+    let _switch = Process(
+        Command::new(env!("CARGO_BIN_EXE_switch"))
+            .args(["run", "--shards", "2", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("switch starts"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", iso_port)).is_err()
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+    {
+        assert!(Instant::now() < deadline, "the switch did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let iso = iso_port.to_string();
+    let profile = profile().display().to_string();
+
+    // The ISO 8583 network signs on and answers three requests.
+    let mut network = participant(&["network", "127.0.0.1", &iso, &profile, "UPIISO01", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut network_out = BufReader::new(network.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    network_out.read_line(&mut line).expect("sign-on line");
+    assert_eq!(json_lines(&line), [serde_json::json!({"sign_on": "00"})], "{line}");
+
+    // A native wallet answers what the ISO 8583 acquirer sends it.
+    let wechat = tokio::spawn(loadgen::issuer::run_issuer(
+        native(port, "WECHATPAY").await,
+        loadgen::responder::Behaviour::default(),
+    ));
+
+    // A native acquirer pays with payment codes the ISO 8583 network issues...
+    let mut acquirer = native(port, "ACQ0001").await;
+    for n in 0..2u32 {
+        let mut request = common::payment_code_request();
+        request.details.originator_transaction_id = format!("ACQ-ISO-{n}").parse().expect("valid");
+        request.payment_code = format!("62123456789012{n:05}").parse().expect("valid");
+        acquirer.writer.send(&Message::PaymentCodeRequest(request)).await.expect("send");
+        let reply = common::next_payment_reply(&mut acquirer).await;
+        assert_eq!(reply.code, 0, "{reply:?}");
+        assert_eq!(reply.responder, InstitutionId::new("UPIISO01").expect("valid"));
+        assert!(reply.authorization_code.as_str().starts_with("NW"), "{reply:?}");
+    }
+    // ...and a native wallet pays a merchant QR the ISO 8583 network acquires.
+    let mut wallet = native(port, "WAL0001").await;
+    wallet.writer.send(&Message::QrPaymentRequest(common::qr_payment_request().into())).await.expect("send");
+    let reply = common::next_payment_reply(&mut wallet).await;
+    assert_eq!(reply.code, 0, "{reply:?}");
+    let output = network.wait_with_output().expect("network ends");
+    let mut rest = String::new();
+    network_out.read_to_string(&mut rest).expect("read");
+    let answered = json_lines(&rest);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(answered.len(), 3, "{rest}");
+    assert_eq!(answered[2]["code"], "", "the QR payment carries no payment code: {rest}");
+
+    // The ISO 8583 acquirer pays the native wallet twice, echoes and signs off.
+    let output =
+        participant(&["acquirer", "127.0.0.1", &iso, &profile, "ACQISO01", "134567890123400001", "134567890123400002"])
+            .output()
+            .expect("python3 runs");
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
+    let lines = json_lines(&text);
+    assert_eq!(lines.len(), 5, "{text}");
+    assert_eq!(lines[0], serde_json::json!({"sign_on": "00"}));
+    for (index, reply) in lines[1..3].iter().enumerate() {
+        assert_eq!(reply["mti"], "0210", "{reply}");
+        assert_eq!(reply["response"], "00", "{reply}");
+        assert_eq!(reply["rrn"], reply["rrn_sent"], "{reply}");
+        assert_eq!(reply["amount"], format!("{:012}", 1000 + index), "{reply}");
+        assert_eq!(reply["currency"], "156", "{reply}");
+        assert!(!reply["authorization"].as_str().unwrap_or("").is_empty(), "{reply}");
+    }
+    assert_eq!(lines[3], serde_json::json!({"echo": "00"}));
+    assert_eq!(lines[4], serde_json::json!({"sign_off": "00"}));
+
+    // Refusals: a native participant cannot sign on here; bytes that are not ISO 8583
+    // close their own connection and nothing else.
+    let claim = participant(&["claim", "127.0.0.1", &iso, &profile, "WECHATPAY"]).output().expect("python3 runs");
+    let claim = String::from_utf8_lossy(&claim.stdout).to_string();
+    assert_eq!(json_lines(&claim), [serde_json::json!({"sign_on": "58"})], "{claim}");
+    for garbage in [&b"\xff\xff not an ISO 8583 message at all"[..], &[0u8, 3, 1, 2, 3][..], &[0u8, 0][..]] {
+        let mut raw = std::net::TcpStream::connect(("127.0.0.1", iso_port)).expect("connect");
+        raw.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
+        raw.write_all(garbage).expect("write");
+        let mut sink = Vec::new();
+        let _ = raw.read_to_end(&mut sink);
+    }
+    let again = participant(&["claim", "127.0.0.1", &iso, &profile, "ACQISO01"]).output().expect("python3 runs");
+    assert_eq!(json_lines(&String::from_utf8_lossy(&again.stdout)), [serde_json::json!({"sign_on": "00"})]);
+
+    // The clearing files hold the ISO 8583 participants' transactions.
+    let token = std::fs::read_to_string(dir.join("data/admin.token")).expect("token");
+    let mut admin = std::net::TcpStream::connect(("127.0.0.1", admin_port)).expect("admin");
+    write!(
+        admin,
+        "POST /clearing/close HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\n\r\n",
+        token.trim()
+    )
+    .expect("write");
+    let mut response = String::new();
+    admin.read_to_string(&mut response).expect("read");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let window = dir.join("data/clearing/window-000001");
+    let credits = |file: &str| {
+        std::fs::read_to_string(window.join(file))
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.contains(",credit,"))
+            .count()
+    };
+    assert_eq!(credits("ACQISO01.csv"), 2, "the ISO 8583 acquirer was paid twice");
+    assert_eq!(credits("UPIISO01.csv"), 1, "the ISO 8583 network acquired the QR payment");
+    assert_eq!(credits("ACQ0001.csv"), 2, "the native acquirer was paid by the ISO 8583 issuer");
+    wechat.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
