@@ -930,6 +930,18 @@ mod tests {
                  production_verification, agreement, live, suspended, terminated",
             ),
             (
+                MINIMAL.replace("roles = [\"acquirer\"]", "roles = [\"acquirer\"]\nprotocol = \"x25\""),
+                "test.toml: participant[0] (ACQ0001).protocol: \"x25\": expected native or iso8583",
+            ),
+            (
+                MINIMAL.replace("roles = [\"acquirer\"]", "roles = [\"acquirer\"]\nprotocol = \"iso8583\""),
+                "test.toml: iso8583: a participant has protocol = \"iso8583\": give the [iso8583] listener",
+            ),
+            (
+                format!("{MINIMAL}\n[iso8583]\nlisten = \"127.0.0.1:7402\"\nprofile = \"no-such-profile.json\"\n"),
+                "test.toml: iso8583.profile: no-such-profile.json: not built in, and",
+            ),
+            (
                 format!("{MINIMAL}\n[exchange]\nverification_rate_per_second = 0\n"),
                 "test.toml: exchange.verification_rate_per_second: must be at least 1",
             ),

@@ -200,6 +200,13 @@ async fn iso8583_participants_pay_and_are_paid_through_the_switch() {
         let mut sink = Vec::new();
         let _ = raw.read_to_end(&mut sink);
     }
+    // Signed on as itself, a participant cannot pay as another.
+    let spoof = participant(&["spoof", "127.0.0.1", &iso, &profile, "ACQISO01", "ACQ0001", "134567890123400003"])
+        .output()
+        .expect("python3 runs");
+    let spoof = json_lines(&String::from_utf8_lossy(&spoof.stdout));
+    assert_eq!(spoof.len(), 2, "{spoof:?}");
+    assert_eq!(spoof[1]["response"], "58", "{spoof:?}");
     let again = participant(&["claim", "127.0.0.1", &iso, &profile, "ACQISO01"]).output().expect("python3 runs");
     assert_eq!(json_lines(&String::from_utf8_lossy(&again.stdout)), [serde_json::json!({"sign_on": "00"})]);
 

@@ -8,6 +8,8 @@ to the switch's ISO 8583 listener over TCP with the profile's 2-byte length head
   network HOST PORT PROFILE ID COUNT      sign on as ID, answer COUNT 0200 requests with an
                                           approving 0210 (echoing the request's fields)
   claim HOST PORT PROFILE ID              sign on as ID; print the 0810's DE39
+  spoof HOST PORT PROFILE ID OTHER CODE   sign on as ID, pay CODE claiming to be OTHER
+                                          (DE32); print the 0210
 
 Exit status 0 when every exchange had the expected shape; the caller checks the content.
 """
@@ -72,7 +74,7 @@ def utc_now():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%m%d%H%M%S")
 
 
-def acquirer(link, institution, codes):
+def acquirer(link, institution, codes, claimed=None):
     signed_on = link.network("001", institution)
     print(json.dumps({"sign_on": signed_on.get("39")}), flush=True)
     if signed_on.get("39") != "00":
@@ -92,7 +94,7 @@ def acquirer(link, institution, codes):
             "18": "5812",
             "22": "031",
             "25": "00",
-            "32": institution,
+            "32": claimed or institution,
             "37": rrn,
             "41": "TERM0001",
             "42": "MERCHANT0000001",
@@ -110,6 +112,8 @@ def acquirer(link, institution, codes):
             "response": reply.get("39"),
             "authorization": reply.get("38", "").strip(),
         }), flush=True)
+    if claimed:
+        return
     echo = link.network("301")
     print(json.dumps({"echo": echo.get("39", "00")}), flush=True)
     off = link.network("002")
@@ -137,6 +141,8 @@ def main():
         acquirer(link, institution, sys.argv[6:])
     elif mode == "network":
         network(link, institution, sys.argv[6])
+    elif mode == "spoof":
+        acquirer(link, institution, sys.argv[7:8], claimed=sys.argv[6])
     elif mode == "claim":
         reply = link.network("001", institution)
         print(json.dumps({"sign_on": reply.get("39")}), flush=True)
