@@ -60,6 +60,7 @@ fn config(dir: &Path, port: u16, iso_port: u16, admin_port: u16) -> PathBuf {
         "[switch]\nid = \"CSWITCH\"\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nplaintext = true\n\n\
          [iso8583]\nlisten = \"127.0.0.1:{iso_port}\"\nprofile = \"binary\"\n\n\
          [journal]\ndata_dir = \"data\"\n\n\
+         [session]\nsign_on_timeout_ms = 1000\n\n\
          [[issuer_prefix]]\nprefix = \"13\"\nlength_min = 18\nlength_max = 18\nissuer = \"WECHATPAY\"\n\n\
          [[issuer_prefix]]\nprefix = \"62\"\nlength_min = 19\nlength_max = 19\nissuer = \"UPIISO01\"\n\n\
          [[qr_network]]\nguid = \"A000000333010101\"\nacquirer = \"UPIISO01\"\n\n"
@@ -135,6 +136,8 @@ async fn iso8583_participants_pay_and_are_paid_through_the_switch() {
     let mut line = String::new();
     network_out.read_line(&mut line).expect("sign-on line");
     assert_eq!(json_lines(&line), [serde_json::json!({"sign_on": "00"})], "{line}");
+    // Signed on, a quiet link is held to the idle timeout, not the sign-on deadline (1 s).
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
 
     // A native wallet answers what the ISO 8583 acquirer sends it.
     let wechat = tokio::spawn(loadgen::issuer::run_issuer(

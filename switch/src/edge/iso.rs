@@ -160,10 +160,11 @@ impl IsoLink<'_> {
                     Ok(Err(error)) => return Err(error),
                     Ok(Ok(count)) => {
                         buffer.extend_from_slice(&chunk[..count]);
+                        close = self.take_messages(&mut buffer, &mut iso);
+                        // Signed on (perhaps by this read): idle from now on.
                         if self.participant.is_some() && !self.draining {
                             deadline = tokio::time::Instant::now() + Duration::from_millis(u64::from(config.idle_timeout_ms));
                         }
-                        close = self.take_messages(&mut buffer, &mut iso);
                     }
                 },
             }
