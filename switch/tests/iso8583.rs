@@ -61,6 +61,7 @@ fn config(dir: &Path, port: u16, iso_port: u16, admin_port: u16) -> PathBuf {
          [iso8583]\nlisten = \"127.0.0.1:{iso_port}\"\nprofile = \"binary\"\n\n\
          [journal]\ndata_dir = \"data\"\n\n\
          [session]\nsign_on_timeout_ms = 1000\n\n\
+         [exchange]\nreply_deadline_ms = 1500\nreversal_retry_ms = 500\n\n\
          [[issuer_prefix]]\nprefix = \"13\"\nlength_min = 18\nlength_max = 18\nissuer = \"WECHATPAY\"\n\n\
          [[issuer_prefix]]\nprefix = \"62\"\nlength_min = 19\nlength_max = 19\nissuer = \"UPIISO01\"\n\n\
          [[qr_network]]\nguid = \"A000000333010101\"\nacquirer = \"UPIISO01\"\n\n"
@@ -128,6 +129,7 @@ async fn iso8583_participants_pay_and_are_paid_through_the_switch() {
 
     // The ISO 8583 network signs on and answers three requests.
     let mut network = participant(&["network", "127.0.0.1", &iso, &profile, "UPIISO01", "3"])
+        .env("SILENT_FIRST", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -145,8 +147,15 @@ async fn iso8583_participants_pay_and_are_paid_through_the_switch() {
         loadgen::responder::Behaviour::default(),
     ));
 
-    // A native acquirer pays with payment codes the ISO 8583 network issues...
+    // A native acquirer pays with payment codes the ISO 8583 network issues. The first it
+    // leaves unanswered: the acquirer hears Timeout, and the switch sends the network a
+    // reversal (0420), which it acknowledges (0430)...
     let mut acquirer = native(port, "ACQ0001").await;
+    let mut request = common::payment_code_request();
+    request.details.originator_transaction_id = "ACQ-ISO-T".parse().expect("valid");
+    request.payment_code = "6212345678901299999".parse().expect("valid");
+    acquirer.writer.send(&Message::PaymentCodeRequest(request)).await.expect("send");
+    assert_eq!(common::next_payment_reply(&mut acquirer).await.code, codec::ReplyCode::Timeout.value());
     for n in 0..2u32 {
         let mut request = common::payment_code_request();
         request.details.originator_transaction_id = format!("ACQ-ISO-{n}").parse().expect("valid");
@@ -165,10 +174,15 @@ async fn iso8583_participants_pay_and_are_paid_through_the_switch() {
     let output = network.wait_with_output().expect("network ends");
     let mut rest = String::new();
     network_out.read_to_string(&mut rest).expect("read");
-    let answered = json_lines(&rest);
+    let lines = json_lines(&rest);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let answered: Vec<_> = lines.iter().filter(|line| line.get("answered").is_some()).collect();
     assert_eq!(answered.len(), 3, "{rest}");
     assert_eq!(answered[2]["code"], "", "the QR payment carries no payment code: {rest}");
+    let ignored = lines.iter().find_map(|line| line.get("ignored")).expect("one ignored");
+    assert_eq!(ignored.as_str().map(str::trim), Some("ACQ-ISO-T"), "DE37: the id's last 12 characters");
+    let reversal = lines.iter().find_map(|line| line.get("reversal")).expect("the switch reversed it");
+    assert_eq!(reversal, "ACQ-ISO-T", "the reversal names the timed-out payment (DE48 09): {rest}");
 
     // The ISO 8583 acquirer pays the native wallet twice, echoes and signs off.
     let output =
@@ -212,6 +226,16 @@ async fn iso8583_participants_pay_and_are_paid_through_the_switch() {
     assert_eq!(spoof[1]["response"], "58", "{spoof:?}");
     let again = participant(&["claim", "127.0.0.1", &iso, &profile, "ACQISO01"]).output().expect("python3 runs");
     assert_eq!(json_lines(&String::from_utf8_lossy(&again.stdout)), [serde_json::json!({"sign_on": "00"})]);
+
+    // The network's 0430 acknowledged the reversal: the journal says so.
+    let inspect = Command::new(env!("CARGO_BIN_EXE_switch"))
+        .args(["journal", "inspect", "--data-dir"])
+        .arg(dir.join("data"))
+        .output()
+        .expect("switch runs");
+    let journal = String::from_utf8_lossy(&inspect.stdout);
+    assert_eq!(journal.matches("reversal  ").count(), 1, "{journal}");
+    assert_eq!(journal.matches(" acknowledged at ").count(), 1, "{journal}");
 
     // The clearing files hold the ISO 8583 participants' transactions.
     let token = std::fs::read_to_string(dir.join("data/admin.token")).expect("token");

@@ -6,7 +6,10 @@ to the switch's ISO 8583 listener over TCP with the profile's 2-byte length head
   acquirer HOST PORT PROFILE ID CODE...   sign on as ID, pay each payment code (0200),
                                           echo, sign off; one JSON line per 0210 received
   network HOST PORT PROFILE ID COUNT      sign on as ID, answer COUNT 0200 requests with an
-                                          approving 0210 (echoing the request's fields)
+                                          approving 0210 (echoing the request's fields); with
+                                          SILENT_FIRST=1 in the environment, leave the first
+                                          unanswered and acknowledge the 0420 reversal the
+                                          switch then sends (0430)
   claim HOST PORT PROFILE ID              sign on as ID; print the 0810's DE39
   spoof HOST PORT PROFILE ID OTHER CODE   sign on as ID, pay CODE claiming to be OTHER
                                           (DE32); print the 0210
@@ -16,6 +19,7 @@ Exit status 0 when every exchange had the expected shape; the caller checks the 
 
 import datetime
 import json
+import os
 import random
 import socket
 import struct
@@ -70,6 +74,16 @@ class Link:
         return reply
 
 
+def subelements(field48):
+    """Field 48's subelements (2-digit tag, 3-digit byte length, value), by tag."""
+    values, data, position = {}, field48.encode("utf-8"), 0
+    while position + 5 <= len(data):
+        tag, length = data[position:position + 2].decode(), int(data[position + 2:position + 5])
+        values[tag] = data[position + 5:position + 5 + length].decode("utf-8")
+        position += 5 + length
+    return values
+
+
 def utc_now():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%m%d%H%M%S")
 
@@ -120,17 +134,32 @@ def acquirer(link, institution, codes, claimed=None):
     print(json.dumps({"sign_off": off.get("39")}), flush=True)
 
 
+ECHOED = ("2", "3", "4", "7", "11", "12", "13", "32", "37", "41", "42", "48", "49", "90")
+
+
 def network(link, institution, count):
     signed_on = link.network("001", institution)
     print(json.dumps({"sign_on": signed_on.get("39")}), flush=True)
-    for _ in range(int(count)):
+    silent = os.environ.get("SILENT_FIRST") == "1"
+    answered = 0
+    while answered < int(count):
         request = link.receive()
+        reply = {key: value for key, value in request.items() if key in ECHOED}
+        if request["t"] == "0420":
+            reply.update({"t": "0430", "39": "00"})
+            link.send(reply)
+            original = subelements(request.get("48", "")).get("09")
+            print(json.dumps({"reversal": original, "amount": request.get("4")}), flush=True)
+            continue
         if request["t"] != "0200":
-            raise ValueError("expected 0200, got %r" % request)
-        reply = {key: value for key, value in request.items()
-                 if key in ("2", "3", "4", "7", "11", "12", "13", "32", "37", "41", "42", "48", "49")}
+            raise ValueError("expected 0200 or 0420, got %r" % request)
+        if silent:
+            silent = False
+            print(json.dumps({"ignored": request.get("37")}), flush=True)
+            continue
         reply.update({"t": "0210", "38": "NW%04d" % random.randint(0, 9999), "39": "00"})
         link.send(reply)
+        answered += 1
         print(json.dumps({"answered": request.get("37"), "amount": request.get("4"), "code": request.get("2", "")[:6]}), flush=True)
 
 
