@@ -192,7 +192,7 @@ async fn iso8583_participants_pay_and_are_paid_through_the_switch() {
     let text = String::from_utf8_lossy(&output.stdout).to_string();
     assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
     let lines = json_lines(&text);
-    assert_eq!(lines.len(), 5, "{text}");
+    assert_eq!(lines.len(), 6, "{text}");
     assert_eq!(lines[0], serde_json::json!({"sign_on": "00"}));
     for (index, reply) in lines[1..3].iter().enumerate() {
         assert_eq!(reply["mti"], "0210", "{reply}");
@@ -202,8 +202,12 @@ async fn iso8583_participants_pay_and_are_paid_through_the_switch() {
         assert_eq!(reply["currency"], "156", "{reply}");
         assert!(!reply["authorization"].as_str().unwrap_or("").is_empty(), "{reply}");
     }
-    assert_eq!(lines[3], serde_json::json!({"echo": "00"}));
-    assert_eq!(lines[4], serde_json::json!({"sign_off": "00"}));
+    // The second payment cancelled (0400 → 0410 DE39 00).
+    assert_eq!(lines[3]["mti"], "0410", "{text}");
+    assert_eq!(lines[3]["response"], "00", "{text}");
+    assert_eq!(lines[3]["cancelled"], lines[2]["rrn_sent"], "{text}");
+    assert_eq!(lines[4], serde_json::json!({"echo": "00"}));
+    assert_eq!(lines[5], serde_json::json!({"sign_off": "00"}));
 
     // Refusals: a native participant cannot sign on here; bytes that are not ISO 8583
     // close their own connection and nothing else.
@@ -234,8 +238,10 @@ async fn iso8583_participants_pay_and_are_paid_through_the_switch() {
         .output()
         .expect("switch runs");
     let journal = String::from_utf8_lossy(&inspect.stdout);
-    assert_eq!(journal.matches("reversal  ").count(), 1, "{journal}");
-    assert_eq!(journal.matches(" acknowledged at ").count(), 1, "{journal}");
+    // Two reversals: the network's timed-out payment, and the ISO acquirer's cancel (the
+    // native wallet acknowledges it).
+    assert_eq!(journal.matches("reversal  ").count(), 2, "{journal}");
+    assert_eq!(journal.matches(" acknowledged at ").count(), 2, "{journal}");
 
     // The clearing files hold the ISO 8583 participants' transactions.
     let token = std::fs::read_to_string(dir.join("data/admin.token")).expect("token");
@@ -258,6 +264,8 @@ async fn iso8583_participants_pay_and_are_paid_through_the_switch() {
             .count()
     };
     assert_eq!(credits("ACQISO01.csv"), 2, "the ISO 8583 acquirer was paid twice");
+    let acquirer_file = std::fs::read_to_string(window.join("ACQISO01.csv")).expect("file");
+    assert_eq!(acquirer_file.matches(",reversal,debit,").count(), 1, "its cancel gives one back:\n{acquirer_file}");
     assert_eq!(credits("UPIISO01.csv"), 1, "the ISO 8583 network acquired the QR payment");
     assert_eq!(credits("ACQ0001.csv"), 2, "the native acquirer was paid by the ISO 8583 issuer");
     wechat.abort();

@@ -6,7 +6,7 @@
 //! ```text
 //! participant ──0800 (DE70 001, DE32 its id)──▶ sign-on: 0810 DE39 00 (or 58, then closed)
 //!             ──0200 / 0400 / 0210 / 0410 ─────▶ translate ─▶ checks ─▶ shards
-//!             ◀─0210 / 0200 / 0420 ────────────── translate ◀─ what the shards send it
+//!             ◀─0210 / 0410 / 0200 / 0420 ─────── translate ◀─ what the shards send it
 //!             ──0800 301 echo ─▶ 0810           ──0800 002 sign-off ─▶ 0810, closed
 //! ```
 //!
@@ -18,7 +18,8 @@
 //! - Every request is checked as on a native session: the originator it names is the
 //!   session's participant, its roles allow the kind, its time is inside the replay window;
 //!   otherwise it is answered (0210 DE39 58) and goes no further. While the switch drains,
-//!   new requests are answered `SystemBusy` (96).
+//!   new requests are answered `SystemBusy` (96). A 0400 cancel is answered 0410; the
+//!   switch's own reversals go out as 0420 and are answered 0430.
 //! - A message that cannot be framed, unpacked or translated closes the connection (there
 //!   is no reliable way to answer what cannot be read), counted and logged without its
 //!   content. A translated message is held to the native protocol's field rules (it is
@@ -88,6 +89,7 @@ impl Connection {
             to_exchange: Vec::new(),
             draining: false,
             check: codec::FrameEncoder::default(),
+            cancels: std::collections::HashSet::new(),
         };
         let result = link.run(stream, &mut guard).await;
         if let Some(participant) = link.participant {
@@ -113,6 +115,9 @@ struct IsoLink<'a> {
     draining: bool,
     /// Checks translated messages against the native field rules.
     check: codec::FrameEncoder,
+    /// The ids of the participant's 0400 cancels not yet answered: their answers go out as
+    /// 0410 (the model's reversal reply is an 0430, the answer to the switch's 0420s).
+    cancels: std::collections::HashSet<codec::TransactionId>,
 }
 
 impl IsoLink<'_> {
@@ -185,9 +190,14 @@ impl IsoLink<'_> {
             for message in self.outgoing.drain(..) {
                 shared.metrics.sent(&message);
                 iso.clear();
-                let packed = to_iso(&message, &mut iso)
-                    .map_err(|error| error.to_string())
-                    .and_then(|()| self.profile.pack_frame(&iso, &mut bytes).map_err(|error| error.to_string()));
+                let mut packed = to_iso(&message, &mut iso).map_err(|error| error.to_string());
+                if let Message::ReversalReply(reply) = &message
+                    && self.cancels.remove(&reply.originator_transaction_id)
+                {
+                    packed = packed.and_then(|()| iso.set_mti("0410").map_err(|error| error.to_string()));
+                }
+                let packed =
+                    packed.and_then(|()| self.profile.pack_frame(&iso, &mut bytes).map_err(|error| error.to_string()));
                 if let Err(error) = packed {
                     // A status reply, say: the model has no ISO 8583 form for it.
                     tracing::debug!(peer = %self.peer, kind = ?message.kind(), %error, "not sent to an ISO 8583 participant");
@@ -231,7 +241,12 @@ impl IsoLink<'_> {
                 .map_err(|error| error.to_string())
                 .and_then(|()| from_iso(iso, now.unix_ms).map_err(|error| error.to_string()));
             close = match translated {
-                Ok(translated) => self.handle(translated),
+                Ok(translated) => {
+                    if let (Translated::Message(Message::ReversalRequest(request)), "0400") = (&translated, iso.mti()) {
+                        self.cancels.insert(request.originator_transaction_id);
+                    }
+                    self.handle(translated)
+                }
                 Err(error) => {
                     tracing::info!(peer = %self.peer, participant = ?self.participant, %error, "ISO 8583 message refused");
                     Some(CloseReason::FramingError)

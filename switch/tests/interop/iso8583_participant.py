@@ -4,7 +4,8 @@ same profile file (codec/profiles/iso8583/*.json is in pyiso8583's spec format) 
 to the switch's ISO 8583 listener over TCP with the profile's 2-byte length header.
 
   acquirer HOST PORT PROFILE ID CODE...   sign on as ID, pay each payment code (0200),
-                                          echo, sign off; one JSON line per 0210 received
+                                          cancel the last payment (0400), echo, sign off;
+                                          one JSON line per 0210 and 0410 received
   network HOST PORT PROFILE ID COUNT      sign on as ID, answer COUNT 0200 requests with an
                                           approving 0210 (echoing the request's fields); with
                                           SILENT_FIRST=1 in the environment, leave the first
@@ -128,6 +129,22 @@ def acquirer(link, institution, codes, claimed=None):
         }), flush=True)
     if claimed:
         return
+    # Cancel the last payment (0400): its own id in DE37, the payment's in DE48 09.
+    cancel_rrn = "%06dC%05d" % (random.randint(0, 999999), len(codes))
+    original = request["37"]
+    link.send({
+        "t": "0400",
+        "3": "000000",
+        "4": request["4"],
+        "7": utc_now(),
+        "11": link.next_stan(),
+        "32": institution,
+        "37": cancel_rrn,
+        "48": "09%03d%s" % (len(original), original),
+        "49": "156",
+    })
+    reply = link.receive()
+    print(json.dumps({"mti": reply["t"], "cancelled": original, "response": reply.get("39")}), flush=True)
     echo = link.network("301")
     print(json.dumps({"echo": echo.get("39", "00")}), flush=True)
     off = link.network("002")
