@@ -14,6 +14,7 @@ use std::time::Duration;
 use codec::code::TransactionStatus;
 use codec::field::FieldText;
 use codec::{InstitutionId, Message, MessageRef, ReplyCode, TransactionId};
+use common::free_port;
 use loadgen::client::Client;
 use loadgen::issuer::run_issuer;
 use loadgen::responder::Behaviour;
@@ -21,10 +22,6 @@ use switch::config::demo_key;
 
 fn id(text: &str) -> InstitutionId {
     InstitutionId::new(text).expect("valid id")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
 }
 
 /// A switch process, killed (SIGKILL) when dropped: also when a test fails.

@@ -7,26 +7,16 @@
 //! Needs `nats-server` on the PATH (`.ci/test` installs Debian's); without it the test fails
 //! and says so.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
-}
-
-/// A child process, killed (SIGKILL) when dropped: also when the test fails.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{Process, free_port};
 
 /// The NATS server asks every client for this token.
 const NATS_TOKEN: &str = "fleet-test-token-5f0c";

@@ -1,6 +1,22 @@
 //! Helpers shared by the switch's integration tests.
 #![allow(dead_code)] // each test crate uses its own share
 
+/// A loopback port free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
+}
+
+/// A child process (a switch, a nats-server), killed (SIGKILL) when dropped: also when a
+/// test fails.
+pub struct Process(pub std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Now, as Unix milliseconds: requests carry it so the switch's replay window admits them.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis() as i64
