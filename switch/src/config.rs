@@ -459,6 +459,8 @@ impl SwitchConfig {
             detail: error.to_string().trim_end().to_string(),
         })?;
         let invalid = |key: String, problem: String| ConfigError::Invalid { file: path.into(), key, problem };
+        // Paths in the file are relative to the file's directory unless absolute.
+        let beside = |file: &Path| path.parent().unwrap_or(Path::new(".")).join(file);
 
         let session = &file.session;
         if !SIGN_ON_TIMEOUT_MS.contains(&session.sign_on_timeout_ms) {
@@ -535,7 +537,7 @@ impl SwitchConfig {
                         .ok()
                         .ok_or_else(|| invalid(name("secret_hex"), "is not hexadecimal".into()))?,
                     (None, Some(secret_path)) => {
-                        let resolved = path.parent().unwrap_or(Path::new(".")).join(secret_path);
+                        let resolved = beside(secret_path);
                         let text = std::fs::read_to_string(&resolved).map_err(|error| {
                             invalid(name("secret_file"), format!("cannot read {}: {error}", resolved.display()))
                         })?;
@@ -608,7 +610,7 @@ impl SwitchConfig {
         let code_key = match &file.journal.code_key_file {
             None => None,
             Some(key_file) => {
-                let resolved = path.parent().unwrap_or(Path::new(".")).join(key_file);
+                let resolved = beside(key_file);
                 Some(read_code_key(&resolved).map_err(|problem| {
                     invalid("journal.code_key_file".into(), format!("{}: {problem}", resolved.display()))
                 })?)
@@ -634,7 +636,7 @@ impl SwitchConfig {
                 let profile = match codec::iso8583::Profile::builtin(&iso.profile) {
                     Some(profile) => profile,
                     None => {
-                        let resolved = path.parent().unwrap_or(Path::new(".")).join(&iso.profile);
+                        let resolved = beside(Path::new(&iso.profile));
                         let text = std::fs::read_to_string(&resolved).map_err(|error| {
                             invalid(
                                 "iso8583.profile".into(),
@@ -688,7 +690,7 @@ impl SwitchConfig {
                 }
                 let token = match &fleet.token_file {
                     Some(file) => {
-                        let resolved = path.parent().unwrap_or(Path::new(".")).join(file);
+                        let resolved = beside(file);
                         let token = crate::fleet::NatsToken::read(&resolved);
                         Some(token.map_err(|problem| invalid("fleet.token_file".into(), problem))?)
                     }
@@ -709,7 +711,6 @@ impl SwitchConfig {
                 invalid("clearing.daily_cutoff".into(), format!("{text:?}: expected HH:MM (Asia/Shanghai) or off"))
             })?),
         };
-        let beside = |file: &Path| path.parent().unwrap_or(Path::new(".")).join(file);
         let tls = match (&file.tls, file.switch.plaintext) {
             (Some(tls), false) => Some(crate::edge::tls::TlsSettings {
                 cert_file: beside(&tls.cert_file),
@@ -740,7 +741,7 @@ impl SwitchConfig {
                     .and_then(|bytes| bytes.try_into().ok())
                     .ok_or_else(|| invalid(key("sha256"), "is not 64 hexadecimal digits".into()))?,
                 (None, Some(file)) => {
-                    let resolved = path.parent().unwrap_or(Path::new(".")).join(file);
+                    let resolved = beside(file);
                     let secret = crate::access::read_token_file(&resolved).map_err(|error| {
                         invalid(key("token_file"), format!("cannot read {}: {error}", resolved.display()))
                     })?;
@@ -856,7 +857,7 @@ impl SwitchConfig {
             listen: file.switch.listen,
             admin_listen: file.switch.admin_listen,
             shards: file.switch.shards,
-            data_dir: path.parent().unwrap_or(Path::new(".")).join(&file.journal.data_dir),
+            data_dir: beside(&file.journal.data_dir),
             fsync,
             code_key,
             daily_cutoff,
