@@ -287,14 +287,7 @@ fn main_inner() -> anyhow::Result<()> {
             if let Some(path) = code_key_file {
                 config.code_key = Some(read_code_key(&path)?);
             }
-            if let Some(url) = nats {
-                let mut fleet = config.fleet.take().unwrap_or_else(|| switch::fleet::FleetSettings::new(&url));
-                fleet.nats_url = url;
-                if let Some(path) = nats_token_file {
-                    fleet.token = Some(switch::fleet::NatsToken::read(&path).map_err(anyhow::Error::msg)?);
-                }
-                config.fleet = Some(fleet);
-            }
+            config.fleet = with_nats_overrides(config.fleet.take(), nats, nats_token_file)?;
             if let Some(node) = node {
                 config.exchange.node = match node.as_str() {
                     "auto" => {
@@ -409,15 +402,8 @@ fn clearing_command(command: ClearingCommand) -> anyhow::Result<()> {
                 }
                 None => (switch::clearing::FeeSchedule::default(), None),
             };
-            let mut fleet = fleet
-                .or_else(|| nats.as_deref().map(switch::fleet::FleetSettings::new))
+            let fleet = with_nats_overrides(fleet, nats, nats_token_file)?
                 .context("--source nats needs --nats URL (or --config with a [fleet] table)")?;
-            if let Some(url) = nats {
-                fleet.nats_url = url;
-            }
-            if let Some(path) = nats_token_file {
-                fleet.token = Some(switch::fleet::NatsToken::read(&path).map_err(anyhow::Error::msg)?);
-            }
             let runtime =
                 tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
             let built = runtime.block_on(switch::fleet::read_window(&fleet, window, &nodes, &fees))?;
@@ -509,6 +495,27 @@ fn journal_command(command: JournalCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The configuration's `[fleet]` with `--nats` and `--nats-token-file` applied: a URL
+/// given on the command line enables the fleet (with the defaults) or replaces the file's.
+fn with_nats_overrides(
+    fleet: Option<switch::fleet::FleetSettings>,
+    nats: Option<String>,
+    token_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<Option<switch::fleet::FleetSettings>> {
+    let mut fleet = match (fleet, nats) {
+        (fleet, None) => fleet,
+        (Some(mut fleet), Some(url)) => {
+            fleet.nats_url = url;
+            Some(fleet)
+        }
+        (None, Some(url)) => Some(switch::fleet::FleetSettings::new(&url)),
+    };
+    if let (Some(fleet), Some(path)) = (fleet.as_mut(), token_file) {
+        fleet.token = Some(switch::fleet::NatsToken::read(&path).map_err(anyhow::Error::msg)?);
+    }
+    Ok(fleet)
 }
 
 fn read_code_key(path: &std::path::Path) -> anyhow::Result<switch::core::record::CodeKey> {
