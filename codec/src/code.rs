@@ -78,6 +78,7 @@ code_table! {
         Duplicate = 104, "switch: same originator transaction id, or a payment code already used";
         FormatError = 105, "switch: the message is well framed but a field is invalid";
         NotAuthorised = 106, "switch: the sender may not send this kind, act for this originator or reach this counterparty, or the request's time is outside the replay window";
+        NoExchangeRate = 107, "switch: no valid exchange rate for the payer's settlement currency, or the amount does not convert into it";
     }
 }
 
@@ -112,6 +113,7 @@ impl ReplyCode {
             Self::Duplicate => "94",
             Self::FormatError => "30",
             Self::NotAuthorised => "58",
+            Self::NoExchangeRate => "12",
         }
     }
 }
@@ -155,7 +157,7 @@ code_table! {
     /// or it was never read as data), so the switch rejects that frame and reads on.
     RejectReason: u16 {
         BadMagic = 1, "the frame does not start with the magic bytes \"CS\"";
-        UnsupportedVersion = 2, "the header's version is not 1";
+        UnsupportedVersion = 2, "the header's version is not 2";
         HeaderReservedNotZero = 3, "the header's reserved bytes are not zero";
         BodyTooLarge = 4, "the body length exceeds the largest body of any kind";
         BodyLengthUnaligned = 5, "the body length is not a multiple of 8";
@@ -190,7 +192,7 @@ mod tests {
             assert_eq!(code.is_switch_generated(), code.value() >= 100);
         }
         assert_eq!(ReplyCode::try_from(10), Err(10));
-        assert_eq!(ReplyCode::try_from(107), Err(107));
+        assert_eq!(ReplyCode::try_from(108), Err(108));
         for &status in TransactionStatus::ALL {
             assert_eq!(TransactionStatus::try_from(status.value()), Ok(status));
         }

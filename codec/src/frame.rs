@@ -50,7 +50,7 @@ pub const FRAME_ALIGNMENT: usize = 8;
 /// The magic bytes at offset 8.
 pub const MAGIC: [u8; 2] = *b"CS";
 /// The header's version byte.
-pub const FRAME_VERSION: u8 = 1;
+pub const FRAME_VERSION: u8 = 2;
 
 const _: () = assert!(PROTOCOL_VERSION == FRAME_VERSION as u16);
 const _: () = assert!(HEADER_SIZE.is_multiple_of(FRAME_ALIGNMENT));

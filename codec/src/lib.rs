@@ -14,6 +14,7 @@
 //! - [`payment_code`]: consumer payment codes and the longest-prefix issuer table.
 //! - [`emv_qr`]: EMVCo merchant-presented QR (parse, validate, generate) and UnionPay URLs.
 //! - [`currency`]: ISO 4217 exponents and exact decimal amounts.
+//! - [`fx`]: exact rates, conversion into the payer's currency, refund shares.
 //! - [`iso8583`]: ISO 8583 (1987) driven by data profiles, pyiso8583-compatible.
 //! - [`translate`]: ISO 8583 to and from the canonical model, lossless.
 //!
@@ -25,6 +26,7 @@ pub mod currency;
 pub mod emv_qr;
 pub mod field;
 pub mod frame;
+pub mod fx;
 pub mod iso8583;
 pub mod mac;
 pub mod message;
@@ -44,6 +46,6 @@ pub use frame::{
 };
 pub use mac::{MAC_SIZE, MacAlgorithm, SessionMacs};
 pub use message::{
-    Echo, LinkedRequest, Message, MessageKind, MessageRef, PROTOCOL_VERSION, PaymentCodeRequest, QrPaymentRequest,
+    Conversion, Echo, LinkedRequest, Message, MessageKind, MessageRef, PROTOCOL_VERSION, PaymentCodeRequest, QrPaymentRequest,
     Reject, Reply, SignOff, SignOnChallenge, SignOnRequest, SignOnResult, StatusQuery, StatusReply, TransactionDetails,
 };

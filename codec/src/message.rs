@@ -24,7 +24,7 @@ use crate::field::{
 };
 
 /// The protocol version this codec speaks. A frame with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest amount in minor units a message may carry (10^15: ten trillion units of a
 /// two-decimal currency). Keeps every sum of a window's amounts far from overflow.
 pub const AMOUNT_MINOR_MAX: u64 = 1_000_000_000_000_000;
@@ -270,6 +270,66 @@ impl ArchivedTransactionDetails {
     }
 }
 
+/// The switch's conversion of a cross-border transaction into the payer's currency (its
+/// settlement currency): set by the switch, never by an originator (whose value is
+/// overwritten). All zero when the transaction is not converted. See [`crate::fx`] for
+/// the arithmetic and its rounding rule.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[rkyv(derive(Debug))]
+pub struct Conversion {
+    /// What the payer pays (or, on a refund or reversal, gets back), in minor units of
+    /// `payer_currency`. May be zero only on a refund worth less than half a minor unit.
+    pub payer_amount_minor: u64,
+    /// The rate table's mid rate: units of `payer_currency` per unit of the transaction's
+    /// currency, scaled by 10^10 ([`crate::fx::RATE_SCALE`]).
+    pub rate: u64,
+    /// The version of the rate table the rate came from.
+    pub rate_version: u32,
+    /// ISO 4217 numeric; zero: no conversion.
+    pub payer_currency: u16,
+    /// The FX margin applied on top of the mid rate, in basis points.
+    pub margin_basis_points: u16,
+}
+
+impl Conversion {
+    /// No conversion.
+    pub const NONE: Self = Self { payer_amount_minor: 0, rate: 0, rate_version: 0, payer_currency: 0, margin_basis_points: 0 };
+
+    pub fn is_some(&self) -> bool {
+        self.payer_currency != 0
+    }
+}
+
+impl ArchivedConversion {
+    fn validate_at(&self, base: usize) -> Result<(), FieldError> {
+        type C = ArchivedConversion;
+        let currency = self.payer_currency.to_native();
+        let (amount, rate, version, margin) = (
+            self.payer_amount_minor.to_native(),
+            self.rate.to_native(),
+            self.rate_version.to_native(),
+            self.margin_basis_points.to_native(),
+        );
+        // Without a payer currency every field is zero; with one, each is in range.
+        let (rate_min, version_min, maxima) = if currency == 0 {
+            (0, 0, [0; 4])
+        } else {
+            (1, 1, [AMOUNT_MINOR_MAX, crate::fx::RATE_SCALED_MAX, u64::from(u32::MAX), u64::from(crate::fx::MARGIN_BASIS_POINTS_MAX)])
+        };
+        check_range(u64::from(currency), 0, 999, "conversion.payer_currency", base + offset_of!(C, payer_currency))?;
+        check_range(amount, 0, maxima[0], "conversion.payer_amount_minor", base + offset_of!(C, payer_amount_minor))?;
+        check_range(rate, rate_min, maxima[1], "conversion.rate", base + offset_of!(C, rate))?;
+        check_range(u64::from(version), version_min, maxima[2], "conversion.rate_version", base + offset_of!(C, rate_version))?;
+        check_range(
+            u64::from(margin),
+            0,
+            maxima[3],
+            "conversion.margin_basis_points",
+            base + offset_of!(C, margin_basis_points),
+        )
+    }
+}
+
 /// Consumer-presented (B scans C, 被扫): the merchant's acquirer scanned the payer's
 /// payment code. Routed to the issuer by the code's prefix.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
@@ -277,6 +337,8 @@ impl ArchivedTransactionDetails {
 pub struct PaymentCodeRequest {
     pub details: TransactionDetails,
     pub payment_code: PaymentCode,
+    /// Set by the switch when the issuer (the payer's side) settles in another currency.
+    pub conversion: Conversion,
 }
 
 /// The bytes of a scanned QR payload: UTF-8, zero-padded to 512 bytes. Its own archived
@@ -384,6 +446,9 @@ pub struct Reply {
     pub authorization_code: AuthorizationCode,
     /// Who decided: the issuer or acquirer, or the switch's own id for switch answers.
     pub responder: InstitutionId,
+    /// The payer's side of a converted transaction, as the switch set it (echoed from
+    /// the switch's own state, whatever a receiver put here).
+    pub conversion: Conversion,
 }
 
 impl ArchivedReply {
@@ -420,6 +485,9 @@ pub struct LinkedRequest {
     /// The original transaction's originator transaction id, or empty if the switch
     /// reference is given.
     pub original_originator_transaction_id: TransactionId,
+    /// Set by the switch on a refund or reversal of a converted payment: what the payer
+    /// gets back in its currency.
+    pub conversion: Conversion,
 }
 
 /// Ask the switch for a transaction's state.
@@ -528,7 +596,8 @@ impl Validate for ArchivedSignOff {
 impl Validate for ArchivedPaymentCodeRequest {
     fn validate(&self, _: MessageKind, checks: Checks) -> Result<(), FieldError> {
         self.details.validate_at(offset_of!(Self, details), true, checks)?;
-        check_text(checks, &self.payment_code, "payment_code", offset_of!(Self, payment_code))
+        check_text(checks, &self.payment_code, "payment_code", offset_of!(Self, payment_code))?;
+        self.conversion.validate_at(offset_of!(Self, conversion))
     }
 }
 
@@ -576,7 +645,8 @@ impl Validate for ArchivedReply {
         check_code::<ReplyCode>(self.code.to_native(), "code", offset_of!(Self, code))?;
         check_reserved(&self.reserved, "reserved", offset_of!(Self, reserved))?;
         check_text(checks, &self.authorization_code, "authorization_code", offset_of!(Self, authorization_code))?;
-        check_text(checks, &self.responder, "responder", offset_of!(Self, responder))
+        check_text(checks, &self.responder, "responder", offset_of!(Self, responder))?;
+        self.conversion.validate_at(offset_of!(Self, conversion))
     }
 }
 
@@ -609,6 +679,7 @@ impl Validate for ArchivedLinkedRequest {
         // both; with neither it cannot be found.
         let original_id_offset = offset_of!(Self, original_originator_transaction_id);
         let original_id = &self.original_originator_transaction_id;
+        self.conversion.validate_at(offset_of!(Self, conversion))?;
         let checked = if checks == Checks::Wire || original_id.is_empty() { original_id.check() } else { Ok(()) };
         match checked {
             Ok(()) => Ok(()),
@@ -723,7 +794,7 @@ macro_rules! message_kinds {
 
         /// An owned message: the model the encoder takes. The QR request (720 bytes) is
         /// boxed: owned messages move through the switch's queues, and every move copies
-        /// the enum's full size (240 bytes with the box, 728 without).
+        /// the enum's full size (264 bytes with the box, 728 without).
         #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
         pub enum Message {
             $($(#[$meta])* $variant(message_kinds!(@held $body $($boxed)?)),)*
@@ -814,19 +885,19 @@ message_kinds! {
     /// Answer to a sign-off; the sender then closes the connection.
     SignOffReply = 0x07 => SignOff / ArchivedSignOff, 8;
     /// Consumer-presented payment request (payment code).
-    PaymentCodeRequest = 0x10 => PaymentCodeRequest / ArchivedPaymentCodeRequest, 232;
+    PaymentCodeRequest = 0x10 => PaymentCodeRequest / ArchivedPaymentCodeRequest, 256;
     /// Merchant-presented payment request (QR payload).
     QrPaymentRequest = 0x11 => QrPaymentRequest / ArchivedQrPaymentRequest, 720, boxed;
     /// Reply to either payment request.
-    PaymentReply = 0x12 => Reply / ArchivedReply, 104;
+    PaymentReply = 0x12 => Reply / ArchivedReply, 128;
     /// Reversal of an earlier request.
-    ReversalRequest = 0x20 => LinkedRequest / ArchivedLinkedRequest, 120;
+    ReversalRequest = 0x20 => LinkedRequest / ArchivedLinkedRequest, 144;
     /// Acknowledgement of a reversal.
-    ReversalReply = 0x21 => Reply / ArchivedReply, 104;
+    ReversalReply = 0x21 => Reply / ArchivedReply, 128;
     /// Refund of an earlier approval.
-    RefundRequest = 0x30 => LinkedRequest / ArchivedLinkedRequest, 120;
+    RefundRequest = 0x30 => LinkedRequest / ArchivedLinkedRequest, 144;
     /// Reply to a refund.
-    RefundReply = 0x31 => Reply / ArchivedReply, 104;
+    RefundReply = 0x31 => Reply / ArchivedReply, 128;
     /// Transaction status query.
     StatusQuery = 0x40 => StatusQuery / ArchivedStatusQuery, 64;
     /// Answer to a status query.
@@ -851,4 +922,4 @@ pub const BODY_SIZE_MAX: usize = {
 const _: () = assert!(BODY_SIZE_MAX <= 1024);
 
 // Owned messages move through queues by value: keep them small (see `Message`).
-const _: () = assert!(std::mem::size_of::<Message>() <= 240);
+const _: () = assert!(std::mem::size_of::<Message>() <= 264);

@@ -43,7 +43,7 @@ pub fn transaction_details() -> TransactionDetails {
 
 /// The typical consumer-presented request (WeChat Pay code prefix 13, 18 digits).
 pub fn payment_code_request() -> PaymentCodeRequest {
-    PaymentCodeRequest { details: transaction_details(), payment_code: id::<PaymentCode>("134567890123451234") }
+    PaymentCodeRequest { details: transaction_details(), payment_code: id::<PaymentCode>("134567890123451234"), conversion: crate::message::Conversion::NONE }
 }
 
 /// A static EMVCo merchant-presented QR payload (the CRC in tag 63 is valid).
@@ -101,6 +101,7 @@ pub fn payment_reply() -> Reply {
         reserved: [0; 4],
         authorization_code: id::<AuthorizationCode>("A1B2C3"),
         responder: id::<InstitutionId>("WECHATPAY"),
+        conversion: crate::message::Conversion::NONE,
     }
 }
 
@@ -116,6 +117,7 @@ fn linked_request(reason: u16) -> LinkedRequest {
         reason,
         reserved: [0; 4],
         original_originator_transaction_id: id::<TransactionId>("ACQ0001-20260216-000000042"),
+        conversion: crate::message::Conversion::NONE,
     }
 }
 

@@ -554,6 +554,7 @@ fn reply(message: &IsoMessage, subelements: &Subelements<'_>, now_ms: i64) -> Re
         reserved: [0; 4],
         authorization_code: authorization,
         responder: subelements.get(tag::RESPONDER).map_or(Ok(InstitutionId::EMPTY), |v| sub_text(v, tag::RESPONDER))?,
+        conversion: crate::message::Conversion::NONE,
     })
 }
 
@@ -571,6 +572,7 @@ fn linked(message: &IsoMessage, subelements: &Subelements<'_>, now_ms: i64) -> R
         original_originator_transaction_id: subelements
             .get(tag::ORIGINAL_TRANSACTION_ID)
             .map_or(Ok(TransactionId::EMPTY), |v| sub_text(v, tag::ORIGINAL_TRANSACTION_ID))?,
+            conversion: crate::message::Conversion::NONE,
     })
 }
 
@@ -594,6 +596,7 @@ pub fn from_iso(message: &IsoMessage, now_ms: i64) -> Result<Translated, Transla
                 (None, Some(code)) => Message::PaymentCodeRequest(PaymentCodeRequest {
                     details,
                     payment_code: text::<PaymentCode>(code, 2)?,
+                    conversion: crate::message::Conversion::NONE,
                 }),
                 (None, None) => return Err(TranslateError::MissingField { field: 2 }),
             }

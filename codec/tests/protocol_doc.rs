@@ -72,7 +72,11 @@ fn layouts() -> Vec<Layout> {
                     merchant_city,
                 }
         ),
-        layout!(PaymentCodeRequest / ArchivedPaymentCodeRequest { details, payment_code }),
+        layout!(PaymentCodeRequest / ArchivedPaymentCodeRequest { details, payment_code, conversion }),
+        layout!(
+            Conversion
+                / ArchivedConversion { payer_amount_minor, rate, rate_version, payer_currency, margin_basis_points }
+        ),
         layout!(QrPaymentRequest / ArchivedQrPaymentRequest { details, qr_length, reserved, qr_payload }),
         layout!(
             Reply
@@ -87,6 +91,7 @@ fn layouts() -> Vec<Layout> {
                     reserved,
                     authorization_code,
                     responder,
+                    conversion,
                 }
         ),
         layout!(
@@ -102,6 +107,7 @@ fn layouts() -> Vec<Layout> {
                     reason,
                     reserved,
                     original_originator_transaction_id,
+                    conversion,
                 }
         ),
         layout!(

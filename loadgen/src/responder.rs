@@ -220,6 +220,7 @@ impl Answered {
                 _ => AuthorizationCode::EMPTY,
             },
             responder,
+            conversion: codec::Conversion::NONE,
         }
     }
 }

@@ -335,6 +335,7 @@ impl Traffic {
                     reason: 0,
                     reserved: [0; 4],
                     original_originator_transaction_id: TransactionId::EMPTY,
+                    conversion: codec::Conversion::NONE,
                 })
             } else {
                 // A queried payment can be queried or refunded again.
@@ -359,7 +360,7 @@ impl Traffic {
             Flow::ConsumerPresented => {
                 let wallet = &mix.wallets[self.rng.weighted(&self.wallet_weights)];
                 let payment_code = self.numbering.payment_code(&wallet.prefix, wallet.digits)?;
-                Message::PaymentCodeRequest(PaymentCodeRequest { details, payment_code })
+                Message::PaymentCodeRequest(PaymentCodeRequest { details, payment_code, conversion: codec::Conversion::NONE })
             }
             flow => {
                 let payloads = &self.qr[flow_index];

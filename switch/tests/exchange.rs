@@ -372,6 +372,7 @@ async fn refunds_and_cancels_find_their_original_from_any_session() {
             reason: 0,
             reserved: [0; 4],
             original_originator_transaction_id: format!("P13-{n}").parse().expect("valid"),
+            conversion: codec::Conversion::NONE,
         };
         second.writer.send(&Message::RefundRequest(refund.clone())).await.expect("send");
         assert_eq!(

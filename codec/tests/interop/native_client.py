@@ -47,7 +47,7 @@ HEADER = struct.Struct("<II2sBBI")
 
 def frame(kind, body):
     assert len(body) % 8 == 0
-    covered = HEADER.pack(len(body), 0, b"CS", 1, kind, 0)[8:] + body
+    covered = HEADER.pack(len(body), 0, b"CS", 2, kind, 0)[8:] + body
     return struct.pack("<II", len(body), crc32c(covered)) + covered
 
 
@@ -68,7 +68,8 @@ def payment_code_request():
     details = DETAILS.pack(
         text("ACQ0001", 16), text("PY-000001", 32), 0, 12345, 1771286370000, 156, 5411, 156, 0,
         text("M-PY-1", 16), text("T1", 8), text("全家便利店 FamilyMart", 64), text("北京", 32))
-    return frame(0x10, details + text("281234567890123456", 32))
+    # No conversion from an acquirer: 24 zero bytes.
+    return frame(0x10, details + text("281234567890123456", 32) + bytes(24))
 
 
 def verify(path):
@@ -80,7 +81,7 @@ def verify(path):
     for name, block in re.findall(r"### Golden vector: (\w+) .*?```text\n(.*?)```", doc, re.S):
         data = bytes(int(b, 16) for line in block.strip().splitlines() for b in line.split(":", 1)[1].split())
         length, checksum, magic, version, kind, reserved = HEADER.unpack_from(data)
-        assert magic == b"CS" and version == 1 and reserved == 0, name
+        assert magic == b"CS" and version == 2 and reserved == 0, name
         assert length == sizes[kind] == len(data) - 16, name
         assert checksum == crc32c(data[8:]), name
         checked += 1

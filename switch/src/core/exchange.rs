@@ -430,6 +430,7 @@ impl Answering {
             reserved: [0; 4],
             authorization_code: AuthorizationCode::EMPTY,
             responder,
+            conversion: codec::Conversion::NONE,
         }
     }
 }
@@ -1250,6 +1251,7 @@ impl Exchange {
             reason,
             reserved: [0; 4],
             original_originator_transaction_id: transaction.originator_transaction_id,
+            conversion: codec::Conversion::NONE,
         });
         self.reversals.insert(
             reversal,
@@ -2008,6 +2010,7 @@ mod tests {
             reason: 0,
             reserved: [0; 4],
             original_originator_transaction_id: TransactionId::new(original_id).expect("valid"),
+            conversion: codec::Conversion::NONE,
         }
     }
 

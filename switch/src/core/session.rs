@@ -492,6 +492,7 @@ fn answer(request: Answered, code: ReplyCode, switch_id: InstitutionId, now: Now
         reserved: [0; 4],
         authorization_code: AuthorizationCode::EMPTY,
         responder: switch_id,
+        conversion: codec::Conversion::NONE,
     }
 }
 

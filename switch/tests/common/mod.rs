@@ -49,6 +49,7 @@ pub fn approval(details: &codec::TransactionDetails, responder: codec::Instituti
         reserved: [0; 4],
         authorization_code: "A00001".parse().expect("valid"),
         responder,
+        conversion: codec::Conversion::NONE,
     }
 }
 
