@@ -35,7 +35,9 @@
 //! 04 QR payload, 05 merchant country (numeric), 06 time (Unix ms), 07 switch reference
 //! (16 hex digits), 08 original switch reference, 09 original originator transaction id,
 //! 10 responder, 11 echo sequence, 12 reason code, 13 merchant id, 14 authorisation code,
-//! 15 status (status replies are native only and not translated).
+//! 15 status (status replies are native only and not translated), 16 the conversion of a
+//! cross-border transaction (payer currency 3 digits, payer amount 16, rate scaled by
+//! 10^10 17, rate version 10, margin in basis points 4; only when converted).
 
 use crate::code::ReplyCode;
 use crate::field::{
@@ -43,7 +45,7 @@ use crate::field::{
 };
 use crate::iso8583::{IsoError, IsoMessage};
 use crate::message::{
-    Echo, LinkedRequest, Message, PaymentCodeRequest, QrPaymentRequest, Reply, SignOff, TransactionDetails,
+    Conversion, Echo, LinkedRequest, Message, PaymentCodeRequest, QrPaymentRequest, Reply, SignOff, TransactionDetails,
 };
 
 /// Largest amount DE4 (12 digits) carries.
@@ -108,6 +110,45 @@ mod tag {
     pub const REASON: u8 = 12;
     pub const MERCHANT_ID: u8 = 13;
     pub const AUTHORIZATION_CODE: u8 = 14;
+    pub const CONVERSION: u8 = 16;
+}
+
+/// Subelement 16, the conversion: payer currency (3 digits), payer amount (16), rate
+/// scaled by 10^10 (17), rate version (10), margin in basis points (4); absent when the
+/// transaction is not converted.
+fn put_conversion(subelements: &mut SubelementWriter, conversion: &Conversion) {
+    if conversion.is_some() {
+        subelements.put(
+            tag::CONVERSION,
+            &format!(
+                "{:03}{:016}{:017}{:010}{:04}",
+                conversion.payer_currency,
+                conversion.payer_amount_minor,
+                conversion.rate,
+                conversion.rate_version,
+                conversion.margin_basis_points
+            ),
+        );
+    }
+}
+
+fn conversion(subelements: &Subelements<'_>) -> Result<Conversion, TranslateError> {
+    let Some(value) = subelements.get(tag::CONVERSION) else { return Ok(Conversion::NONE) };
+    let bad = || TranslateError::BadSubelement {
+        tag: tag::CONVERSION,
+        problem: "not 50 digits: currency 3, payer amount 16, rate 17, version 10, margin 4".to_string(),
+    };
+    if value.len() != 50 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let number = |range: std::ops::Range<usize>| value[range].parse::<u64>().map_err(|_| bad());
+    Ok(Conversion {
+        payer_currency: u16::try_from(number(0..3)?).map_err(|_| bad())?,
+        payer_amount_minor: number(3..19)?,
+        rate: number(19..36)?,
+        rate_version: u32::try_from(number(36..46)?).map_err(|_| bad())?,
+        margin_basis_points: u16::try_from(number(46..50)?).map_err(|_| bad())?,
+    })
 }
 
 /// Field 48's subelements, parsed.
@@ -333,6 +374,7 @@ fn put_reply(message: &mut IsoMessage, reply: &Reply) -> Result<(), TranslateErr
         subelements.put(tag::SWITCH_REFERENCE, &format!("{:016X}", reply.switch_reference));
     }
     subelements.put(tag::RESPONDER, reply.responder.as_str());
+    put_conversion(&mut subelements, &reply.conversion);
     // The exact code, where several of ours share one DE39 value in other tables.
     subelements.put(tag::REASON, &reply.code.to_string());
     subelements.finish(message)
@@ -361,6 +403,7 @@ fn put_linked(message: &mut IsoMessage, request: &LinkedRequest, original_mti: &
     if request.reason != 0 {
         subelements.put(tag::REASON, &request.reason.to_string());
     }
+    put_conversion(&mut subelements, &request.conversion);
     subelements.finish(message)
 }
 
@@ -375,6 +418,7 @@ pub fn to_iso(message: &Message, out: &mut IsoMessage) -> Result<(), TranslateEr
             out.set_str(22, "031")?;
             let mut subelements = SubelementWriter::default();
             put_details(out, &mut subelements, &request.details)?;
+            put_conversion(&mut subelements, &request.conversion);
             subelements.finish(out)
         }
         Message::QrPaymentRequest(request) => {
@@ -554,7 +598,7 @@ fn reply(message: &IsoMessage, subelements: &Subelements<'_>, now_ms: i64) -> Re
         reserved: [0; 4],
         authorization_code: authorization,
         responder: subelements.get(tag::RESPONDER).map_or(Ok(InstitutionId::EMPTY), |v| sub_text(v, tag::RESPONDER))?,
-        conversion: crate::message::Conversion::NONE,
+        conversion: conversion(subelements)?,
     })
 }
 
@@ -572,7 +616,7 @@ fn linked(message: &IsoMessage, subelements: &Subelements<'_>, now_ms: i64) -> R
         original_originator_transaction_id: subelements
             .get(tag::ORIGINAL_TRANSACTION_ID)
             .map_or(Ok(TransactionId::EMPTY), |v| sub_text(v, tag::ORIGINAL_TRANSACTION_ID))?,
-            conversion: crate::message::Conversion::NONE,
+        conversion: conversion(subelements)?,
     })
 }
 
@@ -596,7 +640,7 @@ pub fn from_iso(message: &IsoMessage, now_ms: i64) -> Result<Translated, Transla
                 (None, Some(code)) => Message::PaymentCodeRequest(PaymentCodeRequest {
                     details,
                     payment_code: text::<PaymentCode>(code, 2)?,
-                    conversion: crate::message::Conversion::NONE,
+                    conversion: conversion(&subelements)?,
                 }),
                 (None, None) => return Err(TranslateError::MissingField { field: 2 }),
             }
@@ -689,6 +733,36 @@ mod tests {
             translated += 1;
         }
         assert_eq!(translated, 11);
+    }
+
+    #[test]
+    fn conversions_survive_both_ways() {
+        let conversion = Conversion {
+            payer_amount_minor: 49_369,
+            rate: 49_123_000_000,
+            rate_version: 7,
+            payer_currency: 764,
+            margin_basis_points: 50,
+        };
+        let mut request = crate::sample::payment_code_request();
+        request.conversion = conversion;
+        round_trip(&Message::PaymentCodeRequest(request));
+        let mut reply = crate::sample::payment_reply();
+        reply.conversion = conversion;
+        round_trip(&Message::PaymentReply(reply.clone()));
+        round_trip(&Message::RefundReply(reply));
+        let Message::RefundRequest(mut refund) = crate::sample::all_kinds().remove(12) else { panic!("sample order") };
+        refund.conversion = Conversion { payer_amount_minor: 0, ..conversion };
+        round_trip(&Message::RefundRequest(refund));
+        // A malformed subelement 16 is an error naming it, never a guess.
+        let mut iso = IsoMessage::default();
+        to_iso(&Message::PaymentReply(crate::sample::payment_reply()), &mut iso).expect("translates");
+        let field = format!("{}16005123X5", iso.get_str(48).expect("field 48"));
+        iso.set_str(48, &field).expect("fits");
+        assert!(matches!(
+            from_iso(&iso, crate::sample::SAMPLE_TIME_MS),
+            Err(TranslateError::BadSubelement { tag: 16, .. })
+        ));
     }
 
     #[test]

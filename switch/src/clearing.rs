@@ -19,13 +19,19 @@
 //!   who appears among the positions. A reversal of the payment gives the fee back; refunds
 //!   carry no fee. The schedule a window was closed with is written beside its files, and
 //!   a rebuild uses it, so the files stay byte-identical when the configuration changes.
+//!   A converted (cross-border) payment pays the payee's `cross_border_basis_points` too.
+//! - **Currencies.** A converted transaction (its `Converted` record) has two sides: the
+//!   payer's side moves the payer's settlement currency, the merchant's side the
+//!   transaction's. The operator stands between them: it receives the payer's currency
+//!   from the payer's side and pays the transaction's currency to the merchant's side (its
+//!   FX position, margin included). So every currency still sums to zero.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use codec::InstitutionId;
 use codec::field::FieldText;
+use codec::{Conversion, InstitutionId};
 use serde::Serialize;
 
 use crate::core::record::{CodeKey, Record};
@@ -53,6 +59,9 @@ pub struct Entry {
     /// Fee owed to the operator for this entry by `fee_payer` (negative: given back).
     pub fee_minor: i64,
     pub fee_payer: InstitutionId,
+    /// A converted transaction's payer side: who (`payer` or `payee`), and its amount in
+    /// its settlement currency.
+    pub conversion: Option<(InstitutionId, Conversion)>,
 }
 
 /// Fee rates per participant, and who collects them.
@@ -62,16 +71,30 @@ pub struct FeeSchedule {
     pub operator: String,
     /// Basis points of every payment the participant is paid.
     pub basis_points: BTreeMap<String, u32>,
+    /// Basis points added on a converted (cross-border) payment the participant is paid.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cross_border_basis_points: BTreeMap<String, u32>,
+    /// The FX margin conversions were made with (for the record: the payer amounts in the
+    /// journal already include it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fx_margin_basis_points: u16,
+}
+
+fn is_zero(value: &u16) -> bool {
+    *value == 0
 }
 
 impl FeeSchedule {
-    fn fee(&self, payee: InstitutionId, amount_minor: u64) -> i64 {
-        let rate = self.basis_points.get(payee.as_str()).copied().unwrap_or(0);
+    fn fee(&self, payee: InstitutionId, amount_minor: u64, converted: bool) -> i64 {
+        let mut rate = self.basis_points.get(payee.as_str()).copied().unwrap_or(0);
+        if converted {
+            rate += self.cross_border_basis_points.get(payee.as_str()).copied().unwrap_or(0);
+        }
         ((u128::from(amount_minor) * u128::from(rate) + 5_000) / 10_000) as i64
     }
 
     fn operator(&self) -> Option<InstitutionId> {
-        InstitutionId::new(&self.operator).ok()
+        InstitutionId::new(&self.operator).ok().filter(|id| !id.is_empty())
     }
 }
 
@@ -84,6 +107,9 @@ struct Known {
     currency: u16,
     refund: bool,
     approved: bool,
+    /// The payment's payer (a refund's payee), whose side a conversion is in.
+    converted_party: InstitutionId,
+    conversion: Conversion,
 }
 
 /// One shard's entries of a window, built record by record from its whole journal, in
@@ -146,7 +172,16 @@ impl<'a> ShardEntries<'a> {
                     (originator, receiver)
                 };
                 let refund = refund_of != 0;
-                known.insert(reference, (Known { payer, payee, amount_minor, currency, refund, approved: false }, id));
+                let converted_party = if refund { payee } else { payer };
+                let conversion = Conversion::NONE;
+                let transaction =
+                    Known { payer, payee, amount_minor, currency, refund, approved: false, converted_party, conversion };
+                known.insert(reference, (transaction, id));
+            }
+            Record::Converted { reference, conversion } => {
+                if let Some((transaction, _)) = known.get_mut(&reference) {
+                    transaction.conversion = conversion;
+                }
             }
             Record::Answered { reference, code, time_ms, .. } => {
                 let Some((transaction, id)) = known.get_mut(&reference) else { return };
@@ -156,8 +191,12 @@ impl<'a> ShardEntries<'a> {
                 transaction.approved = true;
                 if *current == window {
                     let kind = if transaction.refund { EntryKind::Refund } else { EntryKind::Payment };
-                    let fee_minor =
-                        if transaction.refund { 0 } else { fees.fee(transaction.payee, transaction.amount_minor) };
+                    let converted = transaction.conversion.is_some();
+                    let fee_minor = if transaction.refund {
+                        0
+                    } else {
+                        fees.fee(transaction.payee, transaction.amount_minor, converted)
+                    };
                     entries.push(Entry {
                         time_ms,
                         reference,
@@ -169,6 +208,7 @@ impl<'a> ShardEntries<'a> {
                         currency: transaction.currency,
                         fee_minor,
                         fee_payer: transaction.payee,
+                        conversion: converted.then_some((transaction.converted_party, transaction.conversion)),
                     });
                 }
             }
@@ -180,8 +220,12 @@ impl<'a> ShardEntries<'a> {
                 transaction.approved = false;
                 if *current == window {
                     // The fee of a reversed payment is given back; a refund had none.
-                    let fee_minor =
-                        if transaction.refund { 0 } else { -fees.fee(transaction.payee, transaction.amount_minor) };
+                    let converted = transaction.conversion.is_some();
+                    let fee_minor = if transaction.refund {
+                        0
+                    } else {
+                        -fees.fee(transaction.payee, transaction.amount_minor, converted)
+                    };
                     entries.push(Entry {
                         time_ms,
                         reference: original,
@@ -193,6 +237,7 @@ impl<'a> ShardEntries<'a> {
                         currency: transaction.currency,
                         fee_minor,
                         fee_payer: transaction.payee,
+                        conversion: converted.then_some((transaction.converted_party, transaction.conversion)),
                     });
                 }
             }
@@ -228,6 +273,8 @@ pub struct Window {
     pub window: u64,
     pub entries: Vec<Entry>,
     pub positions: BTreeMap<InstitutionId, BTreeMap<u16, Totals>>,
+    /// Who collects the fees and takes the FX positions.
+    pub operator: Option<InstitutionId>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -240,6 +287,8 @@ pub enum ClearingError {
     Unbalanced { window: u64, currency: u16, sum: i128 },
     #[error("window {0} has not been closed in this journal")]
     NotClosed(u64),
+    #[error("window {0} has converted transactions but the fee schedule names no operator to take their FX positions; nothing written")]
+    NoOperator(u64),
     #[error("{0} is in use by a running switch (close the window through its admin port: --admin ADDR)")]
     Locked(PathBuf),
 }
@@ -259,15 +308,31 @@ impl Window {
     ) -> Result<Self, ClearingError> {
         entries.sort_by_key(|e| (e.time_ms, e.reference, e.kind));
         let mut positions: BTreeMap<InstitutionId, BTreeMap<u16, Totals>> = BTreeMap::new();
-        for entry in &entries {
-            let payer = positions.entry(entry.payer).or_default().entry(entry.currency).or_default();
-            payer.debits_minor += entry.amount_minor;
-            payer.net_minor -= i128::from(entry.amount_minor);
+        let mut transfer = |from: InstitutionId, to: InstitutionId, amount_minor: u64, currency: u16| {
+            let payer = positions.entry(from).or_default().entry(currency).or_default();
+            payer.debits_minor += amount_minor;
+            payer.net_minor -= i128::from(amount_minor);
             payer.entries += 1;
-            let payee = positions.entry(entry.payee).or_default().entry(entry.currency).or_default();
-            payee.credits_minor += entry.amount_minor;
-            payee.net_minor += i128::from(entry.amount_minor);
+            let payee = positions.entry(to).or_default().entry(currency).or_default();
+            payee.credits_minor += amount_minor;
+            payee.net_minor += i128::from(amount_minor);
             payee.entries += 1;
+        };
+        for entry in &entries {
+            match entry.conversion {
+                None => transfer(entry.payer, entry.payee, entry.amount_minor, entry.currency),
+                Some((party, conversion)) => {
+                    // The operator buys the payer side's currency and pays the other's.
+                    let operator = fees.operator().ok_or(ClearingError::NoOperator(window))?;
+                    let converted = (conversion.payer_amount_minor, conversion.payer_currency);
+                    let plain = (entry.amount_minor, entry.currency);
+                    let (paid, received) = if party == entry.payer { (converted, plain) } else { (plain, converted) };
+                    transfer(entry.payer, operator, paid.0, paid.1);
+                    transfer(operator, entry.payee, received.0, received.1);
+                }
+            }
+        }
+        for entry in &entries {
             if entry.fee_minor != 0
                 && let Some(operator) = fees.operator()
             {
@@ -280,7 +345,7 @@ impl Window {
                 collector.net_minor += fee;
             }
         }
-        let built = Self { window, entries, positions };
+        let built = Self { window, entries, positions, operator: fees.operator() };
         built.check_balanced()?;
         Ok(built)
     }
@@ -300,14 +365,43 @@ impl Window {
     }
 
     /// The reconciliation file of `participant`: every entry it is party to, once.
+    ///
+    /// `amount_minor` and `currency` are the transaction's; `settlement_amount_minor` and
+    /// `settlement_currency` what the participant itself moves (they differ on the payer
+    /// side of a converted transaction); `rate` (mid), `margin_basis_points` and
+    /// `rate_version` describe the conversion, empty when there was none. The operator's
+    /// file has one `exchange` row per converted entry: it paid the transaction's amount
+    /// to one side and received the settlement amount from the other (`counterparty`, the
+    /// payer side).
     pub fn csv(&self, participant: InstitutionId) -> String {
         let mut text = String::from(
-            "switch_reference,originator_transaction_id,time_ms,type,direction,amount_minor,currency,counterparty,fee_minor\n",
+            "switch_reference,originator_transaction_id,time_ms,type,direction,amount_minor,currency,counterparty,fee_minor,settlement_amount_minor,settlement_currency,rate,margin_basis_points,rate_version\n",
         );
-        for entry in self.entries.iter().filter(|e| e.payer == participant || e.payee == participant) {
+        let operator = self.operator == Some(participant);
+        for entry in self.entries.iter().filter(|e| {
+            e.payer == participant || e.payee == participant || (operator && e.conversion.is_some())
+        }) {
             let fee = if entry.fee_payer == participant { entry.fee_minor } else { 0 };
-            let (direction, counterparty) =
-                if entry.payee == participant { ("credit", entry.payer) } else { ("debit", entry.payee) };
+            let (direction, counterparty) = if entry.payee == participant {
+                ("credit", entry.payer)
+            } else if entry.payer == participant {
+                ("debit", entry.payee)
+            } else {
+                ("exchange", entry.conversion.map_or(entry.payer, |(party, _)| party))
+            };
+            let (settlement, conversion) = match entry.conversion {
+                Some((party, c)) => {
+                    let settled = if party == participant || direction == "exchange" {
+                        (c.payer_amount_minor, c.payer_currency)
+                    } else {
+                        (entry.amount_minor, entry.currency)
+                    };
+                    let terms =
+                        format!("{},{},{}", codec::fx::format_rate(c.rate), c.margin_basis_points, c.rate_version);
+                    (settled, terms)
+                }
+                None => ((entry.amount_minor, entry.currency), ",,".to_string()),
+            };
             let kind = match entry.kind {
                 EntryKind::Payment => "payment",
                 EntryKind::Refund => "refund",
@@ -316,13 +410,15 @@ impl Window {
             // Transaction ids are printable ASCII: quoted, with quotes doubled (RFC 4180).
             let _ = writeln!(
                 text,
-                "{},\"{}\",{},{kind},{direction},{},{},{},{fee}",
+                "{},\"{}\",{},{kind},{direction},{},{},{},{fee},{},{},{conversion}",
                 codec::SwitchReference(entry.reference),
                 entry.originator_transaction_id.replace('"', "\"\""),
                 entry.time_ms,
                 entry.amount_minor,
                 entry.currency,
                 counterparty.as_str(),
+                settlement.0,
+                settlement.1,
             );
         }
         text
@@ -598,11 +694,88 @@ mod tests {
         assert!(csv.contains(",\"T3\",103,refund,debit,300,156,WECHATPAY,0"), "{csv}");
     }
 
+    fn converted(reference: u64, payer_amount_minor: u64, payer_currency: u16) -> Record {
+        let conversion = Conversion {
+            payer_amount_minor,
+            rate: 49_123_000_000,
+            rate_version: 2,
+            payer_currency,
+            margin_basis_points: 50,
+        };
+        Record::Converted { reference, conversion }
+    }
+
+    #[test]
+    fn converted_transactions_clear_per_currency_through_the_operator() {
+        const THB: u16 = 764;
+        let fees = FeeSchedule {
+            operator: "CSWITCH".into(),
+            basis_points: [("UNIONPAY".to_string(), 30)].into_iter().collect(),
+            cross_border_basis_points: [("UNIONPAY".to_string(), 20)].into_iter().collect(),
+            fx_margin_basis_points: 50,
+        };
+        let records = vec![
+            // A THB wallet pays a CNY merchant at UNIONPAY 100.00 CNY: 493.69 THB.
+            admitted(1, "WALTH", "UNIONPAY", 10_000, false, 0),
+            converted(1, 49_369, THB),
+            answered(1, 0),
+            // A THB issuer's code scanned by ACQ0001 for 20.00 CNY (98.74 THB), then
+            // refunded 5.00 CNY (24.69 THB back to the issuer).
+            admitted(2, "ACQ0001", "WALTH", 2_000, true, 0),
+            converted(2, 9_874, THB),
+            answered(2, 0),
+            admitted(3, "ACQ0001", "WALTH", 500, false, 2),
+            converted(3, 2_469, THB),
+            answered(3, 0),
+            // Converted, approved and reversed: nothing moves in either currency.
+            admitted(4, "WALTH", "UNIONPAY", 3_000, false, 0),
+            converted(4, 14_811, THB),
+            answered(4, 0),
+            Record::ReversalStarted { reversal: 5, original: 4, reason: 4, time_ms: 300 },
+            // Domestic beside them.
+            admitted(6, "ACQ0001", "WECHATPAY", 700, true, 0),
+            answered(6, 0),
+        ];
+        let window = Window::from_shards(1, &[records.clone()], &fees).expect("balanced");
+        let net_in = |participant: &str, currency: u16| {
+            window.positions.get(&id(participant)).and_then(|t| t.get(&currency)).map_or(0, |t| t.net_minor)
+        };
+        // The payer side in THB only; the merchant side in CNY only.
+        assert_eq!(net_in("WALTH", THB), -49_369 - 9_874 + 2_469);
+        assert_eq!(net_in("WALTH", 156), 0);
+        // UNIONPAY: 100.00 less 0.50% (30 + 20 bp cross-border) = 50 fen.
+        assert_eq!(net_in("UNIONPAY", 156), 10_000 - 50);
+        assert_eq!(net_in("UNIONPAY", THB), 0);
+        assert_eq!(net_in("ACQ0001", 156), 2_000 - 500 + 700);
+        // The operator holds the FX position: THB in, CNY out, plus the fee.
+        assert_eq!(net_in("CSWITCH", THB), 49_369 + 9_874 - 2_469);
+        assert_eq!(net_in("CSWITCH", 156), -10_000 - 2_000 + 500 + 50);
+        for currency in [156, THB] {
+            let sum: i128 = window.positions.values().filter_map(|t| t.get(&currency)).map(|t| t.net_minor).sum();
+            assert_eq!(sum, 0, "currency {currency}");
+        }
+        // The files: each side sees its own money, and the rate.
+        let wallet = window.csv(id("WALTH"));
+        assert!(wallet.contains(",payment,debit,10000,156,UNIONPAY,0,49369,764,4.9123,50,2\n"), "{wallet}");
+        assert!(wallet.contains(",refund,credit,500,156,ACQ0001,0,2469,764,4.9123,50,2\n"), "{wallet}");
+        let acquirer = window.csv(id("UNIONPAY"));
+        assert!(acquirer.contains(",payment,credit,10000,156,WALTH,50,10000,156,4.9123,50,2\n"), "{acquirer}");
+        let operator = window.csv(id("CSWITCH"));
+        assert!(operator.contains(",payment,exchange,10000,156,WALTH,0,49369,764,4.9123,50,2\n"), "{operator}");
+        assert_eq!(operator.lines().count(), 1 + 5, "every converted entry once: {operator}");
+        let domestic = window.csv(id("WECHATPAY"));
+        assert!(domestic.contains(",payment,debit,700,156,ACQ0001,0,700,156,,,\n"), "{domestic}");
+        // No operator to take the FX positions: refused, not written wrong.
+        let no_operator = FeeSchedule { operator: String::new(), ..fees };
+        assert!(matches!(Window::from_shards(1, &[records], &no_operator), Err(ClearingError::NoOperator(1))));
+    }
+
     #[test]
     fn fees_go_to_the_operator_and_come_back_with_a_reversal() {
         let fees = FeeSchedule {
             operator: "CSWITCH".into(),
             basis_points: [("ACQ0001".to_string(), 55)].into_iter().collect(),
+            ..FeeSchedule::default()
         };
         let records = vec![
             admitted(1, "ACQ0001", "WECHATPAY", 1_000, true, 0),

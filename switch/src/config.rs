@@ -50,6 +50,10 @@ pub struct SwitchConfig {
     pub tls: Option<crate::edge::tls::TlsSettings>,
     /// Publish the journal's records to a fleet's NATS JetStream stream (`crate::fleet`).
     pub fleet: Option<crate::fleet::FleetSettings>,
+    /// The FX rate table's file (`[fx] rates`), read again by `POST /fx/rates/reload`;
+    /// `None`: the table given at start is the only one (the embedded default's demo
+    /// rates, or no rates at all).
+    pub fx_rates_file: Option<PathBuf>,
     /// Where ISO 8583 participants connect, and the profile their messages follow.
     pub iso8583: Option<Iso8583Settings>,
 }
@@ -117,6 +121,7 @@ impl SwitchConfig {
             // The demo network on loopback: plaintext, said explicitly.
             tls: None,
             fleet: None,
+            fx_rates_file: None,
             iso8583: None,
         }
     }
@@ -161,6 +166,8 @@ struct FileConfig {
     fleet: Option<FileFleet>,
     #[serde(default)]
     iso8583: Option<FileIso8583>,
+    #[serde(default)]
+    fx: Option<FileFx>,
     /// Fee rates, per participant.
     #[serde(default)]
     fee: Vec<FileFee>,
@@ -352,6 +359,20 @@ struct FileFee {
     participant: InstitutionId,
     /// Of every payment the participant is paid; at most 10000 (100%).
     basis_points: u32,
+    /// Added to `basis_points` on a converted (cross-border) payment.
+    #[serde(default)]
+    cross_border_basis_points: u32,
+}
+
+/// Foreign exchange: the rate table and the margin.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFx {
+    /// The rate table file (format: `switch/src/fx.rs`), relative to this file.
+    rates: PathBuf,
+    /// Added to the mid rate on every conversion; at most 1000 (10%).
+    #[serde(default)]
+    margin_basis_points: u16,
 }
 
 /// Clearing windows; the key may be left out.
@@ -421,6 +442,11 @@ struct FileParticipant {
     /// Admitted counterparties; absent: every participant.
     #[serde(default)]
     counterparties: Option<Vec<InstitutionId>>,
+    /// ISO 4217 alphabetic code of the currency it settles in as a payer ("THB"); its
+    /// payments in other currencies are converted into it. Absent: it pays in the
+    /// transaction's currency.
+    #[serde(default)]
+    settlement_currency: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -513,6 +539,18 @@ impl SwitchConfig {
                 None | Some("active") => Onboarding::Live,
                 Some(text) => text.parse().map_err(|problem| invalid(key("status"), problem))?,
             };
+            let settlement_currency = match participant.settlement_currency.as_deref() {
+                None => None,
+                Some(code) => Some(codec::currency::numeric(code).ok_or_else(|| {
+                    invalid(key("settlement_currency"), format!("{code:?} is not a known ISO 4217 alphabetic code"))
+                })?),
+            };
+            if settlement_currency.is_some() && file.fx.is_none() {
+                return Err(invalid(
+                    key("settlement_currency"),
+                    "needs an [fx] table with the rates to convert into it".into(),
+                ));
+            }
             policies.insert(
                 participant.id,
                 crate::core::exchange::ParticipantPolicy {
@@ -523,6 +561,7 @@ impl SwitchConfig {
                     test: participant.test,
                     reply_deadline_ms: participant.reply_deadline_ms,
                     rate_per_second: participant.rate_per_second,
+                    settlement_currency,
                 },
             );
             let mut key_ids = HashSet::new();
@@ -626,10 +665,33 @@ impl SwitchConfig {
             if fee.basis_points > 10_000 {
                 return Err(invalid(format!("{key}.basis_points"), "must be 0..=10000".into()));
             }
+            if fee.cross_border_basis_points > 10_000 {
+                return Err(invalid(format!("{key}.cross_border_basis_points"), "must be 0..=10000".into()));
+            }
             if fees.basis_points.insert(fee.participant.as_str().to_string(), fee.basis_points).is_some() {
                 return Err(invalid(format!("{key}.participant"), "has a fee already".into()));
             }
+            if fee.cross_border_basis_points != 0 {
+                fees.cross_border_basis_points
+                    .insert(fee.participant.as_str().to_string(), fee.cross_border_basis_points);
+            }
         }
+        let (rates, fx_rates_file, fx_margin_basis_points) = match &file.fx {
+            None => (crate::fx::RateTable::default(), None, 0),
+            Some(fx) => {
+                if fx.margin_basis_points > codec::fx::MARGIN_BASIS_POINTS_MAX {
+                    return Err(invalid(
+                        "fx.margin_basis_points".into(),
+                        format!("must be 0..={}", codec::fx::MARGIN_BASIS_POINTS_MAX),
+                    ));
+                }
+                let resolved = beside(&fx.rates);
+                let rates = crate::fx::RateTable::read(&resolved)
+                    .map_err(|problem| invalid("fx.rates".into(), problem))?;
+                (rates, Some(resolved), fx.margin_basis_points)
+            }
+        };
+        fees.fx_margin_basis_points = fx_margin_basis_points;
         let iso8583 = match &file.iso8583 {
             None => None,
             Some(iso) => {
@@ -852,6 +914,8 @@ impl SwitchConfig {
                 breaker_open_ms: exchange.breaker_open_ms,
                 verification_amount_max_minor: exchange.verification_amount_max_minor,
                 verification_rate_per_second: exchange.verification_rate_per_second,
+                rates: std::sync::Arc::new(rates),
+                fx_margin_basis_points,
             },
             routes: Routes { issuers, qr_networks, unionpay_institutions },
             listen: file.switch.listen,
@@ -874,6 +938,7 @@ impl SwitchConfig {
             admin_tokens,
             tls,
             fleet,
+            fx_rates_file,
             iso8583,
         })
     }

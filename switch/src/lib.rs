@@ -6,6 +6,7 @@
 //! - [`participant`]: the participant directory.
 //! - [`clearing`]: clearing windows, positions and reconciliation files from the journal.
 //! - [`config`]: configuration and the embedded default.
+//! - [`fx`]: the FX rate table (per pair, validity periods, a version).
 //! - [`metrics`]: counters and histograms for `/metrics`.
 //! - [`status`]: participant and link state for the admin port.
 //! - [`journal`]: the per-shard journal: segments, group commit, recovery.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod core;
 pub mod edge;
 pub mod fleet;
+pub mod fx;
 pub mod inspect;
 pub mod journal;
 pub mod metrics;

@@ -32,13 +32,14 @@ use codec::emv_qr::{MerchantCode, parse_merchant_code};
 use codec::field::FieldText;
 use codec::payment_code::{IssuerTable, PaymentCodeError};
 use codec::{
-    AuthorizationCode, InstitutionId, LinkedRequest, Message, PaymentCode, Reply, StatusQuery, StatusReply,
+    AuthorizationCode, Conversion, InstitutionId, LinkedRequest, Message, PaymentCode, Reply, StatusQuery, StatusReply,
     SwitchReference, TransactionId,
 };
 
 use crate::core::record::Record;
 use crate::core::session::Now;
 use crate::core::timers::Timers;
+use crate::fx::RateTable;
 use crate::participant::Onboarding;
 
 /// The exchange's own maps: foldhash (randomly seeded per process, so keys that
@@ -112,6 +113,8 @@ struct Admission {
     currency: u16,
     kind: Kind,
     payment_code: Option<PaymentCode>,
+    /// Into the payer's settlement currency (`Conversion::NONE`: not converted).
+    conversion: Conversion,
 }
 
 impl Admission {
@@ -129,6 +132,7 @@ impl Admission {
             currency: details.currency,
             kind: Kind::Payment,
             payment_code,
+            conversion: Conversion::NONE,
         }
     }
 
@@ -187,6 +191,10 @@ pub struct ExchangeConfig {
     /// Requests per second a participant in production verification or agreement may
     /// originate (with bursts of one second's worth).
     pub verification_rate_per_second: u32,
+    /// The FX rates in force (replaced whole by [`Exchange::set_rates`]).
+    pub rates: Arc<RateTable>,
+    /// Added to the mid rate on every conversion, in basis points.
+    pub fx_margin_basis_points: u16,
 }
 
 /// What the exchange applies to one participant.
@@ -208,6 +216,9 @@ pub struct ParticipantPolicy {
     /// Requests it may originate per second, with bursts up to one second's worth
     /// (`None`: unlimited). Beyond it, `SystemBusy`.
     pub rate_per_second: Option<u32>,
+    /// The currency it settles in as a payer (ISO 4217 numeric). A payment it pays in
+    /// another currency is converted into this one; `None`: it pays in the transaction's.
+    pub settlement_currency: Option<u16>,
 }
 
 impl ExchangeConfig {
@@ -247,6 +258,8 @@ impl Default for ExchangeConfig {
             // 1,000.00 in a two-decimal currency; one request a second.
             verification_amount_max_minor: 100_000,
             verification_rate_per_second: 1,
+            rates: Arc::default(),
+            fx_margin_basis_points: 0,
         }
     }
 }
@@ -303,6 +316,10 @@ struct Transaction {
     /// together never more than its amount.
     refunded_minor: u64,
     refund_pending_minor: u64,
+    /// Into the payer's currency (a refund's: what the payer gets back).
+    conversion: Conversion,
+    /// A converted payment's approved and pending refunds, in the payer's currency.
+    refunded_payer_minor: u64,
 }
 
 /// What a transaction is: its reply kind, and what its outcome changes.
@@ -388,6 +405,7 @@ struct Answering {
     id: TransactionId,
     amount_minor: u64,
     currency: u16,
+    conversion: Conversion,
 }
 
 impl Answering {
@@ -397,6 +415,7 @@ impl Answering {
             id: transaction.originator_transaction_id,
             amount_minor: transaction.amount_minor,
             currency: transaction.currency,
+            conversion: transaction.conversion,
         }
     }
 
@@ -406,6 +425,7 @@ impl Answering {
             id: details.originator_transaction_id,
             amount_minor: details.amount_minor,
             currency: details.currency,
+            conversion: Conversion::NONE,
         }
     }
 
@@ -415,6 +435,7 @@ impl Answering {
             id: request.originator_transaction_id,
             amount_minor: request.amount_minor,
             currency: request.currency,
+            conversion: Conversion::NONE,
         }
     }
 
@@ -430,7 +451,7 @@ impl Answering {
             reserved: [0; 4],
             authorization_code: AuthorizationCode::EMPTY,
             responder,
-            conversion: codec::Conversion::NONE,
+            conversion: self.conversion,
         }
     }
 }
@@ -557,6 +578,8 @@ impl Exchange {
             kind: Kind::Payment,
             refunded_minor: 0,
             refund_pending_minor: 0,
+            conversion: Conversion::NONE,
+            refunded_payer_minor: 0,
         };
         for n in 0..records as u64 {
             self.transactions.insert(n, dummy.clone());
@@ -667,7 +690,7 @@ impl Exchange {
                     (details.originator, details.originator_transaction_id, details.amount_minor, details.currency);
                 let switch_answer = |exchange: &Self, code| {
                     Message::PaymentReply(exchange.answer(
-                        Answering { originator, id, amount_minor: amount, currency },
+                        Answering { originator, id, amount_minor: amount, currency, conversion: Conversion::NONE },
                         0,
                         code,
                         now,
@@ -693,12 +716,23 @@ impl Exchange {
                     out.push(Outbound { session, message: switch_answer(self, ReplyCode::Duplicate) });
                     return;
                 }
-                let admission = Admission::payment(&request.details, receiver, Some(code));
+                // The issuer is the payer.
+                let conversion = match self.conversion(receiver, &request.details, now) {
+                    Ok(conversion) => conversion,
+                    Err(_) => {
+                        self.used_codes.release(&code);
+                        out.push(Outbound { session, message: switch_answer(self, ReplyCode::NoExchangeRate) });
+                        return;
+                    }
+                };
+                let admission =
+                    Admission { conversion, ..Admission::payment(&request.details, receiver, Some(code)) };
                 let Some(reference) = self.admit(now, session, admission, out) else {
                     self.used_codes.release(&code);
                     return;
                 };
                 request.details.switch_reference = reference;
+                request.conversion = conversion;
                 self.forward(receiver, Message::PaymentCodeRequest(request), out);
             }
             Message::QrPaymentRequest(mut request) => {
@@ -707,7 +741,7 @@ impl Exchange {
                     (details.originator, details.originator_transaction_id, details.amount_minor, details.currency);
                 if self.by_originator.contains_key(&(originator, id)) {
                     let reply = self.answer(
-                        Answering { originator, id, amount_minor: amount, currency },
+                        Answering { originator, id, amount_minor: amount, currency, conversion: Conversion::NONE },
                         0,
                         ReplyCode::Duplicate,
                         now,
@@ -751,12 +785,23 @@ impl Exchange {
                     Ok(None) | Err(()) => {
                         let code = if route.is_err() { ReplyCode::FormatError } else { ReplyCode::NoRoute };
                         let reply =
-                            self.answer(Answering { originator, id, amount_minor: amount, currency }, 0, code, now);
+                            self.answer(Answering { originator, id, amount_minor: amount, currency, conversion: Conversion::NONE }, 0, code, now);
                         out.push(Outbound { session, message: Message::PaymentReply(reply) });
                         return;
                     }
                 };
-                let admission = Admission::payment(&request.details, receiver, None);
+                // The wallet (the originator) is the payer.
+                let Ok(conversion) = self.conversion(originator, &request.details, now) else {
+                    let reply = self.answer(
+                        Answering { originator, id, amount_minor: amount, currency, conversion: Conversion::NONE },
+                        0,
+                        ReplyCode::NoExchangeRate,
+                        now,
+                    );
+                    out.push(Outbound { session, message: Message::PaymentReply(reply) });
+                    return;
+                };
+                let admission = Admission { conversion, ..Admission::payment(&request.details, receiver, None) };
                 if let Some(reference) = self.admit(now, session, admission, out) {
                     request.details.switch_reference = reference;
                     self.forward(receiver, Message::QrPaymentRequest(request), out);
@@ -809,6 +854,19 @@ impl Exchange {
             return refuse(self, ReplyCode::InvalidAmount, out);
         }
         let (receiver, original_id) = (payment.receiver, payment.originator_transaction_id);
+        // The payer gets back its share of what it paid, at the payment's rate.
+        let conversion = if payment.conversion.is_some() {
+            let share = codec::fx::refund_share(
+                payment.amount_minor,
+                payment.conversion.payer_amount_minor,
+                request.amount_minor,
+                refundable,
+                payment.refunded_payer_minor,
+            );
+            Conversion { payer_amount_minor: share, ..payment.conversion }
+        } else {
+            Conversion::NONE
+        };
         let admission = Admission {
             originator,
             id,
@@ -817,6 +875,7 @@ impl Exchange {
             currency: request.currency,
             kind: Kind::Refund { original },
             payment_code: None,
+            conversion,
         };
         let Some(reference) = self.admit(now, session, admission, out) else {
             return;
@@ -824,6 +883,7 @@ impl Exchange {
         request.switch_reference = reference;
         request.original_switch_reference = original;
         request.original_originator_transaction_id = original_id;
+        request.conversion = conversion;
         self.forward(receiver, Message::RefundRequest(request), out);
     }
 
@@ -877,7 +937,7 @@ impl Exchange {
             None
         };
         if let Some(code) = code {
-            let reply = self.answer(Answering { originator, id, amount_minor: amount, currency }, 0, code, now);
+            let reply = self.answer(Answering { originator, id, amount_minor: amount, currency, conversion: Conversion::NONE }, 0, code, now);
             out.push(Outbound { session, message: kind.reply(reply) });
             return None;
         }
@@ -886,13 +946,53 @@ impl Exchange {
         self.open(reference, session, admission, now.monotonic_ms + reply_ms);
         self.timers.add(now.monotonic_ms, reply_ms, Timer::Reply(reference));
         self.records.push(admission.record(reference, now.unix_ms));
+        if admission.conversion.is_some() {
+            self.records.push(Record::Converted { reference, conversion: admission.conversion });
+        }
         Some(reference)
+    }
+
+    /// The conversion of a payment of `details` whose payer is `payer`: none when the
+    /// payer settles in the payment's currency (or has no settlement currency), else at
+    /// the rate in force now (the switch's clock) plus the margin. `Err` when there is no
+    /// such rate or the amount does not convert: the payment is declined `NoExchangeRate`.
+    fn conversion(
+        &self,
+        payer: InstitutionId,
+        details: &codec::TransactionDetails,
+        now: Now,
+    ) -> Result<Conversion, codec::fx::FxError> {
+        let settlement = self.config.policies.get(&payer).and_then(|p| p.settlement_currency);
+        let Some(payer_currency) = settlement.filter(|&c| c != details.currency) else {
+            return Ok(Conversion::NONE);
+        };
+        let rate = self
+            .config
+            .rates
+            .lookup(details.currency, payer_currency, now.unix_ms)
+            .ok_or(codec::fx::FxError::BadRate)?;
+        let margin = self.config.fx_margin_basis_points;
+        let payer_amount_minor =
+            codec::fx::convert(details.amount_minor, details.currency, payer_currency, rate.rate, margin)?;
+        Ok(Conversion {
+            payer_amount_minor,
+            rate: rate.rate,
+            rate_version: rate.version,
+            payer_currency,
+            margin_basis_points: margin,
+        })
+    }
+
+    /// Replaces the FX rate table (the admin API's reload): payments admitted from now on
+    /// convert at its rates; admitted ones keep theirs.
+    pub fn set_rates(&mut self, rates: Arc<RateTable>) {
+        self.config.rates = rates;
     }
 
     /// Records transaction `reference` as in flight until `deadline_ms`: its allowances,
     /// its id for duplicates and, for a refund, the amount it holds of its payment.
     fn open(&mut self, reference: u64, session: SessionId, admission: Admission, deadline_ms: u64) {
-        let Admission { originator, id, receiver, amount_minor, currency, kind, payment_code } = admission;
+        let Admission { originator, id, receiver, amount_minor, currency, kind, payment_code, conversion } = admission;
         self.transactions.insert(
             reference,
             Transaction {
@@ -907,6 +1007,8 @@ impl Exchange {
                 kind,
                 refunded_minor: 0,
                 refund_pending_minor: 0,
+                conversion,
+                refunded_payer_minor: 0,
             },
         );
         self.in_flight += 1;
@@ -917,6 +1019,7 @@ impl Exchange {
             && let Some(payment) = self.transactions.get_mut(&original)
         {
             payment.refund_pending_minor += amount_minor;
+            payment.refunded_payer_minor += conversion.payer_amount_minor;
         }
     }
 
@@ -933,7 +1036,7 @@ impl Exchange {
         self.leave_flight(transaction.originator, transaction.receiver);
         if let Kind::Refund { original } = transaction.kind {
             // Declined or timed out (and reversed): the refund did not happen.
-            self.settle_refund(original, transaction.amount_minor, outcome == State::Approved);
+            self.settle_refund(original, &transaction, outcome == State::Approved);
         }
         self.remember_completed(reference);
         Some(transaction)
@@ -1188,13 +1291,16 @@ impl Exchange {
         self.reverse(now, reference, reason, out);
     }
 
-    /// A refund of `amount` against payment `original` was answered: approved, it counts as
-    /// refunded; otherwise the amount is refundable again.
-    fn settle_refund(&mut self, original: u64, amount: u64, approved: bool) {
+    /// `refund` of payment `original` was answered: approved, it counts as refunded;
+    /// otherwise its amount (and its payer share) is refundable again.
+    fn settle_refund(&mut self, original: u64, refund: &Transaction, approved: bool) {
         if let Some(payment) = self.transactions.get_mut(&original) {
-            payment.refund_pending_minor = payment.refund_pending_minor.saturating_sub(amount);
+            payment.refund_pending_minor = payment.refund_pending_minor.saturating_sub(refund.amount_minor);
             if approved {
-                payment.refunded_minor += amount;
+                payment.refunded_minor += refund.amount_minor;
+            } else {
+                payment.refunded_payer_minor =
+                    payment.refunded_payer_minor.saturating_sub(refund.conversion.payer_amount_minor);
             }
         }
     }
@@ -1239,6 +1345,8 @@ impl Exchange {
         {
             // An approved refund undone: its amount is refundable again.
             payment.refunded_minor = payment.refunded_minor.saturating_sub(transaction.amount_minor);
+            payment.refunded_payer_minor =
+                payment.refunded_payer_minor.saturating_sub(transaction.conversion.payer_amount_minor);
         }
         let message = Message::ReversalRequest(LinkedRequest {
             originator: self.config.switch_id,
@@ -1251,7 +1359,7 @@ impl Exchange {
             reason,
             reserved: [0; 4],
             original_originator_transaction_id: transaction.originator_transaction_id,
-            conversion: codec::Conversion::NONE,
+            conversion: transaction.conversion,
         });
         self.reversals.insert(
             reversal,
@@ -1291,12 +1399,24 @@ impl Exchange {
             } => {
                 self.sequence = self.sequence.max(SwitchReference(reference).sequence());
                 let kind = if refund_of == 0 { Kind::Payment } else { Kind::Refund { original: refund_of } };
-                let admission = Admission { originator, id, receiver, amount_minor, currency, kind, payment_code };
+                let conversion = Conversion::NONE;
+                let admission =
+                    Admission { originator, id, receiver, amount_minor, currency, kind, payment_code, conversion };
                 // No session and no timer: what is still in flight when replay ends is
                 // timed out by `finish_recovery`.
                 self.open(reference, 0, admission, 0);
                 if let Some(code) = payment_code {
                     self.used_codes.claim(code);
+                }
+            }
+            Record::Converted { reference, conversion } => {
+                // Right after its `Admitted`: the transaction is still in flight.
+                let Some(transaction) = self.transactions.get_mut(&reference) else { return };
+                transaction.conversion = conversion;
+                if let Kind::Refund { original } = transaction.kind
+                    && let Some(payment) = self.transactions.get_mut(&original)
+                {
+                    payment.refunded_payer_minor += conversion.payer_amount_minor;
                 }
             }
             Record::Answered { reference, code, .. } => {

@@ -26,7 +26,7 @@
 //! zero bytes): clearing needs only to know one was presented. Only
 //! [`Record::decode_published`] accepts such a record, and it accepts no other code.
 
-use codec::{AuthorizationCode, InstitutionId, PaymentCode, TransactionId};
+use codec::{AuthorizationCode, Conversion, InstitutionId, PaymentCode, TransactionId};
 
 use crate::participant::Onboarding;
 
@@ -41,6 +41,7 @@ const REVERSAL_STARTED_BODY: usize = 32;
 const REVERSAL_ACKNOWLEDGED_BODY: usize = 16;
 const WINDOW_CUT_BODY: usize = 16;
 const ONBOARDING_BODY: usize = 32;
+const CONVERTED_BODY: usize = 32;
 
 /// The key that encrypts payment codes at rest (16 bytes, SM4). Never printed.
 #[derive(Clone)]
@@ -121,6 +122,9 @@ pub enum Record {
     /// An operator moved `participant` from `previous` to `state` (written to every shard's
     /// journal, in order with the decisions around it).
     Onboarding { participant: InstitutionId, state: Onboarding, previous: Onboarding, time_ms: i64 },
+    /// Transaction `reference` (admitted by the record just before) is converted into its
+    /// payer's settlement currency: what the payer pays, or on a refund gets back.
+    Converted { reference: u64, conversion: Conversion },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -151,6 +155,7 @@ impl Record {
             Self::ReversalAcknowledged { .. } => 5,
             Self::WindowCut { .. } => 6,
             Self::Onboarding { .. } => 7,
+            Self::Converted { .. } => 8,
         }
     }
 
@@ -242,6 +247,14 @@ impl Record {
                 out.extend_from_slice(&[0; 6]);
                 out.extend_from_slice(participant.as_bytes());
             }
+            Self::Converted { reference, conversion } => {
+                out.extend_from_slice(&reference.to_le_bytes());
+                out.extend_from_slice(&conversion.payer_amount_minor.to_le_bytes());
+                out.extend_from_slice(&conversion.rate.to_le_bytes());
+                out.extend_from_slice(&conversion.rate_version.to_le_bytes());
+                out.extend_from_slice(&conversion.payer_currency.to_le_bytes());
+                out.extend_from_slice(&conversion.margin_basis_points.to_le_bytes());
+            }
         }
         let body = (out.len() - start - HEADER_SIZE) as u32;
         let header = &mut out[start..start + HEADER_SIZE];
@@ -278,6 +291,7 @@ impl Record {
             5 => REVERSAL_ACKNOWLEDGED_BODY,
             6 => WINDOW_CUT_BODY,
             7 => ONBOARDING_BODY,
+            8 => CONVERTED_BODY,
             // An unknown kind with a sane length is still checked first: a torn or
             // corrupt record should say "checksum", not mislead with "kind".
             _ if body_length <= ADMITTED_BODY && bytes.len() >= HEADER_SIZE + body_length => {
@@ -374,6 +388,22 @@ impl Record {
                 let previous = Onboarding::from_code(previous).ok_or(RecordError::Field("previous"))?;
                 Record::Onboarding { participant, state, previous, time_ms }
             }
+            8 => {
+                let reference = body.u64();
+                let conversion = Conversion {
+                    payer_amount_minor: body.u64(),
+                    rate: body.u64(),
+                    rate_version: u32::from_le_bytes(body.take()),
+                    payer_currency: body.u16(),
+                    margin_basis_points: body.u16(),
+                };
+                // The same ranges as on the wire: a converted record has a payer currency
+                // and a rate.
+                if conversion.payer_currency == 0 || conversion.rate == 0 || conversion.rate_version == 0 {
+                    return Err(RecordError::Field("conversion"));
+                }
+                Record::Converted { reference, conversion }
+            }
             _ => unreachable!("kinds checked above"),
         };
         Ok((record, sequence, size))
@@ -431,6 +461,16 @@ impl std::fmt::Display for Record {
             Self::Onboarding { participant, state, previous, time_ms } => {
                 write!(f, "state     {} {} -> {} at {time_ms}", participant.as_str(), previous.name(), state.name())
             }
+            Self::Converted { reference: r, conversion: c } => write!(
+                f,
+                "converted {} payer amount {} currency {} rate {} margin {} bp rate version {}",
+                reference(*r),
+                c.payer_amount_minor,
+                c.payer_currency,
+                codec::fx::format_rate(c.rate),
+                c.margin_basis_points,
+                c.rate_version
+            ),
         }
     }
 }
@@ -508,6 +548,16 @@ mod tests {
                 state: Onboarding::Suspended,
                 previous: Onboarding::ProductionVerification,
                 time_ms: 10,
+            },
+            Record::Converted {
+                reference: 9,
+                conversion: Conversion {
+                    payer_amount_minor: 49_369,
+                    rate: 49_123_000_000,
+                    rate_version: 7,
+                    payer_currency: 764,
+                    margin_basis_points: 50,
+                },
             },
         ]
     }
