@@ -53,6 +53,12 @@ pub fn demo() -> Vec<Participant> {
         demo("ALIPAY", &[Role::Issuer, Role::Acquirer]),
         demo("UNIONPAY", &[Role::Issuer, Role::Network]),
         demo("WAL0001", &[Role::Issuer]),
+        demo("WALKR", &[Role::Issuer]),
+        demo("WALSG", &[Role::Issuer]),
+        demo("WALTH", &[Role::Issuer]),
+        demo("WALMY", &[Role::Issuer]),
+        demo("WALHK", &[Role::Issuer]),
+        demo("WALMO", &[Role::Issuer]),
     ]
 }
 

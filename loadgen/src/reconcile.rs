@@ -183,6 +183,12 @@ fn split_csv(line: &str) -> Vec<String> {
     fields
 }
 
+/// Columns of a clearing CSV: the transaction's side (reference, id, time, type, direction,
+/// amount, currency, counterparty, fee), then the participant's settlement side (amount,
+/// currency) and the conversion's terms (rate, margin, version; empty when none). Entries
+/// are matched on the transaction's amount and currency, as the generator sent them.
+const CLEARING_CSV_FIELDS: usize = 14;
+
 /// Compares the record at `record` with the clearing files under `clearing`.
 pub fn reconcile(record: &Path, clearing: &Path) -> anyhow::Result<Reconciliation> {
     let (run_id, rows) = read_record(record)?;
@@ -200,8 +206,12 @@ pub fn reconcile(record: &Path, clearing: &Path) -> anyhow::Result<Reconciliatio
             let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
             for (index, line) in text.lines().enumerate().skip(1) {
                 let fields = split_csv(line);
-                if fields.len() != 9 {
-                    bail!("{}:{}: expected 9 fields: {line:?}", path.display(), index + 1);
+                if fields.len() != CLEARING_CSV_FIELDS {
+                    bail!(
+                        "{}:{}: expected {CLEARING_CSV_FIELDS} fields (the switch's clearing file format): {line:?}",
+                        path.display(),
+                        index + 1
+                    );
                 }
                 if fields[4] != "credit" || parse_id(&fields[1]).is_none_or(|p| p.run != run_id) {
                     continue;
@@ -308,7 +318,7 @@ mod tests {
         reconcile(&dir.join("record.csv"), dir)
     }
 
-    const HEADER: &str = "switch_reference,originator_transaction_id,time_ms,type,direction,amount_minor,currency,counterparty,fee_minor\n";
+    const HEADER: &str = "switch_reference,originator_transaction_id,time_ms,type,direction,amount_minor,currency,counterparty,fee_minor,settlement_amount_minor,settlement_currency,rate,margin_basis_points,rate_version\n";
 
     #[test]
     fn catches_missing_extra_and_altered() {
@@ -319,8 +329,8 @@ mod tests {
             R2,ACQ0001,abc-0-2-20,payment,0,100,156,WECHATPAY\n\
             R3,ACQ0001,abc-0-3-30,payment,2,500,156,WECHATPAY\n";
         let good = format!(
-            "{HEADER}R1,\"abc-0-1-10\",1,payment,credit,3800,156,WECHATPAY,0\nR2,\"abc-0-2-20\",1,payment,credit,100,156,WECHATPAY,0\n\
-             R9,\"other-run\",1,payment,credit,1,156,WECHATPAY,0\n"
+            "{HEADER}R1,\"abc-0-1-10\",1,payment,credit,3800,156,WECHATPAY,0,3800,156,,,\nR2,\"abc-0-2-20\",1,payment,credit,100,156,WECHATPAY,0,100,156,,,\n\
+             R9,\"other-run\",1,payment,credit,1,156,WECHATPAY,0,1,156,,,\n"
         );
         let clean = fixture(&dir, record, &good).unwrap();
         assert!(clean.is_clean(), "{}", clean.render());
@@ -328,8 +338,8 @@ mod tests {
 
         // Missing R2, altered R1, an extra approval for declined R3 and one never answered.
         let bad = format!(
-            "{HEADER}R1,\"abc-0-1-10\",1,payment,credit,3900,156,WECHATPAY,0\nR3,\"abc-0-3-30\",1,payment,credit,500,156,WECHATPAY,0\n\
-             R4,\"abc-0-4-40\",1,payment,credit,7,156,WECHATPAY,0\n"
+            "{HEADER}R1,\"abc-0-1-10\",1,payment,credit,3900,156,WECHATPAY,0,3900,156,,,\nR3,\"abc-0-3-30\",1,payment,credit,500,156,WECHATPAY,0,500,156,,,\n\
+             R4,\"abc-0-4-40\",1,payment,credit,7,156,WECHATPAY,0,7,156,,,\n"
         );
         let found = fixture(&dir, record, &bad).unwrap();
         assert_eq!(found.missing.len(), 1, "{}", found.render());
@@ -341,8 +351,8 @@ mod tests {
 
         // A reversal nets a payment out; a doubled one is extra.
         let reversed = format!(
-            "{HEADER}R1,\"abc-0-1-10\",1,payment,credit,3800,156,WECHATPAY,0\nR2,\"abc-0-2-20\",1,payment,credit,100,156,WECHATPAY,0\n\
-             R2,\"abc-0-2-20\",2,payment,credit,100,156,WECHATPAY,0\nR1,\"abc-0-1-10\",3,reversal,credit,3800,156,ACQ0001,0\n"
+            "{HEADER}R1,\"abc-0-1-10\",1,payment,credit,3800,156,WECHATPAY,0,3800,156,,,\nR2,\"abc-0-2-20\",1,payment,credit,100,156,WECHATPAY,0,100,156,,,\n\
+             R2,\"abc-0-2-20\",2,payment,credit,100,156,WECHATPAY,0,100,156,,,\nR1,\"abc-0-1-10\",3,reversal,credit,3800,156,ACQ0001,0,3800,156,,,\n"
         );
         let found = fixture(&dir, record, &reversed).unwrap();
         assert!(found.missing[0].contains("reversed"), "{}", found.render());
@@ -352,15 +362,15 @@ mod tests {
         let doubt = "# loadgen record v1 run=abc\nswitch_reference,originator,originator_transaction_id,kind,code,amount_minor,currency,responder\n\
             -,ACQ0001,abc-0-5-50,payment,-,700,156,-\n\
             -,ACQ0001,abc-0-6-60,payment,-,800,156,-\n";
-        let once = format!("{HEADER}R5,\"abc-0-5-50\",1,payment,credit,700,156,ACQ0001,0\n");
+        let once = format!("{HEADER}R5,\"abc-0-5-50\",1,payment,credit,700,156,ACQ0001,0,700,156,,,\n");
         let found = fixture(&dir, doubt, &once).unwrap();
         assert!(found.is_clean(), "{}", found.render());
         assert_eq!((found.in_doubt, found.in_doubt_cleared), (2, 1));
         assert!(found.render().contains("in doubt 2"), "{}", found.render());
-        let twice = format!("{once}R5,\"abc-0-5-50\",2,payment,credit,700,156,ACQ0001,0\n");
+        let twice = format!("{once}R5,\"abc-0-5-50\",2,payment,credit,700,156,ACQ0001,0,700,156,,,\n");
         let found = fixture(&dir, doubt, &twice).unwrap();
         assert!(found.extra[0].contains("in doubt, in clearing 2 times"), "{}", found.render());
-        let altered = format!("{HEADER}R5,\"abc-0-5-50\",1,payment,credit,701,156,ACQ0001,0\n");
+        let altered = format!("{HEADER}R5,\"abc-0-5-50\",1,payment,credit,701,156,ACQ0001,0,701,156,,,\n");
         assert_eq!(fixture(&dir, doubt, &altered).unwrap().mismatched.len(), 1);
 
         std::fs::write(dir.join("record.csv"), "not a record\n").unwrap();

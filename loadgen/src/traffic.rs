@@ -418,8 +418,11 @@ mod tests {
         let origins = originations(&profile, &participants).unwrap();
         let total: f64 = origins.iter().map(Origination::share).sum();
         assert!((total - 1.0).abs() < 1e-6, "{total}");
-        let wal = origins.iter().find(|o| o.participant.as_str() == "WAL0001").unwrap();
-        assert!(wal.flows.iter().all(|(f, _)| matches!(f, Flow::CrossBorder(_))));
+        // One wallet per inbound market, each only cross-border.
+        for market in ["WALKR", "WALSG", "WALTH", "WALMY", "WALHK", "WALMO"] {
+            let wallet = origins.iter().find(|o| o.participant.as_str() == market).unwrap();
+            assert!(wallet.flows.iter().all(|(f, _)| matches!(f, Flow::CrossBorder(_))), "{market}");
+        }
 
         let mix = Arc::new(profile.mix.clone());
         let mut pool = VecDeque::new();

@@ -87,7 +87,27 @@ impl SwitchConfig {
     /// The default daily cut-off: 23:00 Beijing time.
     pub const DAILY_CUTOFF_DEFAULT: jiff::civil::Time = jiff::civil::time(23, 0, 0, 0);
 
-    /// The embedded default: demo participants on loopback.
+    /// The embedded default's settlement currencies.
+    const DEMO_SETTLEMENT: &'static [(&'static str, &'static str)] = &[
+        ("WECHATPAY", "CNY"),
+        ("ALIPAY", "CNY"),
+        ("UNIONPAY", "CNY"),
+        ("WALKR", "KRW"),
+        ("WALSG", "SGD"),
+        ("WALTH", "THB"),
+        ("WALMY", "MYR"),
+        ("WALHK", "HKD"),
+        ("WALMO", "MOP"),
+    ];
+
+    /// The embedded default's FX margin: 0.50% on top of the mid rate.
+    pub const FX_MARGIN_DEFAULT: u16 = 50;
+
+    /// The embedded default: demo participants on loopback. The Chinese wallets and
+    /// UnionPay settle in CNY; one foreign wallet per visa-free market settles in its own
+    /// currency (WALKR in KRW, ...); WAL0001 stands for any other foreign wallet and pays
+    /// in the transaction's currency. Conversions use the demo rates
+    /// (`switch/config/demo-rates.toml`, indicative, not market data).
     pub fn embedded_default() -> Self {
         let demo = |id: &str, name: &str, roles: &[Role]| Participant {
             id: InstitutionId::new(id).expect("demo id is valid"),
@@ -105,9 +125,30 @@ impl SwitchConfig {
             fsync: SyncPolicy::Always,
             code_key: None,
             daily_cutoff: Some(Self::DAILY_CUTOFF_DEFAULT),
-            fees: crate::clearing::FeeSchedule { operator: "CSWITCH".into(), ..Default::default() },
+            fees: crate::clearing::FeeSchedule {
+                operator: "CSWITCH".into(),
+                fx_margin_basis_points: Self::FX_MARGIN_DEFAULT,
+                ..Default::default()
+            },
             session: SessionConfig::default(),
-            exchange: ExchangeConfig::default(),
+            exchange: ExchangeConfig {
+                policies: Self::DEMO_SETTLEMENT
+                    .iter()
+                    .map(|&(id, currency)| {
+                        let settlement_currency = codec::currency::numeric(currency);
+                        let policy = crate::core::exchange::ParticipantPolicy {
+                            settlement_currency,
+                            ..Default::default()
+                        };
+                        (InstitutionId::new(id).expect("demo id is valid"), policy)
+                    })
+                    .collect(),
+                rates: std::sync::Arc::new(
+                    crate::fx::RateTable::parse(crate::fx::DEMO_RATES).expect("the demo rates are valid"),
+                ),
+                fx_margin_basis_points: Self::FX_MARGIN_DEFAULT,
+                ..ExchangeConfig::default()
+            },
             routes: Routes::embedded_default(),
             participants: vec![
                 demo("ACQ0001", "Demo acquirer 1", &[Role::Acquirer]),
@@ -116,6 +157,12 @@ impl SwitchConfig {
                 demo("ALIPAY", "Alipay (demo)", &[Role::Issuer, Role::Acquirer]),
                 demo("UNIONPAY", "UnionPay (demo)", &[Role::Issuer, Role::Network]),
                 demo("WAL0001", "Demo foreign wallet", &[Role::Issuer]),
+                demo("WALKR", "Demo Korean wallet (KRW)", &[Role::Issuer]),
+                demo("WALSG", "Demo Singapore wallet (SGD)", &[Role::Issuer]),
+                demo("WALTH", "Demo Thai wallet (THB)", &[Role::Issuer]),
+                demo("WALMY", "Demo Malaysian wallet (MYR)", &[Role::Issuer]),
+                demo("WALHK", "Demo Hong Kong wallet (HKD)", &[Role::Issuer]),
+                demo("WALMO", "Demo Macao wallet (MOP)", &[Role::Issuer]),
             ],
             admin_tokens: Vec::new(),
             // The demo network on loopback: plaintext, said explicitly.

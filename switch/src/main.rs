@@ -582,6 +582,7 @@ fn run(config: SwitchConfig, io: Io, damage: Damage) -> anyhow::Result<()> {
                 })
                 .with_daily_cutoff(config.daily_cutoff)
                 .with_fees(config.fees.clone())
+                .with_fx_rates_file(config.fx_rates_file.clone())
                 .with_prefault(true),
         );
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -2170,6 +2170,180 @@ mod tests {
         (exchange, payment)
     }
 
+    const THB: u16 = 764;
+
+    /// An exchange where WeChat Pay settles in THB, with a CNY to THB rate for 2026 and
+    /// a 50 bp margin (the sample payment is 38.00 CNY in February 2026).
+    fn converting_exchange(rates: &str) -> Exchange {
+        let mut config = ExchangeConfig {
+            reply_deadline_ms: 1_000,
+            reversal_retry_ms: 500,
+            rates: Arc::new(RateTable::parse(rates).expect("valid rates")),
+            fx_margin_basis_points: 50,
+            ..ExchangeConfig::default()
+        };
+        config.policies.insert(
+            id("WECHATPAY"),
+            ParticipantPolicy { settlement_currency: Some(THB), ..ParticipantPolicy::default() },
+        );
+        let mut exchange = Exchange::new(config, Routes::embedded_default());
+        let mut out = Vec::new();
+        exchange.session_up(id("ACQ0001"), ACQUIRER, &mut out);
+        exchange.session_up(id("WECHATPAY"), WECHAT, &mut out);
+        exchange
+    }
+
+    const RATES_2026: &str = "version = 4\n[[rate]]\nmerchant = \"CNY\"\npayer = \"THB\"\nrate = \"4.9123\"\n\
+        valid_from = \"2026-01-01T00:00:00+08:00\"\nvalid_until = \"2027-01-01T00:00:00+08:00\"\n";
+    const RATES_2025: &str = "version = 3\n[[rate]]\nmerchant = \"CNY\"\npayer = \"THB\"\nrate = \"4.9\"\n\
+        valid_from = \"2025-01-01T00:00:00+08:00\"\nvalid_until = \"2026-01-01T00:00:00+08:00\"\n";
+
+    #[test]
+    fn a_payment_the_payer_settles_in_another_currency_is_converted_both_ways() {
+        let mut exchange = converting_exchange(RATES_2026);
+        let mut out = Vec::new();
+        // The acquirer's own conversion field is overwritten, never trusted.
+        let mut request = payment("T1", "134567890123451234");
+        request.conversion.payer_currency = 840;
+        exchange.handle_request(at(0), ACQUIRER, Message::PaymentCodeRequest(request), &mut out);
+        let [Outbound { session: WECHAT, message: Message::PaymentCodeRequest(forwarded) }] = out.as_slice() else {
+            panic!("expected a forward to WeChat Pay: {out:?}");
+        };
+        // 38.00 CNY x 4.9123 x 1.005 = 187.600737 THB: 187.60.
+        let expected = Conversion {
+            payer_amount_minor: 18_760,
+            rate: 49_123_000_000,
+            rate_version: 4,
+            payer_currency: THB,
+            margin_basis_points: 50,
+        };
+        assert_eq!(forwarded.conversion, expected);
+        assert_eq!((forwarded.details.amount_minor, forwarded.details.currency), (3_800, 156));
+        let reference = forwarded.details.switch_reference;
+        let mut records = Vec::new();
+        exchange.take_records(&mut records);
+        assert!(matches!(records.as_slice(), [Record::Admitted { .. }, Record::Converted { conversion, .. }] if *conversion == expected));
+        out.clear();
+        // The issuer's reply says nothing of the conversion; the acquirer hears it anyway.
+        exchange.handle_answer(at(5), id("WECHATPAY"), issuer_reply(reference, ReplyCode::Approved), &mut out);
+        let [Outbound { message: Message::PaymentReply(reply), .. }] = out.as_slice() else { panic!("{out:?}") };
+        assert_eq!((reply.code, reply.conversion), (0, expected));
+        // A reversal gives the payer back what it paid.
+        out.clear();
+        let cancel = LinkedRequest { reason: ReversalReason::OriginatorCancel.value(), ..linked("C1", "T1", 3_800) };
+        exchange.handle_request(at(6), ACQUIRER, Message::ReversalRequest(cancel), &mut out);
+        let reversal = out.iter().find_map(|o| match &o.message {
+            Message::ReversalRequest(r) if o.session == WECHAT => Some(r.conversion),
+            _ => None,
+        });
+        assert_eq!(reversal, Some(expected));
+        // Merchant-presented: the wallet is the payer; its reply carries the conversion.
+        exchange.session_up(id("UNIONPAY"), UNIONPAY, &mut out);
+        out.clear();
+        let mut request: QrPaymentRequest = codec::sample::qr_payment_request();
+        request.details.originator = id("WECHATPAY");
+        exchange.handle_request(at(7), WECHAT, Message::QrPaymentRequest(request.into()), &mut out);
+        let [Outbound { session: UNIONPAY, message: Message::QrPaymentRequest(forwarded) }] = out.as_slice() else {
+            panic!("expected a forward to UnionPay: {out:?}");
+        };
+        let reference = forwarded.details.switch_reference;
+        out.clear();
+        exchange.handle_answer(at(8), id("UNIONPAY"), issuer_reply(reference, ReplyCode::Approved), &mut out);
+        let [Outbound { session: WECHAT, message: Message::PaymentReply(reply) }] = out.as_slice() else {
+            panic!("expected the wallet's reply: {out:?}")
+        };
+        assert_eq!(reply.conversion, expected, "the sample QR payment is 38.00 CNY too");
+        // A domestic payer (no settlement currency) is not converted.
+        let mut plain = exchange_with_alipay();
+        out.clear();
+        pay(&mut plain, "T2", "281234567890123456", &mut out);
+        let forwarded = out.iter().find_map(|o| match &o.message {
+            Message::PaymentCodeRequest(r) => Some(r.conversion),
+            _ => None,
+        });
+        assert_eq!(forwarded, Some(Conversion::NONE));
+    }
+
+    fn exchange_with_alipay() -> Exchange {
+        let mut exchange = exchange();
+        exchange.session_up(id("ALIPAY"), 9, &mut Vec::new());
+        exchange
+    }
+
+    #[test]
+    fn no_valid_rate_is_an_explicit_decline_and_a_new_table_applies_at_once() {
+        // Only last year's rate: expired, so declined, and the code stays usable.
+        let mut exchange = converting_exchange(RATES_2025);
+        let mut out = Vec::new();
+        pay(&mut exchange, "T1", "134567890123451234", &mut out);
+        assert_eq!(reply_code(&out, ACQUIRER), (ReplyCode::NoExchangeRate, 0));
+        assert_eq!(exchange.in_flight(), 0);
+        let mut records = Vec::new();
+        exchange.take_records(&mut records);
+        assert!(records.is_empty(), "a decline before admission journals nothing: {records:?}");
+        // The reloaded table applies to the next payment; the same code is accepted.
+        exchange.set_rates(Arc::new(RateTable::parse(RATES_2026).expect("valid")));
+        out.clear();
+        pay(&mut exchange, "T2", "134567890123451234", &mut out);
+        let reference = forwarded_reference(&out);
+        assert_ne!(reference, 0);
+        // An amount that rounds to nothing in the payer's currency is declined too.
+        let mut tiny = payment("T3", "134567890123450001");
+        tiny.details.amount_minor = 1;
+        let table = RateTable::parse(&RATES_2026.replace("4.9123", "0.0001")).expect("valid");
+        exchange.set_rates(Arc::new(table));
+        out.clear();
+        exchange.handle_request(at(1), ACQUIRER, Message::PaymentCodeRequest(tiny), &mut out);
+        assert_eq!(reply_code(&out, ACQUIRER).0, ReplyCode::NoExchangeRate);
+    }
+
+    #[test]
+    fn refunds_of_a_converted_payment_give_back_shares_that_add_up_to_what_was_paid() {
+        let mut exchange = converting_exchange(RATES_2026);
+        let mut out = Vec::new();
+        pay(&mut exchange, "T1", "134567890123451234", &mut out);
+        let payment = forwarded_reference(&out);
+        exchange.handle_answer(at(1), id("WECHATPAY"), issuer_reply(payment, ReplyCode::Approved), &mut out);
+        let refund = |exchange: &mut Exchange, id_text: &str, amount, approve: bool| -> u64 {
+            let mut out = Vec::new();
+            exchange.handle_request(at(2), ACQUIRER, Message::RefundRequest(linked(id_text, "T1", amount)), &mut out);
+            let Some((reference, share)) = out.iter().find_map(|o| match &o.message {
+                Message::RefundRequest(r) => Some((r.switch_reference, r.conversion.payer_amount_minor)),
+                _ => None,
+            }) else {
+                panic!("refund not forwarded: {out:?}")
+            };
+            let code = if approve { ReplyCode::Approved } else { ReplyCode::DoNotHonour };
+            let reply = Message::RefundReply(Reply {
+                switch_reference: reference,
+                code: code.value(),
+                ..codec::sample::payment_reply()
+            });
+            exchange.handle_answer(at(3), id("WECHATPAY"), reply, &mut out);
+            share
+        };
+        // 10.00 of 38.00 CNY: 10/38 of 187.60 THB = 49.368..., 49.37.
+        assert_eq!(refund(&mut exchange, "R1", 1_000, true), 4_937);
+        // A declined refund gives its share back to the refundable pot.
+        assert_eq!(refund(&mut exchange, "R2", 1_000, false), 4_937);
+        assert_eq!(refund(&mut exchange, "R3", 1_000, true), 4_937);
+        // The last 18.00: all that remains of the 187.60, whatever the rounding did.
+        assert_eq!(refund(&mut exchange, "R4", 1_800, true), 18_760 - 2 * 4_937);
+        // Replaying the journal rebuilds the same payer shares.
+        let mut records = Vec::new();
+        exchange.take_records(&mut records);
+        let mut replayed = converting_exchange(RATES_2026);
+        for record in &records {
+            replayed.replay(record);
+        }
+        let payment_of = |e: &Exchange| {
+            let t = &e.transactions[&payment];
+            (t.refunded_minor, t.refunded_payer_minor, t.conversion)
+        };
+        assert_eq!(payment_of(&replayed), payment_of(&exchange));
+        assert_eq!(payment_of(&replayed).1, 18_760);
+    }
+
     #[test]
     fn refunds_link_to_the_approval_and_never_exceed_it() {
         let (mut exchange, payment) = approved_payment("T1");

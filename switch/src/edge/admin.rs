@@ -1,13 +1,15 @@
 //! The admin HTTP port: `/livez`, `/readyz`, `/metrics` (open: probes and scrapers),
 //! `/participants` (JSON: each participant's sessions, in-flight counts, pending reversals
-//! and breaker; role `read`), and two actions (role `operator`): `POST /clearing/close`,
-//! which closes the open clearing window and answers with its number and files, and
-//! `POST /tls/reload`, which reads the TLS certificates, CA and CRLs again, and
+//! and breaker; role `read`), `/fx/rates` (the FX rate table in force; role `read`), and
+//! four actions (role `operator`): `POST /clearing/close`, which closes the open clearing
+//! window and answers with its number and files; `POST /tls/reload`, which reads the TLS
+//! certificates, CA and CRLs again; `POST /fx/rates/reload`, which reads the rate table
+//! file again (its version must rise) and hands it to every shard; and
 //! `POST /participants/ID/state/STATE`, which moves a participant through onboarding
 //! (`Onboarding`), journaled by every shard. Tokens, roles and the audit log are
 //! [`crate::access`]'s.
 //!
-//! Four GET endpoints and one POST do not justify a web framework: this is a small, bounded
+//! Nine endpoints do not justify a web framework: this is a small, bounded
 //! HTTP/1.1 responder (one request per connection, request head at most 8 KiB, 5 s to send
 //! it).
 //!
@@ -147,6 +149,36 @@ async fn route(request: &Request<'_>, peer: &str, shared: &Shared) -> Response {
             };
             audited(done, peer, &who, &action, shared)
         }
+        ("GET", "/fx/rates") => match authorise(request, peer, &action, AdminRole::Read, shared) {
+            Ok(_) => {
+                let rates = shared.rates().await;
+                let body = serde_json::json!({
+                    "version": rates.version(),
+                    "margin_basis_points": shared.exchange.fx_margin_basis_points,
+                    "file": shared.fx_rates_file.as_ref().map(|f| f.display().to_string()),
+                    "rates": rates.shown(),
+                });
+                ("200 OK", "application/json", format!("{body}\n"))
+            }
+            Err(refused) => refused,
+        },
+        ("POST", "/fx/rates/reload") => {
+            let who = match authorise(request, peer, &action, AdminRole::Operator, shared) {
+                Ok(who) => who,
+                Err(refused) => return refused,
+            };
+            let done = match shared.reload_rates().await {
+                Ok((previous, version)) => {
+                    let body = serde_json::json!({ "previous": previous, "version": version });
+                    (("200 OK", "application/json", format!("{body}\n")), format!("rates version {previous} -> {version}"))
+                }
+                Err(problem) => (
+                    ("409 Conflict", "text/plain", format!("kept the running rates: {problem}\n")),
+                    format!("refused: {problem}"),
+                ),
+            };
+            audited(done, peer, &who, &action, shared)
+        }
         ("POST", "/tls/reload") => {
             let who = match authorise(request, peer, &action, AdminRole::Operator, shared) {
                 Ok(who) => who,
@@ -165,15 +197,20 @@ async fn route(request: &Request<'_>, peer: &str, shared: &Shared) -> Response {
             };
             audited(done, peer, &who, &action, shared)
         }
-        (_, "/livez" | "/readyz" | "/metrics" | "/participants" | "/clearing/close" | "/tls/reload") => (
+        (
+            _,
+            "/livez" | "/readyz" | "/metrics" | "/participants" | "/fx/rates" | "/clearing/close" | "/tls/reload"
+            | "/fx/rates/reload",
+        ) => (
             "405 Method Not Allowed",
             "text/plain",
-            "GET /livez /readyz /metrics /participants; POST /clearing/close /tls/reload\n".into(),
+            "GET /livez /readyz /metrics /participants /fx/rates; POST /clearing/close /tls/reload /fx/rates/reload\n"
+                .into(),
         ),
         _ => (
             "404 Not Found",
             "text/plain",
-            "try /livez, /readyz, /metrics, /participants, POST /clearing/close or POST /tls/reload\n".into(),
+            "try /livez, /readyz, /metrics, /participants, /fx/rates, POST /clearing/close, POST /tls/reload or POST /fx/rates/reload\n".into(),
         ),
     }
 }

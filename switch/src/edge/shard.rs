@@ -22,6 +22,7 @@
 //! - A shard loop wakes once per batch of pushes, not once per message.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use codec::{InstitutionId, Message};
@@ -62,6 +63,8 @@ pub enum Event {
     /// An operator moved `participant` from `previous` to `state`; `done` is told once the
     /// change is durable in this shard's journal.
     Onboarding { participant: InstitutionId, state: Onboarding, previous: Onboarding, done: Durable },
+    /// Convert with `rates` from now on; `done` is told once taken.
+    Rates { rates: Arc<crate::fx::RateTable>, done: Durable },
 }
 
 #[derive(Debug)]
@@ -239,6 +242,10 @@ pub async fn run_shard(parts: ShardLoop) {
                 }
                 Event::Onboarding { participant, state, previous, done } => {
                     exchange.set_onboarding(participant, state, previous, now);
+                    cut_waiters.push(done);
+                }
+                Event::Rates { rates, done } => {
+                    exchange.set_rates(rates);
                     cut_waiters.push(done);
                 }
             }

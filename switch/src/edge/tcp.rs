@@ -94,6 +94,10 @@ pub struct Shared {
     /// until `serve` takes it.
     pub iso8583: Option<crate::config::Iso8583Settings>,
     iso8583_listener: std::sync::Mutex<Option<std::net::TcpListener>>,
+    /// The FX rate table's file, read again by `reload_rates` (none: no reload).
+    pub fx_rates_file: Option<PathBuf>,
+    /// The rate table the shards convert with (the lock also keeps reloads one at a time).
+    rates: tokio::sync::Mutex<Arc<crate::fx::RateTable>>,
 }
 
 impl Shared {
@@ -122,6 +126,8 @@ impl Shared {
             iso8583: None,
             iso8583_listener: std::sync::Mutex::new(None),
             onboarding: tokio::sync::Mutex::new(HashMap::new()),
+            fx_rates_file: None,
+            rates: tokio::sync::Mutex::new(Arc::default()),
         }
     }
 
@@ -131,7 +137,6 @@ impl Shared {
         self
     }
 
-    /// Who may use the admin API, and where their actions are recorded.
     /// Serves ISO 8583 participants on `listener` with `settings`' profile.
     pub fn with_iso8583(mut self, settings: crate::config::Iso8583Settings, listener: std::net::TcpListener) -> Self {
         self.iso8583 = Some(settings);
@@ -144,6 +149,13 @@ impl Shared {
         self
     }
 
+    /// Lets `POST /fx/rates/reload` read the rate table again from `file`.
+    pub fn with_fx_rates_file(mut self, file: Option<PathBuf>) -> Self {
+        self.fx_rates_file = file;
+        self
+    }
+
+    /// Who may use the admin API, and where their actions are recorded.
     pub fn with_admin(mut self, admin: crate::access::AdminAccess) -> Self {
         self.admin = admin;
         self
@@ -151,6 +163,7 @@ impl Shared {
 
     /// The exchange's settings and routes (the embedded default's unless given).
     pub fn with_exchange(mut self, exchange: ExchangeConfig, routes: Routes) -> Self {
+        self.rates = tokio::sync::Mutex::new(exchange.rates.clone());
         self.exchange = exchange;
         self.routes = routes;
         self
@@ -247,6 +260,46 @@ impl Shared {
         states.insert(participant, (to, (to == Onboarding::Suspended).then_some(from)));
         tracing::info!(%participant, from = from.name(), to = to.name(), "onboarding state changed");
         Ok(from)
+    }
+
+    /// The FX rate table the shards convert with now.
+    pub async fn rates(&self) -> Arc<crate::fx::RateTable> {
+        self.rates.lock().await.clone()
+    }
+
+    /// Reads the rate table file again and hands the table to every shard, which converts
+    /// with it from its next request on; returns the previous and the new version once
+    /// every shard has it. Refused, with the running table kept, when there is no file, it
+    /// cannot be read or is invalid, or its version is not above the running one (so an
+    /// old file is never reloaded by mistake, and a version names one table).
+    pub async fn reload_rates(&self) -> Result<(u32, u32), String> {
+        let path = self
+            .fx_rates_file
+            .as_ref()
+            .ok_or("no [fx] rates file is configured: the table given at start is the only one")?;
+        let mesh = self.mesh.get().ok_or("the switch is not serving yet")?;
+        let mut running = self.rates.lock().await;
+        let table = crate::fx::RateTable::read(path)?;
+        let previous = running.version();
+        if table.version() <= previous {
+            return Err(format!(
+                "{}: version {} is not above the running version {previous}",
+                path.display(),
+                table.version()
+            ));
+        }
+        let table = Arc::new(table);
+        let (dones, applied): (Vec<_>, Vec<_>) = (0..mesh.shards()).map(|_| oneshot::channel()).unzip();
+        let mut dones = dones.into_iter();
+        mesh.broadcast(|_| Event::Rates { rates: table.clone(), done: dones.next().expect("one per shard") }).await;
+        for shard in applied {
+            if !matches!(tokio::time::timeout(Duration::from_secs(30), shard).await, Ok(Ok(()))) {
+                return Err("a shard did not take the new rates in 30 s; some shards may have them".into());
+            }
+        }
+        *running = table.clone();
+        tracing::info!(previous, version = table.version(), "FX rates reloaded");
+        Ok((previous, table.version()))
     }
 
     /// Closes the open clearing window: every shard journals a cut (in order with its
