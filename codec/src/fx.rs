@@ -213,7 +213,7 @@ mod tests {
                     let twice = 2 * u128::from(payer) * denominator;
                     let gap = twice.abs_diff(2 * exact_numerator);
                     prop_assert!(gap <= denominator, "{payer} vs {exact_numerator}/{denominator}");
-                    prop_assert!(payer >= 1 && payer <= AMOUNT_MINOR_MAX);
+                    prop_assert!((1..=AMOUNT_MINOR_MAX).contains(&payer));
                 }
                 Err(FxError::TooSmall) => prop_assert!(2 * exact_numerator < denominator),
                 Err(FxError::TooLarge) => {

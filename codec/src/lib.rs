@@ -46,6 +46,7 @@ pub use frame::{
 };
 pub use mac::{MAC_SIZE, MacAlgorithm, SessionMacs};
 pub use message::{
-    Conversion, Echo, LinkedRequest, Message, MessageKind, MessageRef, PROTOCOL_VERSION, PaymentCodeRequest, QrPaymentRequest,
-    Reject, Reply, SignOff, SignOnChallenge, SignOnRequest, SignOnResult, StatusQuery, StatusReply, TransactionDetails,
+    Conversion, Echo, LinkedRequest, Message, MessageKind, MessageRef, PROTOCOL_VERSION, PaymentCodeRequest,
+    QrPaymentRequest, Reject, Reply, SignOff, SignOnChallenge, SignOnRequest, SignOnResult, StatusQuery, StatusReply,
+    TransactionDetails,
 };

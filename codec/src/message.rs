@@ -293,7 +293,8 @@ pub struct Conversion {
 
 impl Conversion {
     /// No conversion.
-    pub const NONE: Self = Self { payer_amount_minor: 0, rate: 0, rate_version: 0, payer_currency: 0, margin_basis_points: 0 };
+    pub const NONE: Self =
+        Self { payer_amount_minor: 0, rate: 0, rate_version: 0, payer_currency: 0, margin_basis_points: 0 };
 
     pub fn is_some(&self) -> bool {
         self.payer_currency != 0
@@ -314,12 +315,27 @@ impl ArchivedConversion {
         let (rate_min, version_min, maxima) = if currency == 0 {
             (0, 0, [0; 4])
         } else {
-            (1, 1, [AMOUNT_MINOR_MAX, crate::fx::RATE_SCALED_MAX, u64::from(u32::MAX), u64::from(crate::fx::MARGIN_BASIS_POINTS_MAX)])
+            (
+                1,
+                1,
+                [
+                    AMOUNT_MINOR_MAX,
+                    crate::fx::RATE_SCALED_MAX,
+                    u64::from(u32::MAX),
+                    u64::from(crate::fx::MARGIN_BASIS_POINTS_MAX),
+                ],
+            )
         };
         check_range(u64::from(currency), 0, 999, "conversion.payer_currency", base + offset_of!(C, payer_currency))?;
         check_range(amount, 0, maxima[0], "conversion.payer_amount_minor", base + offset_of!(C, payer_amount_minor))?;
         check_range(rate, rate_min, maxima[1], "conversion.rate", base + offset_of!(C, rate))?;
-        check_range(u64::from(version), version_min, maxima[2], "conversion.rate_version", base + offset_of!(C, rate_version))?;
+        check_range(
+            u64::from(version),
+            version_min,
+            maxima[2],
+            "conversion.rate_version",
+            base + offset_of!(C, rate_version),
+        )?;
         check_range(
             u64::from(margin),
             0,

@@ -43,7 +43,11 @@ pub fn transaction_details() -> TransactionDetails {
 
 /// The typical consumer-presented request (WeChat Pay code prefix 13, 18 digits).
 pub fn payment_code_request() -> PaymentCodeRequest {
-    PaymentCodeRequest { details: transaction_details(), payment_code: id::<PaymentCode>("134567890123451234"), conversion: crate::message::Conversion::NONE }
+    PaymentCodeRequest {
+        details: transaction_details(),
+        payment_code: id::<PaymentCode>("134567890123451234"),
+        conversion: crate::message::Conversion::NONE,
+    }
 }
 
 /// A static EMVCo merchant-presented QR payload (the CRC in tag 63 is valid).

@@ -53,12 +53,12 @@ pub fn demo() -> Vec<Participant> {
         demo("ALIPAY", &[Role::Issuer, Role::Acquirer]),
         demo("UNIONPAY", &[Role::Issuer, Role::Network]),
         demo("WAL0001", &[Role::Issuer]),
-        demo("WALKR", &[Role::Issuer]),
-        demo("WALSG", &[Role::Issuer]),
-        demo("WALTH", &[Role::Issuer]),
-        demo("WALMY", &[Role::Issuer]),
-        demo("WALHK", &[Role::Issuer]),
-        demo("WALMO", &[Role::Issuer]),
+        demo("WALKR01", &[Role::Issuer]),
+        demo("WALSG01", &[Role::Issuer]),
+        demo("WALTH01", &[Role::Issuer]),
+        demo("WALMY01", &[Role::Issuer]),
+        demo("WALHK01", &[Role::Issuer]),
+        demo("WALMO01", &[Role::Issuer]),
     ]
 }
 

@@ -360,7 +360,11 @@ impl Traffic {
             Flow::ConsumerPresented => {
                 let wallet = &mix.wallets[self.rng.weighted(&self.wallet_weights)];
                 let payment_code = self.numbering.payment_code(&wallet.prefix, wallet.digits)?;
-                Message::PaymentCodeRequest(PaymentCodeRequest { details, payment_code, conversion: codec::Conversion::NONE })
+                Message::PaymentCodeRequest(PaymentCodeRequest {
+                    details,
+                    payment_code,
+                    conversion: codec::Conversion::NONE,
+                })
             }
             flow => {
                 let payloads = &self.qr[flow_index];
@@ -419,7 +423,7 @@ mod tests {
         let total: f64 = origins.iter().map(Origination::share).sum();
         assert!((total - 1.0).abs() < 1e-6, "{total}");
         // One wallet per inbound market, each only cross-border.
-        for market in ["WALKR", "WALSG", "WALTH", "WALMY", "WALHK", "WALMO"] {
+        for market in ["WALKR01", "WALSG01", "WALTH01", "WALMY01", "WALHK01", "WALMO01"] {
             let wallet = origins.iter().find(|o| o.participant.as_str() == market).unwrap();
             assert!(wallet.flows.iter().all(|(f, _)| matches!(f, Flow::CrossBorder(_))), "{market}");
         }

@@ -174,8 +174,16 @@ impl<'a> ShardEntries<'a> {
                 let refund = refund_of != 0;
                 let converted_party = if refund { payee } else { payer };
                 let conversion = Conversion::NONE;
-                let transaction =
-                    Known { payer, payee, amount_minor, currency, refund, approved: false, converted_party, conversion };
+                let transaction = Known {
+                    payer,
+                    payee,
+                    amount_minor,
+                    currency,
+                    refund,
+                    approved: false,
+                    converted_party,
+                    conversion,
+                };
                 known.insert(reference, (transaction, id));
             }
             Record::Converted { reference, conversion } => {
@@ -287,7 +295,9 @@ pub enum ClearingError {
     Unbalanced { window: u64, currency: u16, sum: i128 },
     #[error("window {0} has not been closed in this journal")]
     NotClosed(u64),
-    #[error("window {0} has converted transactions but the fee schedule names no operator to take their FX positions; nothing written")]
+    #[error(
+        "window {0} has converted transactions but the fee schedule names no operator to take their FX positions; nothing written"
+    )]
     NoOperator(u64),
     #[error("{0} is in use by a running switch (close the window through its admin port: --admin ADDR)")]
     Locked(PathBuf),
@@ -378,9 +388,11 @@ impl Window {
             "switch_reference,originator_transaction_id,time_ms,type,direction,amount_minor,currency,counterparty,fee_minor,settlement_amount_minor,settlement_currency,rate,margin_basis_points,rate_version\n",
         );
         let operator = self.operator == Some(participant);
-        for entry in self.entries.iter().filter(|e| {
-            e.payer == participant || e.payee == participant || (operator && e.conversion.is_some())
-        }) {
+        for entry in self
+            .entries
+            .iter()
+            .filter(|e| e.payer == participant || e.payee == participant || (operator && e.conversion.is_some()))
+        {
             let fee = if entry.fee_payer == participant { entry.fee_minor } else { 0 };
             let (direction, counterparty) = if entry.payee == participant {
                 ("credit", entry.payer)
@@ -716,19 +728,19 @@ mod tests {
         };
         let records = vec![
             // A THB wallet pays a CNY merchant at UNIONPAY 100.00 CNY: 493.69 THB.
-            admitted(1, "WALTH", "UNIONPAY", 10_000, false, 0),
+            admitted(1, "WALTH01", "UNIONPAY", 10_000, false, 0),
             converted(1, 49_369, THB),
             answered(1, 0),
             // A THB issuer's code scanned by ACQ0001 for 20.00 CNY (98.74 THB), then
             // refunded 5.00 CNY (24.69 THB back to the issuer).
-            admitted(2, "ACQ0001", "WALTH", 2_000, true, 0),
+            admitted(2, "ACQ0001", "WALTH01", 2_000, true, 0),
             converted(2, 9_874, THB),
             answered(2, 0),
-            admitted(3, "ACQ0001", "WALTH", 500, false, 2),
+            admitted(3, "ACQ0001", "WALTH01", 500, false, 2),
             converted(3, 2_469, THB),
             answered(3, 0),
             // Converted, approved and reversed: nothing moves in either currency.
-            admitted(4, "WALTH", "UNIONPAY", 3_000, false, 0),
+            admitted(4, "WALTH01", "UNIONPAY", 3_000, false, 0),
             converted(4, 14_811, THB),
             answered(4, 0),
             Record::ReversalStarted { reversal: 5, original: 4, reason: 4, time_ms: 300 },
@@ -736,13 +748,13 @@ mod tests {
             admitted(6, "ACQ0001", "WECHATPAY", 700, true, 0),
             answered(6, 0),
         ];
-        let window = Window::from_shards(1, &[records.clone()], &fees).expect("balanced");
+        let window = Window::from_shards(1, std::slice::from_ref(&records), &fees).expect("balanced");
         let net_in = |participant: &str, currency: u16| {
             window.positions.get(&id(participant)).and_then(|t| t.get(&currency)).map_or(0, |t| t.net_minor)
         };
         // The payer side in THB only; the merchant side in CNY only.
-        assert_eq!(net_in("WALTH", THB), -49_369 - 9_874 + 2_469);
-        assert_eq!(net_in("WALTH", 156), 0);
+        assert_eq!(net_in("WALTH01", THB), -49_369 - 9_874 + 2_469);
+        assert_eq!(net_in("WALTH01", 156), 0);
         // UNIONPAY: 100.00 less 0.50% (30 + 20 bp cross-border) = 50 fen.
         assert_eq!(net_in("UNIONPAY", 156), 10_000 - 50);
         assert_eq!(net_in("UNIONPAY", THB), 0);
@@ -755,13 +767,13 @@ mod tests {
             assert_eq!(sum, 0, "currency {currency}");
         }
         // The files: each side sees its own money, and the rate.
-        let wallet = window.csv(id("WALTH"));
+        let wallet = window.csv(id("WALTH01"));
         assert!(wallet.contains(",payment,debit,10000,156,UNIONPAY,0,49369,764,4.9123,50,2\n"), "{wallet}");
         assert!(wallet.contains(",refund,credit,500,156,ACQ0001,0,2469,764,4.9123,50,2\n"), "{wallet}");
         let acquirer = window.csv(id("UNIONPAY"));
-        assert!(acquirer.contains(",payment,credit,10000,156,WALTH,50,10000,156,4.9123,50,2\n"), "{acquirer}");
+        assert!(acquirer.contains(",payment,credit,10000,156,WALTH01,50,10000,156,4.9123,50,2\n"), "{acquirer}");
         let operator = window.csv(id("CSWITCH"));
-        assert!(operator.contains(",payment,exchange,10000,156,WALTH,0,49369,764,4.9123,50,2\n"), "{operator}");
+        assert!(operator.contains(",payment,exchange,10000,156,WALTH01,0,49369,764,4.9123,50,2\n"), "{operator}");
         assert_eq!(operator.lines().count(), 1 + 5, "every converted entry once: {operator}");
         let domestic = window.csv(id("WECHATPAY"));
         assert!(domestic.contains(",payment,debit,700,156,ACQ0001,0,700,156,,,\n"), "{domestic}");

@@ -92,12 +92,12 @@ impl SwitchConfig {
         ("WECHATPAY", "CNY"),
         ("ALIPAY", "CNY"),
         ("UNIONPAY", "CNY"),
-        ("WALKR", "KRW"),
-        ("WALSG", "SGD"),
-        ("WALTH", "THB"),
-        ("WALMY", "MYR"),
-        ("WALHK", "HKD"),
-        ("WALMO", "MOP"),
+        ("WALKR01", "KRW"),
+        ("WALSG01", "SGD"),
+        ("WALTH01", "THB"),
+        ("WALMY01", "MYR"),
+        ("WALHK01", "HKD"),
+        ("WALMO01", "MOP"),
     ];
 
     /// The embedded default's FX margin: 0.50% on top of the mid rate.
@@ -105,7 +105,7 @@ impl SwitchConfig {
 
     /// The embedded default: demo participants on loopback. The Chinese wallets and
     /// UnionPay settle in CNY; one foreign wallet per visa-free market settles in its own
-    /// currency (WALKR in KRW, ...); WAL0001 stands for any other foreign wallet and pays
+    /// currency (WALKR01 in KRW, ...); WAL0001 stands for any other foreign wallet and pays
     /// in the transaction's currency. Conversions use the demo rates
     /// (`switch/config/demo-rates.toml`, indicative, not market data).
     pub fn embedded_default() -> Self {
@@ -136,10 +136,8 @@ impl SwitchConfig {
                     .iter()
                     .map(|&(id, currency)| {
                         let settlement_currency = codec::currency::numeric(currency);
-                        let policy = crate::core::exchange::ParticipantPolicy {
-                            settlement_currency,
-                            ..Default::default()
-                        };
+                        let policy =
+                            crate::core::exchange::ParticipantPolicy { settlement_currency, ..Default::default() };
                         (InstitutionId::new(id).expect("demo id is valid"), policy)
                     })
                     .collect(),
@@ -157,12 +155,12 @@ impl SwitchConfig {
                 demo("ALIPAY", "Alipay (demo)", &[Role::Issuer, Role::Acquirer]),
                 demo("UNIONPAY", "UnionPay (demo)", &[Role::Issuer, Role::Network]),
                 demo("WAL0001", "Demo foreign wallet", &[Role::Issuer]),
-                demo("WALKR", "Demo Korean wallet (KRW)", &[Role::Issuer]),
-                demo("WALSG", "Demo Singapore wallet (SGD)", &[Role::Issuer]),
-                demo("WALTH", "Demo Thai wallet (THB)", &[Role::Issuer]),
-                demo("WALMY", "Demo Malaysian wallet (MYR)", &[Role::Issuer]),
-                demo("WALHK", "Demo Hong Kong wallet (HKD)", &[Role::Issuer]),
-                demo("WALMO", "Demo Macao wallet (MOP)", &[Role::Issuer]),
+                demo("WALKR01", "Demo Korean wallet (KRW)", &[Role::Issuer]),
+                demo("WALSG01", "Demo Singapore wallet (SGD)", &[Role::Issuer]),
+                demo("WALTH01", "Demo Thai wallet (THB)", &[Role::Issuer]),
+                demo("WALMY01", "Demo Malaysian wallet (MYR)", &[Role::Issuer]),
+                demo("WALHK01", "Demo Hong Kong wallet (HKD)", &[Role::Issuer]),
+                demo("WALMO01", "Demo Macao wallet (MOP)", &[Role::Issuer]),
             ],
             admin_tokens: Vec::new(),
             // The demo network on loopback: plaintext, said explicitly.
@@ -733,8 +731,8 @@ impl SwitchConfig {
                     ));
                 }
                 let resolved = beside(&fx.rates);
-                let rates = crate::fx::RateTable::read(&resolved)
-                    .map_err(|problem| invalid("fx.rates".into(), problem))?;
+                let rates =
+                    crate::fx::RateTable::read(&resolved).map_err(|problem| invalid("fx.rates".into(), problem))?;
                 (rates, Some(resolved), fx.margin_basis_points)
             }
         };

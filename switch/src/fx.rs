@@ -85,7 +85,8 @@ impl RateTable {
         for (index, rate) in file.rates.iter().enumerate() {
             let key = |field: &str| format!("rate[{index}] ({} to {}).{field}", rate.merchant, rate.payer);
             let currency = |field: &str, code: &str| {
-                codec::currency::numeric(code).ok_or_else(|| format!("{}: {code:?} is not a known ISO 4217 code", key(field)))
+                codec::currency::numeric(code)
+                    .ok_or_else(|| format!("{}: {code:?} is not a known ISO 4217 code", key(field)))
             };
             let (merchant, payer) = (currency("merchant", &rate.merchant)?, currency("payer", &rate.payer)?);
             if merchant == payer {
@@ -97,7 +98,8 @@ impl RateTable {
                     .map(|t| t.as_millisecond())
                     .map_err(|error| format!("{}: {text:?} is not an RFC 3339 instant: {error}", key(field)))
             };
-            let (from_ms, until_ms) = (instant("valid_from", &rate.valid_from)?, instant("valid_until", &rate.valid_until)?);
+            let (from_ms, until_ms) =
+                (instant("valid_from", &rate.valid_from)?, instant("valid_until", &rate.valid_until)?);
             if until_ms <= from_ms {
                 return Err(format!("{}: must be after valid_from", key("valid_until")));
             }
@@ -120,7 +122,8 @@ impl RateTable {
 
     /// Reads and parses the rate table in `path`; errors name the file.
     pub fn read(path: &std::path::Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|error| format!("{}: cannot read: {error}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|error| format!("{}: cannot read: {error}", path.display()))?;
         Self::parse(&text).map_err(|problem| format!("{}: {problem}", path.display()))
     }
 

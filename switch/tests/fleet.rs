@@ -10,13 +10,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Process, free_port};
+use common::{Process, free_port, http};
 
 /// The NATS server asks every client for this token.
 const NATS_TOKEN: &str = "fleet-test-token-5f0c";
@@ -89,19 +88,6 @@ impl Node {
         assert_eq!(status, 200, "node {}: {body}", self.id);
         body
     }
-}
-
-fn http(address: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Option<(u16, String)> {
-    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    let authorization = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let head = format!("{method} {path} HTTP/1.1\r\nHost: switch\r\n{authorization}Content-Length: 0\r\n\r\n");
-    stream.write_all(head.as_bytes()).ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Some((status, body))
 }
 
 /// Runs the load generator (in this process) against `target`, recording every reply.

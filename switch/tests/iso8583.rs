@@ -232,16 +232,9 @@ async fn iso8583_participants_pay_and_are_paid_through_the_switch() {
 
     // The clearing files hold the ISO 8583 participants' transactions.
     let token = std::fs::read_to_string(dir.join("data/admin.token")).expect("token");
-    let mut admin = std::net::TcpStream::connect(("127.0.0.1", admin_port)).expect("admin");
-    write!(
-        admin,
-        "POST /clearing/close HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\n\r\n",
-        token.trim()
-    )
-    .expect("write");
-    let mut response = String::new();
-    admin.read_to_string(&mut response).expect("read");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let admin = format!("127.0.0.1:{admin_port}").parse().expect("address");
+    let closed = common::http(admin, "POST", "/clearing/close", Some(token.trim()));
+    assert!(closed.as_ref().is_some_and(|(status, _)| *status == 200), "{closed:?}");
     let window = dir.join("data/clearing/window-000001");
     let credits = |file: &str| {
         std::fs::read_to_string(window.join(file))

@@ -725,8 +725,7 @@ impl Exchange {
                         return;
                     }
                 };
-                let admission =
-                    Admission { conversion, ..Admission::payment(&request.details, receiver, Some(code)) };
+                let admission = Admission { conversion, ..Admission::payment(&request.details, receiver, Some(code)) };
                 let Some(reference) = self.admit(now, session, admission, out) else {
                     self.used_codes.release(&code);
                     return;
@@ -784,8 +783,12 @@ impl Exchange {
                     Ok(Some(receiver)) => receiver,
                     Ok(None) | Err(()) => {
                         let code = if route.is_err() { ReplyCode::FormatError } else { ReplyCode::NoRoute };
-                        let reply =
-                            self.answer(Answering { originator, id, amount_minor: amount, currency, conversion: Conversion::NONE }, 0, code, now);
+                        let reply = self.answer(
+                            Answering { originator, id, amount_minor: amount, currency, conversion: Conversion::NONE },
+                            0,
+                            code,
+                            now,
+                        );
                         out.push(Outbound { session, message: Message::PaymentReply(reply) });
                         return;
                     }
@@ -937,7 +940,12 @@ impl Exchange {
             None
         };
         if let Some(code) = code {
-            let reply = self.answer(Answering { originator, id, amount_minor: amount, currency, conversion: Conversion::NONE }, 0, code, now);
+            let reply = self.answer(
+                Answering { originator, id, amount_minor: amount, currency, conversion: Conversion::NONE },
+                0,
+                code,
+                now,
+            );
             out.push(Outbound { session, message: kind.reply(reply) });
             return None;
         }
@@ -2222,7 +2230,9 @@ mod tests {
         let reference = forwarded.details.switch_reference;
         let mut records = Vec::new();
         exchange.take_records(&mut records);
-        assert!(matches!(records.as_slice(), [Record::Admitted { .. }, Record::Converted { conversion, .. }] if *conversion == expected));
+        assert!(
+            matches!(records.as_slice(), [Record::Admitted { .. }, Record::Converted { conversion, .. }] if *conversion == expected)
+        );
         out.clear();
         // The issuer's reply says nothing of the conversion; the acquirer hears it anyway.
         exchange.handle_answer(at(5), id("WECHATPAY"), issuer_reply(reference, ReplyCode::Approved), &mut out);

@@ -53,6 +53,22 @@ pub fn approval(details: &codec::TransactionDetails, responder: codec::Instituti
     }
 }
 
+/// One admin API request (`Authorization: Bearer token` when given): its status and body;
+/// `None` when the port does not answer.
+pub fn http(address: std::net::SocketAddr, method: &str, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).ok()?;
+    let authorization = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: switch\r\n{authorization}Content-Length: 0\r\n\r\n");
+    stream.write_all(head.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
 /// The next message on `client`, which must be a payment reply.
 pub async fn next_payment_reply(client: &mut loadgen::client::Client) -> codec::Reply {
     client

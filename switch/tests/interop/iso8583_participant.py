@@ -126,6 +126,8 @@ def acquirer(link, institution, codes, claimed=None):
             "currency": reply.get("49"),
             "response": reply.get("39"),
             "authorization": reply.get("38", "").strip(),
+            # The switch's conversion into the payer's currency (DE48 16), if any.
+            "conversion": subelements(reply.get("48", "")).get("16"),
         }), flush=True)
     if claimed:
         return
@@ -144,7 +146,12 @@ def acquirer(link, institution, codes, claimed=None):
         "49": "156",
     })
     reply = link.receive()
-    print(json.dumps({"mti": reply["t"], "cancelled": original, "response": reply.get("39")}), flush=True)
+    print(json.dumps({
+        "mti": reply["t"],
+        "cancelled": original,
+        "response": reply.get("39"),
+        "conversion": subelements(reply.get("48", "")).get("16"),
+    }), flush=True)
     echo = link.network("301")
     print(json.dumps({"echo": echo.get("39", "00")}), flush=True)
     off = link.network("002")
