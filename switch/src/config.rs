@@ -1053,6 +1053,26 @@ mod tests {
                 "test.toml: iso8583.profile: no-such-profile.json: not built in, and",
             ),
             (
+                MINIMAL.replace("roles = [\"acquirer\"]", "roles = [\"acquirer\"]\nsettlement_currency = \"THB\""),
+                "test.toml: participant[0] (ACQ0001).settlement_currency: needs an [fx] table",
+            ),
+            (
+                MINIMAL.replace("roles = [\"acquirer\"]", "roles = [\"acquirer\"]\nsettlement_currency = \"XBT\""),
+                "test.toml: participant[0] (ACQ0001).settlement_currency: \"XBT\" is not a known ISO 4217",
+            ),
+            (
+                format!("{MINIMAL}\n[fx]\nrates = \"no-such-rates.toml\"\n"),
+                "test.toml: fx.rates: no-such-rates.toml: cannot read",
+            ),
+            (
+                format!("{MINIMAL}\n[fx]\nrates = \"r.toml\"\nmargin_basis_points = 1001\n"),
+                "test.toml: fx.margin_basis_points: must be 0..=1000",
+            ),
+            (
+                format!("{MINIMAL}\n[[fee]]\nparticipant = \"ACQ0001\"\nbasis_points = 1\ncross_border_basis_points = 10001\n"),
+                "test.toml: fee[0] (ACQ0001).cross_border_basis_points: must be 0..=10000",
+            ),
+            (
                 format!("{MINIMAL}\n[exchange]\nverification_rate_per_second = 0\n"),
                 "test.toml: exchange.verification_rate_per_second: must be at least 1",
             ),
@@ -1164,6 +1184,13 @@ mod tests {
         let roles: Vec<_> = config.admin_tokens.iter().map(|t| (t.name.as_str(), t.role)).collect();
         use crate::access::AdminRole;
         assert_eq!(roles, [("sre-oncall", AdminRole::Operator), ("dashboard", AdminRole::Read)]);
+        // Its FX: the example rate table, the margin, settlement currencies, fees.
+        assert!(config.fx_rates_file.as_ref().is_some_and(|f| f.ends_with("rates.example.toml")));
+        assert_eq!((config.exchange.fx_margin_basis_points, config.exchange.rates.version()), (50, 1));
+        let wallet = InstitutionId::new("WAL0001").expect("valid");
+        assert_eq!(config.exchange.policies[&wallet].settlement_currency, Some(764));
+        assert_eq!(config.fees.cross_border_basis_points.get("ACQ0001"), Some(&20));
+        assert_eq!(config.fees.fx_margin_basis_points, 50);
     }
 
     #[test]

@@ -43,15 +43,17 @@ fn the_configmap_configuration_starts_a_switch() {
     let dir = std::env::temp_dir().join(format!("switch-deploy-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("keys")).unwrap();
-    // The ConfigMap's switch.toml, as the pod sees it at /etc/switch/switch.toml.
+    // The ConfigMap's files, as the pod sees them in /etc/switch/.
     let extract = Command::new("python3")
         .arg("-c")
-        .arg("import sys, yaml\nfor d in yaml.safe_load_all(open(sys.argv[1])):\n    if d['kind'] == 'ConfigMap': print(d['data']['switch.toml'])")
+        .arg("import sys, yaml, os\nfor d in yaml.safe_load_all(open(sys.argv[1])):\n    if d['kind'] == 'ConfigMap':\n        for name, text in d['data'].items(): open(os.path.join(sys.argv[2], name), 'w').write(text)")
         .arg(deploy().join("kubernetes/switch.yaml"))
+        .arg(&dir)
         .output()
         .expect("python3 with PyYAML (installed with kubernetes-validate by .ci/test)");
     assert!(extract.status.success(), "{}", String::from_utf8_lossy(&extract.stderr));
-    let config = String::from_utf8(extract.stdout).unwrap();
+    let config = std::fs::read_to_string(dir.join("switch.toml")).unwrap();
+    assert!(config.contains("[fx]") && dir.join("rates.toml").exists(), "{config}");
     assert!(config.contains("[journal]") && config.contains("[fleet]"), "{config}");
     // The cluster's NATS is not here: the publisher keeps trying, and its metrics say so.
     let config = config.replace("nats.nats.svc.cluster.local:4222", "127.0.0.1:1");
