@@ -32,6 +32,10 @@ pub enum Data {
     Ascii,
     /// UTF-8 text (pyiso8583's `data_enc: "utf-8"`); lengths count bytes.
     Utf8,
+    /// GBK text (pyiso8583's `data_enc: "gbk"`, as Chinese hosts write names): held as
+    /// UTF-8 in [`IsoMessage`], encoded on the wire; lengths count the wire's bytes. A
+    /// character GBK cannot write, or bytes that are not GBK, are an error, never a `?`.
+    Gbk,
     /// Digits packed two per byte, an odd count padded with a leading 0 nibble.
     Bcd,
     /// Raw bytes.
@@ -127,6 +131,8 @@ pub struct Profile {
     /// Bitmaps as 8 binary bytes, or 16 ASCII hex digits.
     pub bitmap_binary: bool,
     fields: Vec<Option<FieldSpec>>,
+    /// Bit `n - 1` for each field `n` written in GBK.
+    gbk_fields: u128,
 }
 
 /// Why a profile file could not be used. Names the profile and the field.
@@ -160,18 +166,24 @@ struct JsonHeader {
 }
 
 impl Profile {
-    /// The built-in profile `name` (`binary` or `ascii`).
+    /// The built-in profile `name` (`binary`, `ascii` or `binary-gbk`).
     pub fn builtin(name: &str) -> Option<Self> {
         let json = match name {
             "binary" => include_str!("../profiles/iso8583/binary.json"),
             "ascii" => include_str!("../profiles/iso8583/ascii.json"),
+            "binary-gbk" => include_str!("../profiles/iso8583/binary-gbk.json"),
             _ => return None,
         };
         Some(Self::from_json(json).expect("built-in profiles are valid (tested)"))
     }
 
     /// The names of the built-in profiles.
-    pub const BUILTIN: &'static [&'static str] = &["binary", "ascii"];
+    pub const BUILTIN: &'static [&'static str] = &["binary", "ascii", "binary-gbk"];
+
+    /// Bit `n - 1` set for each field `n` this profile writes in GBK.
+    pub fn gbk_fields(&self) -> u128 {
+        self.gbk_fields
+    }
 
     /// Reads a profile in pyiso8583's spec shape with our `_profile` header and `content`.
     pub fn from_json(json: &str) -> Result<Self, ProfileError> {
@@ -242,7 +254,12 @@ impl Profile {
         if secondary_binary.is_some_and(|binary| binary != bitmap_binary) {
             return Err(problem("1", "must be encoded like the primary bitmap"));
         }
-        Ok(Self { name: header.name, length_header, mti_bcd, bitmap_binary, fields })
+        let gbk_fields = fields
+            .iter()
+            .flatten()
+            .filter(|spec| spec.data == Data::Gbk)
+            .fold(0, |bits, spec| bits | field_bit(usize::from(spec.number)));
+        Ok(Self { name: header.name, length_header, mti_bcd, bitmap_binary, fields, gbk_fields })
     }
 
     pub fn field(&self, number: usize) -> Option<&FieldSpec> {
@@ -265,9 +282,10 @@ fn field_spec(number: u8, field: &JsonField) -> Result<FieldSpec, &'static str> 
     };
     let nibbles = field.len_count.as_deref() == Some("nibbles");
     let data = match (field.data_enc.as_str(), content, nibbles) {
-        ("ascii" | "utf-8", Content::Binary, _) => return Err("binary content needs data_enc b"),
+        ("ascii" | "utf-8" | "gbk", Content::Binary, _) => return Err("binary content needs data_enc b"),
         ("ascii", _, false) => Data::Ascii,
         ("utf-8", Content::Text, false) => Data::Utf8,
+        ("gbk", Content::Text, false) => Data::Gbk,
         ("b", Content::Numeric, true) => {
             if field.left_pad.as_deref() != Some("0") {
                 return Err("BCD numeric fields need left_pad \"0\"");
@@ -357,9 +375,23 @@ pub struct IsoMessage {
     values: Vec<u8>,
     /// `(start, end)` in `values` per field; `end == 0` means absent.
     spans: Vec<(u32, u32)>,
+    /// Bit `n`: field `n` is GBK on the wire (its profile's), so fixed layouts inside it
+    /// (DE43's name, city and country) count GBK bytes. Kept by `clear`.
+    gbk_fields: u128,
 }
 
 impl IsoMessage {
+    /// An empty message for `profile`'s participant: it knows which fields the profile
+    /// writes in GBK.
+    pub fn for_profile(profile: &Profile) -> Self {
+        Self { gbk_fields: profile.gbk_fields(), ..Self::default() }
+    }
+
+    /// Whether field `field` is GBK on the wire (for this message's profile).
+    pub fn is_gbk(&self, field: usize) -> bool {
+        self.gbk_fields & field_bit(field) != 0
+    }
+
     pub fn new(mti: &str) -> Result<Self, IsoError> {
         let mut message = Self { spans: vec![(0, 0); FIELD_MAX + 1], ..Self::default() };
         message.set_mti(mti)?;
@@ -444,13 +476,48 @@ impl fmt::Debug for IsoMessage {
     }
 }
 
+/// Field `field`'s bit in a field mask (bit `n - 1` for field `n`; none outside 1..=128).
+fn field_bit(field: usize) -> u128 {
+    if (1..=FIELD_MAX).contains(&field) { 1u128 << (field - 1) } else { 0 }
+}
+
+/// `text` in GBK, or `None` if a character has no GBK form.
+pub fn gbk_bytes(text: &str) -> Option<Vec<u8>> {
+    let mut encoder = encoding_rs::GBK.new_encoder();
+    let mut out = Vec::with_capacity(text.len());
+    let capacity = encoder.max_buffer_length_from_utf8_without_replacement(text.len())?;
+    out.resize(capacity, 0);
+    let (result, _, written) = encoder.encode_from_utf8_without_replacement(text, &mut out, true);
+    match result {
+        encoding_rs::EncoderResult::InputEmpty => {
+            out.truncate(written);
+            Some(out)
+        }
+        _ => None,
+    }
+}
+
+/// GBK bytes as text, or the index of the first byte that is not GBK.
+fn gbk_text(raw: &[u8]) -> Result<String, u32> {
+    let mut decoder = encoding_rs::GBK.new_decoder_without_bom_handling();
+    let mut text = String::with_capacity(raw.len() * 3 / 2 + 4);
+    let (result, read) = decoder.decode_to_string_without_replacement(raw, &mut text, true);
+    match result {
+        encoding_rs::DecoderResult::InputEmpty => Ok(text),
+        encoding_rs::DecoderResult::Malformed(bad, after) => Err((read - usize::from(after) - usize::from(bad)) as u32),
+        encoding_rs::DecoderResult::OutputFull => Err(read as u32),
+    }
+}
+
 /// The index of the first byte `spec` does not allow in `value`, if any.
 fn content_ok(spec: &FieldSpec, value: &[u8]) -> Option<usize> {
     match (spec.content, spec.data) {
         (Content::Numeric, _) => value.iter().position(|b| !b.is_ascii_digit()),
         (Content::Alphanumeric, _) => value.iter().position(|b| !b.is_ascii_alphanumeric()),
-        (Content::Text, Data::Utf8) if value.is_ascii() => value.iter().position(|b| !(0x20..=0x7E).contains(b)),
-        (Content::Text, Data::Utf8) => match std::str::from_utf8(value) {
+        (Content::Text, Data::Utf8 | Data::Gbk) if value.is_ascii() => {
+            value.iter().position(|b| !(0x20..=0x7E).contains(b))
+        }
+        (Content::Text, Data::Utf8 | Data::Gbk) => match std::str::from_utf8(value) {
             Ok(text) => text.char_indices().find(|(_, c)| c.is_control()).map(|(i, _)| i),
             Err(error) => Some(error.valid_up_to()),
         },
@@ -518,6 +585,7 @@ impl Profile {
         match self.name.as_str() {
             "binary" => "binary",
             "ascii" => "ascii",
+            "binary-gbk" => "binary-gbk",
             _ => "custom",
         }
     }
@@ -528,6 +596,7 @@ impl Profile {
             return Err(IsoError::MessageTooLarge { length: bytes.len() as u32 });
         }
         message.clear();
+        message.gbk_fields = self.gbk_fields;
         let mut reader = Reader { bytes, position: 0 };
         if self.mti_bcd {
             let raw = reader.take(2, 0)?;
@@ -621,6 +690,14 @@ impl Profile {
             Data::Bcd => {
                 unpack_bcd(raw, length, &mut message.values).ok_or(IsoError::BadContent { field, offset, index: 0 })?
             }
+            Data::Gbk => {
+                // Control characters are single bytes below 0x20 (or 0x7F) in GBK too.
+                if let Some(index) = raw.iter().position(|&b| b < 0x20 || b == 0x7F) {
+                    return Err(IsoError::BadContent { field, offset, index: index as u32 });
+                }
+                let text = gbk_text(raw).map_err(|index| IsoError::BadContent { field, offset, index })?;
+                message.values.extend_from_slice(text.as_bytes());
+            }
             Data::Ascii | Data::Utf8 | Data::Binary => message.values.extend_from_slice(raw),
         }
         if let Some(index) = content_ok(spec, &message.values[start..]) {
@@ -688,6 +765,23 @@ impl Profile {
         if let Some(index) = content_ok(spec, value) {
             return Err(IsoError::BadContent { field, offset, index: index as u32 });
         }
+        let encoded;
+        let value = match spec.data {
+            Data::Gbk => {
+                let text = std::str::from_utf8(value).map_err(|e| IsoError::BadContent {
+                    field,
+                    offset,
+                    index: e.valid_up_to() as u32,
+                })?;
+                encoded = gbk_bytes(text).ok_or_else(|| {
+                    // The first character GBK cannot write (its UTF-8 byte index).
+                    let index = text.char_indices().find(|(_, c)| gbk_bytes(c.encode_utf8(&mut [0; 4])).is_none());
+                    IsoError::BadContent { field, offset, index: index.map_or(0, |(i, _)| i as u32) }
+                })?;
+                &encoded[..]
+            }
+            _ => value,
+        };
         let length = value.len();
         if spec.is_fixed() {
             if length != usize::from(spec.length_max) {
@@ -716,7 +810,7 @@ impl Profile {
         }
         match spec.data {
             Data::Bcd => pack_bcd(value, out),
-            Data::Ascii | Data::Utf8 | Data::Binary => out.extend_from_slice(value),
+            Data::Ascii | Data::Utf8 | Data::Gbk | Data::Binary => out.extend_from_slice(value),
         }
         Ok(())
     }
@@ -878,6 +972,45 @@ mod tests {
         assert_eq!(out, b"keep");
         assert_eq!(ascii.frame(b"12a4"), Err(IsoError::BadLengthHeader { size: 4 }));
         assert_eq!(ascii.frame(b"001"), Ok(None));
+    }
+
+    #[test]
+    fn gbk_fields_carry_chinese_names_and_refuse_what_gbk_cannot_write() {
+        let profile = Profile::builtin("binary-gbk").expect("built in");
+        assert!(profile.gbk_fields() == 1 << 42, "only DE43");
+        let mut message = IsoMessage::for_profile(&profile);
+        message.set_mti("0200").expect("valid");
+        message.set_str(3, "000000").expect("valid");
+        // 25 GBK bytes of name (three characters, two bytes each, and 19 spaces), 13 of
+        // city (two characters and 9 spaces), the country.
+        let location = format!("全聚德{}北京{}CN", " ".repeat(19), " ".repeat(9));
+        message.set_str(43, &location).expect("valid");
+        let mut bytes = Vec::new();
+        profile.pack(&message, &mut bytes).expect("packs");
+        let wire = hex(&bytes);
+        assert!(wire.contains("C8ABBEDBB5C2"), "全聚德 in GBK: {wire}");
+        assert!(wire.contains("B1B1BEA9"), "北京 in GBK: {wire}");
+        let mut back = IsoMessage::default();
+        profile.unpack(&bytes, &mut back).expect("unpacks");
+        assert_eq!(back.get_str(43), Some(location.as_str()));
+        assert!(back.is_gbk(43) && !back.is_gbk(48));
+        // A character GBK has no form for is refused, naming where: never a `?`.
+        message.set_str(43, &format!("全聚德😀{}北京{}CN", " ".repeat(15), " ".repeat(9))).expect("valid");
+        assert_eq!(
+            profile.pack(&message, &mut Vec::new()),
+            Err(IsoError::BadContent { field: 43, offset: 13, index: 9 })
+        );
+        // Bytes that are not GBK are refused with their index in the field.
+        let at = bytes.windows(6).position(|w| w == [0xC8, 0xAB, 0xBE, 0xDB, 0xB5, 0xC2]).expect("name");
+        let mut bad = bytes.clone();
+        bad[at + 2] = 0xFF;
+        assert!(matches!(profile.unpack(&bad, &mut back), Err(IsoError::BadContent { field: 43, index: 2, .. })));
+        // The same 40 characters are too long for a fixed 40-byte GBK field.
+        message.set_str(43, &format!("全聚德{}北京{}CN", " ".repeat(22), " ".repeat(9))).expect("valid");
+        assert!(matches!(
+            profile.pack(&message, &mut Vec::new()),
+            Err(IsoError::WrongLength { field: 43, length: 43, .. })
+        ));
     }
 
     #[test]

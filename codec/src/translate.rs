@@ -26,7 +26,7 @@
 //! | DE39 | reply code's ISO equivalent (`ReplyCode::iso8583_response_code`) |
 //! | DE41 | terminal id, space-padded to 8 |
 //! | DE42 | merchant id, space-padded to 15 (a 16th character in DE48 13) |
-//! | DE43 | name (25), city (13), ISO 3166 alpha-2 country (2), non-ASCII shown as `?` |
+//! | DE43 | name (25), city (13), ISO 3166 alpha-2 country (2), in wire bytes: in a GBK field (the profile's `data_enc: "gbk"`) Chinese as GBK, else non-ASCII shown as `?` |
 //! | DE49 | currency |
 //! | DE70 | network management code |
 //! | DE90 | original MTI, original STAN, then zeros |
@@ -242,6 +242,54 @@ fn padded(text: &str, width: usize) -> String {
     format!("{text:<width$}")
 }
 
+/// `text` in `width` wire bytes of field `field`: printable ASCII as is; in a GBK field
+/// (the profile's) every character GBK writes, in its GBK width; anything else `?`. Cut
+/// at a character boundary, padded with spaces, so the field's fixed layout holds.
+fn fitted(message: &IsoMessage, field: usize, text: &str, width: usize) -> String {
+    let gbk = message.is_gbk(field);
+    let mut fitted = String::with_capacity(width + 8);
+    let mut used = 0;
+    for c in text.chars() {
+        let (shown, bytes) = if c.is_ascii() && !c.is_ascii_control() {
+            (c, 1)
+        } else if let Some(encoded) = gbk.then(|| crate::iso8583::gbk_bytes(c.encode_utf8(&mut [0; 4]))).flatten() {
+            (c, encoded.len())
+        } else {
+            ('?', 1)
+        };
+        if used + bytes > width {
+            break;
+        }
+        fitted.push(shown);
+        used += bytes;
+    }
+    fitted.extend(std::iter::repeat_n(' ', width - used));
+    fitted
+}
+
+/// DE43's name, city and country: 25, 13 and 2 wire bytes (GBK bytes in a GBK field,
+/// else UTF-8 bytes), as text.
+fn location(message: &IsoMessage) -> [&str; 3] {
+    let text = message.get_str(43).unwrap_or("");
+    let gbk = message.is_gbk(43);
+    let mut cuts = [text.len(); 2];
+    let mut used = 0;
+    for (index, c) in text.char_indices() {
+        for (cut, at) in cuts.iter_mut().zip([25, 38]) {
+            if used >= at && *cut == text.len() {
+                *cut = index;
+            }
+        }
+        let bytes = if gbk && !c.is_ascii() { 2 } else { c.len_utf8() };
+        used += bytes;
+    }
+    let [name_end, city_end] = cuts;
+    let city_end = city_end.max(name_end);
+    let (name, rest) = text.split_at(name_end);
+    let (city, country) = rest.split_at(city_end - name_end);
+    [name, city, country]
+}
+
 fn amount_digits(amount: u64) -> Result<String, TranslateError> {
     if amount > DE4_AMOUNT_MAX {
         return Err(TranslateError::AmountTooLarge { amount });
@@ -331,8 +379,8 @@ fn put_details(
     }
     let location = format!(
         "{}{}{}",
-        padded(details.merchant_name.as_str(), 25),
-        padded(details.merchant_city.as_str(), 13),
+        fitted(message, 43, details.merchant_name.as_str(), 25),
+        fitted(message, 43, details.merchant_city.as_str(), 13),
         country_alpha2(details.merchant_country)
     );
     message.set_str(43, &location)?;
@@ -543,14 +591,14 @@ fn details(
     subelements: &Subelements<'_>,
     now_ms: i64,
 ) -> Result<TransactionDetails, TranslateError> {
-    let location = message.get_str(43).unwrap_or("");
+    let [location_name, location_city, location_country] = location(message);
     let name = match subelements.get(tag::MERCHANT_NAME) {
         Some(name) => sub_text::<MerchantName>(name, tag::MERCHANT_NAME)?,
-        None => text(location.get(..25).unwrap_or(location).trim(), 43)?,
+        None => text(location_name.trim(), 43)?,
     };
     let city = match subelements.get(tag::MERCHANT_CITY) {
         Some(city) => sub_text::<City>(city, tag::MERCHANT_CITY)?,
-        None => text(location.get(25..38).unwrap_or("").trim(), 43)?,
+        None => text(location_city.trim(), 43)?,
     };
     let merchant_id = match subelements.get(tag::MERCHANT_ID) {
         Some(id) => sub_text::<MerchantId>(id, tag::MERCHANT_ID)?,
@@ -566,7 +614,7 @@ fn details(
         merchant_category_code: message.get_str(18).map_or(Ok(0), |v| parse_number(v, 18))?,
         merchant_country: match subelements.get(tag::MERCHANT_COUNTRY) {
             Some(value) => parse_number(value, 48)?,
-            None => country_numeric(location.get(38..40).unwrap_or("")),
+            None => country_numeric(location_country.trim()),
         },
         reserved: 0,
         merchant_id,
@@ -834,6 +882,44 @@ mod tests {
             from_iso(&IsoMessage::new("0100").expect("valid"), 0),
             Err(TranslateError::UnsupportedMti { .. })
         ));
+    }
+
+    #[test]
+    fn a_gbk_profile_carries_chinese_merchant_names_in_de43() {
+        let profile = Profile::builtin("binary-gbk").expect("built in");
+        let mut request = crate::sample::payment_code_request();
+        request.details.merchant_name = "全聚德烤鸭店 Quanjude".parse().expect("valid");
+        request.details.merchant_city = "北京".parse().expect("valid");
+        let mut iso = IsoMessage::for_profile(&profile);
+        to_iso(&Message::PaymentCodeRequest(request.clone()), &mut iso).expect("translates");
+        // In GBK bytes: six characters (12) and " Quanjude" (9) fill 21 of the name's 25.
+        let location = format!("全聚德烤鸭店 Quanjude{}北京{}CN", " ".repeat(4), " ".repeat(9));
+        assert_eq!(iso.get_str(43), Some(location.as_str()));
+        let mut bytes = Vec::new();
+        profile.pack(&iso, &mut bytes).expect("packs");
+        // A plain host's message: no field 48, so the names come from DE43 alone.
+        let mut plain = IsoMessage::default();
+        profile.unpack(&bytes, &mut plain).expect("unpacks");
+        plain.remove(48);
+        plain.set_str(37, "000000000042").expect("valid");
+        let Ok(Translated::Message(Message::PaymentCodeRequest(back))) = from_iso(&plain, 0) else {
+            panic!("not a payment: {plain:?}")
+        };
+        assert_eq!(back.details.merchant_name.as_str(), "全聚德烤鸭店 Quanjude");
+        assert_eq!(back.details.merchant_city.as_str(), "北京");
+        assert_eq!(back.details.merchant_country, 156);
+        // A name longer than 25 GBK bytes is cut at a character, never inside one; what
+        // GBK cannot write is shown as `?`; in an ASCII profile every non-ASCII character is.
+        request.details.merchant_name = "全聚德烤鸭店全聚德烤鸭店全😀".parse().expect("valid");
+        to_iso(&Message::PaymentCodeRequest(request.clone()), &mut iso).expect("translates");
+        let cut = iso.get_str(43).expect("DE43");
+        assert!(cut.starts_with("全聚德烤鸭店全聚德烤鸭店 北京"), "{cut}");
+        request.details.merchant_name = "😀全聚德".parse().expect("valid");
+        to_iso(&Message::PaymentCodeRequest(request.clone()), &mut iso).expect("translates");
+        assert!(iso.get_str(43).expect("DE43").starts_with("?全聚德 "));
+        let mut ascii = IsoMessage::default();
+        to_iso(&Message::PaymentCodeRequest(request), &mut ascii).expect("translates");
+        assert!(ascii.get_str(43).expect("DE43").starts_with(&format!("????{}", " ".repeat(21))));
     }
 
     #[test]

@@ -355,7 +355,7 @@ struct FileSwitch {
 #[serde(deny_unknown_fields)]
 struct FileIso8583 {
     listen: SocketAddr,
-    /// A built-in profile ("binary", "ascii") or a profile file (JSON, relative to the
+    /// A built-in profile ("binary", "ascii", "binary-gbk") or a profile file (JSON, relative to the
     /// configuration file), read by every participant on this listener.
     #[serde(default = "iso8583_profile_default")]
     profile: String,
@@ -1069,7 +1069,9 @@ mod tests {
                 "test.toml: fx.margin_basis_points: must be 0..=1000",
             ),
             (
-                format!("{MINIMAL}\n[[fee]]\nparticipant = \"ACQ0001\"\nbasis_points = 1\ncross_border_basis_points = 10001\n"),
+                format!(
+                    "{MINIMAL}\n[[fee]]\nparticipant = \"ACQ0001\"\nbasis_points = 1\ncross_border_basis_points = 10001\n"
+                ),
                 "test.toml: fee[0] (ACQ0001).cross_border_basis_points: must be 0..=10000",
             ),
             (

@@ -22,7 +22,7 @@ pub enum InspectError {
     FrameTrailing(usize),
     #[error("ISO 8583 ({profile} profile): {error}")]
     Iso { profile: String, error: codec::iso8583::IsoError },
-    #[error("unknown ISO 8583 profile {0:?}; built in: binary, ascii")]
+    #[error("unknown ISO 8583 profile {0:?}; built in: binary, ascii, binary-gbk")]
     UnknownProfile(String),
     #[error("the ISO 8583 length header is incomplete or does not match the message length")]
     IsoFrame,

@@ -185,7 +185,7 @@ enum Inspect {
     /// An ISO 8583 message in hex (without its length header unless --framed).
     Iso8583 {
         hex: String,
-        /// The participant profile: binary or ascii.
+        /// The participant profile: binary, ascii or binary-gbk.
         #[arg(long, default_value = "binary")]
         profile: String,
         /// The hex starts with the profile's TCP length header.

@@ -4,7 +4,8 @@
 //!
 //! - The ISO 8583 acquirer pays the wallet's payment code: the wallet is told what its
 //!   payer pays in THB (the forwarded request's conversion), the acquirer hears it in
-//!   DE48 16 of its 0210, and its cancel reverses the THB amount too.
+//!   DE48 16 of its 0210, and its cancel reverses the THB amount too. Its profile writes
+//!   DE43 in GBK, as Chinese hosts do: the wallet reads the merchant's Chinese name.
 //! - The wallet pays a CNY merchant's QR: its reply carries the conversion.
 //! - The rate table is replaced through the admin API (a higher version only; a bad file
 //!   keeps the running table) and the next payment converts at the new rate.
@@ -45,7 +46,7 @@ fn config(dir: &Path, port: u16, iso_port: u16, admin_port: u16) -> PathBuf {
     let key = |id: &str| hex::encode(demo_key(id));
     let mut text = format!(
         "[switch]\nid = \"CSWITCH\"\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nplaintext = true\n\n\
-         [iso8583]\nlisten = \"127.0.0.1:{iso_port}\"\nprofile = \"binary\"\n\n\
+         [iso8583]\nlisten = \"127.0.0.1:{iso_port}\"\nprofile = \"binary-gbk\"\n\n\
          [journal]\ndata_dir = \"data\"\n\n\
          [fx]\nrates = \"rates.toml\"\nmargin_basis_points = 50\n\n\
          [[fee]]\nparticipant = \"ACQISO01\"\nbasis_points = 30\ncross_border_basis_points = 20\n\n\
@@ -96,7 +97,11 @@ fn subelement(conversion: &Conversion) -> String {
 /// The Thai wallet: first pays a CNY merchant's QR and reports its reply, then approves
 /// every payment forwarded to it and acknowledges every reversal, reporting the
 /// conversion each carried.
-async fn thai_wallet(mut wallet: Client, seen: tokio::sync::mpsc::UnboundedSender<(&'static str, Conversion)>) {
+async fn thai_wallet(
+    mut wallet: Client,
+    seen: tokio::sync::mpsc::UnboundedSender<(&'static str, Conversion)>,
+    names: tokio::sync::mpsc::UnboundedSender<String>,
+) {
     let mut request = common::qr_payment_request();
     request.details.originator = InstitutionId::new("WALTH01").expect("valid");
     wallet.writer.send(&Message::QrPaymentRequest(request.into())).await.expect("send");
@@ -107,6 +112,7 @@ async fn thai_wallet(mut wallet: Client, seen: tokio::sync::mpsc::UnboundedSende
         let answer = match message {
             Message::PaymentCodeRequest(request) => {
                 let _ = seen.send(("payment", request.conversion));
+                let _ = names.send(format!("{} / {}", request.details.merchant_name, request.details.merchant_city));
                 Message::PaymentReply(common::approval(&request.details, wallet.participant))
             }
             Message::ReversalRequest(reversal) => {
@@ -188,7 +194,8 @@ async fn a_thai_wallet_and_an_iso8583_acquirer_transact_converted_and_clear_per_
         loadgen::responder::Behaviour::default(),
     ));
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
-    let wallet = tokio::spawn(thai_wallet(native(port, "WALTH01").await, seen_tx));
+    let (names_tx, mut names) = tokio::sync::mpsc::unbounded_channel();
+    let wallet = tokio::spawn(thai_wallet(native(port, "WALTH01").await, seen_tx, names_tx));
     let mut next_seen = async || tokio::time::timeout(Duration::from_secs(20), seen.recv()).await.expect("in time");
     let rate_1 = 49_123_000_000;
     assert_eq!(next_seen().await, Some(("qr reply", thb(18_760, rate_1, 1))));
@@ -196,9 +203,11 @@ async fn a_thai_wallet_and_an_iso8583_acquirer_transact_converted_and_clear_per_
 
     // The ISO 8583 acquirer pays the Thai wallet 10.00 and 10.01 CNY and cancels the second.
     let iso = iso_port.to_string();
-    let profile = Path::new(env!("CARGO_MANIFEST_DIR")).join("../codec/profiles/iso8583/binary.json");
+    let profile = Path::new(env!("CARGO_MANIFEST_DIR")).join("../codec/profiles/iso8583/binary-gbk.json");
     let output = Command::new("python3")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/iso8583_participant.py"))
+        .env("MERCHANT_NAME", "全聚德烤鸭店")
+        .env("MERCHANT_CITY", "北京")
         .args(["acquirer", "127.0.0.1", &iso])
         .arg(&profile)
         .args(["ACQISO01", "881234567890100001", "881234567890100002"])
@@ -219,6 +228,8 @@ async fn a_thai_wallet_and_an_iso8583_acquirer_transact_converted_and_clear_per_
     assert_eq!(next_seen().await, Some(("payment", first)));
     assert_eq!(next_seen().await, Some(("payment", second)));
     assert_eq!(next_seen().await, Some(("reversal", second)), "the payer gets back what it paid");
+    // pyiso8583 wrote the merchant in GBK (DE43); the native wallet reads it as text.
+    assert_eq!(names.recv().await.as_deref(), Some("全聚德烤鸭店 / 北京"));
 
     // New rates through the admin API: a version that does not rise, or a bad file, keeps
     // the running table.

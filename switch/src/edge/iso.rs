@@ -132,7 +132,8 @@ impl IsoLink<'_> {
         let mut draining = self.connection.draining.clone();
         let mut buffer: Vec<u8> = Vec::with_capacity(READ_CHUNK);
         let mut chunk = vec![0u8; READ_CHUNK];
-        let mut iso = IsoMessage::default();
+        // Knows the profile's GBK fields, for messages built here before any is read.
+        let mut iso = IsoMessage::for_profile(self.profile);
         let mut bytes = Vec::with_capacity(READ_CHUNK);
         let mut touched = Touched::default();
         let mut deadline = tokio::time::Instant::now() + Duration::from_millis(config.sign_on_timeout_ms);

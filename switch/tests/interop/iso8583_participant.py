@@ -5,7 +5,10 @@ to the switch's ISO 8583 listener over TCP with the profile's 2-byte length head
 
   acquirer HOST PORT PROFILE ID CODE...   sign on as ID, pay each payment code (0200),
                                           cancel the last payment (0400), echo, sign off;
-                                          one JSON line per 0210 and 0410 received
+                                          one JSON line per 0210 and 0410 received; the
+                                          merchant in DE43 is MERCHANT_NAME and
+                                          MERCHANT_CITY from the environment if set, in the
+                                          profile's DE43 encoding (a GBK profile's in GBK)
   network HOST PORT PROFILE ID COUNT      sign on as ID, answer COUNT 0200 requests with an
                                           approving 0210 (echoing the request's fields); with
                                           SILENT_FIRST=1 in the environment, leave the first
@@ -85,6 +88,14 @@ def subelements(field48):
     return values
 
 
+def fixed(text, width, encoding):
+    """`text` padded with spaces to `width` bytes in `encoding` (DE43's fixed layout)."""
+    raw = text.encode(encoding)
+    if len(raw) > width:
+        raise ValueError("%r is longer than %d bytes in %s" % (text, width, encoding))
+    return (raw + b" " * (width - len(raw))).decode(encoding)
+
+
 def utc_now():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%m%d%H%M%S")
 
@@ -113,7 +124,9 @@ def acquirer(link, institution, codes, claimed=None):
             "37": rrn,
             "41": "TERM0001",
             "42": "MERCHANT0000001",
-            "43": "%-25s%-13s%s" % ("JINGAN COFFEE", "SHANGHAI", "CN"),
+            "43": fixed(os.environ.get("MERCHANT_NAME", "JINGAN COFFEE"), 25, link.spec["43"]["data_enc"])
+            + fixed(os.environ.get("MERCHANT_CITY", "SHANGHAI"), 13, link.spec["43"]["data_enc"])
+            + "CN",
             "49": "156",
         }
         link.send(request)
