@@ -409,6 +409,11 @@ struct Answering {
 }
 
 impl Answering {
+    /// A request not (or not yet) converted.
+    fn unconverted(originator: InstitutionId, id: TransactionId, amount_minor: u64, currency: u16) -> Self {
+        Self { originator, id, amount_minor, currency, conversion: Conversion::NONE }
+    }
+
     fn of(transaction: &Transaction) -> Self {
         Self {
             originator: transaction.originator,
@@ -420,23 +425,11 @@ impl Answering {
     }
 
     fn details(details: &codec::TransactionDetails) -> Self {
-        Self {
-            originator: details.originator,
-            id: details.originator_transaction_id,
-            amount_minor: details.amount_minor,
-            currency: details.currency,
-            conversion: Conversion::NONE,
-        }
+        Self::unconverted(details.originator, details.originator_transaction_id, details.amount_minor, details.currency)
     }
 
     fn linked(request: &LinkedRequest) -> Self {
-        Self {
-            originator: request.originator,
-            id: request.originator_transaction_id,
-            amount_minor: request.amount_minor,
-            currency: request.currency,
-            conversion: Conversion::NONE,
-        }
+        Self::unconverted(request.originator, request.originator_transaction_id, request.amount_minor, request.currency)
     }
 
     fn reply(self, reference: u64, code: ReplyCode, responder: InstitutionId, now: Now) -> Reply {
@@ -690,7 +683,7 @@ impl Exchange {
                     (details.originator, details.originator_transaction_id, details.amount_minor, details.currency);
                 let switch_answer = |exchange: &Self, code| {
                     Message::PaymentReply(exchange.answer(
-                        Answering { originator, id, amount_minor: amount, currency, conversion: Conversion::NONE },
+                        Answering::unconverted(originator, id, amount, currency),
                         0,
                         code,
                         now,
@@ -716,17 +709,8 @@ impl Exchange {
                     out.push(Outbound { session, message: switch_answer(self, ReplyCode::Duplicate) });
                     return;
                 }
-                // The issuer is the payer.
-                let conversion = match self.conversion(receiver, &request.details, now) {
-                    Ok(conversion) => conversion,
-                    Err(_) => {
-                        self.used_codes.release(&code);
-                        out.push(Outbound { session, message: switch_answer(self, ReplyCode::NoExchangeRate) });
-                        return;
-                    }
-                };
-                let admission = Admission { conversion, ..Admission::payment(&request.details, receiver, Some(code)) };
-                let Some(reference) = self.admit(now, session, admission, out) else {
+                let admission = Admission::payment(&request.details, receiver, Some(code));
+                let Some((reference, conversion)) = self.admit(now, session, admission, out) else {
                     self.used_codes.release(&code);
                     return;
                 };
@@ -740,7 +724,7 @@ impl Exchange {
                     (details.originator, details.originator_transaction_id, details.amount_minor, details.currency);
                 if self.by_originator.contains_key(&(originator, id)) {
                     let reply = self.answer(
-                        Answering { originator, id, amount_minor: amount, currency, conversion: Conversion::NONE },
+                        Answering::unconverted(originator, id, amount, currency),
                         0,
                         ReplyCode::Duplicate,
                         now,
@@ -783,29 +767,13 @@ impl Exchange {
                     Ok(Some(receiver)) => receiver,
                     Ok(None) | Err(()) => {
                         let code = if route.is_err() { ReplyCode::FormatError } else { ReplyCode::NoRoute };
-                        let reply = self.answer(
-                            Answering { originator, id, amount_minor: amount, currency, conversion: Conversion::NONE },
-                            0,
-                            code,
-                            now,
-                        );
+                        let reply = self.answer(Answering::unconverted(originator, id, amount, currency), 0, code, now);
                         out.push(Outbound { session, message: Message::PaymentReply(reply) });
                         return;
                     }
                 };
-                // The wallet (the originator) is the payer.
-                let Ok(conversion) = self.conversion(originator, &request.details, now) else {
-                    let reply = self.answer(
-                        Answering { originator, id, amount_minor: amount, currency, conversion: Conversion::NONE },
-                        0,
-                        ReplyCode::NoExchangeRate,
-                        now,
-                    );
-                    out.push(Outbound { session, message: Message::PaymentReply(reply) });
-                    return;
-                };
-                let admission = Admission { conversion, ..Admission::payment(&request.details, receiver, None) };
-                if let Some(reference) = self.admit(now, session, admission, out) {
+                let admission = Admission::payment(&request.details, receiver, None);
+                if let Some((reference, _)) = self.admit(now, session, admission, out) {
                     request.details.switch_reference = reference;
                     self.forward(receiver, Message::QrPaymentRequest(request), out);
                 }
@@ -880,7 +848,7 @@ impl Exchange {
             payment_code: None,
             conversion,
         };
-        let Some(reference) = self.admit(now, session, admission, out) else {
+        let Some((reference, _)) = self.admit(now, session, admission, out) else {
             return;
         };
         request.switch_reference = reference;
@@ -909,12 +877,26 @@ impl Exchange {
         out.push(Outbound { session, message: Message::ReversalReply(reply) });
     }
 
-    /// Checks the receiver and the in-flight limit, and records a new transaction (and its
-    /// journal record). Answers the originator itself and returns `None` when the request
-    /// cannot go on.
-    fn admit(&mut self, now: Now, session: SessionId, admission: Admission, out: &mut Vec<Outbound>) -> Option<u64> {
+    /// Checks the receiver and the in-flight limit, converts a payment whose payer settles
+    /// in another currency, and records a new transaction (and its journal records).
+    /// Answers the originator itself and returns `None` when the request cannot go on;
+    /// else its reference and conversion.
+    fn admit(
+        &mut self,
+        now: Now,
+        session: SessionId,
+        mut admission: Admission,
+        out: &mut Vec<Outbound>,
+    ) -> Option<(u64, Conversion)> {
         let Admission { originator, id, receiver, amount_minor: amount, currency, kind, .. } = admission;
         let (originator_policy, receiver_policy) = (self.policy(originator), self.policy(receiver));
+        // The payer: the issuer of a payment code, the wallet of a QR payment. A refund's
+        // conversion comes with it (a share of its payment's).
+        let payer = if admission.payment_code.is_some() { receiver_policy } else { originator_policy };
+        let conversion = match kind {
+            Kind::Payment => self.conversion(payer.settlement_currency, amount, currency, now),
+            Kind::Refund { .. } => Ok(admission.conversion),
+        };
         // Order matters: a token is spent only on a request the limits admit, and the
         // breaker is asked last, because letting a probe through changes its state.
         let rate = match (originator_policy.state.verifying(), originator_policy.rate_per_second) {
@@ -928,6 +910,8 @@ impl Exchange {
             Some(ReplyCode::NotAuthorised)
         } else if self.sessions.get(&receiver).is_none_or(|s| s.is_empty()) {
             Some(ReplyCode::DestinationUnavailable)
+        } else if conversion.is_err() {
+            Some(ReplyCode::NoExchangeRate)
         } else if self.in_flight >= self.config.in_flight_max
             || self.originating.get(&originator).copied().unwrap_or(0) >= self.config.in_flight_per_participant_max
             || self.receiving.get(&receiver).copied().unwrap_or(0) >= self.config.in_flight_per_participant_max
@@ -940,15 +924,11 @@ impl Exchange {
             None
         };
         if let Some(code) = code {
-            let reply = self.answer(
-                Answering { originator, id, amount_minor: amount, currency, conversion: Conversion::NONE },
-                0,
-                code,
-                now,
-            );
+            let reply = self.answer(Answering::unconverted(originator, id, amount, currency), 0, code, now);
             out.push(Outbound { session, message: kind.reply(reply) });
             return None;
         }
+        admission.conversion = conversion.unwrap_or(Conversion::NONE);
         let reference = self.next_reference();
         let reply_ms = receiver_policy.reply_deadline_ms.unwrap_or(self.config.reply_deadline_ms);
         self.open(reference, session, admission, now.monotonic_ms + reply_ms);
@@ -957,31 +937,27 @@ impl Exchange {
         if admission.conversion.is_some() {
             self.records.push(Record::Converted { reference, conversion: admission.conversion });
         }
-        Some(reference)
+        Some((reference, admission.conversion))
     }
 
-    /// The conversion of a payment of `details` whose payer is `payer`: none when the
-    /// payer settles in the payment's currency (or has no settlement currency), else at
+    /// The conversion of a payment of `amount_minor` in `currency` whose payer settles in
+    /// `settlement`: none when that is the payment's currency (or there is none), else at
     /// the rate in force now (the switch's clock) plus the margin. `Err` when there is no
     /// such rate or the amount does not convert: the payment is declined `NoExchangeRate`.
     fn conversion(
         &self,
-        payer: InstitutionId,
-        details: &codec::TransactionDetails,
+        settlement: Option<u16>,
+        amount_minor: u64,
+        currency: u16,
         now: Now,
     ) -> Result<Conversion, codec::fx::FxError> {
-        let settlement = self.config.policies.get(&payer).and_then(|p| p.settlement_currency);
-        let Some(payer_currency) = settlement.filter(|&c| c != details.currency) else {
+        let Some(payer_currency) = settlement.filter(|&c| c != currency) else {
             return Ok(Conversion::NONE);
         };
-        let rate = self
-            .config
-            .rates
-            .lookup(details.currency, payer_currency, now.unix_ms)
-            .ok_or(codec::fx::FxError::BadRate)?;
+        let rate =
+            self.config.rates.lookup(currency, payer_currency, now.unix_ms).ok_or(codec::fx::FxError::BadRate)?;
         let margin = self.config.fx_margin_basis_points;
-        let payer_amount_minor =
-            codec::fx::convert(details.amount_minor, details.currency, payer_currency, rate.rate, margin)?;
+        let payer_amount_minor = codec::fx::convert(amount_minor, currency, payer_currency, rate.rate, margin)?;
         Ok(Conversion {
             payer_amount_minor,
             rate: rate.rate,

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The same closed loop against the switch of two commits, alternated ROUNDS times in one
+# invocation (512 in flight from one acquirer, the weekday mix, journal at its default
+# policy, frame MACs on, 1 shard): what a change costs, with drift on this shared box
+# hitting both alike. Each commit runs with its own load generator (the protocol may
+# differ). OLD is built in a worktree under target/compare-OLD (a few minutes the first
+# time). Loopback only; about ROUNDS x 2 x (3 + SECONDS) s.
+#   bash benchmarks/scripts/compare_commits.sh OLD [SECONDS] [ROUNDS]
+set -euo pipefail
+old=${1:?usage: compare_commits.sh OLD [SECONDS] [ROUNDS]}
+seconds=${2:-10}
+rounds=${3:-5}
+source "$(dirname "$0")/lib.sh"
+old=$(git rev-parse --short "$old")
+tree=target/compare-$old
+[ -d "$tree" ] || git worktree add --quiet --detach "$tree" "$old"
+(cd "$tree" && CARGO_TARGET_DIR=../compare-target-$old cargo build --quiet --release --bin switch --bin loadgen)
+
+# The demo network's participants with keys of their own, in a file both commits read.
+{
+  printf '[switch]\nid = "CSWITCH"\nlisten = "127.0.0.1:%s"\nplaintext = true\n' "$port"
+  printf '[[qr_network]]\nguid = "A000000333010101"\nacquirer = "UNIONPAY"\n'
+  printf '[[unionpay_institution]]\ncode = "00010000"\nacquirer = "UNIONPAY"\n'
+  for entry in ACQ0001:acquirer ACQ0002:acquirer WECHATPAY:issuer,acquirer ALIPAY:issuer,acquirer \
+    UNIONPAY:issuer,network WAL0001:issuer; do
+    id=${entry%%:*}
+    roles=$(sed 's/\([a-z]*\)/"\1"/g' <<<"${entry#*:}")
+    key=$(printf 'benchmark-key-%-10s' "$id" | od -An -tx1 | tr -d ' \n')
+    printf '[[participant]]\nid = "%s"\nname = "%s"\nroles = [%s]\n' "$id" "$id" "$roles"
+    printf '[[participant.key]]\nid = 1\nsecret_hex = "%s"\n' "$key"
+  done
+} > target/bench-compare.toml
+
+echo "$old against $(git rev-parse --short HEAD), $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ), $seconds s per run, 1 shard"
+echo
+echo "| round | commit | throughput /s | p50 us | p99 us | switch CPU us/tx |"
+echo "|---:|---|---:|---:|---:|---:|"
+field() { sed -n "s/.*$1 \([0-9.]*\).*/\1/p" | head -1; }
+for round in $(seq 1 "$rounds"); do
+  for build in "$old:target/compare-target-$old/release" "$(git rev-parse --short HEAD):target/release"; do
+    name=${build%%:*} bin=${build#*:}
+    rm -rf target/bench-compare-data
+    "$bin/switch" run --config target/bench-compare.toml --admin-listen "127.0.0.1:$admin" \
+      --shards 1 --data-dir target/bench-compare-data > target/bench-compare-switch.log 2>&1 &
+    switch_pid=$!
+    for _ in $(seq 1 50); do grep -q "switch running" target/bench-compare-switch.log && break; sleep 0.1; done
+    run() {
+      "$bin/loadgen" run --target "127.0.0.1:$port" --admin "127.0.0.1:$admin" \
+        --participants target/bench-compare.toml --in-flight 512 "$@"
+    }
+    run --duration 3s > /dev/null
+    out=$(run --duration "${seconds}s")
+    throughput=$(sed -n 's/.*s: \([0-9]*\)\/s$/\1/p' <<<"$out")
+    cpu=$(sed -n 's/.*: \([0-9.]*\) us per transaction/\1/p' <<<"$out")
+    kill -INT "$switch_pid"; wait "$switch_pid" || true; switch_pid=
+    echo "| $round | $name | $throughput | $(field p50 <<<"$out") | $(field p99 <<<"$out") | $cpu |"
+  done
+done
+rm -rf target/bench-compare-data target/bench-compare.toml target/bench-compare-switch.log
