@@ -167,10 +167,19 @@ pub fn all_kinds() -> Vec<Message> {
             ..payment_reply()
         }),
         Message::RefundRequest(linked_request(0)),
+        // A refund of a converted payment: the payer's issuer settles in THB, so the reply
+        // says what the payer gets back (38.00 CNY at 4.9123 THB/CNY plus 50 bp: 187.60 THB).
         Message::RefundReply(Reply {
             originator_transaction_id: id::<TransactionId>("ACQ0001-20260216-000000043"),
             switch_reference: SwitchReference::new(0, 1, 44).0,
             authorization_code: AuthorizationCode::EMPTY,
+            conversion: crate::message::Conversion {
+                payer_amount_minor: 18_760,
+                rate: 49_123_000_000,
+                rate_version: 1,
+                payer_currency: 764,
+                margin_basis_points: 50,
+            },
             ..payment_reply()
         }),
         Message::StatusQuery(StatusQuery {
