@@ -256,7 +256,9 @@ async fn a_thai_wallet_and_an_iso8583_acquirer_transact_converted_and_clear_per_
     let reply = pay(&mut acquirer, "XB-V2", "881234567890100003", 3_800).await;
     assert_eq!((reply.code, reply.conversion), (0, thb(19_095, 50_000_000_000, 2)), "{reply:?}");
     assert_eq!(next_seen().await, Some(("payment", thb(19_095, 50_000_000_000, 2))));
-    // No MYR rate: an explicit decline, never a guess.
+    // No MYR rate: an explicit decline, never a guess (the wallet is signed on: the
+    // switch would otherwise answer DestinationUnavailable first).
+    let _malaysian = native(port, "WALMY01").await;
     let reply = pay(&mut acquirer, "XB-MY", "871234567890100001", 3_800).await;
     assert_eq!(reply.code, ReplyCode::NoExchangeRate.value(), "{reply:?}");
     // A suspended wallet is not reached.
