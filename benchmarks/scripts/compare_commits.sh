@@ -19,16 +19,7 @@ tree=target/compare-$old
 # The demo network's participants with keys of their own, in a file both commits read.
 {
   printf '[switch]\nid = "CSWITCH"\nlisten = "127.0.0.1:%s"\nplaintext = true\n' "$port"
-  printf '[[qr_network]]\nguid = "A000000333010101"\nacquirer = "UNIONPAY"\n'
-  printf '[[unionpay_institution]]\ncode = "00010000"\nacquirer = "UNIONPAY"\n'
-  for entry in ACQ0001:acquirer ACQ0002:acquirer WECHATPAY:issuer,acquirer ALIPAY:issuer,acquirer \
-    UNIONPAY:issuer,network WAL0001:issuer; do
-    id=${entry%%:*}
-    roles=$(sed 's/\([a-z]*\)/"\1"/g' <<<"${entry#*:}")
-    key=$(printf 'benchmark-key-%-10s' "$id" | od -An -tx1 | tr -d ' \n')
-    printf '[[participant]]\nid = "%s"\nname = "%s"\nroles = [%s]\n' "$id" "$id" "$roles"
-    printf '[[participant.key]]\nid = 1\nsecret_hex = "%s"\n' "$key"
-  done
+  demo_participants
 } > target/bench-compare.toml
 
 echo "$old against $(git rev-parse --short HEAD), $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ), $seconds s per run, 1 shard"

@@ -14,21 +14,16 @@ source "$(dirname "$0")/lib.sh"
 
 # The demo network's participants (its keys: the load generator's defaults), the demo
 # rates, and the issuers' settlement currency given ("" for none).
+with_settlement() {
+  case "$1" in WECHATPAY | ALIPAY | UNIONPAY) [ -n "$settlement" ] && printf 'settlement_currency = "%s"\n' "$settlement" ;; esac
+  true
+}
 config() {
   {
     printf '[switch]\nid = "CSWITCH"\nlisten = "127.0.0.1:%s"\nplaintext = true\n' "$port"
     printf '[fx]\nrates = "%s/switch/config/demo-rates.toml"\nmargin_basis_points = 50\n' "$(pwd)"
-    printf '[[qr_network]]\nguid = "A000000333010101"\nacquirer = "UNIONPAY"\n'
-    printf '[[unionpay_institution]]\ncode = "00010000"\nacquirer = "UNIONPAY"\n'
-    for entry in ACQ0001:acquirer ACQ0002:acquirer WECHATPAY:issuer,acquirer ALIPAY:issuer,acquirer \
-      UNIONPAY:issuer,network WAL0001:issuer; do
-      id=${entry%%:*}
-      roles=$(sed 's/\([a-z]*\)/"\1"/g' <<<"${entry#*:}")
-      key=$(printf 'benchmark-key-%-10s' "$id" | od -An -tx1 | tr -d ' \n')
-      printf '[[participant]]\nid = "%s"\nname = "%s"\nroles = [%s]\n' "$id" "$id" "$roles"
-      case "$id" in WECHATPAY | ALIPAY | UNIONPAY) [ -n "$1" ] && printf 'settlement_currency = "%s"\n' "$1" ;; esac
-      printf '[[participant.key]]\nid = 1\nsecret_hex = "%s"\n' "$key"
-    done
+    settlement=$1
+    demo_participants with_settlement
   } > "target/bench-fx.toml"
 }
 

@@ -11,6 +11,7 @@ source "$(dirname "$0")/lib.sh"
 
 # The embedded default's participants and routes, with the frame MAC given (and keys of
 # their own: the load generator reads them from the same file); TLS when $2 is "tls".
+with_frame_mac() { printf 'frame_mac = "%s"\n' "$frame_mac"; }
 config() {
   {
     printf '[switch]\nid = "CSWITCH"\nlisten = "127.0.0.1:%s"\n' "$port"
@@ -20,16 +21,8 @@ config() {
     else
       printf 'plaintext = true\n'
     fi
-    printf '[[qr_network]]\nguid = "A000000333010101"\nacquirer = "UNIONPAY"\n'
-    printf '[[unionpay_institution]]\ncode = "00010000"\nacquirer = "UNIONPAY"\n'
-    for entry in ACQ0001:acquirer ACQ0002:acquirer WECHATPAY:issuer,acquirer ALIPAY:issuer,acquirer \
-      UNIONPAY:issuer,network WAL0001:issuer; do
-      id=${entry%%:*}
-      roles=$(sed 's/\([a-z]*\)/"\1"/g' <<<"${entry#*:}")
-      key=$(printf 'benchmark-key-%-10s' "$id" | od -An -tx1 | tr -d ' \n')
-      printf '[[participant]]\nid = "%s"\nname = "%s"\nroles = [%s]\nframe_mac = "%s"\n' "$id" "$id" "$roles" "$1"
-      printf '[[participant.key]]\nid = 1\nsecret_hex = "%s"\n' "$key"
-    done
+    frame_mac=$1
+    demo_participants with_frame_mac
   } > "target/bench-mac.toml"
 }
 tls=$(pwd)/deploy/tls

@@ -20,11 +20,11 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use codec::{Conversion, InstitutionId, Message, Reply, ReplyCode};
-use common::{Process, free_port, http};
+use common::{free_port, http};
 use loadgen::client::Client;
 use switch::config::demo_key;
 
@@ -71,27 +71,9 @@ fn config(dir: &Path, port: u16, iso_port: u16, admin_port: u16) -> PathBuf {
     path
 }
 
-async fn native(port: u16, id: &str) -> Client {
-    let participant = InstitutionId::new(id).expect("valid");
-    let address = format!("127.0.0.1:{port}").parse().expect("address");
-    Client::connect(address, participant, 1, &demo_key(id)).await.expect("sign on")
-}
-
 /// `payer_amount` THB at `rate` (scaled) and table `version`, with the 50 bp margin.
 fn thb(payer_amount_minor: u64, rate: u64, version: u32) -> Conversion {
     Conversion { payer_amount_minor, rate, rate_version: version, payer_currency: THB, margin_basis_points: 50 }
-}
-
-/// DE48 subelement 16 as the switch writes it.
-fn subelement(conversion: &Conversion) -> String {
-    format!(
-        "{:03}{:016}{:017}{:010}{:04}",
-        conversion.payer_currency,
-        conversion.payer_amount_minor,
-        conversion.rate,
-        conversion.rate_version,
-        conversion.margin_basis_points
-    )
 }
 
 /// The Thai wallet: first pays a CNY merchant's QR and reports its reply, then approves
@@ -139,10 +121,6 @@ async fn thai_wallet(
     }
 }
 
-fn json_lines(output: &str) -> Vec<serde_json::Value> {
-    output.lines().filter_map(|line| serde_json::from_str(line).ok()).collect()
-}
-
 /// Sends the sample payment for `amount_minor` with `code` and returns the reply.
 async fn pay(acquirer: &mut Client, id: &str, code: &str, amount_minor: u64) -> Reply {
     let mut request = common::payment_code_request();
@@ -156,26 +134,13 @@ async fn pay(acquirer: &mut Client, id: &str, code: &str, amount_minor: u64) -> 
 // Multi-threaded: the wallet's task answers while this one waits on the Python client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thai_wallet_and_an_iso8583_acquirer_transact_converted_and_clear_per_currency() {
-    let pyiso = Command::new("python3").args(["-c", "import iso8583"]).status();
-    assert!(
-        pyiso.is_ok_and(|status| status.success()),
-        "python3 with pyiso8583 is required: pip install pyiso8583==4.0.1 (.ci/test installs it)"
-    );
+    common::require_pyiso8583();
     let dir = std::env::temp_dir().join(format!("switch-cross-border-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     let (port, iso_port, admin_port) = (free_port(), free_port(), free_port());
     let config = config(&dir, port, iso_port, admin_port);
-    let log = std::fs::File::create(dir.join("switch.log")).expect("log");
-    let _switch = Process(
-        Command::new(env!("CARGO_BIN_EXE_switch"))
-            .args(["run", "--shards", "2", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("switch starts"),
-    );
+    let _switch = common::start_switch(&config, &dir);
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("address");
     let deadline = Instant::now() + Duration::from_secs(30);
     while http(admin, "GET", "/readyz", None).map(|(status, _)| status) != Some(200)
@@ -190,12 +155,12 @@ async fn a_thai_wallet_and_an_iso8583_acquirer_transact_converted_and_clear_per_
     // The merchant's acquirer answers the Thai wallet's QR payment (38.00 CNY):
     // 38.00 x 4.9123 x 1.005 = 187.600737 THB, so 187.60.
     let merchant_side = tokio::spawn(loadgen::issuer::run_issuer(
-        native(port, "ACQ0001").await,
+        common::signed_on(port, "ACQ0001").await,
         loadgen::responder::Behaviour::default(),
     ));
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
     let (names_tx, mut names) = tokio::sync::mpsc::unbounded_channel();
-    let wallet = tokio::spawn(thai_wallet(native(port, "WALTH01").await, seen_tx, names_tx));
+    let wallet = tokio::spawn(thai_wallet(common::signed_on(port, "WALTH01").await, seen_tx, names_tx));
     let mut next_seen = async || tokio::time::timeout(Duration::from_secs(20), seen.recv()).await.expect("in time");
     let rate_1 = 49_123_000_000;
     assert_eq!(next_seen().await, Some(("qr reply", thb(18_760, rate_1, 1))));
@@ -215,14 +180,17 @@ async fn a_thai_wallet_and_an_iso8583_acquirer_transact_converted_and_clear_per_
         .expect("python3 runs");
     let text = String::from_utf8_lossy(&output.stdout).to_string();
     assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
-    let lines = json_lines(&text);
+    let lines = common::json_lines(&text);
     assert_eq!(lines.len(), 6, "{text}");
     // 10.00 CNY: 49.368615 THB, 49.37; 10.01 CNY: 49.4179... THB, 49.42.
     let (first, second) = (thb(4_937, rate_1, 1), thb(4_942, rate_1, 1));
-    for (reply, conversion) in lines[1..3].iter().zip([first, second]) {
+    // DE48 16: THB, the payer amount, the rate times 10^10, version 1, 50 bp.
+    let subelements =
+        ["76400000000000049370000004912300000000000000010050", "76400000000000049420000004912300000000000000010050"];
+    for (reply, subelement) in lines[1..3].iter().zip(subelements) {
         assert_eq!((reply["mti"].as_str(), reply["response"].as_str()), (Some("0210"), Some("00")), "{reply}");
         assert_eq!(reply["currency"], "156", "the acquirer's side stays in CNY: {reply}");
-        assert_eq!(reply["conversion"], subelement(&conversion), "{reply}");
+        assert_eq!(reply["conversion"], subelement, "{reply}");
     }
     assert_eq!((lines[3]["mti"].as_str(), lines[3]["response"].as_str()), (Some("0410"), Some("00")), "{text}");
     assert_eq!(next_seen().await, Some(("payment", first)));
@@ -252,13 +220,13 @@ async fn a_thai_wallet_and_an_iso8583_acquirer_transact_converted_and_clear_per_
     assert!(http(admin, "POST", "/fx/rates/reload", None).is_some_and(|(status, _)| status == 401));
 
     // The next payment converts at the new rate: 38.00 x 5 x 1.005 = 190.95 THB.
-    let mut acquirer = native(port, "ACQ0001").await;
+    let mut acquirer = common::signed_on(port, "ACQ0001").await;
     let reply = pay(&mut acquirer, "XB-V2", "881234567890100003", 3_800).await;
     assert_eq!((reply.code, reply.conversion), (0, thb(19_095, 50_000_000_000, 2)), "{reply:?}");
     assert_eq!(next_seen().await, Some(("payment", thb(19_095, 50_000_000_000, 2))));
     // No MYR rate: an explicit decline, never a guess (the wallet is signed on: the
     // switch would otherwise answer DestinationUnavailable first).
-    let _malaysian = native(port, "WALMY01").await;
+    let _malaysian = common::signed_on(port, "WALMY01").await;
     let reply = pay(&mut acquirer, "XB-MY", "871234567890100001", 3_800).await;
     assert_eq!(reply.code, ReplyCode::NoExchangeRate.value(), "{reply:?}");
     // A suspended wallet is not reached.

@@ -21,8 +21,7 @@ use std::time::{Duration, Instant};
 
 use codec::field::FieldText;
 use codec::{InstitutionId, Message};
-use common::{Process, free_port};
-use loadgen::client::Client;
+use common::free_port;
 use switch::config::demo_key;
 
 fn script() -> PathBuf {
@@ -71,39 +70,16 @@ fn config(dir: &Path, port: u16, iso_port: u16, admin_port: u16) -> PathBuf {
     path
 }
 
-async fn native(port: u16, id: &str) -> Client {
-    let participant = InstitutionId::new(id).expect("valid");
-    let address = format!("127.0.0.1:{port}").parse().expect("address");
-    Client::connect(address, participant, 1, &demo_key(id)).await.expect("sign on")
-}
-
-fn json_lines(output: &str) -> Vec<serde_json::Value> {
-    output.lines().filter_map(|line| serde_json::from_str(line).ok()).collect()
-}
-
 // Multi-threaded: the native wallet's task answers while this one waits on the Python client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iso8583_participants_pay_and_are_paid_through_the_switch() {
-    let pyiso = Command::new("python3").args(["-c", "import iso8583"]).status();
-    assert!(
-        pyiso.is_ok_and(|status| status.success()),
-        "python3 with pyiso8583 is required: pip install pyiso8583==4.0.1 (.ci/test installs it)"
-    );
+    common::require_pyiso8583();
     let dir = std::env::temp_dir().join(format!("switch-iso8583-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     let (port, iso_port, admin_port) = (free_port(), free_port(), free_port());
     let config = config(&dir, port, iso_port, admin_port);
-    let log = std::fs::File::create(dir.join("switch.log")).expect("log");
-    let _switch = Process(
-        Command::new(env!("CARGO_BIN_EXE_switch"))
-            .args(["run", "--shards", "2", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("switch starts"),
-    );
+    let _switch = common::start_switch(&config, &dir);
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", iso_port)).is_err()
         || std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
@@ -124,20 +100,20 @@ async fn iso8583_participants_pay_and_are_paid_through_the_switch() {
     let mut network_out = BufReader::new(network.stdout.take().expect("stdout"));
     let mut line = String::new();
     network_out.read_line(&mut line).expect("sign-on line");
-    assert_eq!(json_lines(&line), [serde_json::json!({"sign_on": "00"})], "{line}");
+    assert_eq!(common::json_lines(&line), [serde_json::json!({"sign_on": "00"})], "{line}");
     // Signed on, a quiet link is held to the idle timeout, not the sign-on deadline (1 s).
     tokio::time::sleep(Duration::from_millis(1_500)).await;
 
     // A native wallet answers what the ISO 8583 acquirer sends it.
     let wechat = tokio::spawn(loadgen::issuer::run_issuer(
-        native(port, "WECHATPAY").await,
+        common::signed_on(port, "WECHATPAY").await,
         loadgen::responder::Behaviour::default(),
     ));
 
     // A native acquirer pays with payment codes the ISO 8583 network issues. The first it
     // leaves unanswered: the acquirer hears Timeout, and the switch sends the network a
     // reversal (0420), which it acknowledges (0430)...
-    let mut acquirer = native(port, "ACQ0001").await;
+    let mut acquirer = common::signed_on(port, "ACQ0001").await;
     let mut request = common::payment_code_request();
     request.details.originator_transaction_id = "ACQ-ISO-T".parse().expect("valid");
     request.payment_code = "6212345678901299999".parse().expect("valid");
@@ -154,14 +130,14 @@ async fn iso8583_participants_pay_and_are_paid_through_the_switch() {
         assert!(reply.authorization_code.as_str().starts_with("NW"), "{reply:?}");
     }
     // ...and a native wallet pays a merchant QR the ISO 8583 network acquires.
-    let mut wallet = native(port, "WAL0001").await;
+    let mut wallet = common::signed_on(port, "WAL0001").await;
     wallet.writer.send(&Message::QrPaymentRequest(common::qr_payment_request().into())).await.expect("send");
     let reply = common::next_payment_reply(&mut wallet).await;
     assert_eq!(reply.code, 0, "{reply:?}");
     let output = network.wait_with_output().expect("network ends");
     let mut rest = String::new();
     network_out.read_to_string(&mut rest).expect("read");
-    let lines = json_lines(&rest);
+    let lines = common::json_lines(&rest);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let answered: Vec<_> = lines.iter().filter(|line| line.get("answered").is_some()).collect();
     assert_eq!(answered.len(), 3, "{rest}");
@@ -178,7 +154,7 @@ async fn iso8583_participants_pay_and_are_paid_through_the_switch() {
             .expect("python3 runs");
     let text = String::from_utf8_lossy(&output.stdout).to_string();
     assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
-    let lines = json_lines(&text);
+    let lines = common::json_lines(&text);
     assert_eq!(lines.len(), 6, "{text}");
     assert_eq!(lines[0], serde_json::json!({"sign_on": "00"}));
     for (index, reply) in lines[1..3].iter().enumerate() {
@@ -200,7 +176,7 @@ async fn iso8583_participants_pay_and_are_paid_through_the_switch() {
     // close their own connection and nothing else.
     let claim = participant(&["claim", "127.0.0.1", &iso, &profile, "WECHATPAY"]).output().expect("python3 runs");
     let claim = String::from_utf8_lossy(&claim.stdout).to_string();
-    assert_eq!(json_lines(&claim), [serde_json::json!({"sign_on": "58"})], "{claim}");
+    assert_eq!(common::json_lines(&claim), [serde_json::json!({"sign_on": "58"})], "{claim}");
     for garbage in [&b"\xff\xff not an ISO 8583 message at all"[..], &[0u8, 3, 1, 2, 3][..], &[0u8, 0][..]] {
         let mut raw = std::net::TcpStream::connect(("127.0.0.1", iso_port)).expect("connect");
         raw.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
@@ -212,11 +188,11 @@ async fn iso8583_participants_pay_and_are_paid_through_the_switch() {
     let spoof = participant(&["spoof", "127.0.0.1", &iso, &profile, "ACQISO01", "ACQ0001", "134567890123400003"])
         .output()
         .expect("python3 runs");
-    let spoof = json_lines(&String::from_utf8_lossy(&spoof.stdout));
+    let spoof = common::json_lines(&String::from_utf8_lossy(&spoof.stdout));
     assert_eq!(spoof.len(), 2, "{spoof:?}");
     assert_eq!(spoof[1]["response"], "58", "{spoof:?}");
     let again = participant(&["claim", "127.0.0.1", &iso, &profile, "ACQISO01"]).output().expect("python3 runs");
-    assert_eq!(json_lines(&String::from_utf8_lossy(&again.stdout)), [serde_json::json!({"sign_on": "00"})]);
+    assert_eq!(common::json_lines(&String::from_utf8_lossy(&again.stdout)), [serde_json::json!({"sign_on": "00"})]);
 
     // The network's 0430 acknowledged the reversal: the journal says so.
     let inspect = Command::new(env!("CARGO_BIN_EXE_switch"))

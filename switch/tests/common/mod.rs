@@ -69,6 +69,42 @@ pub fn http(address: std::net::SocketAddr, method: &str, path: &str, token: Opti
     Some((status, body))
 }
 
+/// Fails, saying what to install, unless python3 can import pyiso8583 (the ISO 8583
+/// interop tests' independent implementation; `.ci/test` installs it).
+pub fn require_pyiso8583() {
+    let pyiso = std::process::Command::new("python3").args(["-c", "import iso8583"]).status();
+    assert!(
+        pyiso.is_ok_and(|status| status.success()),
+        "python3 with pyiso8583 is required: pip install pyiso8583==4.0.1 (.ci/test installs it)"
+    );
+}
+
+/// `switch run --shards 2 --config CONFIG`, its log in `DIR/switch.log`; killed on drop.
+pub fn start_switch(config: &std::path::Path, dir: &std::path::Path) -> Process {
+    let log = std::fs::File::create(dir.join("switch.log")).expect("log");
+    Process(
+        std::process::Command::new(env!("CARGO_BIN_EXE_switch"))
+            .args(["run", "--shards", "2", "--config"])
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("switch starts"),
+    )
+}
+
+/// A native participant of the demo keys (`demo_key(id)`), signed on at `port`.
+pub async fn signed_on(port: u16, id: &str) -> loadgen::client::Client {
+    let participant = codec::InstitutionId::new(id).expect("valid");
+    let address = format!("127.0.0.1:{port}").parse().expect("address");
+    loadgen::client::Client::connect(address, participant, 1, &switch::config::demo_key(id)).await.expect("sign on")
+}
+
+/// The JSON lines of a helper's output (other lines skipped).
+pub fn json_lines(output: &str) -> Vec<serde_json::Value> {
+    output.lines().filter_map(|line| serde_json::from_str(line).ok()).collect()
+}
+
 /// The next message on `client`, which must be a payment reply.
 pub async fn next_payment_reply(client: &mut loadgen::client::Client) -> codec::Reply {
     client
