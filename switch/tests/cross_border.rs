@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use codec::{Conversion, InstitutionId, Message, Reply, ReplyCode};
 use common::{free_port, http};
 use loadgen::client::Client;
-use switch::config::demo_key;
 
 const THB: u16 = 764;
 
@@ -43,7 +42,6 @@ fn rates(version: u32, thb_per_cny: &str) -> String {
 /// cross-border payments.
 fn config(dir: &Path, port: u16, iso_port: u16, admin_port: u16) -> PathBuf {
     std::fs::write(dir.join("rates.toml"), rates(1, "4.9123")).expect("rates");
-    let key = |id: &str| hex::encode(demo_key(id));
     let mut text = format!(
         "[switch]\nid = \"CSWITCH\"\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nplaintext = true\n\n\
          [iso8583]\nlisten = \"127.0.0.1:{iso_port}\"\nprofile = \"binary-gbk\"\n\n\
@@ -60,11 +58,7 @@ fn config(dir: &Path, port: u16, iso_port: u16, admin_port: u16) -> PathBuf {
         ("WALTH01", "\"issuer\"", "settlement_currency = \"THB\"\n"),
         ("WALMY01", "\"issuer\"", "settlement_currency = \"MYR\"\n"),
     ] {
-        text.push_str(&format!(
-            "[[participant]]\nid = \"{id}\"\nname = \"{id}\"\nroles = [{roles}]\n{extra}\
-             [[participant.key]]\nid = 1\nsecret_hex = \"{}\"\n\n",
-            key(id)
-        ));
+        text.push_str(&common::demo_participant(id, roles, extra));
     }
     let path = dir.join("switch.toml");
     std::fs::write(&path, text).expect("config");

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use codec::field::FieldText;
 use codec::{InstitutionId, Message};
 use common::free_port;
-use switch::config::demo_key;
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/iso8583_participant.py")
@@ -41,7 +40,6 @@ fn participant(command: &[&str]) -> Command {
 /// The configuration: two natives (an acquirer, two wallets), an ISO 8583 acquirer and an
 /// ISO 8583 network that payment codes from 62 and UnionPay QR codes lead to.
 fn config(dir: &Path, port: u16, iso_port: u16, admin_port: u16) -> PathBuf {
-    let key = |id: &str| hex::encode(demo_key(id));
     let mut text = format!(
         "[switch]\nid = \"CSWITCH\"\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nplaintext = true\n\n\
          [iso8583]\nlisten = \"127.0.0.1:{iso_port}\"\nprofile = \"binary\"\n\n\
@@ -59,11 +57,7 @@ fn config(dir: &Path, port: u16, iso_port: u16, admin_port: u16) -> PathBuf {
         ("ACQISO01", "\"acquirer\"", "iso8583"),
         ("UPIISO01", "\"issuer\", \"acquirer\", \"network\"", "iso8583"),
     ] {
-        text.push_str(&format!(
-            "[[participant]]\nid = \"{id}\"\nname = \"{id}\"\nroles = [{roles}]\nprotocol = \"{protocol}\"\n\
-             [[participant.key]]\nid = 1\nsecret_hex = \"{}\"\n\n",
-            key(id)
-        ));
+        text.push_str(&common::demo_participant(id, roles, &format!("protocol = \"{protocol}\"\n")));
     }
     let path = dir.join("switch.toml");
     std::fs::write(&path, text).expect("config");

@@ -100,6 +100,16 @@ pub async fn signed_on(port: u16, id: &str) -> loadgen::client::Client {
     loadgen::client::Client::connect(address, participant, 1, &switch::config::demo_key(id)).await.expect("sign on")
 }
 
+/// A `[[participant]]` table for `id` with its demo key, `roles` (TOML strings) and
+/// `extra` lines.
+pub fn demo_participant(id: &str, roles: &str, extra: &str) -> String {
+    format!(
+        "[[participant]]\nid = \"{id}\"\nname = \"{id}\"\nroles = [{roles}]\n{extra}\
+         [[participant.key]]\nid = 1\nsecret_hex = \"{}\"\n\n",
+        hex::encode(switch::config::demo_key(id))
+    )
+}
+
 /// The JSON lines of a helper's output (other lines skipped).
 pub fn json_lines(output: &str) -> Vec<serde_json::Value> {
     output.lines().filter_map(|line| serde_json::from_str(line).ok()).collect()
