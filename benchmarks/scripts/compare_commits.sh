@@ -26,25 +26,11 @@ echo "$old against $(git rev-parse --short HEAD), $(nproc) cores, $(date -u +%Y-
 echo
 echo "| round | commit | throughput /s | p50 us | p99 us | switch CPU us/tx |"
 echo "|---:|---|---:|---:|---:|---:|"
-field() { sed -n "s/.*$1 \([0-9.]*\).*/\1/p" | head -1; }
 for round in $(seq 1 "$rounds"); do
   for build in "$old:target/compare-target-$old/release" "$(git rev-parse --short HEAD):target/release"; do
     name=${build%%:*} bin=${build#*:}
-    rm -rf target/bench-compare-data
-    "$bin/switch" run --config target/bench-compare.toml --admin-listen "127.0.0.1:$admin" \
-      --shards 1 --data-dir target/bench-compare-data > target/bench-compare-switch.log 2>&1 &
-    switch_pid=$!
-    for _ in $(seq 1 50); do grep -q "switch running" target/bench-compare-switch.log && break; sleep 0.1; done
-    run() {
-      "$bin/loadgen" run --target "127.0.0.1:$port" --admin "127.0.0.1:$admin" \
-        --participants target/bench-compare.toml --in-flight 512 "$@"
-    }
-    run --duration 3s > /dev/null
-    out=$(run --duration "${seconds}s")
-    throughput=$(sed -n 's/.*s: \([0-9]*\)\/s$/\1/p' <<<"$out")
-    cpu=$(sed -n 's/.*: \([0-9.]*\) us per transaction/\1/p' <<<"$out")
-    kill -INT "$switch_pid"; wait "$switch_pid" || true; switch_pid=
-    echo "| $round | $name | $throughput | $(field p50 <<<"$out") | $(field p99 <<<"$out") | $cpu |"
+    closed_loop "$bin" target/bench-compare.toml target/bench-compare-data
+    echo "| $round | $name | $throughput | $p50 | $p99 | $cpu |"
   done
 done
-rm -rf target/bench-compare-data target/bench-compare.toml target/bench-compare-switch.log
+rm -rf target/bench-compare-data target/bench-compare-data.log target/bench-compare.toml

@@ -31,28 +31,14 @@ echo "commit $(git rev-parse --short HEAD), $(nproc) cores, $(date -u +%Y-%m-%dT
 echo
 echo "| round | issuers settle in | throughput /s | p50 us | p99 us | switch CPU us/tx | converted |"
 echo "|---:|---|---:|---:|---:|---:|---:|"
-field() { sed -n "s/.*$1 \([0-9.]*\).*/\1/p" | head -1; }
 for round in $(seq 1 "$rounds"); do
   for settlement in "" HKD; do
     config "$settlement"
-    rm -rf target/bench-fx-data
-    ./target/release/switch run --config target/bench-fx.toml --admin-listen "127.0.0.1:$admin" \
-      --shards 1 --data-dir target/bench-fx-data > target/bench-fx-switch.log 2>&1 &
-    switch_pid=$!
-    for _ in $(seq 1 50); do grep -q "switch running" target/bench-fx-switch.log && break; sleep 0.1; done
-    run() {
-      ./target/release/loadgen run --target "127.0.0.1:$port" --admin "127.0.0.1:$admin" \
-        --participants target/bench-fx.toml --in-flight 512 "$@"
-    }
-    run --duration 3s > /dev/null
-    out=$(run --duration "${seconds}s")
-    throughput=$(sed -n 's/.*s: \([0-9]*\)\/s$/\1/p' <<<"$out")
-    cpu=$(sed -n 's/.*: \([0-9.]*\) us per transaction/\1/p' <<<"$out")
-    kill -INT "$switch_pid"; wait "$switch_pid" || true; switch_pid=
+    closed_loop ./target/release target/bench-fx.toml target/bench-fx-data
     # How many payments the journal says were converted (a check that the setting bit).
     converted=$(./target/release/switch journal inspect --data-dir target/bench-fx-data --limit 100000000 \
       | grep -c ' converted ' || true)
-    echo "| $round | ${settlement:-none} | $throughput | $(field p50 <<<"$out") | $(field p99 <<<"$out") | $cpu | $converted |"
+    echo "| $round | ${settlement:-none} | $throughput | $p50 | $p99 | $cpu | $converted |"
   done
 done
-rm -rf target/bench-fx-data target/bench-fx.toml target/bench-fx-switch.log
+rm -rf target/bench-fx-data target/bench-fx-data.log target/bench-fx.toml

@@ -26,3 +26,27 @@ demo_participants() {
     printf '[[participant.key]]\nid = 1\nsecret_hex = "%s"\n' "$key"
   done
 }
+
+# One measured closed loop: starts BIN/switch on CONFIG (1 shard, its journal in DATA,
+# its log in DATA.log), runs a 3 s warm-up and then $seconds s with BIN/loadgen (512 in
+# flight, the participants of CONFIG, any further arguments), and stops the switch. Leaves
+# the run's output in $out and its figures in $throughput, $p50, $p99 and $cpu; DATA stays
+# for the caller to read.
+closed_loop() {
+  local bin=$1 config=$2 data=$3
+  shift 3
+  rm -rf "$data"
+  "$bin/switch" run --config "$config" --admin-listen "127.0.0.1:$admin" --shards 1 --data-dir "$data" \
+    > "$data.log" 2>&1 &
+  switch_pid=$!
+  for _ in $(seq 1 50); do grep -q "switch running" "$data.log" && break; sleep 0.1; done
+  "$bin/loadgen" run --target "127.0.0.1:$port" --admin "127.0.0.1:$admin" --participants "$config" \
+    --in-flight 512 --duration 3s "$@" > /dev/null
+  out=$("$bin/loadgen" run --target "127.0.0.1:$port" --admin "127.0.0.1:$admin" --participants "$config" \
+    --in-flight 512 --duration "${seconds}s" "$@")
+  kill -INT "$switch_pid"; wait "$switch_pid" || true; switch_pid=
+  throughput=$(sed -n 's/.*s: \([0-9]*\)\/s$/\1/p' <<<"$out")
+  cpu=$(sed -n 's/.*: \([0-9.]*\) us per transaction/\1/p' <<<"$out")
+  p50=$(sed -n 's/.*p50 \([0-9.]*\).*/\1/p' <<<"$out" | head -1)
+  p99=$(sed -n 's/.*p99 \([0-9.]*\).*/\1/p' <<<"$out" | head -1)
+}

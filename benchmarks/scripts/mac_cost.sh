@@ -31,26 +31,12 @@ echo "commit $(git rev-parse --short HEAD), $(nproc) cores, $(date -u +%Y-%m-%dT
 echo
 echo "| link | frame MAC | throughput /s | p50 us | p99 us | switch CPU us/tx |"
 echo "|---|---|---:|---:|---:|---:|"
-field() { sed -n "s/.*$1 \([0-9.]*\).*/\1/p" | head -1; }
 for setting in tcp:none tcp:hmac-sha256 tcp:hmac-sm3 tls:none tls:hmac-sha256; do
   link=${setting%%:*} mac=${setting#*:}
   config "$mac" "$link"
   tls_args=()
   [ "$link" = tls ] && tls_args=(--tls-dir "$tls")
-  rm -rf target/bench-mac-data
-  ./target/release/switch run --config target/bench-mac.toml --admin-listen "127.0.0.1:$admin" \
-    --shards 1 --data-dir target/bench-mac-data > target/bench-mac-switch.log 2>&1 &
-  switch_pid=$!
-  for _ in $(seq 1 50); do grep -q "switch running" target/bench-mac-switch.log && break; sleep 0.1; done
-  run() {
-    ./target/release/loadgen run --target "127.0.0.1:$port" --admin "127.0.0.1:$admin" \
-      --participants target/bench-mac.toml "${tls_args[@]}" --in-flight 512 "$@"
-  }
-  run --duration 3s > /dev/null
-  out=$(run --duration "${seconds}s")
-  throughput=$(sed -n 's/.*s: \([0-9]*\)\/s$/\1/p' <<<"$out")
-  cpu=$(sed -n 's/.*: \([0-9.]*\) us per transaction/\1/p' <<<"$out")
-  echo "| $link | $mac | $throughput | $(field p50 <<<"$out") | $(field p99 <<<"$out") | $cpu |"
-  kill -INT "$switch_pid"; wait "$switch_pid" || true; switch_pid=
+  closed_loop ./target/release target/bench-mac.toml target/bench-mac-data "${tls_args[@]}"
+  echo "| $link | $mac | $throughput | $p50 | $p99 | $cpu |"
 done
-rm -rf target/bench-mac-data target/bench-mac.toml target/bench-mac-switch.log
+rm -rf target/bench-mac-data target/bench-mac-data.log target/bench-mac.toml
