@@ -42,15 +42,13 @@ fn rates(version: u32, thb_per_cny: &str) -> String {
 /// cross-border payments.
 fn config(dir: &Path, port: u16, iso_port: u16, admin_port: u16) -> PathBuf {
     std::fs::write(dir.join("rates.toml"), rates(1, "4.9123")).expect("rates");
-    let mut text = format!(
-        "[switch]\nid = \"CSWITCH\"\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nplaintext = true\n\n\
-         [iso8583]\nlisten = \"127.0.0.1:{iso_port}\"\nprofile = \"binary-gbk\"\n\n\
-         [journal]\ndata_dir = \"data\"\n\n\
-         [fx]\nrates = \"rates.toml\"\nmargin_basis_points = 50\n\n\
+    let mut text = common::iso8583_switch(port, admin_port, iso_port, "binary-gbk");
+    text.push_str(
+        "[fx]\nrates = \"rates.toml\"\nmargin_basis_points = 50\n\n\
          [[fee]]\nparticipant = \"ACQISO01\"\nbasis_points = 30\ncross_border_basis_points = 20\n\n\
          [[issuer_prefix]]\nprefix = \"88\"\nlength_min = 18\nlength_max = 18\nissuer = \"WALTH01\"\n\n\
          [[issuer_prefix]]\nprefix = \"87\"\nlength_min = 18\nlength_max = 18\nissuer = \"WALMY01\"\n\n\
-         [[qr_network]]\nguid = \"A000000333010101\"\nacquirer = \"ACQ0001\"\n\n"
+         [[qr_network]]\nguid = \"A000000333010101\"\nacquirer = \"ACQ0001\"\n\n",
     );
     for (id, roles, extra) in [
         ("ACQ0001", "\"acquirer\"", ""),

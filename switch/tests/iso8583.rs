@@ -40,15 +40,13 @@ fn participant(command: &[&str]) -> Command {
 /// The configuration: two natives (an acquirer, two wallets), an ISO 8583 acquirer and an
 /// ISO 8583 network that payment codes from 62 and UnionPay QR codes lead to.
 fn config(dir: &Path, port: u16, iso_port: u16, admin_port: u16) -> PathBuf {
-    let mut text = format!(
-        "[switch]\nid = \"CSWITCH\"\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nplaintext = true\n\n\
-         [iso8583]\nlisten = \"127.0.0.1:{iso_port}\"\nprofile = \"binary\"\n\n\
-         [journal]\ndata_dir = \"data\"\n\n\
-         [session]\nsign_on_timeout_ms = 1000\n\n\
+    let mut text = common::iso8583_switch(port, admin_port, iso_port, "binary");
+    text.push_str(
+        "[session]\nsign_on_timeout_ms = 1000\n\n\
          [exchange]\nreply_deadline_ms = 1500\nreversal_retry_ms = 500\n\n\
          [[issuer_prefix]]\nprefix = \"13\"\nlength_min = 18\nlength_max = 18\nissuer = \"WECHATPAY\"\n\n\
          [[issuer_prefix]]\nprefix = \"62\"\nlength_min = 19\nlength_max = 19\nissuer = \"UPIISO01\"\n\n\
-         [[qr_network]]\nguid = \"A000000333010101\"\nacquirer = \"UPIISO01\"\n\n"
+         [[qr_network]]\nguid = \"A000000333010101\"\nacquirer = \"UPIISO01\"\n\n",
     );
     for (id, roles, protocol) in [
         ("ACQ0001", "\"acquirer\"", "native"),

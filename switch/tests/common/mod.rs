@@ -100,6 +100,16 @@ pub async fn signed_on(port: u16, id: &str) -> loadgen::client::Client {
     loadgen::client::Client::connect(address, participant, 1, &switch::config::demo_key(id)).await.expect("sign on")
 }
 
+/// The head of a plaintext loopback configuration with an ISO 8583 listener (`profile`)
+/// and a journal in `data` beside the file.
+pub fn iso8583_switch(port: u16, admin_port: u16, iso_port: u16, profile: &str) -> String {
+    format!(
+        "[switch]\nid = \"CSWITCH\"\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nplaintext = true\n\n\
+         [iso8583]\nlisten = \"127.0.0.1:{iso_port}\"\nprofile = \"{profile}\"\n\n\
+         [journal]\ndata_dir = \"data\"\n\n"
+    )
+}
+
 /// A `[[participant]]` table for `id` with its demo key, `roles` (TOML strings) and
 /// `extra` lines.
 pub fn demo_participant(id: &str, roles: &str, extra: &str) -> String {
