@@ -375,7 +375,7 @@ pub struct IsoMessage {
     values: Vec<u8>,
     /// `(start, end)` in `values` per field; `end == 0` means absent.
     spans: Vec<(u32, u32)>,
-    /// Bit `n`: field `n` is GBK on the wire (its profile's), so fixed layouts inside it
+    /// Bit `n - 1`: field `n` is GBK on the wire (its profile's), so fixed layouts inside it
     /// (DE43's name, city and country) count GBK bytes. Kept by `clear`.
     gbk_fields: u128,
 }

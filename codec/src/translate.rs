@@ -235,18 +235,10 @@ fn set_times(message: &mut IsoMessage, time_ms: i64) -> Result<(), TranslateErro
     Ok(())
 }
 
-/// `text` padded with spaces to `width`, truncated to it if longer.
-fn padded(text: &str, width: usize) -> String {
-    let mut text: String = text.chars().map(|c| if c.is_ascii() && !c.is_ascii_control() { c } else { '?' }).collect();
-    text.truncate(width);
-    format!("{text:<width$}")
-}
-
-/// `text` in `width` wire bytes of field `field`: printable ASCII as is; in a GBK field
-/// (the profile's) every character GBK writes, in its GBK width; anything else `?`. Cut
-/// at a character boundary, padded with spaces, so the field's fixed layout holds.
-fn fitted(message: &IsoMessage, field: usize, text: &str, width: usize) -> String {
-    let gbk = message.is_gbk(field);
+/// `text` in `width` wire bytes of a fixed-layout field: printable ASCII as is; in a GBK
+/// field (`gbk`, the profile's) every character GBK writes, in its GBK width; anything
+/// else `?`. Cut at a character boundary, padded with spaces, so the layout holds.
+fn fitted(text: &str, width: usize, gbk: bool) -> String {
     let mut fitted = String::with_capacity(width + 8);
     let mut used = 0;
     for c in text.chars() {
@@ -367,20 +359,20 @@ fn put_details(
     message.set_str(25, "00")?;
     message.set_str(32, details.originator.as_str())?;
     let id = details.originator_transaction_id.as_str();
-    message.set_str(37, &padded(&id[id.len().saturating_sub(12)..], 12))?;
+    message.set_str(37, &fitted(&id[id.len().saturating_sub(12)..], 12, false))?;
     if !details.terminal_id.is_empty() {
-        message.set_str(41, &padded(details.terminal_id.as_str(), 8))?;
+        message.set_str(41, &fitted(details.terminal_id.as_str(), 8, false))?;
     }
     if !details.merchant_id.is_empty() {
-        message.set_str(42, &padded(details.merchant_id.as_str(), 15))?;
+        message.set_str(42, &fitted(details.merchant_id.as_str(), 15, false))?;
         if details.merchant_id.as_str().len() > 15 {
             subelements.put(tag::MERCHANT_ID, details.merchant_id.as_str());
         }
     }
     let location = format!(
         "{}{}{}",
-        fitted(message, 43, details.merchant_name.as_str(), 25),
-        fitted(message, 43, details.merchant_city.as_str(), 13),
+        fitted(details.merchant_name.as_str(), 25, message.is_gbk(43)),
+        fitted(details.merchant_city.as_str(), 13, message.is_gbk(43)),
         country_alpha2(details.merchant_country)
     );
     message.set_str(43, &location)?;
@@ -407,9 +399,9 @@ fn put_reply(message: &mut IsoMessage, reply: &Reply) -> Result<(), TranslateErr
     message.set_str(11, &format!("{:06}", (reply.switch_reference & 0xFFFF_FFFF_FFFF) % 1_000_000))?;
     message.set_str(32, reply.originator.as_str())?;
     let id = reply.originator_transaction_id.as_str();
-    message.set_str(37, &padded(&id[id.len().saturating_sub(12)..], 12))?;
+    message.set_str(37, &fitted(&id[id.len().saturating_sub(12)..], 12, false))?;
     if !reply.authorization_code.is_empty() {
-        message.set_str(38, &padded(reply.authorization_code.as_str(), 6))?;
+        message.set_str(38, &fitted(reply.authorization_code.as_str(), 6, false))?;
         if reply.authorization_code.as_str().len() > 6 {
             subelements.put(tag::AUTHORIZATION_CODE, reply.authorization_code.as_str());
         }
@@ -435,7 +427,7 @@ fn put_linked(message: &mut IsoMessage, request: &LinkedRequest, original_mti: &
     message.set_str(11, &format!("{:06}", (request.switch_reference & 0xFFFF_FFFF_FFFF) % 1_000_000))?;
     message.set_str(32, request.originator.as_str())?;
     let id = request.originator_transaction_id.as_str();
-    message.set_str(37, &padded(&id[id.len().saturating_sub(12)..], 12))?;
+    message.set_str(37, &fitted(&id[id.len().saturating_sub(12)..], 12, false))?;
     message.set_str(49, &format!("{:03}", request.currency))?;
     let original_stan = (request.original_switch_reference & 0xFFFF_FFFF_FFFF) % 1_000_000;
     message.set_str(90, &format!("{original_mti}{original_stan:06}{}", "0".repeat(32)))?;
