@@ -66,7 +66,7 @@ fn append(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("bench-journal-{}", std::process::id()));
     let open = || {
         let _ = std::fs::remove_dir_all(&dir);
-        Journal::open(&dir, SyncPolicy::Never, Damage::Refuse, None, |_| {}).expect("open").0
+        Journal::open(&dir, SyncPolicy::Never, Damage::Refuse, None, |_, _| {}).expect("open").0
     };
     let batch: Vec<Record> = (0..1_000).flat_map(payment).collect();
     group.throughput(Throughput::Elements(1_000));

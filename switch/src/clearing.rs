@@ -124,11 +124,28 @@ pub(crate) struct ShardEntries<'a> {
     entries: Vec<Entry>,
     /// The window's cut was read: it is closed in this shard.
     closed: bool,
+    /// The sequence of the first record read (0: none yet): a journal retention shortened
+    /// starts later than 1.
+    first: u64,
+    /// Every record the window's entries need was read: the journal starts at 1, or at or
+    /// before the `low_water` of the last checkpoint before the window (retention keeps
+    /// that much for the windows it keeps, `Record::Checkpoint`), and no outcome in the
+    /// window named a transaction whose `Admitted` was not read.
+    covered: bool,
 }
 
 impl<'a> ShardEntries<'a> {
     pub(crate) fn new(window: u64, fees: &'a FeeSchedule) -> Self {
-        Self { window, fees, known: HashMap::new(), current: 1, entries: Vec::new(), closed: false }
+        Self {
+            window,
+            fees,
+            known: HashMap::new(),
+            current: 1,
+            entries: Vec::new(),
+            closed: false,
+            first: 0,
+            covered: false,
+        }
     }
 
     /// Whether the window's cut has been read (the shard closed it).
@@ -141,10 +158,26 @@ impl<'a> ShardEntries<'a> {
         self.entries
     }
 
-    pub(crate) fn add(&mut self, record: Record) {
-        let Self { window, fees, known, current, entries, closed } = self;
+    /// Adds record `sequence`; records come in journal order, without gaps.
+    pub(crate) fn add(&mut self, sequence: u64, record: Record) {
+        if self.first == 0 {
+            self.first = sequence;
+            // Which window a shortened journal's first records belong to is not known
+            // before its first cut; none of them can be in a covered window.
+            self.current = if sequence == 1 { 1 } else { 0 };
+            self.covered = sequence == 1;
+        }
+        let Self { window, fees, known, current, entries, closed, first, covered } = self;
         let (window, fees) = (*window, *fees);
         match record {
+            Record::Checkpoint { window: cut, low_water, .. } => {
+                // Right after its cut, which a shortened journal may have lost: what
+                // follows is the next window's.
+                *current = cut + 1;
+                if cut < window {
+                    *covered = *first == 1 || low_water >= *first;
+                }
+            }
             Record::WindowCut { window: cut, .. } => {
                 *closed |= cut == window;
                 *current = cut + 1;
@@ -192,7 +225,12 @@ impl<'a> ShardEntries<'a> {
                 }
             }
             Record::Answered { reference, code, time_ms, .. } => {
-                let Some((transaction, id)) = known.get_mut(&reference) else { return };
+                let Some((transaction, id)) = known.get_mut(&reference) else {
+                    // Only a shortened journal meets outcomes of transactions it never saw
+                    // admitted; one in the window means the window cannot be rebuilt.
+                    *covered &= !(*current == window && code == 0);
+                    return;
+                };
                 if code != 0 || transaction.approved {
                     return;
                 }
@@ -221,7 +259,10 @@ impl<'a> ShardEntries<'a> {
                 }
             }
             Record::ReversalStarted { original, time_ms, .. } => {
-                let Some((transaction, id)) = known.get_mut(&original) else { return };
+                let Some((transaction, id)) = known.get_mut(&original) else {
+                    *covered &= *current != window;
+                    return;
+                };
                 if !transaction.approved {
                     return;
                 }
@@ -257,8 +298,8 @@ impl<'a> ShardEntries<'a> {
 /// The entries of window `window` in one shard's records (its whole journal, in order).
 pub fn shard_entries(records: &[Record], window: u64, fees: &FeeSchedule) -> Vec<Entry> {
     let mut shard = ShardEntries::new(window, fees);
-    for record in records {
-        shard.add(*record);
+    for (sequence, record) in (1..).zip(records) {
+        shard.add(sequence, *record);
     }
     shard.entries
 }
@@ -301,12 +342,39 @@ pub enum ClearingError {
     NoOperator(u64),
     #[error("{0} is in use by a running switch (close the window through its admin port: --admin ADDR)")]
     Locked(PathBuf),
+    #[error(
+        "window {window}: {path} starts at record {first}, and records this window needs are older (journal \
+         retention removed them, [journal] retain_windows); its files written at the close are the record"
+    )]
+    Removed { window: u64, path: PathBuf, first: u64 },
 }
 
 impl Window {
     /// Window `window` from every shard's records, with `fees`.
     pub fn from_shards(window: u64, shards: &[Vec<Record>], fees: &FeeSchedule) -> Result<Self, ClearingError> {
         let entries = shards.iter().flat_map(|records| shard_entries(records, window, fees)).collect();
+        Self::from_entries(window, entries, fees)
+    }
+
+    /// Window `window` from what is left of every shard's journal: (the first record's
+    /// sequence, the records from it on). Refused (`Removed`) when records the window
+    /// needs are not there, as `rebuild` refuses a journal retention shortened.
+    pub fn from_journal_tails(
+        window: u64,
+        shards: &[(u64, Vec<Record>)],
+        fees: &FeeSchedule,
+    ) -> Result<Self, ClearingError> {
+        let mut entries = Vec::new();
+        for (index, (first, records)) in shards.iter().enumerate() {
+            let mut shard = ShardEntries::new(window, fees);
+            for (sequence, record) in (*first..).zip(records) {
+                shard.add(sequence, *record);
+            }
+            if !shard.covered {
+                return Err(ClearingError::Removed { window, path: format!("shard {index}").into(), first: *first });
+            }
+            entries.append(&mut shard.entries);
+        }
         Self::from_entries(window, entries, fees)
     }
 
@@ -524,9 +592,12 @@ pub fn rebuild(
     let mut entries = Vec::new();
     for (_, dir) in shard_dirs(data_dir)? {
         let mut shard = ShardEntries::new(window, fees);
-        journal::read_with(&dir, key, |record| shard.add(record))?;
+        journal::read_with(&dir, key, |sequence, record| shard.add(sequence, record))?;
         if !shard.closed {
             return Err(ClearingError::NotClosed(window));
+        }
+        if !shard.covered {
+            return Err(ClearingError::Removed { window, path: dir, first: shard.first });
         }
         entries.append(&mut shard.entries);
     }
@@ -578,7 +649,7 @@ pub fn close_offline(
             journal::SyncPolicy::Always,
             journal::Damage::Refuse,
             key.cloned(),
-            |record| {
+            |_, record| {
                 if let Record::WindowCut { window, .. } = record {
                     last = last.max(window);
                 }

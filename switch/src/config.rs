@@ -33,6 +33,11 @@ pub struct SwitchConfig {
     /// directory unless absolute.
     pub data_dir: PathBuf,
     pub fsync: SyncPolicy,
+    /// A journal segment's size before the next one starts (`[journal] segment_mib`).
+    pub segment_size: u64,
+    /// Journal retention: closed windows kept rebuildable (`[journal] retain_windows`; 0:
+    /// every segment is kept, as by default).
+    pub retain_windows: u64,
     /// Encrypts payment codes in the journal (`None`: kept in clear; protect the directory).
     pub code_key: Option<crate::core::record::CodeKey>,
     /// The daily clearing cut-off, Asia/Shanghai wall-clock time; `None`: on demand only.
@@ -123,6 +128,8 @@ impl SwitchConfig {
             shards: None,
             data_dir: PathBuf::from(Self::DATA_DIR_DEFAULT),
             fsync: SyncPolicy::Always,
+            segment_size: crate::journal::SEGMENT_SIZE_MAX,
+            retain_windows: 0,
             code_key: None,
             daily_cutoff: Some(Self::DAILY_CUTOFF_DEFAULT),
             fees: crate::clearing::FeeSchedule {
@@ -369,13 +376,18 @@ fn admin_listen_default() -> SocketAddr {
     SwitchConfig::ADMIN_LISTEN_DEFAULT.parse().expect("valid address")
 }
 
-/// The journal; both keys may be left out.
+/// The journal; every key may be left out.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct FileJournal {
     /// Relative to the configuration file's directory unless absolute.
     data_dir: PathBuf,
     fsync: String,
+    /// Segment size in MiB (1 to 1024).
+    segment_mib: u64,
+    /// Closed windows kept rebuildable; older segments are removed after each close
+    /// (0: keep every segment).
+    retain_windows: u64,
     /// A file holding the 16-byte key (32 hex digits) that encrypts payment codes in the
     /// journal; relative to the configuration file's directory unless absolute.
     code_key_file: Option<PathBuf>,
@@ -383,7 +395,13 @@ struct FileJournal {
 
 impl Default for FileJournal {
     fn default() -> Self {
-        Self { data_dir: PathBuf::from(SwitchConfig::DATA_DIR_DEFAULT), fsync: "always".into(), code_key_file: None }
+        Self {
+            data_dir: PathBuf::from(SwitchConfig::DATA_DIR_DEFAULT),
+            fsync: "always".into(),
+            segment_mib: crate::journal::SEGMENT_SIZE_MAX >> 20,
+            retain_windows: 0,
+            code_key_file: None,
+        }
     }
 }
 
@@ -691,6 +709,15 @@ impl SwitchConfig {
         }
         let fsync: SyncPolicy =
             file.journal.fsync.parse().map_err(|problem| invalid("journal.fsync".into(), problem))?;
+        if !(1..=1024).contains(&file.journal.segment_mib) {
+            return Err(invalid("journal.segment_mib".into(), "must be 1..=1024".into()));
+        }
+        if file.journal.retain_windows > 100_000 {
+            return Err(invalid(
+                "journal.retain_windows".into(),
+                "must be 0 (keep every segment) to 100000 windows".into(),
+            ));
+        }
         let code_key = match &file.journal.code_key_file {
             None => None,
             Some(key_file) => {
@@ -968,6 +995,8 @@ impl SwitchConfig {
             shards: file.switch.shards,
             data_dir: beside(&file.journal.data_dir),
             fsync,
+            segment_size: file.journal.segment_mib << 20,
+            retain_windows: file.journal.retain_windows,
             code_key,
             daily_cutoff,
             fees,
@@ -1098,6 +1127,11 @@ mod tests {
                 format!("{MINIMAL}\n[journal]\nfsync = \"sometimes\"\n"),
                 "test.toml: journal.fsync: \"sometimes\": expected always, never or interval:MICROSECONDS",
             ),
+            (format!("{MINIMAL}\n[journal]\nsegment_mib = 0\n"), "test.toml: journal.segment_mib: must be 1..=1024"),
+            (
+                format!("{MINIMAL}\n[journal]\nretain_windows = 100001\n"),
+                "test.toml: journal.retain_windows: must be 0 (keep every segment) to 100000 windows",
+            ),
             (
                 MINIMAL.replace("\"CSWITCH\"", "\"c switch\""),
                 "InstitutionId \"c switch\" has a character outside its charset",
@@ -1193,6 +1227,8 @@ mod tests {
         assert_eq!(config.exchange.policies[&wallet].settlement_currency, Some(764));
         assert_eq!(config.fees.cross_border_basis_points.get("ACQ0001"), Some(&20));
         assert_eq!(config.fees.fx_margin_basis_points, 50);
+        // Its journal: a week of windows kept, 64 MiB segments.
+        assert_eq!((config.retain_windows, config.segment_size), (7, 64 << 20));
     }
 
     #[test]

@@ -169,6 +169,12 @@ impl Progress {
         self.durable[shard].fetch_max(sequence, Ordering::Release);
     }
 
+    /// The last record of shard `shard` known to be in the stream (0: none yet, or not
+    /// known since the start).
+    pub fn published(&self, shard: usize) -> u64 {
+        self.published[shard].load(Ordering::Acquire)
+    }
+
     fn durable(&self, shard: usize) -> u64 {
         self.durable[shard].load(Ordering::Acquire)
     }
@@ -613,7 +619,7 @@ fn add_message<'a>(
                 published.next
             )));
         }
-        published.entries.add(record);
+        published.entries.add(sequence, record);
         published.next += 1;
         bytes = &bytes[size..];
     }

@@ -5,11 +5,17 @@
 //! ```text
 //! DATA_DIR/journal/shards                       the shard count the journal was written with
 //! DATA_DIR/journal/shard-N/00000000000000000001.journal   segments, named by first sequence
+//! DATA_DIR/journal/shard-N/retained             the first sequence kept, once retention
+//!                                               removed older segments (`remove_before`)
 //! ```
 //!
 //! Invariants:
-//! - Sequences run from 1 without gaps across a shard's segments; every record carries a
-//!   CRC32C; a segment holds whole records only, except a torn tail.
+//! - Sequences run without gaps across a shard's segments, from 1 or from the sequence
+//!   `retained` names; every record carries a CRC32C; a segment holds whole records only,
+//!   except a torn tail. A journal that starts later than `retained` says is missing
+//!   segments, and is refused like damage, never read as if whole.
+//! - Retention writes `retained` (synced) before it removes anything, and never removes the
+//!   segment being written: what remains always starts at a segment boundary.
 //! - Nothing the exchange sent leaves the switch before the records of the batch that
 //!   produced it are written, and, under `fsync = always`, synced (`SyncPolicy`).
 //! - Recovery never drops a committed record silently: a damaged record followed by a
@@ -24,7 +30,8 @@ use std::time::Duration;
 
 use crate::core::record::{CodeKey, HEADER_SIZE, Record, RecordError};
 
-/// A segment is closed and a new one started past this size.
+/// A segment is closed and a new one started past this size (the default;
+/// `[journal] segment_mib`).
 pub const SEGMENT_SIZE_MAX: u64 = 64 * 1024 * 1024;
 /// Exit code of a switch stopped by a failed journal write or sync: it does not answer
 /// what it cannot make durable.
@@ -96,6 +103,12 @@ pub enum JournalError {
          ([journal] code_key_file, or --code-key-file)"
     )]
     Sealed { path: PathBuf, offset: u64 },
+    #[error(
+        "{path}: the journal is kept from record {retained} on, but {}; segments were removed by hand or lost: \
+         restore them from a backup (the switch will not start on a journal with a hole at its head)",
+        match first { Some(first) => format!("its first segment starts at {first}"), None => "no segment is left".to_string() }
+    )]
+    Missing { path: PathBuf, retained: u64, first: Option<u64> },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
@@ -106,6 +119,11 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
 #[derive(Debug, Clone)]
 pub struct JournalSettings {
     pub data_dir: PathBuf,
+    /// A segment is closed and a new one started past this many bytes.
+    pub segment_size: u64,
+    /// Retention: the last this many closed windows stay rebuildable from the journal;
+    /// older segments are removed after each close (0: keep every segment).
+    pub retain_windows: u64,
     pub policy: SyncPolicy,
     pub damage: Damage,
     /// Write through io_uring (falling back, with a warning, where the kernel refuses).
@@ -119,6 +137,8 @@ pub struct JournalSettings {
 pub struct Recovery {
     /// Records read (and handed to the caller, in order).
     pub records: u64,
+    /// The sequence of the first record kept (1 unless retention removed older segments).
+    pub first_sequence: u64,
     /// A torn tail cut off: (segment, offset, bytes dropped).
     pub torn_tail: Option<(PathBuf, u64, u64)>,
     /// Damage the operator accepted: (segment, offset, problem).
@@ -132,6 +152,7 @@ pub struct Journal {
     file: File,
     path: PathBuf,
     segment_size: u64,
+    segment_size_max: u64,
     next_sequence: u64,
     buffer: Vec<u8>,
     policy: SyncPolicy,
@@ -246,6 +267,79 @@ pub fn segments(dir: &Path) -> Result<Vec<PathBuf>, JournalError> {
     Ok(segments)
 }
 
+/// The sequence a shard's journal must start at: 1, or what `retained` names once
+/// retention removed segments. The first segment may start earlier (a removal interrupted
+/// by a crash), never later.
+fn first_kept(dir: &Path, segments: &[PathBuf]) -> Result<u64, JournalError> {
+    let retained = retained(dir)?;
+    let Some(first) = segments.first() else {
+        return if retained == 1 {
+            Ok(1)
+        } else {
+            Err(JournalError::Missing { path: dir.to_path_buf(), retained, first: None })
+        };
+    };
+    let first_sequence = first_sequence(first).ok_or_else(|| JournalError::Io {
+        path: first.clone(),
+        source: io::Error::other("not a segment name (its first sequence, 20 digits)"),
+    })?;
+    if first_sequence > retained {
+        return Err(JournalError::Missing { path: dir.to_path_buf(), retained, first: Some(first_sequence) });
+    }
+    Ok(first_sequence)
+}
+
+/// What `DATA_DIR/journal/shard-N/retained` names (1 without the file).
+fn retained(dir: &Path) -> Result<u64, JournalError> {
+    let path = dir.join("retained");
+    match fs::read_to_string(&path) {
+        Ok(text) => match text.trim().parse::<u64>() {
+            Ok(sequence) if sequence >= 1 => Ok(sequence),
+            _ => Err(JournalError::Io { path, source: io::Error::other("not a sequence number") }),
+        },
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(1),
+        Err(source) => Err(JournalError::Io { path, source }),
+    }
+}
+
+/// What [`remove_before`] removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Removed {
+    pub segments: u64,
+    pub bytes: u64,
+    /// The first sequence kept.
+    pub first_sequence: u64,
+}
+
+/// Retention: removes the segments of shard `dir` that hold only records before
+/// `sequence`. The segment holding `sequence` stays, so what remains starts at a segment
+/// boundary; the segment being written is never removed (the caller passes a sequence
+/// already written). `retained` is written and synced first, then the segments removed
+/// and the directory synced: a crash in between leaves extra segments, never a hole.
+pub fn remove_before(dir: &Path, sequence: u64) -> Result<Removed, JournalError> {
+    let segments = segments(dir)?;
+    let keep = segments.iter().rposition(|path| first_sequence(path).is_some_and(|first| first <= sequence));
+    let Some(keep) = keep else {
+        return Ok(Removed { first_sequence: first_kept(dir, &segments)?, ..Removed::default() });
+    };
+    let first_sequence = first_sequence(&segments[keep]).unwrap_or(1);
+    if keep == 0 {
+        return Ok(Removed { first_sequence, ..Removed::default() });
+    }
+    if retained(dir)? < first_sequence {
+        let path = dir.join("retained");
+        write_atomically(&path, format!("{first_sequence}\n").as_bytes()).map_err(io_error(&path))?;
+    }
+    let mut removed = Removed { first_sequence, ..Removed::default() };
+    for path in &segments[..keep] {
+        removed.bytes += fs::metadata(path).map_err(io_error(path))?.len();
+        fs::remove_file(path).map_err(io_error(path))?;
+        removed.segments += 1;
+    }
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))?;
+    Ok(removed)
+}
+
 /// Reads every record of a shard's journal, checking it, without changing anything, and
 /// hands each to `on_record` (streamed: the journal need not fit in memory). Returns where
 /// a torn tail starts, if anywhere (recovery would cut it). For `switch journal verify`,
@@ -253,10 +347,10 @@ pub fn segments(dir: &Path) -> Result<Vec<PathBuf>, JournalError> {
 pub fn read_with(
     dir: &Path,
     key: Option<&CodeKey>,
-    mut on_record: impl FnMut(Record),
+    mut on_record: impl FnMut(u64, Record),
 ) -> Result<Option<(PathBuf, u64)>, JournalError> {
     let segments = segments(dir)?;
-    let mut expected = 1u64;
+    let mut expected = first_kept(dir, &segments)?;
     for (index, path) in segments.iter().enumerate() {
         let bytes = fs::read(path).map_err(io_error(path))?;
         let last = index + 1 == segments.len();
@@ -278,7 +372,7 @@ fn scan(
     bytes: &[u8],
     key: Option<&CodeKey>,
     expected: &mut u64,
-    on_record: &mut impl FnMut(Record),
+    on_record: &mut impl FnMut(u64, Record),
 ) -> Result<Option<(u64, RecordError)>, JournalError> {
     let mut offset = 0usize;
     while offset < bytes.len() {
@@ -295,7 +389,7 @@ fn scan(
                         found: sequence,
                     });
                 }
-                on_record(record);
+                on_record(sequence, record);
                 *expected += 1;
                 offset += size;
             }
@@ -328,12 +422,13 @@ impl Journal {
         policy: SyncPolicy,
         damage: Damage,
         key: Option<CodeKey>,
-        mut on_record: impl FnMut(Record),
+        mut on_record: impl FnMut(u64, Record),
     ) -> Result<(Self, Recovery), JournalError> {
         fs::create_dir_all(dir).map_err(io_error(dir))?;
         let segments = segments(dir)?;
         let mut recovery = Recovery::default();
-        let mut expected = 1u64;
+        let mut expected = first_kept(dir, &segments)?;
+        recovery.first_sequence = expected;
         let mut keep = segments.len();
         for (index, path) in segments.iter().enumerate() {
             let bytes = fs::read(path).map_err(io_error(path))?;
@@ -362,12 +457,13 @@ impl Journal {
         };
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_error(&path))?;
         let segment_size = file.metadata().map_err(io_error(&path))?.len();
-        recovery.records = expected - 1;
+        recovery.records = expected - recovery.first_sequence;
         let journal = Self {
             dir: dir.to_path_buf(),
             file,
             path,
             segment_size,
+            segment_size_max: SEGMENT_SIZE_MAX,
             next_sequence: expected,
             buffer: Vec::with_capacity(1 << 20),
             policy,
@@ -380,6 +476,11 @@ impl Journal {
 
     pub fn policy(&self) -> SyncPolicy {
         self.policy
+    }
+
+    /// Starts a new segment past `bytes` from now on (at least one record per segment).
+    pub fn set_segment_size(&mut self, bytes: u64) {
+        self.segment_size_max = bytes;
     }
 
     /// The sequence of the last record written (0: none yet).
@@ -403,9 +504,22 @@ impl Journal {
     }
 
     /// Writes `records` and, if `sync`, syncs everything written to stable storage.
+    /// A checkpoint must land at the sequence it names (the exchange's count of its
+    /// records); one that would not is refused before anything is written, since retention
+    /// would trust it (`Record::Checkpoint`).
     pub fn commit(&mut self, records: &[Record], sync: bool) -> io::Result<()> {
+        for (sequence, record) in (self.next_sequence..).zip(records) {
+            if let Record::Checkpoint { sequence: named, .. } = *record
+                && named != sequence
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("a checkpoint names sequence {named} but would be written at {sequence}"),
+                ));
+            }
+        }
         if !records.is_empty() {
-            if self.segment_size >= SEGMENT_SIZE_MAX {
+            if self.segment_size >= self.segment_size_max {
                 self.rotate()?;
             }
             self.buffer.clear();
@@ -558,12 +672,18 @@ impl Tail {
         self.buffer.clear();
         (self.start, self.offset) = (0, 0);
         self.file = None;
-        self.next = match segment {
-            Some(path) => {
+        self.next = match (segment, segments.first()) {
+            (Some(path), _) => {
                 self.open(path)?;
                 first_sequence(path).unwrap_or(1)
             }
-            None => 1,
+            (None, Some(first)) => {
+                return Err(JournalError::Io {
+                    path: first.clone(),
+                    source: io::Error::other(format!("record {sequence} is older than the journal's first segment")),
+                });
+            }
+            (None, None) => 1,
         };
         let mut skipped = Vec::new();
         while self.next < sequence {
@@ -689,7 +809,7 @@ mod tests {
 
     fn read(dir: &Path) -> Result<Contents, JournalError> {
         let mut records = Vec::new();
-        let torn_tail = read_with(dir, None, |record| records.push(record))?;
+        let torn_tail = read_with(dir, None, |_, record| records.push(record))?;
         Ok(Contents { records, torn_tail })
     }
 
@@ -701,7 +821,7 @@ mod tests {
 
     fn write(dir: &Path, count: u64) -> PathBuf {
         let (mut journal, recovery) =
-            Journal::open(dir, SyncPolicy::Always, Damage::Refuse, None, |_| {}).expect("open");
+            Journal::open(dir, SyncPolicy::Always, Damage::Refuse, None, |_, _| {}).expect("open");
         assert_eq!(recovery.records, 0);
         let records: Vec<_> = (1..=count).map(record).collect();
         journal.append(&records).expect("append");
@@ -715,7 +835,7 @@ mod tests {
         write(&dir, 10);
         let mut records = Vec::new();
         let (mut journal, recovery) =
-            Journal::open(&dir, SyncPolicy::Always, Damage::Refuse, None, |r| records.push(r)).expect("reopen");
+            Journal::open(&dir, SyncPolicy::Always, Damage::Refuse, None, |_, r| records.push(r)).expect("reopen");
         assert_eq!(records, (1..=10).map(record).collect::<Vec<_>>());
         assert!(recovery.torn_tail.is_none());
         journal.append(&[record(11)]).expect("append");
@@ -729,7 +849,7 @@ mod tests {
     fn a_tail_follows_appends_and_rotation_from_any_sequence() {
         let dir = temp_dir("tail");
         write(&dir, 10);
-        let (mut journal, _) = Journal::open(&dir, SyncPolicy::Always, Damage::Refuse, None, |_| {}).expect("open");
+        let (mut journal, _) = Journal::open(&dir, SyncPolicy::Always, Damage::Refuse, None, |_, _| {}).expect("open");
         let mut tail = Tail::new(&dir, None);
         let mut out = Vec::new();
         // Never past what the caller says is written, nor past `max`.
@@ -791,7 +911,7 @@ mod tests {
         for cut in (2 * record_size + 1)..whole.len() {
             fs::write(&path, &whole[..cut]).expect("tear");
             let (_, recovery) =
-                Journal::open(&dir, SyncPolicy::Always, Damage::Refuse, None, |_| {}).expect("recovers");
+                Journal::open(&dir, SyncPolicy::Always, Damage::Refuse, None, |_, _| {}).expect("recovers");
             assert_eq!(recovery.records, 2, "cut at {cut}");
             let (_, offset, dropped) = recovery.torn_tail.clone().expect("reported");
             assert_eq!((offset, dropped), ((2 * record_size) as u64, (cut - 2 * record_size) as u64));
@@ -801,7 +921,7 @@ mod tests {
         let mut zeroed = whole.clone();
         zeroed[2 * record_size..].fill(0);
         fs::write(&path, &zeroed).expect("write");
-        let (_, recovery) = Journal::open(&dir, SyncPolicy::Always, Damage::Refuse, None, |_| {}).expect("recovers");
+        let (_, recovery) = Journal::open(&dir, SyncPolicy::Always, Damage::Refuse, None, |_, _| {}).expect("recovers");
         assert_eq!(recovery.records, 2);
         let _ = fs::remove_dir_all(&dir);
     }
@@ -814,7 +934,7 @@ mod tests {
         let record_size = bytes.len() / 5;
         bytes[record_size + 40] ^= 0x01;
         fs::write(&path, &bytes).expect("write");
-        match Journal::open(&dir, SyncPolicy::Always, Damage::Refuse, None, |_| {}) {
+        match Journal::open(&dir, SyncPolicy::Always, Damage::Refuse, None, |_, _| {}) {
             Err(JournalError::Corrupt { offset, .. }) => assert_eq!(offset, record_size as u64),
             other => panic!("expected corruption at record 2: {other:?}"),
         }
@@ -822,7 +942,7 @@ mod tests {
         // The operator accepts the loss: the journal is cut there and goes on.
         let mut records = Vec::new();
         let (mut journal, recovery) =
-            Journal::open(&dir, SyncPolicy::Always, Damage::Truncate, None, |r| records.push(r)).expect("accepted");
+            Journal::open(&dir, SyncPolicy::Always, Damage::Truncate, None, |_, r| records.push(r)).expect("accepted");
         assert_eq!(records, vec![record(1)]);
         assert!(recovery.accepted_damage.is_some());
         journal.append(&[record(2)]).expect("append");
@@ -832,7 +952,7 @@ mod tests {
     #[test]
     fn segments_rotate_and_a_gap_in_sequences_is_refused() {
         let dir = temp_dir("rotate");
-        let (mut journal, _) = Journal::open(&dir, SyncPolicy::Never, Damage::Refuse, None, |_| {}).expect("open");
+        let (mut journal, _) = Journal::open(&dir, SyncPolicy::Never, Damage::Refuse, None, |_, _| {}).expect("open");
         journal.append(&[record(1)]).expect("append");
         journal.segment_size = SEGMENT_SIZE_MAX;
         journal.append(&[record(2), record(3)]).expect("append");
@@ -841,16 +961,94 @@ mod tests {
             segments(&dir).expect("segments").iter().map(|p| p.file_name().map(|n| n.to_owned())).collect();
         assert_eq!(names.len(), 2, "{names:?}");
         assert_eq!(read(&dir).expect("read").records.len(), 3);
-        // Losing the middle of the log is never a torn tail.
+        // Losing the head of the log is never read as a shorter log.
         fs::remove_file(&segments(&dir).expect("segments")[0]).expect("remove");
-        assert!(matches!(read(&dir), Err(JournalError::Sequence { expected: 1, found: 2, .. })));
+        assert!(matches!(read(&dir), Err(JournalError::Missing { retained: 1, first: Some(2), .. })));
+        assert!(matches!(
+            Journal::open(&dir, SyncPolicy::Never, Damage::Truncate, None, |_, _| {}),
+            Err(JournalError::Missing { retained: 1, first: Some(2), .. })
+        ));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A journal of `segments` segments of `per_segment` records each.
+    fn segmented(name: &str, segments: u64, per_segment: u64) -> PathBuf {
+        let dir = temp_dir(name);
+        let (mut journal, _) = Journal::open(&dir, SyncPolicy::Never, Damage::Refuse, None, |_, _| {}).expect("open");
+        journal.set_segment_size(1);
+        for segment in 0..segments {
+            let first = segment * per_segment + 1;
+            journal.append(&(first..first + per_segment).map(record).collect::<Vec<_>>()).expect("append");
+        }
+        dir
+    }
+
+    #[test]
+    fn retention_removes_whole_segments_before_a_sequence_and_recovery_starts_after_them() {
+        let dir = segmented("retention", 4, 10);
+        assert_eq!(segments(&dir).expect("segments").len(), 4);
+        // Record 25 is in the third segment (21..=30): the two before it go.
+        let removed = remove_before(&dir, 25).expect("removes");
+        assert_eq!((removed.segments, removed.first_sequence), (2, 21));
+        assert!(removed.bytes > 0);
+        assert_eq!(fs::read_to_string(dir.join("retained")).expect("marker").trim(), "21");
+        let mut sequences = Vec::new();
+        let (mut journal, recovery) =
+            Journal::open(&dir, SyncPolicy::Never, Damage::Refuse, None, |sequence, _| sequences.push(sequence))
+                .expect("recovers");
+        assert_eq!(sequences, (21..=40).collect::<Vec<_>>());
+        assert_eq!((recovery.first_sequence, recovery.records), (21, 20));
+        journal.append(&[record(41)]).expect("appends after");
+        drop(journal);
+        assert_eq!(read(&dir).expect("reads").records.len(), 21);
+        // Nothing at or after the segment being written is ever removed, and asking again
+        // for less removes nothing.
+        assert_eq!(remove_before(&dir, 41).expect("removes").segments, 1);
+        assert_eq!(remove_before(&dir, 5).expect("nothing").segments, 0);
+        assert!(!segments(&dir).expect("segments").is_empty());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_journal_shorter_than_retention_left_it_is_refused() {
+        let dir = segmented("retention-missing", 3, 10);
+        remove_before(&dir, 15).expect("removes");
+        // Someone removes one more segment by hand: a hole at the head, never a shorter log.
+        fs::remove_file(&segments(&dir).expect("segments")[0]).expect("remove");
+        let error = read(&dir).err().expect("refused");
+        assert!(matches!(error, JournalError::Missing { retained: 11, first: Some(21), .. }), "{error}");
+        assert!(error.to_string().contains("kept from record 11 on, but its first segment starts at 21"), "{error}");
+        for damage in [Damage::Refuse, Damage::Truncate] {
+            assert!(matches!(
+                Journal::open(&dir, SyncPolicy::Never, damage, None, |_, _| {}),
+                Err(JournalError::Missing { .. })
+            ));
+        }
+        // A crash between the marker and the removals leaves more than the marker says: fine.
+        let dir = segmented("retention-interrupted", 3, 10);
+        write_atomically(&dir.join("retained"), b"21\n").expect("marker");
+        assert_eq!(read(&dir).expect("reads").records.len(), 30);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_checkpoint_that_names_another_sequence_is_not_written() {
+        let dir = temp_dir("checkpoint");
+        let (mut journal, _) = Journal::open(&dir, SyncPolicy::Never, Damage::Refuse, None, |_, _| {}).expect("open");
+        let checkpoint = |sequence| Record::Checkpoint { window: 1, sequence, low_water: 1, reference_sequence: 0 };
+        let error = journal.commit(&[record(1), checkpoint(3)], false).expect_err("refused");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(journal.last_sequence(), 0, "nothing of the batch was written");
+        journal.commit(&[record(1), checkpoint(2)], false).expect("at its sequence");
+        drop(journal);
+        assert_eq!(read(&dir).expect("reads").records[1], checkpoint(2));
         let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn io_uring_writes_and_syncs_the_same_bytes() {
         let dir = temp_dir("uring");
-        let (mut journal, _) = Journal::open(&dir, SyncPolicy::Always, Damage::Refuse, None, |_| {}).expect("open");
+        let (mut journal, _) = Journal::open(&dir, SyncPolicy::Always, Damage::Refuse, None, |_, _| {}).expect("open");
         assert!(journal.use_io_uring(), "this machine allows io_uring; the test needs it");
         let records: Vec<_> = (1..=1_000).map(record).collect();
         for chunk in records.chunks(100) {

@@ -10,6 +10,7 @@
 //! - [`metrics`]: counters and histograms for `/metrics`.
 //! - [`status`]: participant and link state for the admin port.
 //! - [`journal`]: the per-shard journal: segments, group commit, recovery.
+//! - [`retention`]: which journal segments may go once a window has closed.
 //! - [`inspect`]: `switch inspect`, the integrator's decoder for QR, ISO 8583 and frames.
 //! - [`access`]: admin API tokens, roles and the audit log.
 
@@ -25,4 +26,5 @@ pub mod journal;
 pub mod metrics;
 pub mod notify;
 pub mod participant;
+pub mod retention;
 pub mod status;

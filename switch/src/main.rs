@@ -64,6 +64,11 @@ enum Command {
         /// or never (overrides the file's journal.fsync). See ARCHITECTURE.md for the risks.
         #[arg(long)]
         fsync: Option<SyncPolicy>,
+        /// Journal retention: keep this many closed windows rebuildable and remove older
+        /// segments after each close; 0 keeps every segment (overrides the file's
+        /// journal.retain_windows). See README, "Journal retention".
+        #[arg(long, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+        retain_windows: Option<u64>,
         /// Start even if the journal has damaged records followed by valid ones, cutting it
         /// at the damage (the records after it are lost; later segments are kept aside).
         #[arg(long)]
@@ -259,6 +264,7 @@ fn main_inner() -> anyhow::Result<()> {
             io,
             data_dir,
             fsync,
+            retain_windows,
             accept_journal_damage,
             node,
             code_key_file,
@@ -283,6 +289,9 @@ fn main_inner() -> anyhow::Result<()> {
             }
             if let Some(fsync) = fsync {
                 config.fsync = fsync;
+            }
+            if let Some(retain_windows) = retain_windows {
+                config.retain_windows = retain_windows;
             }
             if let Some(path) = code_key_file {
                 config.code_key = Some(read_code_key(&path)?);
@@ -454,8 +463,11 @@ fn journal_command(command: JournalCommand) -> anyhow::Result<()> {
             let mut damaged = false;
             for (index, dir) in switch::clearing::shard_dirs(&data_dir)? {
                 let segments = switch::journal::segments(&dir)?.len();
-                let mut records = 0u64;
-                match switch::journal::read_with(&dir, key.as_ref(), |_| records += 1) {
+                let (mut records, mut first) = (0u64, None);
+                match switch::journal::read_with(&dir, key.as_ref(), |sequence, _| {
+                    records += 1;
+                    first.get_or_insert(sequence);
+                }) {
                     Ok(torn_tail) => {
                         let tail = match torn_tail {
                             Some((path, offset)) => {
@@ -463,7 +475,14 @@ fn journal_command(command: JournalCommand) -> anyhow::Result<()> {
                             }
                             None => String::new(),
                         };
-                        emit!("shard {index}: {records} records in {segments} segments, ok{tail}");
+                        // Retention removed what comes before (journal `retained`).
+                        let kept = match first {
+                            Some(first) if first > 1 => {
+                                format!(" (from record {first}; older ones removed by retention)")
+                            }
+                            _ => String::new(),
+                        };
+                        emit!("shard {index}: {records} records in {segments} segments{kept}, ok{tail}");
                     }
                     Err(error) => {
                         emit!("shard {index}: DAMAGED: {error}");
@@ -483,14 +502,14 @@ fn journal_command(command: JournalCommand) -> anyhow::Result<()> {
                     continue;
                 }
                 emit!("# shard {index}");
-                let mut sequence = 0usize;
-                switch::journal::read_with(&dir, key.as_ref(), |record| {
-                    sequence += 1;
-                    if sequence <= limit {
+                let mut count = 0usize;
+                switch::journal::read_with(&dir, key.as_ref(), |sequence, record| {
+                    count += 1;
+                    if count <= limit {
                         emit!("{sequence:>10} {record}");
                     }
                 })?;
-                emit!("# shard {index}: {sequence} records");
+                emit!("# shard {index}: {count} records");
             }
             Ok(())
         }
@@ -576,6 +595,8 @@ fn run(config: SwitchConfig, io: Io, damage: Damage) -> anyhow::Result<()> {
                 .with_journal(JournalSettings {
                     data_dir: config.data_dir.clone(),
                     policy: config.fsync,
+                    segment_size: config.segment_size,
+                    retain_windows: config.retain_windows,
                     damage,
                     io_uring: io == Io::Uring,
                     code_key: config.code_key.clone(),

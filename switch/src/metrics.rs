@@ -89,6 +89,8 @@ pub struct Metrics {
     batches: Histogram,
     journal_commits: Histogram,
     journal_records: AtomicU64,
+    journal_segments_removed: AtomicU64,
+    journal_bytes_removed: AtomicU64,
     draining: AtomicBool,
     /// Set once the shards are up (tables touched, journal recovered).
     serving: AtomicBool,
@@ -160,6 +162,12 @@ impl Metrics {
     pub fn journal_committed(&self, records: usize, elapsed: std::time::Duration) {
         self.journal_commits.observe(&COMMIT_BUCKETS_S, elapsed);
         self.journal_records.fetch_add(records as u64, Ordering::Relaxed);
+    }
+
+    /// Journal retention removed `segments` segments of `bytes` bytes.
+    pub fn journal_removed(&self, segments: u64, bytes: u64) {
+        self.journal_segments_removed.fetch_add(segments, Ordering::Relaxed);
+        self.journal_bytes_removed.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// An answer dropped at a full shard inbox (its transaction times out and is reversed).
@@ -298,6 +306,18 @@ impl Metrics {
             "counter",
             "Journal records written (divide by switch_journal_commit_seconds_count: records per group commit).",
             vec![format!("switch_journal_records_total {}", load(&self.journal_records))],
+        );
+        section(
+            "switch_journal_segments_removed_total",
+            "counter",
+            "Journal segments removed by retention ([journal] retain_windows) after a window closed.",
+            vec![format!("switch_journal_segments_removed_total {}", load(&self.journal_segments_removed))],
+        );
+        section(
+            "switch_journal_removed_bytes_total",
+            "counter",
+            "Bytes of journal segments removed by retention.",
+            vec![format!("switch_journal_removed_bytes_total {}", load(&self.journal_bytes_removed))],
         );
         if let Some(seconds) = process_cpu_seconds() {
             section(

@@ -175,6 +175,8 @@ async fn start_with_journal(
             .with_journal(switch::journal::JournalSettings {
                 data_dir: data_dir.to_path_buf(),
                 policy: switch::journal::SyncPolicy::Always,
+                segment_size: switch::journal::SEGMENT_SIZE_MAX,
+                retain_windows: 0,
                 damage: switch::journal::Damage::Refuse,
                 io_uring: false,
                 code_key: None,

@@ -80,7 +80,7 @@ fn the_demo_replays_a_profile_and_reconciles_exactly() {
 fn journalled_codes(data: &Path) -> std::collections::HashSet<String> {
     let mut codes = std::collections::HashSet::new();
     for (_, dir) in switch::clearing::shard_dirs(data).unwrap() {
-        switch::journal::read_with(&dir, None, |record| {
+        switch::journal::read_with(&dir, None, |_, record| {
             if let switch::core::record::Record::Admitted { payment_code: Some(code), .. } = record {
                 codes.insert(code.digits().to_string());
             }

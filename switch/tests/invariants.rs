@@ -4,7 +4,9 @@
 //! - every request gets exactly one reply;
 //! - the journal's records, replayed into a fresh exchange, give the same state;
 //! - every window's positions sum to zero, rebuilt twice they are identical, and over all
-//!   windows the acquirer is owed exactly its approved payments less its approved refunds.
+//!   windows the acquirer is owed exactly its approved payments less its approved refunds;
+//! - a journal kept only from a checkpoint's `low_water` on (what retention leaves)
+//!   rebuilds the same exchange, recovers the same way, and gives the same windows after it.
 
 use codec::code::TransactionStatus;
 use codec::field::FieldText;
@@ -76,10 +78,137 @@ fn status(exchange: &mut Exchange, id_text: &str) -> TransactionStatus {
 }
 
 fn new_exchange() -> Exchange {
+    with_memory(ExchangeConfig::default().completed_max)
+}
+
+/// An exchange that remembers `completed_max` completed transactions.
+fn with_memory(completed_max: usize) -> Exchange {
     Exchange::new(
-        ExchangeConfig { reply_deadline_ms: 1_000, reversal_retry_ms: 400, ..ExchangeConfig::default() },
+        ExchangeConfig { reply_deadline_ms: 1_000, reversal_retry_ms: 400, completed_max, ..ExchangeConfig::default() },
         Routes::embedded_default(),
     )
+}
+
+/// What one run of steps left.
+struct Run {
+    exchange: Exchange,
+    records: Vec<Record>,
+    /// Payments and refunds sent: id, amount.
+    sent: Vec<(String, u64)>,
+    refunds: Vec<(String, u64)>,
+    replies: std::collections::HashMap<String, usize>,
+    /// The last window cut.
+    window: u64,
+    now: u64,
+}
+
+/// Runs `steps` through `exchange`, then waits past every deadline and cuts a last window.
+fn drive(mut exchange: Exchange, steps: Vec<Step>) -> Run {
+    let mut out: Vec<Outbound> = Vec::new();
+    exchange.session_up(id("ACQ0001"), ACQUIRER, &mut out);
+    exchange.session_up(id("WECHATPAY"), WECHAT, &mut out);
+    let mut now = 0u64;
+    let mut window = 0u64;
+    let mut sent: Vec<(String, u64)> = Vec::new(); // payments: id, amount
+    let mut refunds: Vec<(String, u64)> = Vec::new();
+    let mut forwarded: Vec<(u64, bool)> = Vec::new(); // reference, is refund
+    let mut replies: std::collections::HashMap<String, usize> = Default::default();
+    let mut records: Vec<Record> = Vec::new();
+    for step in steps {
+        match step {
+            Step::Pay { amount } => {
+                let n = sent.len();
+                let mut request = codec::sample::payment_code_request();
+                request.details.originator_transaction_id = TransactionId::new(&format!("P{n}")).expect("valid");
+                request.details.amount_minor = amount;
+                request.payment_code = PaymentCode::new(&format!("13{n:016}")).expect("valid");
+                exchange.handle_request(at(now), ACQUIRER, Message::PaymentCodeRequest(request), &mut out);
+                sent.push((format!("P{n}"), amount));
+            }
+            Step::Answer { pick, approve } if !forwarded.is_empty() => {
+                let (reference, refund) = forwarded.remove(pick % forwarded.len());
+                let reply = Reply {
+                    switch_reference: reference,
+                    code: if approve { 0 } else { ReplyCode::InsufficientFunds.value() },
+                    ..codec::sample::payment_reply()
+                };
+                let message = if refund { Message::RefundReply(reply) } else { Message::PaymentReply(reply) };
+                exchange.handle_answer(at(now), id("WECHATPAY"), message, &mut out);
+            }
+            Step::Refund { pick, amount } if !sent.is_empty() => {
+                let (original, _) = sent[pick % sent.len()].clone();
+                let n = refunds.len();
+                let request = LinkedRequest {
+                    originator: id("ACQ0001"),
+                    originator_transaction_id: TransactionId::new(&format!("R{n}")).expect("valid"),
+                    original_originator_transaction_id: TransactionId::new(&original).expect("valid"),
+                    amount_minor: amount,
+                    currency: 156,
+                    ..LinkedRequest::default()
+                };
+                exchange.handle_request(at(now), ACQUIRER, Message::RefundRequest(request), &mut out);
+                refunds.push((format!("R{n}"), amount));
+            }
+            Step::Cancel { pick } if !sent.is_empty() => {
+                let (original, amount) = sent[pick % sent.len()].clone();
+                let request = LinkedRequest {
+                    originator: id("ACQ0001"),
+                    originator_transaction_id: TransactionId::new(&format!("C{}", records.len())).expect("valid"),
+                    original_originator_transaction_id: TransactionId::new(&original).expect("valid"),
+                    amount_minor: amount,
+                    currency: 156,
+                    reason: 2,
+                    ..LinkedRequest::default()
+                };
+                exchange.handle_request(at(now), ACQUIRER, Message::ReversalRequest(request), &mut out);
+            }
+            Step::Wait { ms } => {
+                now += ms;
+                exchange.handle_timers(at(now), &mut out);
+            }
+            Step::Cut => {
+                window += 1;
+                exchange.cut(window, at(now));
+            }
+            _ => {}
+        }
+        for outbound in out.drain(..) {
+            match (outbound.session, &outbound.message) {
+                (WECHAT, Message::PaymentCodeRequest(request)) => {
+                    forwarded.push((request.details.switch_reference, false))
+                }
+                (WECHAT, Message::RefundRequest(request)) => forwarded.push((request.switch_reference, true)),
+                (ACQUIRER, Message::PaymentReply(reply) | Message::RefundReply(reply)) => {
+                    *replies.entry(reply.originator_transaction_id.as_str().to_string()).or_default() += 1;
+                }
+                _ => {}
+            }
+        }
+        exchange.take_records(&mut records);
+    }
+    // Past every deadline: every request has had its one reply.
+    now += 2_000;
+    exchange.handle_timers(at(now), &mut out);
+    for outbound in out.drain(..) {
+        if let (ACQUIRER, Message::PaymentReply(reply) | Message::RefundReply(reply)) =
+            (outbound.session, &outbound.message)
+        {
+            *replies.entry(reply.originator_transaction_id.as_str().to_string()).or_default() += 1;
+        }
+    }
+    window += 1;
+    exchange.cut(window, at(now));
+    exchange.take_records(&mut records);
+    Run { exchange, records, sent, refunds, replies, window, now }
+}
+
+/// The exchange rebuilt from `records`, the first of which is journal record `first`.
+fn replayed(completed_max: usize, first: u64, records: &[Record]) -> Exchange {
+    let mut exchange = with_memory(completed_max);
+    for (sequence, record) in (first..).zip(records) {
+        exchange.replay(sequence, record);
+    }
+    exchange
 }
 
 proptest! {
@@ -87,107 +216,13 @@ proptest! {
 
     #[test]
     fn journal_and_clearing_invariants_hold(steps in prop::collection::vec(step(), 1..80)) {
-        let mut exchange = new_exchange();
-        let mut out: Vec<Outbound> = Vec::new();
-        exchange.session_up(id("ACQ0001"), ACQUIRER, &mut out);
-        exchange.session_up(id("WECHATPAY"), WECHAT, &mut out);
-        let mut now = 0u64;
-        let mut window = 0u64;
-        let mut sent: Vec<(String, u64)> = Vec::new(); // payments: id, amount
-        let mut refunds: Vec<(String, u64)> = Vec::new();
-        let mut forwarded: Vec<(u64, bool)> = Vec::new(); // reference, is refund
-        let mut replies: std::collections::HashMap<String, usize> = Default::default();
-        let mut records: Vec<Record> = Vec::new();
-        for step in steps {
-            match step {
-                Step::Pay { amount } => {
-                    let n = sent.len();
-                    let mut request = codec::sample::payment_code_request();
-                    request.details.originator_transaction_id = TransactionId::new(&format!("P{n}")).expect("valid");
-                    request.details.amount_minor = amount;
-                    request.payment_code = PaymentCode::new(&format!("13{n:016}")).expect("valid");
-                    exchange.handle_request(at(now), ACQUIRER, Message::PaymentCodeRequest(request), &mut out);
-                    sent.push((format!("P{n}"), amount));
-                }
-                Step::Answer { pick, approve } if !forwarded.is_empty() => {
-                    let (reference, refund) = forwarded.remove(pick % forwarded.len());
-                    let reply = Reply {
-                        switch_reference: reference,
-                        code: if approve { 0 } else { ReplyCode::InsufficientFunds.value() },
-                        ..codec::sample::payment_reply()
-                    };
-                    let message = if refund { Message::RefundReply(reply) } else { Message::PaymentReply(reply) };
-                    exchange.handle_answer(at(now), id("WECHATPAY"), message, &mut out);
-                }
-                Step::Refund { pick, amount } if !sent.is_empty() => {
-                    let (original, _) = sent[pick % sent.len()].clone();
-                    let n = refunds.len();
-                    let request = LinkedRequest {
-                        originator: id("ACQ0001"),
-                        originator_transaction_id: TransactionId::new(&format!("R{n}")).expect("valid"),
-                        original_originator_transaction_id: TransactionId::new(&original).expect("valid"),
-                        amount_minor: amount,
-                        currency: 156,
-                        ..LinkedRequest::default()
-                    };
-                    exchange.handle_request(at(now), ACQUIRER, Message::RefundRequest(request), &mut out);
-                    refunds.push((format!("R{n}"), amount));
-                }
-                Step::Cancel { pick } if !sent.is_empty() => {
-                    let (original, amount) = sent[pick % sent.len()].clone();
-                    let request = LinkedRequest {
-                        originator: id("ACQ0001"),
-                        originator_transaction_id: TransactionId::new(&format!("C{}", records.len())).expect("valid"),
-                        original_originator_transaction_id: TransactionId::new(&original).expect("valid"),
-                        amount_minor: amount,
-                        currency: 156,
-                        reason: 2,
-                        ..LinkedRequest::default()
-                    };
-                    exchange.handle_request(at(now), ACQUIRER, Message::ReversalRequest(request), &mut out);
-                }
-                Step::Wait { ms } => {
-                    now += ms;
-                    exchange.handle_timers(at(now), &mut out);
-                }
-                Step::Cut => {
-                    window += 1;
-                    exchange.cut(window, at(now));
-                }
-                _ => {}
-            }
-            for outbound in out.drain(..) {
-                match (outbound.session, &outbound.message) {
-                    (WECHAT, Message::PaymentCodeRequest(request)) => forwarded.push((request.details.switch_reference, false)),
-                    (WECHAT, Message::RefundRequest(request)) => forwarded.push((request.switch_reference, true)),
-                    (ACQUIRER, Message::PaymentReply(reply) | Message::RefundReply(reply)) => {
-                        *replies.entry(reply.originator_transaction_id.as_str().to_string()).or_default() += 1;
-                    }
-                    _ => {}
-                }
-            }
-            exchange.take_records(&mut records);
-        }
-        // Past every deadline: every request has had its one reply.
-        now += 2_000;
-        exchange.handle_timers(at(now), &mut out);
-        for outbound in out.drain(..) {
-            if let (ACQUIRER, Message::PaymentReply(reply) | Message::RefundReply(reply)) = (outbound.session, &outbound.message) {
-                *replies.entry(reply.originator_transaction_id.as_str().to_string()).or_default() += 1;
-            }
-        }
-        window += 1;
-        exchange.cut(window, at(now));
-        exchange.take_records(&mut records);
+        let Run { mut exchange, records, sent, refunds, replies, window, .. } = drive(new_exchange(), steps);
         for (id_text, _) in sent.iter().chain(&refunds) {
             prop_assert_eq!(replies.get(id_text).copied(), Some(1), "{} answered once", id_text);
         }
 
         // The journal rebuilds the same state.
-        let mut replayed = new_exchange();
-        for record in &records {
-            replayed.replay(record);
-        }
+        let mut replayed = replayed(ExchangeConfig::default().completed_max, 1, &records);
         for (id_text, _) in &sent {
             prop_assert_eq!(status(&mut replayed, id_text), status(&mut exchange, id_text), "{}", id_text);
         }
@@ -223,5 +258,65 @@ proptest! {
             }
         }
         prop_assert_eq!(acquirer_net, expected);
+    }
+}
+
+/// Every transaction's status as `exchange` answers a query for it.
+fn statuses(exchange: &mut Exchange, run: &Run) -> Vec<TransactionStatus> {
+    run.sent.iter().chain(&run.refunds).map(|(id_text, _)| status(exchange, id_text)).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Retention keeps a shard's journal from a checkpoint's `low_water` on (or from any
+    /// earlier record: a segment boundary). Whatever was removed, the rebuilt exchange
+    /// must answer every query alike, recover (time out and reverse) alike, draw the same
+    /// next references, and clearing must give the same files for every later window.
+    #[test]
+    fn a_journal_kept_from_a_checkpoint_rebuilds_the_same_state(
+        steps in prop::collection::vec(step(), 1..120),
+        completed_max in 1usize..8,
+        back in 0u64..3,
+    ) {
+        let mut run = drive(with_memory(completed_max), steps);
+        let records = &run.records;
+        let full_statuses = statuses(&mut replayed(completed_max, 1, records), &run);
+        let mut checked = 0;
+        for (index, record) in records.iter().enumerate() {
+            let Record::Checkpoint { window: cut, sequence, low_water, .. } = *record else { continue };
+            prop_assert_eq!(sequence, index as u64 + 1, "a checkpoint names its own sequence");
+            let first = low_water.saturating_sub(back).max(1);
+            let mut kept = replayed(completed_max, first, &records[first as usize - 1..]);
+            let mut full = replayed(completed_max, 1, records);
+            prop_assert_eq!(statuses(&mut kept, &run), full_statuses.clone(), "kept from {}", first);
+            prop_assert_eq!(kept.journal_next(), full.journal_next());
+            prop_assert_eq!(kept.in_flight(), full.in_flight());
+            prop_assert_eq!(kept.last_window(), full.last_window());
+            prop_assert_eq!(kept.participant_flights(at(run.now)), full.participant_flights(at(run.now)));
+            let (mut kept_out, mut full_out, mut kept_records, mut full_records) = (vec![], vec![], vec![], vec![]);
+            kept.finish_recovery(at(run.now), &mut kept_out);
+            full.finish_recovery(at(run.now), &mut full_out);
+            kept.take_records(&mut kept_records);
+            full.take_records(&mut full_records);
+            prop_assert_eq!(kept_records, full_records, "recovery decides alike");
+            prop_assert_eq!(
+                kept_out.iter().map(|o| (o.session, o.message.clone())).collect::<Vec<_>>(),
+                full_out.iter().map(|o| (o.session, o.message.clone())).collect::<Vec<_>>()
+            );
+            let fees = switch::clearing::FeeSchedule::default();
+            let tail = [(first, records[first as usize - 1..].to_vec())];
+            for w in 1..=run.window {
+                let whole = Window::from_shards(w, std::slice::from_ref(records), &fees).expect("balanced");
+                match Window::from_journal_tails(w, &tail, &fees) {
+                    Ok(rebuilt) => prop_assert_eq!(rebuilt, whole, "window {} from record {}", w, first),
+                    // Only a window retention does not keep may be refused; never one after it.
+                    Err(error) => prop_assert!(w <= cut, "window {} from record {}: {}", w, first, error),
+                }
+            }
+            checked += 1;
+        }
+        prop_assert!(checked >= 1);
+        run.records.clear();
     }
 }

@@ -320,6 +320,12 @@ struct Transaction {
     conversion: Conversion,
     /// A converted payment's approved and pending refunds, in the payer's currency.
     refunded_payer_minor: u64,
+    /// The oldest journal record it needs: its `Admitted`, or a refund's payment's if
+    /// older (clearing needs the payment to know who pays whom). Retention keeps the
+    /// journal from the oldest one held (`Exchange::cut`).
+    needs_from: u64,
+    /// Its turn to be forgotten came while its reversal was pending.
+    forget_when_reversed: bool,
 }
 
 /// What a transaction is: its reply kind, and what its outcome changes.
@@ -519,6 +525,9 @@ pub struct Exchange {
     reversals: FastMap<u64, PendingReversal>,
     /// Decisions not yet handed to the journal, in the order they were made.
     records: Vec<Record>,
+    /// The journal sequence the next record will have: one past the last replayed, counted
+    /// on by each decision (the exchange is its journal's only writer).
+    journal_next: u64,
     /// The last clearing window closed.
     window: u64,
 }
@@ -548,6 +557,7 @@ impl Exchange {
             timers: Timers::default(),
             reversals: FastMap::default(),
             records: Vec::new(),
+            journal_next: 1,
             window: 0,
             config,
         }
@@ -573,6 +583,8 @@ impl Exchange {
             refund_pending_minor: 0,
             conversion: Conversion::NONE,
             refunded_payer_minor: 0,
+            needs_from: 0,
+            forget_when_reversed: false,
         };
         for n in 0..records as u64 {
             self.transactions.insert(n, dummy.clone());
@@ -933,9 +945,9 @@ impl Exchange {
         let reply_ms = receiver_policy.reply_deadline_ms.unwrap_or(self.config.reply_deadline_ms);
         self.open(reference, session, admission, now.monotonic_ms + reply_ms);
         self.timers.add(now.monotonic_ms, reply_ms, Timer::Reply(reference));
-        self.records.push(admission.record(reference, now.unix_ms));
+        self.journal(admission.record(reference, now.unix_ms));
         if admission.conversion.is_some() {
-            self.records.push(Record::Converted { reference, conversion: admission.conversion });
+            self.journal(Record::Converted { reference, conversion: admission.conversion });
         }
         Some((reference, admission.conversion))
     }
@@ -993,6 +1005,15 @@ impl Exchange {
                 refund_pending_minor: 0,
                 conversion,
                 refunded_payer_minor: 0,
+                // `open` comes right before the `Admitted` is journaled (or replayed).
+                needs_from: match kind {
+                    Kind::Refund { original } => self
+                        .transactions
+                        .get(&original)
+                        .map_or(self.journal_next, |payment| payment.needs_from.min(self.journal_next)),
+                    Kind::Payment => self.journal_next,
+                },
+                forget_when_reversed: false,
             },
         );
         self.in_flight += 1;
@@ -1136,7 +1157,7 @@ impl Exchange {
     /// that the move is allowed (`Onboarding::may_become`).
     pub fn set_onboarding(&mut self, participant: InstitutionId, state: Onboarding, previous: Onboarding, now: Now) {
         self.apply_onboarding(participant, state, previous, now.unix_ms);
-        self.records.push(Record::Onboarding { participant, state, previous, time_ms: now.unix_ms });
+        self.journal(Record::Onboarding { participant, state, previous, time_ms: now.unix_ms });
     }
 
     fn apply_onboarding(&mut self, participant: InstitutionId, state: Onboarding, previous: Onboarding, at_ms: i64) {
@@ -1180,7 +1201,7 @@ impl Exchange {
                 match self.reversals.get(&reference) {
                     Some(pending) if pending.receiver != sender => AnswerOutcome::WrongSender,
                     Some(_) => {
-                        self.records.push(Record::ReversalAcknowledged { reversal: reference, time_ms: now.unix_ms });
+                        self.journal(Record::ReversalAcknowledged { reversal: reference, time_ms: now.unix_ms });
                         self.acknowledge_reversal(reference);
                         AnswerOutcome::ReversalAcknowledged
                     }
@@ -1202,7 +1223,7 @@ impl Exchange {
                         let transaction = self.complete(reference, outcome).expect("in flight");
                         let authorization_code =
                             if code.is_approved() { reply.authorization_code } else { AuthorizationCode::EMPTY };
-                        self.records.push(Record::Answered {
+                        self.journal(Record::Answered {
                             reference,
                             time_ms: now.unix_ms,
                             code: code.value(),
@@ -1269,7 +1290,7 @@ impl Exchange {
     /// reply) and, the outcome at the receiver being unknown, it is reversed.
     fn abandon(&mut self, now: Now, reference: u64, reason: ReversalReason, out: &mut Vec<Outbound>) {
         let Some(transaction) = self.complete(reference, State::TimedOut) else { return };
-        self.records.push(Record::TimedOut { reference, time_ms: now.unix_ms });
+        self.journal(Record::TimedOut { reference, time_ms: now.unix_ms });
         let reply = self.answer(Answering::of(&transaction), reference, ReplyCode::Timeout, now);
         out.push(Outbound { session: transaction.originator_session, message: transaction.kind.reply(reply) });
         self.reverse(now, reference, reason, out);
@@ -1296,7 +1317,7 @@ impl Exchange {
             return;
         }
         let reversal = self.next_reference();
-        self.records.push(Record::ReversalStarted {
+        self.journal(Record::ReversalStarted {
             reversal,
             original: reference,
             reason: reason.value(),
@@ -1357,6 +1378,9 @@ impl Exchange {
             && let Some(transaction) = self.transactions.get_mut(&pending.original)
         {
             transaction.state = State::Reversed;
+            if transaction.forget_when_reversed {
+                self.forget(pending.original);
+            }
         }
     }
 
@@ -1366,9 +1390,25 @@ impl Exchange {
         into.append(&mut self.records);
     }
 
-    /// Rebuilds state from one journal record (recovery: records in journal order, on a
-    /// fresh exchange, before any session is up). Emits nothing.
-    pub fn replay(&mut self, record: &Record) {
+    /// Queues `record` for the journal, where it will have sequence `journal_next`.
+    fn journal(&mut self, record: Record) {
+        self.records.push(record);
+        self.journal_next += 1;
+    }
+
+    /// Rebuilds state from one journal record, `sequence` (recovery: records in journal
+    /// order, on a fresh exchange, before any session is up). Emits nothing.
+    ///
+    /// The journal may start later than sequence 1 (retention removed what no later state
+    /// needs, `Record::Checkpoint`): records of transactions admitted before its start are
+    /// then met without their `Admitted`, and change nothing.
+    pub fn replay(&mut self, sequence: u64, record: &Record) {
+        self.journal_next = sequence;
+        self.replay_record(record);
+        self.journal_next = sequence + 1;
+    }
+
+    fn replay_record(&mut self, record: &Record) {
         match *record {
             Record::Admitted {
                 reference,
@@ -1405,11 +1445,10 @@ impl Exchange {
             }
             Record::Answered { reference, code, .. } => {
                 let code = ReplyCode::try_from(code).unwrap_or(ReplyCode::DoNotHonour);
-                self.complete(reference, if code.is_approved() { State::Approved } else { State::Declined(code) });
+                let outcome = if code.is_approved() { State::Approved } else { State::Declined(code) };
+                self.replay_completion(reference, outcome);
             }
-            Record::TimedOut { reference, .. } => {
-                self.complete(reference, State::TimedOut);
-            }
+            Record::TimedOut { reference, .. } => self.replay_completion(reference, State::TimedOut),
             Record::ReversalStarted { reversal, original, reason, time_ms } => {
                 self.sequence = self.sequence.max(SwitchReference(reversal).sequence());
                 if self.start_reversal(original, reversal, reason, time_ms).is_some() {
@@ -1422,14 +1461,62 @@ impl Exchange {
             Record::Onboarding { participant, state, previous, time_ms } => {
                 self.apply_onboarding(participant, state, previous, time_ms);
             }
+            Record::Checkpoint { window, reference_sequence, .. } => {
+                // What came before may be gone: the references drawn then are not reused.
+                self.window = self.window.max(window);
+                self.sequence = self.sequence.max(reference_sequence);
+            }
+        }
+    }
+
+    /// An `Answered` or `TimedOut` record: journaled only for a transaction in flight, so
+    /// one not held was admitted before the journal's start, and its completion still
+    /// takes its turn among the remembered (`remember_completed`).
+    fn replay_completion(&mut self, reference: u64, outcome: State) {
+        if !self.transactions.contains_key(&reference) {
+            self.remember_completed(reference);
+        } else {
+            self.complete(reference, outcome);
         }
     }
 
     /// Closes clearing window `window` in this shard's journal (a record, in order with
-    /// the decisions around it).
-    pub fn cut(&mut self, window: u64, now: Now) {
+    /// the decisions around it), followed by its checkpoint: the oldest record still needed
+    /// (returned) and the last reference drawn. Every onboarding change in force is
+    /// journaled again after it, so a journal kept from the checkpoint's `low_water` on
+    /// still holds each participant's state.
+    ///
+    /// Finding the oldest transaction is one pass over the transaction table, once per cut.
+    pub fn cut(&mut self, window: u64, now: Now) -> u64 {
         self.window = self.window.max(window);
-        self.records.push(Record::WindowCut { window, time_ms: now.unix_ms });
+        self.journal(Record::WindowCut { window, time_ms: now.unix_ms });
+        let sequence = self.journal_next;
+        let low_water = self.transactions.values().map(|t| t.needs_from).min().unwrap_or(sequence).min(sequence);
+        self.journal(Record::Checkpoint { window, sequence, low_water, reference_sequence: self.sequence });
+        let mut changed: Vec<_> = self
+            .config
+            .policies
+            .iter()
+            .filter(|(_, policy)| policy.state_changed_ms != 0)
+            .map(|(&participant, policy)| (participant, policy.state, policy.suspended_from, policy.state_changed_ms))
+            .collect();
+        changed.sort_unstable_by_key(|&(participant, ..)| participant);
+        for (participant, state, suspended_from, time_ms) in changed {
+            let previous = suspended_from.unwrap_or(state);
+            self.journal(Record::Onboarding { participant, state, previous, time_ms });
+        }
+        low_water
+    }
+
+    /// The journal sequence the next record will have.
+    pub fn journal_next(&self) -> u64 {
+        self.journal_next
+    }
+
+    /// The journal will give the next record sequence `next` (after recovery: one past
+    /// its last record).
+    pub fn set_journal_next(&mut self, next: u64) {
+        self.journal_next = next;
     }
 
     /// The last clearing window closed (0: none).
@@ -1453,18 +1540,29 @@ impl Exchange {
         }
     }
 
+    /// Transaction `reference` completed: it joins the remembered ones, and the oldest
+    /// beyond `completed_max` is forgotten, in completion order. One whose reversal is
+    /// pending is forgotten when that is acknowledged instead (the reversal needs it).
+    ///
+    /// Which transaction is forgotten when depends only on the sequence of completions, so
+    /// a replay of a journal retention shortened forgets exactly as the whole journal
+    /// would: a completion of a transaction admitted before the journal's start still
+    /// takes its turn (`replay_record`).
     fn remember_completed(&mut self, reference: u64) {
         self.completed.push_back(reference);
         while self.completed.len() > self.config.completed_max {
             let Some(oldest) = self.completed.pop_front() else { break };
-            let std::collections::hash_map::Entry::Occupied(entry) = self.transactions.entry(oldest) else { continue };
-            // A transaction whose reversal is still pending (timed out, not yet reversed)
-            // stays: the reversal needs it.
-            if entry.get().state == State::TimedOut {
-                self.completed.push_back(oldest);
-                break;
+            let Some(transaction) = self.transactions.get_mut(&oldest) else { continue };
+            if transaction.state == State::TimedOut {
+                transaction.forget_when_reversed = true;
+            } else {
+                self.forget(oldest);
             }
-            let transaction = entry.remove();
+        }
+    }
+
+    fn forget(&mut self, reference: u64) {
+        if let Some(transaction) = self.transactions.remove(&reference) {
             self.by_originator.remove(&(transaction.originator, transaction.originator_transaction_id));
             if let Some(code) = &transaction.payment_code {
                 self.used_codes.release(code);
@@ -1774,6 +1872,45 @@ mod tests {
     }
 
     #[test]
+    fn a_cut_checkpoints_what_the_journal_must_keep_and_a_replay_from_it_draws_new_references() {
+        let mut exchange = exchange();
+        let mut out = Vec::new();
+        exchange.set_onboarding(id("ALIPAY"), Onboarding::Suspended, Onboarding::Live, at(0));
+        pay(&mut exchange, "K1", "134567890123450001", &mut out);
+        let in_flight = forwarded_reference(&out);
+        // Records 1 (onboarding), 2 (admitted), then the cut (3) and its checkpoint (4).
+        assert_eq!(exchange.cut(1, at(5)), 2, "the payment in flight needs its Admitted");
+        let mut records = Vec::new();
+        exchange.take_records(&mut records);
+        assert_eq!(records[3], Record::Checkpoint { window: 1, sequence: 4, low_water: 2, reference_sequence: 1 });
+        // The change in force is journaled again after the checkpoint, as it was made.
+        assert_eq!(
+            records[4],
+            Record::Onboarding {
+                participant: id("ALIPAY"),
+                state: Onboarding::Suspended,
+                previous: Onboarding::Live,
+                time_ms: at(0).unix_ms
+            }
+        );
+        assert_eq!(exchange.journal_next(), 6);
+        // Kept from the checkpoint on (nothing in flight any more, say): the references
+        // drawn before are not drawn again, and the suspension holds.
+        let mut kept = Exchange::new(ExchangeConfig::default(), Routes::embedded_default());
+        for (sequence, record) in (4..).zip(&records[3..]) {
+            kept.replay(sequence, record);
+        }
+        assert_eq!((kept.journal_next(), kept.last_window()), (6, 1));
+        assert_eq!(kept.onboarding(id("ALIPAY")).0, Onboarding::Suspended);
+        kept.session_up(id("ACQ0001"), ACQUIRER, &mut out);
+        kept.session_up(id("WECHATPAY"), WECHAT, &mut out);
+        out.clear();
+        pay(&mut kept, "K2", "134567890123450002", &mut out);
+        let next = forwarded_reference(&out);
+        assert_eq!(SwitchReference(next).sequence(), SwitchReference(in_flight).sequence() + 1);
+    }
+
+    #[test]
     fn an_onboarding_change_applies_at_once_and_replays_from_its_record() {
         let mut exchange = exchange();
         let mut out = Vec::new();
@@ -1785,7 +1922,7 @@ mod tests {
         exchange.take_records(&mut records);
         let change = records.iter().find(|r| matches!(r, Record::Onboarding { .. })).expect("journaled");
         let mut rebuilt = Exchange::new(ExchangeConfig::default(), Routes::embedded_default());
-        rebuilt.replay(change);
+        rebuilt.replay(1, change);
         assert_eq!(rebuilt.onboarding(id("WECHATPAY")), (Onboarding::Suspended, Some(Onboarding::Live), now.unix_ms));
         assert_eq!(rebuilt.onboarding(id("ACQ0001")), (Onboarding::Live, None, 0));
     }
@@ -2319,8 +2456,8 @@ mod tests {
         let mut records = Vec::new();
         exchange.take_records(&mut records);
         let mut replayed = converting_exchange(RATES_2026);
-        for record in &records {
-            replayed.replay(record);
+        for (sequence, record) in (1..).zip(&records) {
+            replayed.replay(sequence, record);
         }
         let payment_of = |e: &Exchange| {
             let t = &e.transactions[&payment];
@@ -2497,8 +2634,8 @@ mod tests {
             ExchangeConfig { reply_deadline_ms: 1_000, reversal_retry_ms: 500, ..ExchangeConfig::default() },
             Routes::embedded_default(),
         );
-        for record in &records {
-            recovered.replay(record);
+        for (sequence, record) in (1..).zip(&records) {
+            recovered.replay(sequence, record);
         }
         for id_text in ["T1", "T2", "T3", "T4"] {
             assert_eq!(status_of(&mut recovered, id_text), status_of(&mut live, id_text), "{id_text}");

@@ -42,6 +42,7 @@ const REVERSAL_ACKNOWLEDGED_BODY: usize = 16;
 const WINDOW_CUT_BODY: usize = 16;
 const ONBOARDING_BODY: usize = 32;
 const CONVERTED_BODY: usize = 32;
+const CHECKPOINT_BODY: usize = 32;
 
 /// The key that encrypts payment codes at rest (16 bytes, SM4). Never printed.
 #[derive(Clone)]
@@ -125,6 +126,13 @@ pub enum Record {
     /// Transaction `reference` (admitted by the record just before) is converted into its
     /// payer's settlement currency: what the payer pays, or on a refund gets back.
     Converted { reference: u64, conversion: Conversion },
+    /// Written right after window `window`'s cut, at journal sequence `sequence` (the
+    /// exchange's count, checked by the journal when it writes it): the oldest record the
+    /// exchange still needed then (`low_water`: the `Admitted` of the oldest transaction it
+    /// remembered or had in flight, else this record) and the last switch reference it had
+    /// drawn. What retention may remove, and what a replay from `low_water` on must restore
+    /// (`crate::journal::remove_before`).
+    Checkpoint { window: u64, sequence: u64, low_water: u64, reference_sequence: u64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -156,6 +164,7 @@ impl Record {
             Self::WindowCut { .. } => 6,
             Self::Onboarding { .. } => 7,
             Self::Converted { .. } => 8,
+            Self::Checkpoint { .. } => 9,
         }
     }
 
@@ -255,6 +264,11 @@ impl Record {
                 out.extend_from_slice(&conversion.payer_currency.to_le_bytes());
                 out.extend_from_slice(&conversion.margin_basis_points.to_le_bytes());
             }
+            Self::Checkpoint { window, sequence, low_water, reference_sequence } => {
+                for value in [window, sequence, low_water, reference_sequence] {
+                    out.extend_from_slice(&value.to_le_bytes());
+                }
+            }
         }
         let body = (out.len() - start - HEADER_SIZE) as u32;
         let header = &mut out[start..start + HEADER_SIZE];
@@ -292,6 +306,7 @@ impl Record {
             6 => WINDOW_CUT_BODY,
             7 => ONBOARDING_BODY,
             8 => CONVERTED_BODY,
+            9 => CHECKPOINT_BODY,
             // An unknown kind with a sane length is still checked first: a torn or
             // corrupt record should say "checksum", not mislead with "kind".
             _ if body_length <= ADMITTED_BODY && bytes.len() >= HEADER_SIZE + body_length => {
@@ -404,6 +419,17 @@ impl Record {
                 }
                 Record::Converted { reference, conversion }
             }
+            9 => {
+                let (window, at, low_water, reference_sequence) = (body.u64(), body.u64(), body.u64(), body.u64());
+                // Written at its own sequence, needing nothing after itself.
+                if at != sequence {
+                    return Err(RecordError::Field("sequence"));
+                }
+                if low_water == 0 || low_water > at {
+                    return Err(RecordError::Field("low_water"));
+                }
+                Record::Checkpoint { window, sequence: at, low_water, reference_sequence }
+            }
             _ => unreachable!("kinds checked above"),
         };
         Ok((record, sequence, size))
@@ -471,6 +497,11 @@ impl std::fmt::Display for Record {
                 c.margin_basis_points,
                 c.rate_version
             ),
+            Self::Checkpoint { window, low_water, reference_sequence, .. } => write!(
+                f,
+                "checkpoint window {window} needs records from {low_water} on, last reference sequence \
+                 {reference_sequence}"
+            ),
         }
     }
 }
@@ -507,6 +538,16 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `record` as written at `sequence` (a checkpoint names its own).
+    fn at(record: Record, sequence: u64) -> Record {
+        match record {
+            Record::Checkpoint { window, low_water, reference_sequence, .. } => {
+                Record::Checkpoint { window, sequence, low_water, reference_sequence }
+            }
+            other => other,
+        }
+    }
 
     pub(crate) fn samples() -> Vec<Record> {
         let id = |t: &str| InstitutionId::new(t).expect("valid");
@@ -559,6 +600,7 @@ mod tests {
                     margin_basis_points: 50,
                 },
             },
+            Record::Checkpoint { window: 3, sequence: 12, low_water: 4, reference_sequence: 10 },
         ]
     }
 
@@ -571,6 +613,7 @@ mod tests {
         for key in [None, Some(key())] {
             let mut bytes = Vec::new();
             for (index, record) in samples().iter().enumerate() {
+                let record = &at(*record, index as u64 + 1);
                 let start = bytes.len();
                 record.encode(index as u64 + 1, key.as_ref(), &mut bytes);
                 assert_eq!((bytes.len() - start) % 8, 0);
@@ -584,6 +627,7 @@ mod tests {
     #[test]
     fn published_records_withhold_the_code_and_keep_everything_else() {
         for (index, record) in samples().iter().enumerate() {
+            let record = &at(*record, index as u64 + 1);
             let mut bytes = Vec::new();
             record.encode_published(index as u64 + 1, &mut bytes);
             let (decoded, sequence, size) = Record::decode_published(&bytes).expect("decodes");
@@ -636,9 +680,22 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpoint_names_its_own_sequence_and_needs_nothing_after_it() {
+        let checkpoint =
+            |sequence, low_water| Record::Checkpoint { window: 2, sequence, low_water, reference_sequence: 9 };
+        for (record, written_at, problem) in
+            [(checkpoint(7, 3), 8, "sequence"), (checkpoint(7, 8), 7, "low_water"), (checkpoint(7, 0), 7, "low_water")]
+        {
+            let mut bytes = Vec::new();
+            record.encode(written_at, None, &mut bytes);
+            assert_eq!(Record::decode(&bytes, None), Err(RecordError::Field(problem)), "{record:?}");
+        }
+    }
+
+    #[test]
     fn any_flipped_bit_or_short_read_is_refused() {
         for key in [None, Some(key())] {
-            for record in samples() {
+            for record in samples().into_iter().map(|record| at(record, 42)) {
                 let mut bytes = Vec::new();
                 record.encode(42, key.as_ref(), &mut bytes);
                 for bit in 0..bytes.len() * 8 {

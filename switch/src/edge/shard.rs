@@ -167,11 +167,13 @@ pub struct ShardLoop {
     pub status: std::sync::Arc<Status>,
     pub started: Instant,
     pub stop: watch::Receiver<bool>,
+    /// Told each cut's checkpoint (journal retention; none: every segment is kept).
+    pub retention: Option<std::sync::Arc<crate::retention::Retention>>,
 }
 
 /// Runs a shard's loop until `stop` turns true.
 pub async fn run_shard(parts: ShardLoop) {
-    let ShardLoop { index, mut exchange, mut commit, mesh, metrics, status, started, mut stop } = parts;
+    let ShardLoop { index, mut exchange, mut commit, mesh, metrics, status, started, mut stop, retention } = parts;
     let inbox = &mesh.inboxes[index];
     // Closers of clearing windows cut in this batch, told when the cut is durable.
     let mut cut_waiters: Vec<Durable> = Vec::new();
@@ -237,7 +239,11 @@ pub async fn run_shard(parts: ShardLoop) {
                 }
                 Event::Undeliverable { message } => exchange.handle_undeliverable(now, message, &mut undelivered),
                 Event::Cut { window, done } => {
-                    exchange.cut(window, now);
+                    let low_water = exchange.cut(window, now);
+                    if let Some(retention) = &retention {
+                        // Used only after every shard's cut is durable (`Shared::close_window`).
+                        retention.checkpoint(index, window, low_water);
+                    }
                     cut_waiters.push(done);
                 }
                 Event::Onboarding { participant, state, previous, done } => {
@@ -255,6 +261,8 @@ pub async fn run_shard(parts: ShardLoop) {
         match commit.as_mut() {
             Some(commit) => commit.pass(&mut exchange, &mut out, &mut cut_waiters),
             None => {
+                // Nothing is kept: the decisions' records are dropped.
+                exchange.take_records(&mut Vec::new());
                 for waiter in cut_waiters.drain(..) {
                     let _ = waiter.send(());
                 }

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clearing;
 use crate::core::exchange::{Exchange, ExchangeConfig, Routes, SessionId, UsedCodes, switch_answer};
+use crate::core::record::Record;
 use crate::core::session::{CloseReason, Control, Now, Session, SessionConfig};
 use crate::core::shard;
 use crate::edge::commit::Commit;
@@ -32,6 +33,7 @@ use crate::edge::transport::{Io, Transport};
 use crate::journal::{self, EXIT_JOURNAL_FAILED, Journal, JournalError, JournalSettings};
 use crate::metrics::Metrics;
 use crate::participant::{Directory, Onboarding};
+use crate::retention::Retention;
 use crate::status::{Link, Status};
 
 /// Most bytes one read asks for (the decoder's buffer bounds it too).
@@ -70,6 +72,9 @@ pub struct Shared {
     pub journal: Option<JournalSettings>,
     /// The shards' inboxes, once `serve` has started them (for closing windows).
     mesh: std::sync::OnceLock<Arc<Mesh>>,
+    /// Journal retention, once `serve` has recovered the shards (with `retain_windows`),
+    /// and the fleet publisher's progress it must wait for (when the node publishes).
+    retention: std::sync::OnceLock<(Arc<Retention>, Option<Arc<crate::fleet::Progress>>)>,
     /// The next clearing window to close (after recovery: one past the last cut).
     next_window: AtomicU64,
     /// The daily clearing cut-off (Asia/Shanghai), when there is a journal to cut.
@@ -115,6 +120,7 @@ impl Shared {
             io: Io::Tokio,
             journal: None,
             mesh: std::sync::OnceLock::new(),
+            retention: std::sync::OnceLock::new(),
             next_window: AtomicU64::new(1),
             daily_cutoff: None,
             prefault: false,
@@ -321,10 +327,34 @@ impl Shared {
         let data_dir = settings.data_dir.clone();
         let key = settings.code_key.clone();
         let fees = self.fees.clone();
+        let retention = self.retention.get().cloned();
+        let metrics = Arc::clone(&self.metrics);
         tokio::task::spawn_blocking(move || {
             let built = clearing::rebuild(&data_dir, window, &fees, key.as_ref()).map_err(|e| e.to_string())?;
             let files = built.write(&data_dir, &fees).map_err(|e| e.to_string())?;
             tracing::info!(window, entries = built.entries.len(), files = files.len(), "clearing window closed");
+            if let Some((retention, progress)) = retention {
+                // The files are written: only now may what they were built from go. A
+                // failure here costs disk, not the close.
+                let published = progress.map(|progress| move |shard| progress.published(shard));
+                let published = published.as_ref().map(|f| f as &dyn Fn(usize) -> u64);
+                match retention.apply(&data_dir, window, published) {
+                    Ok(removed) => {
+                        for (shard, removed) in removed.iter().enumerate().filter(|(_, r)| r.segments > 0) {
+                            metrics.journal_removed(removed.segments, removed.bytes);
+                            tracing::info!(
+                                window,
+                                shard,
+                                segments = removed.segments,
+                                bytes = removed.bytes,
+                                first_sequence = removed.first_sequence,
+                                "journal retention removed old segments"
+                            );
+                        }
+                    }
+                    Err(error) => tracing::error!(window, %error, "journal retention failed; segments kept"),
+                }
+            }
             Ok((window, files))
         })
         .await
@@ -404,12 +434,18 @@ pub async fn serve(
             }
         });
     }
+    let retention = settings
+        .filter(|settings| settings.retain_windows > 0)
+        .map(|settings| Arc::new(Retention::new(settings.retain_windows, shards)));
     let mut journals: Vec<Option<Journal>> = std::thread::scope(|scope| {
+        let retention = retention.as_deref();
         let starts: Vec<_> = exchanges
             .iter_mut()
             .enumerate()
             .map(|(index, exchange)| {
-                scope.spawn(move || settings.map(|settings| recover(settings, index, exchange, now)).transpose())
+                scope.spawn(move || {
+                    settings.map(|settings| recover(settings, retention, index, exchange, now)).transpose()
+                })
             })
             .collect();
         starts
@@ -439,6 +475,10 @@ pub async fn serve(
         }
         _ => None,
     };
+    if let Some(retention) = &retention {
+        let progress = publisher.is_some().then(|| Arc::clone(&progress));
+        let _ = shared.retention.set((Arc::clone(retention), progress));
+    }
     for (index, (exchange, journal)) in exchanges.drain(..).zip(journals).enumerate() {
         let (handoff, accepted) = mpsc::channel(HANDOFF_QUEUE);
         let (drained_tx, drained_rx) = oneshot::channel();
@@ -592,15 +632,22 @@ fn converge_onboarding(
 /// before the shard starts.
 fn recover(
     settings: &JournalSettings,
+    retention: Option<&Retention>,
     index: usize,
     exchange: &mut Exchange,
     now: Now,
 ) -> Result<Journal, JournalError> {
     let dir = journal::shard_dir(&settings.data_dir, index);
     let (mut journal, recovery) =
-        Journal::open(&dir, settings.policy, settings.damage, settings.code_key.clone(), |record| {
-            exchange.replay(&record)
+        Journal::open(&dir, settings.policy, settings.damage, settings.code_key.clone(), |sequence, record| {
+            if let (Some(retention), Record::Checkpoint { window, low_water, .. }) = (retention, &record) {
+                retention.checkpoint(index, *window, *low_water);
+            }
+            exchange.replay(sequence, &record);
         })?;
+    // The journal numbers what the exchange decides from here on.
+    exchange.set_journal_next(journal.last_sequence() + 1);
+    journal.set_segment_size(settings.segment_size);
     if settings.io_uring {
         journal.use_io_uring();
     }
@@ -619,7 +666,8 @@ fn recover(
     tracing::info!(
         shard = index,
         records = recovery.records,
-        timed_out = records.iter().filter(|r| matches!(r, crate::core::record::Record::TimedOut { .. })).count(),
+        first_sequence = recovery.first_sequence,
+        timed_out = records.iter().filter(|r| matches!(r, Record::TimedOut { .. })).count(),
         "journal recovered"
     );
     Ok(journal)
@@ -722,6 +770,7 @@ impl ShardThread {
             status: Arc::clone(&shared.status),
             started: shared.started,
             stop: self.stop.clone(),
+            retention: shared.retention.get().map(|(retention, _)| Arc::clone(retention)),
         }));
         let mut connections = tokio::task::JoinSet::new();
         loop {
