@@ -1,7 +1,10 @@
 //! Journal micro benchmarks: encoding one approved payment's records (admitted and
 //! answered), decoding them back (what recovery does per record), and appending a batch of
 //! 1,000 payments to a segment in the page cache (no sync: the sync is the disk's cost, see
-//! the macro scenarios). Fixed inputs.
+//! the macro scenarios). Fixed inputs. And a window cut with a shard's default share of
+//! remembered transactions (500,000 of the default 1,000,000 on two shards): the cut
+//! finds the oldest record retention must keep with one pass over them, on the shard's
+//! thread.
 //!
 //! `cargo bench -p benchmarks --bench journal`
 
@@ -91,5 +94,56 @@ fn append(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-criterion_group!(benches, records, append);
+/// An exchange remembering `count` approved payments (and one session per side).
+fn exchange_remembering(count: u64) -> switch::core::exchange::Exchange {
+    use codec::{Message, Reply};
+    use switch::core::exchange::{Exchange, ExchangeConfig, Routes};
+    use switch::core::session::Now;
+    let id = |text: &str| InstitutionId::new(text).expect("valid");
+    let mut exchange = Exchange::new(
+        ExchangeConfig { completed_max: count as usize, ..ExchangeConfig::default() },
+        Routes::embedded_default(),
+    );
+    let (mut out, mut records) = (Vec::new(), Vec::new());
+    exchange.session_up(id("ACQ0001"), 1, &mut out);
+    exchange.session_up(id("WECHATPAY"), 2, &mut out);
+    let now = Now { monotonic_ms: 0, unix_ms: 1_771_286_370_000 };
+    for n in 0..count {
+        let mut request = codec::sample::payment_code_request();
+        request.details.originator_transaction_id = TransactionId::new(&format!("B{n}")).expect("valid");
+        request.payment_code = PaymentCode::new(&format!("13{n:016}")).expect("valid");
+        out.clear();
+        exchange.handle_request(now, 1, Message::PaymentCodeRequest(request), &mut out);
+        let Some(Message::PaymentCodeRequest(forwarded)) = out.iter().map(|o| o.message.clone()).next() else {
+            panic!("payment {n} was not forwarded: {out:?}");
+        };
+        let reply = Reply { switch_reference: forwarded.details.switch_reference, ..codec::sample::payment_reply() };
+        exchange.handle_answer(now, id("WECHATPAY"), Message::PaymentReply(reply), &mut out);
+        exchange.take_records(&mut records);
+        records.clear();
+    }
+    exchange
+}
+
+fn cut(c: &mut Criterion) {
+    let mut group = c.benchmark_group("journal_cut");
+    group.sample_size(20);
+    let remembered = 500_000;
+    let mut exchange = exchange_remembering(remembered);
+    let now = switch::core::session::Now { monotonic_ms: 0, unix_ms: 1_771_286_370_000 };
+    let mut records = Vec::new();
+    let mut window = 0;
+    group.bench_function(format!("checkpoint_{remembered}_remembered"), |b| {
+        b.iter(|| {
+            window += 1;
+            let low_water = exchange.cut(window, now);
+            exchange.take_records(&mut records);
+            records.clear();
+            black_box(low_water)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, records, append, cut);
 criterion_main!(benches);

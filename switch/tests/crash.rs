@@ -14,7 +14,7 @@ use std::time::Duration;
 use codec::code::TransactionStatus;
 use codec::field::FieldText;
 use codec::{InstitutionId, Message, MessageRef, ReplyCode, TransactionId};
-use common::free_port;
+use common::{free_port, read_window, switch_cli};
 use loadgen::client::Client;
 use loadgen::issuer::run_issuer;
 use loadgen::responder::Behaviour;
@@ -200,25 +200,6 @@ async fn approvals_survive_sigkill_and_what_was_in_flight_is_reversed() {
         wechat_task.abort();
     }
     let _ = std::fs::remove_dir_all(&data_dir);
-}
-
-fn switch_cli(args: &[&str]) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_switch")).args(args).output().expect("switch runs");
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    (output.status.success(), text)
-}
-
-fn read_window(data_dir: &Path, window: u64) -> Vec<(String, Vec<u8>)> {
-    let dir = data_dir.join("clearing").join(format!("window-{window:06}"));
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-        .expect("window directory")
-        .map(|entry| {
-            let path = entry.expect("entry").path();
-            (path.file_name().expect("name").to_string_lossy().to_string(), std::fs::read(&path).expect("file"))
-        })
-        .collect();
-    files.sort();
-    files
 }
 
 #[tokio::test]

@@ -9,12 +9,11 @@ mod common;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use codec::field::FieldText;
 use codec::{Message, ReplyCode};
-use common::{free_port, http};
+use common::{free_port, http, read_window as window_files, switch_cli};
 use loadgen::client::Client;
 
 /// Payments per phase: with 1 MiB segments and 2 shards, a few segments per shard.
@@ -70,27 +69,6 @@ async fn pay(acquirer: &mut Client, from: u64, count: u64) -> Vec<(String, u16)>
         }
     }
     replies
-}
-
-fn switch_cli(args: &[&str]) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_switch")).args(args).output().expect("switch runs");
-    (
-        output.status.success(),
-        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)),
-    )
-}
-
-fn window_files(data: &Path, window: u64) -> Vec<(String, Vec<u8>)> {
-    let dir = data.join(format!("clearing/window-{window:06}"));
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| {
-            let path = entry.expect("entry").path();
-            (path.file_name().expect("name").to_string_lossy().to_string(), std::fs::read(&path).expect("file"))
-        })
-        .collect();
-    files.sort();
-    files
 }
 
 /// The switch references (first column) of a window's acquirer file.

@@ -136,3 +136,24 @@ pub async fn next_payment_reply(client: &mut loadgen::client::Client) -> codec::
         .await
         .expect("reply")
 }
+
+/// Runs the switch binary with `args`: whether it succeeded, and its stdout and stderr.
+pub fn switch_cli(args: &[&str]) -> (bool, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_switch")).args(args).output().expect("switch runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+/// Every file of clearing window `window` under `data_dir`: (name, bytes), by name.
+pub fn read_window(data_dir: &std::path::Path, window: u64) -> Vec<(String, Vec<u8>)> {
+    let dir = data_dir.join("clearing").join(format!("window-{window:06}"));
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| {
+            let path = entry.expect("entry").path();
+            (path.file_name().expect("name").to_string_lossy().to_string(), std::fs::read(&path).expect("file"))
+        })
+        .collect();
+    files.sort();
+    files
+}
