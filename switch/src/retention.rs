@@ -108,6 +108,42 @@ mod tests {
         assert_eq!(retention.horizon(1, 7), None, "an unknown shard keeps everything");
     }
 
+    /// A data directory whose shard 0 has four segments of 10 records each.
+    fn data_dir(name: &str) -> std::path::PathBuf {
+        use crate::core::record::Record;
+        use crate::journal::{Damage, Journal, SyncPolicy};
+        let data = std::env::temp_dir().join(format!("switch-retention-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        let (mut journal, _) =
+            Journal::open(&journal::shard_dir(&data, 0), SyncPolicy::Never, Damage::Refuse, None, |_, _| {})
+                .expect("open");
+        journal.set_segment_size(1);
+        for segment in 0..4u64 {
+            let records: Vec<_> = (0..10).map(|n| Record::WindowCut { window: segment * 10 + n, time_ms: 0 }).collect();
+            journal.append(&records).expect("append");
+        }
+        data
+    }
+
+    #[test]
+    fn nothing_the_fleet_has_not_published_is_removed() {
+        let data = data_dir("fleet");
+        let retention = Retention::new(1, 1);
+        retention.checkpoint(0, 1, 35);
+        // Published up to record 12 only: the segment holding record 13 stays.
+        let behind = |_shard: usize| 12;
+        let removed = retention.apply(&data, 2, Some(&behind)).expect("applies");
+        assert_eq!((removed[0].segments, removed[0].first_sequence), (1, 11));
+        // Caught up: up to the checkpoint's low water.
+        retention.checkpoint(0, 2, 35);
+        let caught_up = |_shard: usize| 40;
+        let removed = retention.apply(&data, 3, Some(&caught_up)).expect("applies");
+        assert_eq!((removed[0].segments, removed[0].first_sequence), (2, 31));
+        // Without a fleet, only the checkpoints count; and nothing is left to remove.
+        assert_eq!(retention.apply(&data, 3, None).expect("applies")[0].segments, 0);
+        let _ = std::fs::remove_dir_all(&data);
+    }
+
     #[test]
     fn a_missing_checkpoint_falls_back_to_an_older_one() {
         // An offline close cuts without a checkpoint; the one before it is older, so
