@@ -153,9 +153,14 @@ impl<'a> ShardEntries<'a> {
         self.closed
     }
 
-    /// The window's entries, once every record has been added.
-    pub(crate) fn into_entries(self) -> Vec<Entry> {
-        self.entries
+    /// The window's entries, once every record of `source` (a journal or a published
+    /// subject, for the error) has been added; refused when records the window needs were
+    /// not among them (`covered`).
+    pub(crate) fn into_entries(self, source: PathBuf) -> Result<Vec<Entry>, ClearingError> {
+        if !self.covered {
+            return Err(ClearingError::Removed { window: self.window, path: source, first: self.first });
+        }
+        Ok(self.entries)
     }
 
     /// Adds record `sequence`; records come in journal order, without gaps.
@@ -295,15 +300,6 @@ impl<'a> ShardEntries<'a> {
     }
 }
 
-/// The entries of window `window` in one shard's records (its whole journal, in order).
-pub fn shard_entries(records: &[Record], window: u64, fees: &FeeSchedule) -> Vec<Entry> {
-    let mut shard = ShardEntries::new(window, fees);
-    for (sequence, record) in (1..).zip(records) {
-        shard.add(sequence, *record);
-    }
-    shard.entries
-}
-
 /// A participant's totals in one currency.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Totals {
@@ -352,8 +348,8 @@ pub enum ClearingError {
 impl Window {
     /// Window `window` from every shard's records, with `fees`.
     pub fn from_shards(window: u64, shards: &[Vec<Record>], fees: &FeeSchedule) -> Result<Self, ClearingError> {
-        let entries = shards.iter().flat_map(|records| shard_entries(records, window, fees)).collect();
-        Self::from_entries(window, entries, fees)
+        let whole: Vec<(u64, &[Record])> = shards.iter().map(|records| (1, records.as_slice())).collect();
+        Self::from_journal_tails(window, &whole, fees)
     }
 
     /// Window `window` from what is left of every shard's journal: (the first record's
@@ -361,19 +357,16 @@ impl Window {
     /// needs are not there, as `rebuild` refuses a journal retention shortened.
     pub fn from_journal_tails(
         window: u64,
-        shards: &[(u64, Vec<Record>)],
+        shards: &[(u64, &[Record])],
         fees: &FeeSchedule,
     ) -> Result<Self, ClearingError> {
         let mut entries = Vec::new();
-        for (index, (first, records)) in shards.iter().enumerate() {
+        for (index, &(first, records)) in shards.iter().enumerate() {
             let mut shard = ShardEntries::new(window, fees);
-            for (sequence, record) in (*first..).zip(records) {
+            for (sequence, record) in (first..).zip(records) {
                 shard.add(sequence, *record);
             }
-            if !shard.covered {
-                return Err(ClearingError::Removed { window, path: format!("shard {index}").into(), first: *first });
-            }
-            entries.append(&mut shard.entries);
+            entries.append(&mut shard.into_entries(format!("shard {index}").into())?);
         }
         Self::from_entries(window, entries, fees)
     }
@@ -596,10 +589,7 @@ pub fn rebuild(
         if !shard.closed {
             return Err(ClearingError::NotClosed(window));
         }
-        if !shard.covered {
-            return Err(ClearingError::Removed { window, path: dir, first: shard.first });
-        }
-        entries.append(&mut shard.entries);
+        entries.append(&mut shard.into_entries(dir)?);
     }
     Window::from_entries(window, entries, fees)
 }

@@ -169,10 +169,10 @@ impl Progress {
         self.durable[shard].fetch_max(sequence, Ordering::Release);
     }
 
-    /// The last record of shard `shard` known to be in the stream (0: none yet, or not
-    /// known since the start).
-    pub fn published(&self, shard: usize) -> u64 {
-        self.published[shard].load(Ordering::Acquire)
+    /// Each shard's last record known to be in the stream (0: none yet, or not known
+    /// since the start).
+    pub fn published(&self) -> Vec<u64> {
+        self.published.iter().map(|published| published.load(Ordering::Acquire)).collect()
     }
 
     fn durable(&self, shard: usize) -> u64 {
@@ -569,7 +569,7 @@ pub async fn read_window(
                 );
                 return Err(FleetError::Shard { node, shard, problem });
             }
-            entries.append(&mut published.entries.into_entries());
+            entries.append(&mut published.entries.into_entries(format!("node {node} shard {shard}").into())?);
         }
     }
     Ok(Window::from_entries(window, entries, fees)?)

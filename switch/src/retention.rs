@@ -65,12 +65,7 @@ impl Retention {
     /// After window `closed` closed: removes each shard's segments that nothing needs.
     /// `published`, when the node publishes to a fleet, is each shard's last published
     /// sequence (nothing after it is removed). Returns what each shard removed.
-    pub fn apply(
-        &self,
-        data_dir: &Path,
-        closed: u64,
-        published: Option<&dyn Fn(usize) -> u64>,
-    ) -> Result<Vec<Removed>, JournalError> {
+    pub fn apply(&self, data_dir: &Path, closed: u64, published: Option<&[u64]>) -> Result<Vec<Removed>, JournalError> {
         let shards = self.checkpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len();
         let mut removed = Vec::with_capacity(shards);
         for shard in 0..shards {
@@ -79,7 +74,7 @@ impl Retention {
                 continue;
             };
             if let Some(published) = published {
-                horizon = horizon.min(published(shard) + 1);
+                horizon = horizon.min(published.get(shard).map_or(1, |last| last + 1));
             }
             removed.push(journal::remove_before(&journal::shard_dir(data_dir, shard), horizon)?);
         }
@@ -131,13 +126,11 @@ mod tests {
         let retention = Retention::new(1, 1);
         retention.checkpoint(0, 1, 35);
         // Published up to record 12 only: the segment holding record 13 stays.
-        let behind = |_shard: usize| 12;
-        let removed = retention.apply(&data, 2, Some(&behind)).expect("applies");
+        let removed = retention.apply(&data, 2, Some(&[12])).expect("applies");
         assert_eq!((removed[0].segments, removed[0].first_sequence), (1, 11));
         // Caught up: up to the checkpoint's low water.
         retention.checkpoint(0, 2, 35);
-        let caught_up = |_shard: usize| 40;
-        let removed = retention.apply(&data, 3, Some(&caught_up)).expect("applies");
+        let removed = retention.apply(&data, 3, Some(&[40])).expect("applies");
         assert_eq!((removed[0].segments, removed[0].first_sequence), (2, 31));
         // Without a fleet, only the checkpoints count; and nothing is left to remove.
         assert_eq!(retention.apply(&data, 3, None).expect("applies")[0].segments, 0);

@@ -305,7 +305,7 @@ proptest! {
                 full_out.iter().map(|o| (o.session, o.message.clone())).collect::<Vec<_>>()
             );
             let fees = switch::clearing::FeeSchedule::default();
-            let tail = [(first, records[first as usize - 1..].to_vec())];
+            let tail = [(first, &records[first as usize - 1..])];
             for w in 1..=run.window {
                 let whole = Window::from_shards(w, std::slice::from_ref(records), &fees).expect("balanced");
                 match Window::from_journal_tails(w, &tail, &fees) {

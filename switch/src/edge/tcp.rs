@@ -336,9 +336,8 @@ impl Shared {
             if let Some((retention, progress)) = retention {
                 // The files are written: only now may what they were built from go. A
                 // failure here costs disk, not the close.
-                let published = progress.map(|progress| move |shard| progress.published(shard));
-                let published = published.as_ref().map(|f| f as &dyn Fn(usize) -> u64);
-                match retention.apply(&data_dir, window, published) {
+                let published = progress.map(|progress| progress.published());
+                match retention.apply(&data_dir, window, published.as_deref()) {
                     Ok(removed) => {
                         for (shard, removed) in removed.iter().enumerate().filter(|(_, r)| r.segments > 0) {
                             metrics.journal_removed(removed.segments, removed.bytes);
