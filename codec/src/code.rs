@@ -79,6 +79,7 @@ code_table! {
         FormatError = 105, "switch: the message is well framed but a field is invalid";
         NotAuthorised = 106, "switch: the sender may not send this kind, act for this originator or reach this counterparty, or the request's time is outside the replay window";
         NoExchangeRate = 107, "switch: no valid exchange rate for the payer's settlement currency, or the amount does not convert into it";
+        ApprovalMismatch = 108, "switch: the receiver approved another amount or currency than asked; its approval was refused and is reversed, nothing clears";
     }
 }
 
@@ -114,6 +115,7 @@ impl ReplyCode {
             Self::FormatError => "30",
             Self::NotAuthorised => "58",
             Self::NoExchangeRate => "12",
+            Self::ApprovalMismatch => "06",
         }
     }
 }
@@ -138,6 +140,7 @@ code_table! {
         OriginatorCancel = 2, "the originator cancels a request whose outcome it does not know";
         LateApproval = 3, "an approval arrived after the timeout answer and is undone";
         ReplyUndeliverable = 4, "the approval could not be delivered to the originator";
+        ApprovalMismatch = 5, "the approval was for another amount or currency than asked, and the switch refused it";
     }
 }
 
@@ -192,7 +195,7 @@ mod tests {
             assert_eq!(code.is_switch_generated(), code.value() >= 100);
         }
         assert_eq!(ReplyCode::try_from(10), Err(10));
-        assert_eq!(ReplyCode::try_from(108), Err(108));
+        assert_eq!(ReplyCode::try_from(109), Err(109));
         for &status in TransactionStatus::ALL {
             assert_eq!(TransactionStatus::try_from(status.value()), Ok(status));
         }

@@ -591,11 +591,16 @@ impl Profile {
     }
 
     /// Unpacks one message body (without its TCP length header) into `message`.
+    ///
+    /// On an error, `message` holds what was read before it: the MTI (`"????"` when that
+    /// could not be read) and every field before the one that failed, enough to answer
+    /// the message when its DE11 was among them (`crate::iso_answer::refusal`).
     pub fn unpack(&self, bytes: &[u8], message: &mut IsoMessage) -> Result<(), IsoError> {
+        message.clear();
+        message.mti = *b"????";
         if bytes.len() > MESSAGE_SIZE_MAX {
             return Err(IsoError::MessageTooLarge { length: bytes.len() as u32 });
         }
-        message.clear();
         message.gbk_fields = self.gbk_fields;
         let mut reader = Reader { bytes, position: 0 };
         if self.mti_bcd {

@@ -22,12 +22,14 @@
 //! the document against the code.
 
 pub mod code;
+pub mod country;
 pub mod currency;
 pub mod emv_qr;
 pub mod field;
 pub mod frame;
 pub mod fx;
 pub mod iso8583;
+pub mod iso_answer;
 pub mod mac;
 pub mod message;
 pub mod payment_code;

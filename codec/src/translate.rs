@@ -15,7 +15,8 @@
 //! | DE3 | `000000` purchase, `200000` refund |
 //! | DE4 | amount in minor units (12 digits: at most 999,999,999,999) |
 //! | DE7 | time as MMDDhhmmss UTC |
-//! | DE11 | STAN: the echo sequence, or the switch reference's sequence, mod 10^6 |
+//! | DE3 | on requests, checked: `processing_code_supported` (else `UnsupportedProcessingCode`) |
+//! | DE11 | STAN: the echo sequence, or the switch reference's sequence, mod 10^6 (an answer to a participant's own request carries its DE11 back: `crate::iso_answer::Echo`); mandatory on requests |
 //! | DE12, DE13 | time as hhmmss and MMDD in China Standard Time (UTC+8) |
 //! | DE18 | merchant category code |
 //! | DE22 | `031` payment code scanned, `032` QR scanned |
@@ -67,6 +68,8 @@ pub enum TranslateError {
     BadSubelement { tag: u8, problem: String },
     #[error("field 48 is malformed at byte {offset}")]
     BadAdditionalData { offset: u32 },
+    #[error("processing code {code} (DE3) is not one the switch carries")]
+    UnsupportedProcessingCode { code: String },
     #[error("amount {amount} exceeds DE4's 12 digits")]
     AmountTooLarge { amount: u64 },
     #[error(transparent)]
@@ -289,27 +292,14 @@ fn amount_digits(amount: u64) -> Result<String, TranslateError> {
     Ok(format!("{amount:012}"))
 }
 
-/// The countries DE43 names by ISO 3166 alpha-2, with their numeric codes.
-const COUNTRIES: [(u16, &str); 10] = [
-    (156, "CN"),
-    (344, "HK"),
-    (446, "MO"),
-    (158, "TW"),
-    (702, "SG"),
-    (458, "MY"),
-    (764, "TH"),
-    (410, "KR"),
-    (392, "JP"),
-    (840, "US"),
-];
-
 /// DE43's alpha-2 country (its last two characters) as ISO 3166 numeric; 0 if unknown.
 fn country_numeric(alpha2: &str) -> u16 {
-    COUNTRIES.iter().find(|(_, code)| *code == alpha2).map_or(0, |(numeric, _)| *numeric)
+    crate::country::numeric(alpha2).unwrap_or(0)
 }
 
+/// DE43's alpha-2 country of an ISO 3166 numeric one; two spaces if unknown.
 fn country_alpha2(numeric: u16) -> &'static str {
-    COUNTRIES.iter().find(|(code, _)| *code == numeric).map_or("  ", |(_, alpha2)| alpha2)
+    crate::country::alpha2(numeric).unwrap_or("  ")
 }
 
 fn field(message: &IsoMessage, number: u8) -> Result<&str, TranslateError> {
@@ -336,7 +326,15 @@ fn reference(subelements: &Subelements<'_>, tag: u8) -> Result<u64, TranslateErr
     })
 }
 
+/// DE39 "10": approved for a partial amount (DE4). Read as an approval of DE4's amount, so
+/// the switch, which supports no partial approval, refuses it unless DE4 is the whole
+/// amount asked (`ReplyCode::ApprovalMismatch`) and reverses it at the issuer.
+pub const DE39_PARTIAL_APPROVAL: &str = "10";
+
 fn reply_code_from_iso(code: &str) -> ReplyCode {
+    if code == DE39_PARTIAL_APPROVAL {
+        return ReplyCode::Approved;
+    }
     // An unknown DE39 is a decline without a specific reason: never an approval.
     ReplyCode::ALL.iter().copied().find(|c| c.iso8583_response_code() == code).unwrap_or(ReplyCode::DoNotHonour)
 }
@@ -660,9 +658,31 @@ fn linked(message: &IsoMessage, subelements: &Subelements<'_>, now_ms: i64) -> R
     })
 }
 
+/// Whether the switch carries DE3 processing code `code`: transaction type 00 (purchase,
+/// a payment) or 20 (refund), from account type 00 (unspecified), 10 (savings), 20
+/// (checking) or 30 (credit), to account type 00.
+pub fn processing_code_supported(code: &str) -> bool {
+    let bytes = code.as_bytes();
+    bytes.len() == 6
+        && matches!(&bytes[..2], b"00" | b"20")
+        && matches!(&bytes[2..4], b"00" | b"10" | b"20" | b"30")
+        && &bytes[4..] == b"00"
+}
+
+/// The MTIs of the requests a participant sends: each needs its DE11 (STAN, echoed in the
+/// answer) and a DE3 the switch carries.
+const REQUEST_MTIS: [&str; 4] = ["0200", "0400", "0420", "0421"];
+
 /// Translates an ISO 8583 message into the model. `now_ms` resolves DE7's missing year
 /// when DE48 carries no exact time.
 pub fn from_iso(message: &IsoMessage, now_ms: i64) -> Result<Translated, TranslateError> {
+    if REQUEST_MTIS.contains(&message.mti()) {
+        field(message, 11)?;
+        let code = field(message, 3)?;
+        if !processing_code_supported(code) {
+            return Err(TranslateError::UnsupportedProcessingCode { code: code.to_string() });
+        }
+    }
     let subelements = Subelements::parse(message.get_str(48).unwrap_or(""))?;
     let processing = message.get_str(3).unwrap_or("000000");
     let refund = processing.starts_with("20");
@@ -860,6 +880,19 @@ mod tests {
             panic!("expected a reply");
         };
         assert_eq!(reply.code, ReplyCode::DoNotHonour.value());
+        // A partial approval (DE39 10) is an approval of DE4's amount: the switch then
+        // holds that amount to the amount asked.
+        let mut partial = IsoMessage::new("0210").expect("valid");
+        for (number, value) in
+            [(32, "UNIONPAY"), (37, "RRN000000042"), (39, "10"), (4, "000000000500"), (7, "0216155931")]
+        {
+            partial.set_str(number, value).expect("valid");
+        }
+        let Ok(Translated::Message(Message::PaymentReply(partial))) = from_iso(&partial, crate::sample::SAMPLE_TIME_MS)
+        else {
+            panic!("expected a reply");
+        };
+        assert_eq!((partial.code, partial.amount_minor), (ReplyCode::Approved.value(), 500));
     }
 
     #[test]

@@ -72,8 +72,12 @@ struct SharedFile {
 struct FileParticipant {
     id: String,
     roles: Vec<Role>,
-    #[serde(rename = "key")]
+    #[serde(default, rename = "key")]
     keys: Vec<FileKey>,
+    /// "iso8583": it speaks ISO 8583 on the switch's other listener, which the generator
+    /// does not play.
+    #[serde(default)]
+    protocol: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,7 +109,7 @@ pub fn from_file(path: &Path) -> anyhow::Result<Vec<Participant>> {
         bail!("{}: no [[participant]] tables", path.display());
     }
     let mut participants = Vec::new();
-    for entry in file.participants {
+    for entry in file.participants.into_iter().filter(|p| p.protocol.as_deref() != Some("iso8583")) {
         let where_ = format!("{}: participant {:?}", path.display(), entry.id);
         let id = InstitutionId::new(&entry.id).map_err(|e| anyhow::anyhow!("{where_}: {e}"))?;
         let key = entry.keys.iter().max_by_key(|k| k.id).with_context(|| format!("{where_}: no key"))?;

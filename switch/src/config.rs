@@ -331,6 +331,14 @@ impl Default for FileExchange {
 struct FileQrNetwork {
     guid: String,
     acquirer: InstitutionId,
+    /// The template's sub-tags that carry the merchant's id, in order of preference, as
+    /// two-digit strings ("01" to "99"; 00 is the GUID).
+    #[serde(default = "merchant_id_tags_default")]
+    merchant_id_tags: Vec<String>,
+}
+
+fn merchant_id_tags_default() -> Vec<String> {
+    vec![format!("{:02}", crate::core::exchange::QrNetwork::MERCHANT_ID_TAG_DEFAULT)]
 }
 
 #[derive(Debug, Deserialize)]
@@ -494,7 +502,7 @@ struct FileParticipant {
     reply_deadline_ms: Option<u64>,
     #[serde(default)]
     rate_per_second: Option<u32>,
-    #[serde(rename = "key")]
+    #[serde(default, rename = "key")]
     keys: Vec<FileKey>,
     /// "hmac-sha256" (the default), "hmac-sm3" or "none".
     #[serde(default)]
@@ -589,7 +597,9 @@ impl SwitchConfig {
             if participant.roles.is_empty() {
                 return Err(invalid(key("roles"), "needs at least one of issuer, acquirer, network".into()));
             }
-            if participant.keys.is_empty() {
+            // An ISO 8583 participant signs on without a proof (its TLS certificate, or a
+            // private link, names it): it needs no key.
+            if participant.keys.is_empty() && participant.protocol.as_deref() != Some("iso8583") {
                 return Err(invalid(key("key"), "needs at least one [[participant.key]]".into()));
             }
             if participant.rate_per_second == Some(0) {
@@ -956,13 +966,36 @@ impl SwitchConfig {
             }
             Ok(routes)
         };
+        let mut merchant_id_tags = std::collections::HashMap::new();
+        for (index, row) in file.qr_network.iter().enumerate() {
+            let tags: Option<Vec<u8>> = row
+                .merchant_id_tags
+                .iter()
+                .map(|tag| tag.parse().ok().filter(|t| tag.len() == 2 && (1..=99).contains(t)))
+                .collect();
+            match tags.filter(|tags| !tags.is_empty()) {
+                Some(tags) => merchant_id_tags.insert(row.guid.clone(), tags),
+                None => {
+                    return Err(invalid(
+                        format!("qr_network[{index}].merchant_id_tags"),
+                        "must list one or more sub-tags, each two digits from \"01\" to \"99\"".into(),
+                    ));
+                }
+            };
+        }
         let qr_networks = acquirer_routes(
             "qr_network",
             "guid",
             file.qr_network.into_iter().map(|row| (row.guid, row.acquirer)).collect(),
             |guid| !guid.is_empty() && guid.len() <= 32,
             "1 to 32 characters",
-        )?;
+        )?
+        .into_iter()
+        .map(|(guid, acquirer)| {
+            let merchant_id_tags = merchant_id_tags.remove(&guid).unwrap_or_default();
+            (guid, crate::core::exchange::QrNetwork { acquirer, merchant_id_tags })
+        })
+        .collect();
         let unionpay_institutions = acquirer_routes(
             "unionpay_institution",
             "code",
@@ -1040,6 +1073,20 @@ mod tests {
         id = 1
         secret_hex = "00112233445566778899aabbccddeeff"
     "#;
+
+    #[test]
+    fn only_native_participants_need_a_key() {
+        let keyless = |protocol: &str| {
+            format!(
+                "{}\n[iso8583]\nlisten = \"127.0.0.1:7402\"\n\n[[participant]]\nid = \"ISO1\"\nname = \"x\"\nroles = [\"acquirer\"]\nprotocol = \"{protocol}\"\n",
+                MINIMAL
+            )
+        };
+        let config = parse(&keyless("iso8583")).expect("an ISO 8583 participant signs on without a proof");
+        assert!(config.participants.iter().any(|p| p.iso8583 && p.keys.is_empty()));
+        let error = parse(&keyless("native")).expect_err("a native participant proves its key");
+        assert!(error.contains("participant[1] (ISO1).key: needs at least one [[participant.key]]"), "{error}");
+    }
 
     #[test]
     fn a_minimal_file_loads_with_default_timers() {
@@ -1187,9 +1234,23 @@ mod tests {
         let with_qr = format!("{MINIMAL}\n[[qr_network]]\nguid = \"A000000333010101\"\nacquirer = \"ACQ0001\"\n");
         let config = parse(&with_qr).expect("valid");
         assert_eq!(
-            config.routes.qr_networks.get("A000000333010101").map(ToString::to_string).as_deref(),
+            config.routes.qr_networks.get("A000000333010101").map(|network| network.acquirer.to_string()).as_deref(),
             Some("ACQ0001")
         );
+        assert_eq!(config.routes.qr_networks["A000000333010101"].merchant_id_tags, [1], "sub-tag 01 by default");
+        let promptpay = format!(
+            "{MINIMAL}\n[[qr_network]]\nguid = \"A000000677010111\"\nacquirer = \"ACQ0001\"\nmerchant_id_tags = [\"01\", \"02\", \"03\"]\n"
+        );
+        assert_eq!(
+            parse(&promptpay).expect("valid").routes.qr_networks["A000000677010111"].merchant_id_tags,
+            [1, 2, 3]
+        );
+        for bad in ["[]", "[\"00\"]", "[\"1\"]", "[\"100\"]", "[\"x1\"]"] {
+            let text =
+                format!("{MINIMAL}\n[[qr_network]]\nguid = \"G1\"\nacquirer = \"ACQ0001\"\nmerchant_id_tags = {bad}\n");
+            let error = parse(&text).expect_err(bad);
+            assert!(error.contains("qr_network[0].merchant_id_tags: must list one or more sub-tags"), "{bad}: {error}");
+        }
         assert_eq!(config.routes.issuers.entries().len(), 13, "the built-in issuer table when none is given");
         let bad_code = format!("{MINIMAL}\n[[unionpay_institution]]\ncode = \"0001\"\nacquirer = \"ACQ0001\"\n");
         let error = parse(&bad_code).expect_err("4 digits");

@@ -25,6 +25,30 @@ const CLOSE_REASONS: [CloseReason; 9] = [
     CloseReason::Backlogged,
 ];
 
+/// What became of an ISO 8583 message the switch could not take as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IsoRefusal {
+    /// Answered DE39 30: it could not be unpacked or translated, or broke the field rules.
+    Malformed,
+    /// Answered DE39 12: an MTI or DE3 processing code the switch does not carry.
+    Unsupported,
+    /// Not answered: its MTI or DE11 could not be read, so its host could not match an
+    /// answer (or it was an answer that broke the rules, dropped).
+    Unanswerable,
+}
+
+impl IsoRefusal {
+    const ALL: [Self; 3] = [Self::Malformed, Self::Unsupported, Self::Unanswerable];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::Unsupported => "unsupported",
+            Self::Unanswerable => "unanswerable",
+        }
+    }
+}
+
 /// Buckets per latency histogram.
 const BUCKETS: usize = 10;
 /// Upper bounds of the batch-processing histogram, in seconds.
@@ -95,6 +119,8 @@ pub struct Metrics {
     /// Set once the shards are up (tables touched, journal recovered).
     serving: AtomicBool,
     handoffs_dropped: AtomicU64,
+    /// Indexed by position in `IsoRefusal::ALL`.
+    iso8583_refused: [AtomicU64; 3],
     shards: AtomicU64,
     /// Fleet publication, when this node publishes (`crate::fleet`).
     fleet: std::sync::OnceLock<std::sync::Arc<crate::fleet::Progress>>,
@@ -173,6 +199,13 @@ impl Metrics {
     /// An answer dropped at a full shard inbox (its transaction times out and is reversed).
     pub fn handoff_dropped(&self) {
         self.handoffs_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An ISO 8583 message refused at the edge (`edge::iso`).
+    pub fn iso8583_refused(&self, refusal: IsoRefusal) {
+        if let Some(index) = IsoRefusal::ALL.iter().position(|&r| r == refusal) {
+            self.iso8583_refused[index].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// This node publishes to a fleet: its progress is exported (`switch_fleet_*`).
@@ -338,6 +371,19 @@ impl Metrics {
             "counter",
             "Answers dropped at a full shard inbox; their transactions time out and are reversed.",
             vec![format!("switch_handoffs_dropped_total {}", load(&self.handoffs_dropped))],
+        );
+        section(
+            "switch_iso8583_refused_total",
+            "counter",
+            "ISO 8583 messages refused at the edge: answered DE39 30 (malformed), 12 (unsupported), or not answerable.",
+            IsoRefusal::ALL
+                .iter()
+                .enumerate()
+                .map(|(index, refusal)| {
+                    let count = load(&self.iso8583_refused[index]);
+                    format!("switch_iso8583_refused_total{{outcome=\"{}\"}} {count}", refusal.label())
+                })
+                .collect(),
         );
         section(
             "switch_draining",

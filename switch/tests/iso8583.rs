@@ -55,7 +55,11 @@ fn config(dir: &Path, port: u16, iso_port: u16, admin_port: u16) -> PathBuf {
         ("ACQISO01", "\"acquirer\"", "iso8583"),
         ("UPIISO01", "\"issuer\", \"acquirer\", \"network\"", "iso8583"),
     ] {
-        text.push_str(&common::demo_participant(id, roles, &format!("protocol = \"{protocol}\"\n")));
+        // ISO 8583 participants need no key: they sign on without a proof.
+        text.push_str(&match protocol {
+            "iso8583" => common::iso8583_participant(id, roles),
+            _ => common::demo_participant(id, roles, ""),
+        });
     }
     let path = dir.join("switch.toml");
     std::fs::write(&path, text).expect("config");
@@ -216,6 +220,93 @@ async fn iso8583_participants_pay_and_are_paid_through_the_switch() {
     assert_eq!(acquirer_file.matches(",reversal,debit,").count(), 1, "its cancel gives one back:\n{acquirer_file}");
     assert_eq!(credits("UPIISO01.csv"), 1, "the ISO 8583 network acquired the QR payment");
     assert_eq!(credits("ACQ0001.csv"), 2, "the native acquirer was paid by the ISO 8583 issuer");
+    wechat.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What a jPOS-style host expects: its own DE11, DE37, DE41 and DE42 back in every answer,
+/// and an answer to every message whose MTI and DE11 can be read (DE39 30 when it is
+/// malformed, 12 when the switch does not do what DE3 or the MTI asks), the link up
+/// throughout. And a partial approval (DE39 10) from an ISO 8583 issuer is refused and
+/// reversed, as the native protocol's is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iso8583_hosts_get_their_fields_back_and_an_answer_to_every_readable_message() {
+    common::require_pyiso8583();
+    let dir = std::env::temp_dir().join(format!("switch-iso8583-conformance-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (port, iso_port, admin_port) = (free_port(), free_port(), free_port());
+    let config = config(&dir, port, iso_port, admin_port);
+    let _switch = common::start_switch(&config, &dir);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", iso_port)).is_err()
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+    {
+        assert!(Instant::now() < deadline, "the switch did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let iso = iso_port.to_string();
+    let profile = profile().display().to_string();
+    let wechat = tokio::spawn(loadgen::issuer::run_issuer(
+        common::signed_on(port, "WECHATPAY").await,
+        loadgen::responder::Behaviour::default(),
+    ));
+
+    let output = participant(&["conformance", "127.0.0.1", &iso, &profile, "ACQISO01", "134567890123400077"])
+        .output()
+        .expect("python3 runs");
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
+    let lines = common::json_lines(&text);
+    assert_eq!(lines.first(), Some(&serde_json::json!({"sign_on": "00"})), "{text}");
+    assert_eq!(lines.last(), Some(&serde_json::json!({"sign_off": "00"})), "the link stayed up: {text}");
+    let answers: Vec<_> = lines.iter().filter(|line| line.get("case").is_some()).collect();
+    assert_eq!(answers.len(), 101, "an answer to each of the 100 malformed and to the payment: {text}");
+    for answer in answers {
+        let sent: u32 = answer["mti_sent"].as_str().and_then(|m| m.parse().ok()).expect("an MTI");
+        assert_eq!(answer["mti"], format!("{:04}", sent + 10), "{answer}");
+        assert_eq!(answer["response"], answer["expected"], "{answer}");
+        for field in ["stan", "rrn", "tid", "mid"] {
+            assert_eq!(answer[field], answer[&format!("{field}_sent")], "{field} echoed: {answer}");
+        }
+    }
+    // Counted by outcome: 27 of the 100 ask for what the switch does not carry (DE3 99,
+    // DE3 to-account 99, MTI 0100), 73 are malformed; one could not be answered.
+    let admin = format!("127.0.0.1:{admin_port}").parse().expect("address");
+    let (_, metrics) = common::http(admin, "GET", "/metrics", None).expect("metrics");
+    for (outcome, count) in [("malformed", 73), ("unsupported", 27), ("unanswerable", 1)] {
+        let line = format!("switch_iso8583_refused_total{{outcome=\"{outcome}\"}} {count}\n");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+
+    // An ISO 8583 issuer approves half of what was asked (DE39 10): the native acquirer is
+    // told ApprovalMismatch and the issuer gets a reversal advice (0420) for it.
+    let mut network = participant(&["network", "127.0.0.1", &iso, &profile, "UPIISO01", "2"])
+        .env("PARTIAL_FIRST", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut network_out = BufReader::new(network.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    network_out.read_line(&mut line).expect("sign-on line");
+    assert_eq!(common::json_lines(&line), [serde_json::json!({"sign_on": "00"})], "{line}");
+    let mut acquirer = common::signed_on(port, "ACQ0001").await;
+    for (n, expected) in [(0u32, codec::ReplyCode::ApprovalMismatch), (1, codec::ReplyCode::Approved)] {
+        let mut request = common::payment_code_request();
+        request.details.originator_transaction_id = format!("ACQ-PARTIAL-{n}").parse().expect("valid");
+        request.payment_code = format!("62123456789077{n:05}").parse().expect("valid");
+        acquirer.writer.send(&Message::PaymentCodeRequest(request.clone())).await.expect("send");
+        let reply = common::next_payment_reply(&mut acquirer).await;
+        assert_eq!(reply.code, expected.value(), "{reply:?}");
+        assert_eq!(reply.amount_minor, request.details.amount_minor, "the amount asked, never the partial one");
+    }
+    let output = network.wait_with_output().expect("network ends");
+    let mut rest = String::new();
+    network_out.read_to_string(&mut rest).expect("read");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let reversal = common::json_lines(&rest).into_iter().find_map(|line| line.get("reversal").cloned());
+    assert_eq!(reversal, Some(serde_json::json!("ACQ-PARTIAL-0")), "the partial approval is reversed: {rest}");
     wechat.abort();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -28,12 +28,12 @@ use dashmap::DashSet;
 use foldhash::fast::RandomState;
 
 use codec::code::{ReplyCode, ReversalReason, TransactionStatus};
-use codec::emv_qr::{MerchantCode, parse_merchant_code};
+use codec::emv_qr::{MerchantCode, MerchantQr, parse_merchant_code};
 use codec::field::FieldText;
 use codec::payment_code::{IssuerTable, PaymentCodeError};
 use codec::{
     AuthorizationCode, Conversion, InstitutionId, LinkedRequest, Message, PaymentCode, Reply, StatusQuery, StatusReply,
-    SwitchReference, TransactionId,
+    SwitchReference, TransactionDetails, TransactionId,
 };
 
 use crate::core::record::Record;
@@ -270,8 +270,25 @@ impl Default for ExchangeConfig {
 #[derive(Debug, Clone)]
 pub struct Routes {
     pub issuers: IssuerTable,
-    pub qr_networks: HashMap<String, InstitutionId>,
+    /// By the GUID (sub-tag 00) of a merchant account template.
+    pub qr_networks: HashMap<String, QrNetwork>,
     pub unionpay_institutions: HashMap<String, InstitutionId>,
+}
+
+/// A QR network the switch routes merchant-presented payments of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QrNetwork {
+    /// Its acquirer (or the network itself): where its merchants' payments go.
+    pub acquirer: InstitutionId,
+    /// The sub-tags of its template that carry the merchant's id, in order of preference
+    /// (UnionPay: 01; PromptPay: 01, 02 or 03 by the merchant's proxy type). A code whose
+    /// template has none of them is refused `FormatError`.
+    pub merchant_id_tags: Vec<u8>,
+}
+
+impl QrNetwork {
+    /// The sub-tag most networks carry the merchant's id in.
+    pub const MERCHANT_ID_TAG_DEFAULT: u8 = 1;
 }
 
 impl Routes {
@@ -279,11 +296,63 @@ impl Routes {
     /// institution code to the UNIONPAY participant.
     pub fn embedded_default() -> Self {
         let unionpay = InstitutionId::new("UNIONPAY").expect("valid id");
+        let network = QrNetwork { acquirer: unionpay, merchant_id_tags: vec![QrNetwork::MERCHANT_ID_TAG_DEFAULT] };
         Self {
             issuers: IssuerTable::china_default(),
-            qr_networks: HashMap::from([("A000000333010101".to_string(), unionpay)]),
+            qr_networks: HashMap::from([("A000000333010101".to_string(), network)]),
             unionpay_institutions: HashMap::from([("00010000".to_string(), unionpay)]),
         }
+    }
+
+    /// Routes a merchant's EMV code and holds the wallet's request to it: the acquirer of
+    /// the first template whose GUID names a network the switch routes. The code's
+    /// currency (tag 53) must be the request's, and its amount (tag 54), when it has one,
+    /// the request's amount: a payment never contradicts what the merchant asks
+    /// (`InvalidAmount`). The merchant's id (the network's sub-tag), category code (52)
+    /// and country (58) are taken from the code, and its name and city where the wallet
+    /// left them empty. `Err`: the switch's answer.
+    fn route_merchant_code(
+        &self,
+        qr: &MerchantQr<'_>,
+        details: &mut TransactionDetails,
+    ) -> Result<InstitutionId, ReplyCode> {
+        let (account, network) = qr
+            .merchant_accounts()
+            .find_map(|account| account.guid().and_then(|guid| self.qr_networks.get(guid)).map(|n| (account, n)))
+            .ok_or(ReplyCode::NoRoute)?;
+        if qr.currency() == 0 {
+            return Err(ReplyCode::FormatError);
+        }
+        if qr.currency() != details.currency {
+            return Err(ReplyCode::InvalidAmount);
+        }
+        match qr.amount_minor() {
+            None => {}
+            Some(Ok(amount)) if amount == details.amount_minor => {}
+            Some(Ok(_)) => return Err(ReplyCode::InvalidAmount),
+            Some(Err(_)) => return Err(ReplyCode::FormatError),
+        }
+        let merchant_id = network
+            .merchant_id_tags
+            .iter()
+            .find_map(|&tag| account.field(tag).filter(|id| !id.is_empty()))
+            .ok_or(ReplyCode::FormatError)?;
+        let country = codec::country::numeric(qr.country()).ok_or(ReplyCode::FormatError)?;
+        // An id longer than the model's field (a Pix key) stays whole in the payload.
+        if let Ok(merchant_id) = merchant_id.parse() {
+            details.merchant_id = merchant_id;
+        }
+        details.merchant_country = country;
+        if qr.merchant_category_code() != 0 {
+            details.merchant_category_code = qr.merchant_category_code();
+        }
+        if details.merchant_name.is_empty() {
+            details.merchant_name = qr.merchant_name().parse().unwrap_or_default();
+        }
+        if details.merchant_city.is_empty() {
+            details.merchant_city = qr.merchant_city().parse().unwrap_or_default();
+        }
+        Ok(network.acquirer)
     }
 }
 
@@ -326,6 +395,9 @@ struct Transaction {
     needs_from: u64,
     /// Its turn to be forgotten came while its reversal was pending.
     forget_when_reversed: bool,
+    /// The receiver approved another amount or currency than asked: the originator was
+    /// answered `ApprovalMismatch` and the approval is reversed.
+    approval_refused: bool,
 }
 
 /// What a transaction is: its reply kind, and what its outcome changes.
@@ -492,6 +564,9 @@ pub fn switch_answer(request: &Message, code: ReplyCode, responder: InstitutionI
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AnswerOutcome {
     Forwarded,
+    /// An approval for another amount or currency than asked: the originator was answered
+    /// `ApprovalMismatch` and the receiver is sent a reversal.
+    Refused,
     /// An approval after the timeout: covered by the pending reversal, not forwarded.
     LateApproval,
     /// A second answer, or one for a transaction the switch no longer remembers.
@@ -585,6 +660,7 @@ impl Exchange {
             refunded_payer_minor: 0,
             needs_from: 0,
             forget_when_reversed: false,
+            approval_refused: false,
         };
         for n in 0..records as u64 {
             self.transactions.insert(n, dummy.clone());
@@ -749,36 +825,15 @@ impl Exchange {
                 let length = usize::from(request.qr_length).min(payload.0.len());
                 let text = std::str::from_utf8(&payload.0[..length]).unwrap_or("");
                 let route = match parse_merchant_code(text) {
-                    Ok(MerchantCode::Emv(qr)) => {
-                        // Fill what the wallet left for the switch, from the code itself.
-                        if request.details.merchant_name.is_empty() {
-                            request.details.merchant_name = qr.merchant_name().parse().unwrap_or_default();
-                        }
-                        if request.details.merchant_city.is_empty() {
-                            request.details.merchant_city = qr.merchant_city().parse().unwrap_or_default();
-                        }
-                        if request.details.merchant_category_code == 0 {
-                            request.details.merchant_category_code = qr.merchant_category_code();
-                        }
-                        let account = qr
-                            .merchant_accounts()
-                            .find(|a| a.guid().is_some_and(|g| self.routes.qr_networks.contains_key(g)));
-                        if request.details.merchant_id.is_empty()
-                            && let Some(id) = account.and_then(|a| a.field(1))
-                        {
-                            request.details.merchant_id = id.parse().unwrap_or_default();
-                        }
-                        Ok(account.and_then(|a| a.guid()).and_then(|g| self.routes.qr_networks.get(g).copied()))
-                    }
+                    Ok(MerchantCode::Emv(qr)) => self.routes.route_merchant_code(&qr, &mut request.details),
                     Ok(MerchantCode::UnionPayUrl(url)) => {
-                        Ok(self.routes.unionpay_institutions.get(url.institution_code).copied())
+                        self.routes.unionpay_institutions.get(url.institution_code).copied().ok_or(ReplyCode::NoRoute)
                     }
-                    Err(_) => Err(()),
+                    Err(_) => Err(ReplyCode::FormatError),
                 };
                 let receiver = match route {
-                    Ok(Some(receiver)) => receiver,
-                    Ok(None) | Err(()) => {
-                        let code = if route.is_err() { ReplyCode::FormatError } else { ReplyCode::NoRoute };
+                    Ok(receiver) => receiver,
+                    Err(code) => {
                         let reply = self.answer(Answering::unconverted(originator, id, amount, currency), 0, code, now);
                         out.push(Outbound { session, message: Message::PaymentReply(reply) });
                         return;
@@ -1014,6 +1069,7 @@ impl Exchange {
                     Kind::Payment => self.journal_next,
                 },
                 forget_when_reversed: false,
+                approval_refused: false,
             },
         );
         self.in_flight += 1;
@@ -1216,9 +1272,27 @@ impl Exchange {
                 if transaction.receiver != sender {
                     return AnswerOutcome::WrongSender;
                 }
-                let code = ReplyCode::try_from(reply.code).unwrap_or(ReplyCode::DoNotHonour);
+                let mut code = ReplyCode::try_from(reply.code).unwrap_or(ReplyCode::DoNotHonour);
                 match transaction.state {
                     State::InFlight { .. } => {
+                        // An approval is for what was asked, or it is no approval: the
+                        // switch never clears an amount the receiver did not approve, and
+                        // never tells the originator of an approval the receiver did not give.
+                        let refused = code.is_approved()
+                            && (reply.amount_minor != transaction.amount_minor
+                                || reply.currency != transaction.currency);
+                        if refused {
+                            tracing::warn!(
+                                receiver = %sender,
+                                reference,
+                                asked_minor = transaction.amount_minor,
+                                asked_currency = transaction.currency,
+                                approved_minor = reply.amount_minor,
+                                approved_currency = reply.currency,
+                                "an approval for another amount or currency than asked: refused and reversed"
+                            );
+                            code = ReplyCode::ApprovalMismatch;
+                        }
                         let outcome = if code.is_approved() { State::Approved } else { State::Declined(code) };
                         let transaction = self.complete(reference, outcome).expect("in flight");
                         let authorization_code =
@@ -1241,6 +1315,11 @@ impl Exchange {
                             out.push(Outbound { session: transaction.originator_session, message: answer });
                         } else {
                             self.handle_undeliverable(now, answer, out);
+                        }
+                        if refused {
+                            // Whatever the receiver did on its side is undone there.
+                            self.reverse(now, reference, ReversalReason::ApprovalMismatch, out);
+                            return AnswerOutcome::Refused;
                         }
                         AnswerOutcome::Forwarded
                     }
@@ -1343,6 +1422,7 @@ impl Exchange {
     ) -> Option<(InstitutionId, Message)> {
         let transaction = self.transactions.get_mut(&reference)?;
         let was_approved = transaction.state == State::Approved;
+        transaction.approval_refused |= transaction.state == State::Declined(ReplyCode::ApprovalMismatch);
         transaction.state = State::TimedOut;
         let transaction = transaction.clone();
         if let (true, Kind::Refund { original }) = (was_approved, transaction.kind)
@@ -1590,6 +1670,10 @@ impl Exchange {
                     }
                     State::Approved => (TransactionStatus::Approved, ReplyCode::Approved.value()),
                     State::Declined(code) => (TransactionStatus::Declined, code.value()),
+                    // The originator was told no; the reversal is the receiver's business.
+                    State::TimedOut | State::Reversed if t.approval_refused => {
+                        (TransactionStatus::Declined, ReplyCode::ApprovalMismatch.value())
+                    }
                     State::TimedOut => (TransactionStatus::TimedOut, ReplyCode::Timeout.value()),
                     State::Reversed => (TransactionStatus::Reversed, ReplyCode::Timeout.value()),
                 };
@@ -2440,6 +2524,7 @@ mod tests {
             let reply = Message::RefundReply(Reply {
                 switch_reference: reference,
                 code: code.value(),
+                amount_minor: amount,
                 ..codec::sample::payment_reply()
             });
             exchange.handle_answer(at(3), id("WECHATPAY"), reply, &mut out);
@@ -2488,6 +2573,7 @@ mod tests {
         let approve = Message::RefundReply(Reply {
             switch_reference: refund_reference,
             code: ReplyCode::Approved.value(),
+            amount_minor: 1_900,
             ..codec::sample::payment_reply()
         });
         assert_eq!(exchange.handle_answer(at(4), id("WECHATPAY"), approve, &mut out), AnswerOutcome::Forwarded);
@@ -2604,6 +2690,38 @@ mod tests {
     }
 
     #[test]
+    fn an_approval_for_another_amount_is_refused_reversed_and_replays_the_same() {
+        let mut exchange = exchange();
+        let mut out = Vec::new();
+        pay(&mut exchange, "T1", "134567890123451234", &mut out);
+        let reference = forwarded_reference(&out);
+        out.clear();
+        let Message::PaymentReply(mut less) = issuer_reply(reference, ReplyCode::Approved) else { unreachable!() };
+        less.amount_minor = 3_799;
+        let less = Message::PaymentReply(less);
+        assert_eq!(exchange.handle_answer(at(1), id("WECHATPAY"), less, &mut out), AnswerOutcome::Refused);
+        assert_eq!(reply_code(&out, ACQUIRER), (ReplyCode::ApprovalMismatch, reference));
+        let reversal = out.iter().find_map(|o| match &o.message {
+            Message::ReversalRequest(r) if o.session == WECHAT => Some(r.clone()),
+            _ => None,
+        });
+        let reversal = reversal.expect("a reversal to the issuer");
+        assert_eq!(reversal.reason, ReversalReason::ApprovalMismatch.value());
+        assert_eq!((reversal.original_switch_reference, reversal.amount_minor), (reference, 3_800));
+        assert_eq!(status_of(&mut exchange, "T1"), TransactionStatus::Declined);
+        // The journal says the same after a restart: declined, the reversal still owed.
+        let mut records = Vec::new();
+        exchange.take_records(&mut records);
+        assert!(records.iter().any(|r| matches!(r, Record::Answered { code, .. } if *code == 108)), "{records:?}");
+        let mut replayed = Exchange::new(ExchangeConfig::default(), Routes::embedded_default());
+        for (sequence, record) in (1..).zip(&records) {
+            replayed.replay(sequence, record);
+        }
+        assert_eq!(status_of(&mut replayed, "T1"), TransactionStatus::Declined);
+        assert_eq!(replayed.reversals.len(), 1);
+    }
+
+    #[test]
     fn replaying_the_records_rebuilds_the_state_and_recovery_reverses_what_was_in_flight() {
         let (mut live, _) = approved_payment("T1");
         let mut out = Vec::new();
@@ -2613,7 +2731,7 @@ mod tests {
             Some(Message::RefundRequest(r)) => r.switch_reference,
             other => panic!("expected a forwarded refund: {other:?}"),
         };
-        let approve = Reply { switch_reference: refund, code: 0, ..codec::sample::payment_reply() };
+        let approve = Reply { switch_reference: refund, code: 0, amount_minor: 800, ..codec::sample::payment_reply() };
         live.handle_answer(at(3), id("WECHATPAY"), Message::RefundReply(approve), &mut out);
         pay(&mut live, "T2", "134567890123452222", &mut out);
         let declined = forwarded_reference(&out);

@@ -19,6 +19,7 @@ use codec::{
     SessionMacs, SignOff, SignOnChallenge, SignOnResult,
 };
 
+use crate::core::exchange::switch_answer;
 use crate::participant::Directory;
 
 /// The clocks a session needs: monotonic for deadlines, wall for message timestamps.
@@ -414,12 +415,15 @@ impl Session {
                     None => exchange.push(message.to_message()),
                 }
             }
-            MessageRef::StatusQuery(_) => {
-                // Answered as the session's participant: a query never sees another's
-                // transactions.
-                if let Message::StatusQuery(mut query) = message.to_message() {
-                    query.originator = participant;
-                    exchange.push(Message::StatusQuery(query));
+            MessageRef::StatusQuery(query) => {
+                // Like every other kind: a query naming another originator is refused, so
+                // nobody learns anything of another's transactions. (Its time is not held
+                // to the replay window: a query moves no value.)
+                if query.originator != participant {
+                    let code = ReplyCode::NotAuthorised;
+                    out.push(switch_answer(&message.to_message(), code, switch_id, now).expect("a query is a request"));
+                } else {
+                    exchange.push(message.to_message());
                 }
             }
             MessageRef::PaymentReply(_) | MessageRef::ReversalReply(_) | MessageRef::RefundReply(_) => {

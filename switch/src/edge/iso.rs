@@ -20,23 +20,32 @@
 //!   otherwise it is answered (0210 DE39 58) and goes no further. While the switch drains,
 //!   new requests are answered `SystemBusy` (96). A 0400 cancel is answered 0410; the
 //!   switch's own reversals go out as 0420 and are answered 0430.
-//! - A message that cannot be framed, unpacked or translated closes the connection (there
-//!   is no reliable way to answer what cannot be read), counted and logged without its
-//!   content. A translated message is held to the native protocol's field rules (it is
-//!   encoded as a native frame would be); a request that breaks them is answered
-//!   `FormatError` (0210 DE39 30) and goes no further, an answer that breaks them is
-//!   dropped (its transaction times out and is reversed). Messages the model has no
-//!   ISO 8583 form for (status replies) are not sent.
+//! - Every answer to a request carries back the request's DE11, DE37, DE41 and DE42 as it
+//!   sent them, under the request's response MTI (`codec::iso_answer::Echo`, kept per
+//!   request until its answer goes out, at most `PENDING_MAX`).
+//! - Only a stream that cannot be framed (a bad length header) closes a signed-on link.
+//!   A framed request that cannot be unpacked or translated, or that breaks the native
+//!   protocol's field rules, is answered DE39 30 (format error); one whose MTI or DE3
+//!   processing code the switch does not carry, DE39 12; in both cases with whatever of
+//!   its fields could be read (`codec::iso_answer::refusal`), and the link stays up. A
+//!   message whose MTI or DE11 cannot be read cannot be matched by its host, so it is
+//!   counted and logged (without content) and not answered; an answer that breaks the
+//!   rules is dropped (its transaction times out and is reversed). Messages the model has
+//!   no ISO 8583 form for (status replies) are not sent.
+//! - Before sign-on, anything but a readable 0800 sign-on closes the connection.
 //! - Timers: the sign-on deadline, then the idle timeout (a participant keeps the link up
 //!   with 0800 301 echoes).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use codec::field::FieldText;
+use codec::iso_answer::{DE39_FORMAT_ERROR, DE39_INVALID_TRANSACTION, Echo, refusal};
 use codec::iso8583::{IsoMessage, Profile};
-use codec::translate::{Translated, from_iso, to_iso};
-use codec::{InstitutionId, Message, ReplyCode, SignOff, SignOnResult};
+use codec::translate::{TranslateError, Translated, from_iso, to_iso};
+use codec::{InstitutionId, Message, MessageKind, ReplyCode, SignOff, SignOnResult, TransactionId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -46,8 +55,15 @@ use crate::core::session::CloseReason;
 use crate::edge::shard::Touched;
 use crate::edge::tcp::{Connection, ConnectionGuard, next_outbound};
 
-/// Bytes read at a time.
+/// Bytes read at a time once signed on; before, one sign-on's worth at most.
 const READ_CHUNK: usize = 16 * 1024;
+const READ_CHUNK_SIGN_ON: usize = 1024;
+/// Requests of one link waiting for their answer (their echoes are kept until then);
+/// beyond it, new requests are answered DE39 96 (system busy) at once.
+const PENDING_MAX: usize = 65_536;
+
+/// An answer's kind and the originator's id it answers: what a pending echo is found by.
+type PendingKey = (MessageKind, TransactionId);
 
 impl Connection {
     /// An ISO 8583 connection: the TLS handshake first when the switch has TLS, then the
@@ -89,7 +105,9 @@ impl Connection {
             to_exchange: Vec::new(),
             draining: false,
             check: codec::FrameEncoder::default(),
-            cancels: std::collections::HashSet::new(),
+            pending: HashMap::new(),
+            wire: Vec::new(),
+            answer: IsoMessage::for_profile(&settings.profile),
         };
         let result = link.run(stream, &mut guard).await;
         if let Some(participant) = link.participant {
@@ -115,9 +133,13 @@ struct IsoLink<'a> {
     draining: bool,
     /// Checks translated messages against the native field rules.
     check: codec::FrameEncoder,
-    /// The ids of the participant's 0400 cancels not yet answered: their answers go out as
-    /// 0410 (the model's reversal reply is an 0430, the answer to the switch's 0420s).
-    cancels: std::collections::HashSet<codec::TransactionId>,
+    /// What the answer to each request waiting for one carries back (response MTI,
+    /// DE11, DE37, DE41, DE42), by the answer's kind and the request's id.
+    pending: HashMap<PendingKey, Echo>,
+    /// Bytes for the participant, written after each read.
+    wire: Vec<u8>,
+    /// The switch's own answers, built here.
+    answer: IsoMessage,
 }
 
 impl IsoLink<'_> {
@@ -130,11 +152,11 @@ impl IsoLink<'_> {
         let config = &shared.session;
         let (mut reader, mut writer) = tokio::io::split(stream);
         let mut draining = self.connection.draining.clone();
-        let mut buffer: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-        let mut chunk = vec![0u8; READ_CHUNK];
+        // Small until signed on: a connection that never signs on costs little.
+        let mut buffer: Vec<u8> = Vec::with_capacity(READ_CHUNK_SIGN_ON);
+        let mut chunk = vec![0u8; READ_CHUNK_SIGN_ON];
         // Knows the profile's GBK fields, for messages built here before any is read.
         let mut iso = IsoMessage::for_profile(self.profile);
-        let mut bytes = Vec::with_capacity(READ_CHUNK);
         let mut touched = Touched::default();
         let mut deadline = tokio::time::Instant::now() + Duration::from_millis(config.sign_on_timeout_ms);
         loop {
@@ -177,6 +199,7 @@ impl IsoLink<'_> {
             if let (Some(participant), None) = (self.participant, &self.outbound) {
                 self.outbound = Some(self.connection.register(participant, self.session_id, self.peer).await);
                 guard.signed_on = true;
+                chunk.resize(READ_CHUNK, 0);
             }
             if !self.to_exchange.is_empty() {
                 self.connection.hand_off(
@@ -187,25 +210,26 @@ impl IsoLink<'_> {
                     &mut touched,
                 );
             }
-            bytes.clear();
-            for message in self.outgoing.drain(..) {
+            for message in std::mem::take(&mut self.outgoing) {
                 shared.metrics.sent(&message);
-                iso.clear();
                 let mut packed = to_iso(&message, &mut iso).map_err(|error| error.to_string());
-                if let Message::ReversalReply(reply) = &message
-                    && self.cancels.remove(&reply.originator_transaction_id)
+                // An answer to this participant's request carries back what it sent.
+                if let Message::PaymentReply(reply) | Message::RefundReply(reply) | Message::ReversalReply(reply) =
+                    &message
+                    && let Some(echo) = self.pending.remove(&(message.kind(), reply.originator_transaction_id))
                 {
-                    packed = packed.and_then(|()| iso.set_mti("0410").map_err(|error| error.to_string()));
+                    packed = packed.and_then(|()| echo.apply(&mut iso).map_err(|error| error.to_string()));
                 }
-                let packed =
-                    packed.and_then(|()| self.profile.pack_frame(&iso, &mut bytes).map_err(|error| error.to_string()));
+                let packed = packed
+                    .and_then(|()| self.profile.pack_frame(&iso, &mut self.wire).map_err(|error| error.to_string()));
                 if let Err(error) = packed {
                     // A status reply, say: the model has no ISO 8583 form for it.
                     tracing::debug!(peer = %self.peer, kind = ?message.kind(), %error, "not sent to an ISO 8583 participant");
                 }
             }
-            if !bytes.is_empty() {
-                writer.write_all(&bytes).await?;
+            if !self.wire.is_empty() {
+                writer.write_all(&self.wire).await?;
+                self.wire.clear();
             }
             if let Some(reason) = close {
                 guard.reason = Some(reason);
@@ -218,7 +242,7 @@ impl IsoLink<'_> {
 
     /// Handles every whole message in `buffer` (and removes it); a reason to close, if any.
     fn take_messages(&mut self, buffer: &mut Vec<u8>, iso: &mut IsoMessage) -> Option<CloseReason> {
-        let shared = &self.connection.shared;
+        let shared = std::sync::Arc::clone(&self.connection.shared);
         let mut consumed = 0;
         let mut close = None;
         let mut frames = 0;
@@ -239,18 +263,18 @@ impl IsoLink<'_> {
             let translated = self
                 .profile
                 .unpack(&buffer[body], iso)
-                .map_err(|error| error.to_string())
-                .and_then(|()| from_iso(iso, now.unix_ms).map_err(|error| error.to_string()));
-            close = match translated {
-                Ok(translated) => {
-                    if let (Translated::Message(Message::ReversalRequest(request)), "0400") = (&translated, iso.mti()) {
-                        self.cancels.insert(request.originator_transaction_id);
-                    }
-                    self.handle(translated)
+                .map_err(TranslateError::from)
+                .and_then(|()| from_iso(iso, now.unix_ms));
+            close = match (translated, self.participant) {
+                (Ok(translated), None) => self.sign_on(translated),
+                (Err(error), None) => {
+                    tracing::info!(peer = %self.peer, %error, "ISO 8583 message before sign-on refused");
+                    Some(CloseReason::NotSignedOn)
                 }
-                Err(error) => {
-                    tracing::info!(peer = %self.peer, participant = ?self.participant, %error, "ISO 8583 message refused");
-                    Some(CloseReason::FramingError)
+                (Ok(translated), Some(_)) => self.handle(translated, iso),
+                (Err(error), Some(participant)) => {
+                    self.refuse(participant, iso, &error);
+                    None
                 }
             };
         }
@@ -259,15 +283,59 @@ impl IsoLink<'_> {
         close
     }
 
-    fn handle(&mut self, translated: Translated) -> Option<CloseReason> {
-        let shared = &self.connection.shared;
-        let Some(participant) = self.participant else {
-            return self.sign_on(translated);
+    /// Answers a framed message that could not be unpacked or translated, with what of it
+    /// could be read: DE39 12 when the switch does not carry what it asks, else 30. A
+    /// message whose MTI or DE11 could not be read is not answered (its host could not
+    /// match the answer), only counted.
+    fn refuse(&mut self, participant: InstitutionId, request: &IsoMessage, error: &TranslateError) {
+        let metrics = &self.connection.shared.metrics;
+        let unsupported =
+            matches!(error, TranslateError::UnsupportedMti { .. } | TranslateError::UnsupportedProcessingCode { .. });
+        let code = if unsupported { DE39_INVALID_TRANSACTION } else { DE39_FORMAT_ERROR };
+        let answered = refusal(request, code, &mut self.answer)
+            .is_some_and(|()| self.profile.pack_frame(&self.answer, &mut self.wire).is_ok());
+        let outcome = match (answered, unsupported) {
+            (false, _) => crate::metrics::IsoRefusal::Unanswerable,
+            (true, true) => crate::metrics::IsoRefusal::Unsupported,
+            (true, false) => crate::metrics::IsoRefusal::Malformed,
         };
+        metrics.iso8583_refused(outcome);
+        tracing::info!(peer = %self.peer, %participant, mti = request.mti(), %error, ?outcome, "ISO 8583 message refused");
+    }
+
+    /// Answers `request` (its unpacked form) with DE39 `code` here and now.
+    fn answer_now(&mut self, request: &IsoMessage, code: &str) {
+        if refusal(request, code, &mut self.answer).is_some()
+            && let Err(error) = self.profile.pack_frame(&self.answer, &mut self.wire)
+        {
+            tracing::warn!(peer = %self.peer, %error, "an answer could not be packed");
+        }
+    }
+
+    /// A translated message on a signed-on link; `iso` is its unpacked form.
+    fn handle(&mut self, translated: Translated, iso: &IsoMessage) -> Option<CloseReason> {
+        let shared = std::sync::Arc::clone(&self.connection.shared);
+        let participant = self.participant?;
         let message = match translated {
             Translated::Message(message) => message,
             Translated::SignOn { .. } | Translated::SignOnReply { .. } => return None,
         };
+        // A request's answer, whatever it is, carries back its trace fields.
+        if let Some(key) = pending_key(&message)
+            && let Some(echo) = Echo::of(iso)
+        {
+            if self.pending.contains_key(&key) {
+                // The same id while its first request waits: answered here, so each answer
+                // is found by exactly one request.
+                self.answer_now(iso, ReplyCode::Duplicate.iso8583_response_code());
+                return None;
+            }
+            if self.pending.len() >= PENDING_MAX {
+                self.answer_now(iso, ReplyCode::SystemBusy.iso8583_response_code());
+                return None;
+            }
+            self.pending.insert(key, echo);
+        }
         let now = shared.now();
         let mut message = message;
         if let Message::PaymentReply(reply) | Message::ReversalReply(reply) | Message::RefundReply(reply) = &mut message
@@ -280,10 +348,17 @@ impl IsoLink<'_> {
         self.check.clear();
         if let Err(error) = valid {
             tracing::info!(peer = %self.peer, %participant, %error, "ISO 8583 message breaks the field rules");
-            match switch_answer(&message, ReplyCode::FormatError, shared.session.switch_id, now) {
-                Some(answer) => self.outgoing.push(answer),
-                None => tracing::warn!(peer = %self.peer, %participant, "invalid answer dropped"),
-            }
+            let outcome = match switch_answer(&message, ReplyCode::FormatError, shared.session.switch_id, now) {
+                Some(answer) => {
+                    self.outgoing.push(answer);
+                    crate::metrics::IsoRefusal::Malformed
+                }
+                None => {
+                    tracing::warn!(peer = %self.peer, %participant, "invalid answer dropped");
+                    crate::metrics::IsoRefusal::Unanswerable
+                }
+            };
+            shared.metrics.iso8583_refused(outcome);
             return None;
         }
         match message {
@@ -366,4 +441,15 @@ impl IsoLink<'_> {
             }
         }
     }
+}
+
+/// Where the answer to a request is found: the answer's kind and the request's id.
+fn pending_key(message: &Message) -> Option<PendingKey> {
+    Some(match message {
+        Message::PaymentCodeRequest(r) => (MessageKind::PaymentReply, r.details.originator_transaction_id),
+        Message::QrPaymentRequest(r) => (MessageKind::PaymentReply, r.details.originator_transaction_id),
+        Message::RefundRequest(r) => (MessageKind::RefundReply, r.originator_transaction_id),
+        Message::ReversalRequest(r) => (MessageKind::ReversalReply, r.originator_transaction_id),
+        _ => return None,
+    })
 }

@@ -120,6 +120,12 @@ pub fn demo_participant(id: &str, roles: &str, extra: &str) -> String {
     )
 }
 
+/// A `[[participant]]` table for an ISO 8583 participant `id` with `roles` (TOML strings):
+/// no key, since it signs on without a proof.
+pub fn iso8583_participant(id: &str, roles: &str) -> String {
+    format!("[[participant]]\nid = \"{id}\"\nname = \"{id}\"\nroles = [{roles}]\nprotocol = \"iso8583\"\n\n")
+}
+
 /// The JSON lines of a helper's output (other lines skipped).
 pub fn json_lines(output: &str) -> Vec<serde_json::Value> {
     output.lines().filter_map(|line| serde_json::from_str(line).ok()).collect()

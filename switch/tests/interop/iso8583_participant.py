@@ -13,7 +13,13 @@ to the switch's ISO 8583 listener over TCP with the profile's 2-byte length head
                                           approving 0210 (echoing the request's fields); with
                                           SILENT_FIRST=1 in the environment, leave the first
                                           unanswered and acknowledge the 0420 reversal the
-                                          switch then sends (0430)
+                                          switch then sends (0430); with PARTIAL_FIRST=1,
+                                          approve the first for half its DE4 (DE39 10)
+  conformance HOST PORT PROFILE ID CODE   sign on as ID (an acquirer); send 100 malformed or
+                                          unsupported 0200/0400/0100 whose MTI and DE11 can
+                                          be read, one that cannot be read, then pay CODE;
+                                          one JSON line per answer (its case, DE11, DE37,
+                                          DE41, DE42 and DE39 against what was sent)
   claim HOST PORT PROFILE ID              sign on as ID; print the 0810's DE39
   spoof HOST PORT PROFILE ID OTHER CODE   sign on as ID, pay CODE claiming to be OTHER
                                           (DE32); print the 0210
@@ -45,8 +51,10 @@ class Link:
         self.stan = random.randint(1, 900000)
 
     def send(self, fields):
-        encoded, _ = iso8583.encode(dict(fields), self.spec)
-        self.sock.sendall(struct.pack(">H", len(encoded)) + bytes(encoded))
+        self.send_raw(encoded(fields, self.spec))
+
+    def send_raw(self, data):
+        self.sock.sendall(struct.pack(">H", len(data)) + data)
 
     def receive(self):
         header = self._exactly(2)
@@ -195,9 +203,102 @@ def network(link, institution, count):
             print(json.dumps({"ignored": request.get("37")}), flush=True)
             continue
         reply.update({"t": "0210", "38": "NW%04d" % random.randint(0, 9999), "39": "00"})
+        if os.environ.get("PARTIAL_FIRST") == "1" and answered == 0:
+            # A partial approval: DE39 10, half the amount in DE4.
+            reply.update({"39": "10", "4": "%012d" % (int(request["4"]) // 2)})
         link.send(reply)
         answered += 1
         print(json.dumps({"answered": request.get("37"), "amount": request.get("4"), "code": request.get("2", "")[:6]}), flush=True)
+
+
+def payment_fields(link, institution, code, rrn):
+    """A well-formed 0200 for payment code CODE, DE37 RRN, a new STAN."""
+    local = datetime.datetime.now(datetime.timezone(datetime.timedelta(hours=8)))
+    return {
+        "t": "0200", "2": code, "3": "000000", "4": "000000001234", "7": utc_now(),
+        "11": link.next_stan(), "12": local.strftime("%H%M%S"), "13": local.strftime("%m%d"),
+        "18": "5812", "22": "031", "25": "00", "32": institution, "37": rrn,
+        "41": "T%07d" % random.randint(0, 9999999), "42": "M%014d" % random.randint(0, 10 ** 14 - 1),
+        "43": fixed("JINGAN COFFEE", 25, link.spec["43"]["data_enc"])
+        + fixed("SHANGHAI", 13, link.spec["43"]["data_enc"]) + "CN",
+        "49": "156",
+    }
+
+
+def encoded(fields, spec):
+    data, _ = iso8583.encode(dict(fields), spec)
+    return bytes(data)
+
+
+def malformed(case, fields, spec):
+    """The bytes of a 0200 (or 0400, 0100) that is wrong in the way CASE names; its MTI and
+    DE11 stay readable."""
+    if case == "bad_field_48":
+        fields["48"] = "99ZZZ"
+    elif case == "no_currency":
+        del fields["49"]
+    elif case == "no_amount":
+        del fields["4"]
+    elif case == "zero_amount":
+        fields["4"] = "000000000000"
+    elif case == "lowercase_institution":
+        fields["32"] = fields["32"].lower()
+    elif case == "cancel_bad_field_48":
+        fields.update({"t": "0400", "48": "99ZZZ"})
+        del fields["2"]
+    elif case == "processing_code_99":
+        fields["3"] = "990000"
+    elif case == "processing_code_to_account":
+        fields["3"] = "000099"
+    elif case == "authorization_0100":
+        fields["t"] = "0100"
+    data = encoded(fields, spec)
+    if case == "trailing_bytes":
+        data += b"\x00\x01"
+    elif case == "truncated":
+        data = data[:-3]
+    return data
+
+
+MALFORMED = {
+    "bad_field_48": "30", "no_currency": "30", "no_amount": "30", "zero_amount": "30",
+    "lowercase_institution": "30", "cancel_bad_field_48": "30", "trailing_bytes": "30",
+    "truncated": "30", "processing_code_99": "12", "processing_code_to_account": "12",
+    "authorization_0100": "12",
+}
+
+
+def conformance(link, institution, code):
+    signed_on = link.network("001", institution)
+    print(json.dumps({"sign_on": signed_on.get("39")}), flush=True)
+    cases = list(MALFORMED)
+    for index in range(100):
+        case = cases[index % len(cases)]
+        fields = payment_fields(link, institution, code, "MAL%09d" % index)
+        link.send_raw(malformed(case, fields, link.spec))
+        reply = link.receive()
+        print(json.dumps({
+            "case": case, "expected": MALFORMED[case], "mti_sent": fields["t"], "mti": reply["t"],
+            "response": reply.get("39"), "stan_sent": fields["11"], "stan": reply.get("11"),
+            "rrn_sent": fields["37"], "rrn": reply.get("37"), "tid_sent": fields["41"], "tid": reply.get("41"),
+            "mid_sent": fields["42"], "mid": reply.get("42"),
+        }), flush=True)
+    # One that cannot be answered: the bitmap announces field 5, which the profile does
+    # not define, so nothing after it (DE11 included) can be read. No answer; the link
+    # stays up for the payment after it.
+    unreadable = bytearray(encoded(payment_fields(link, institution, code, "UNREADABLE01"), link.spec))
+    unreadable[2] |= 0x08
+    link.send_raw(bytes(unreadable))
+    fields = payment_fields(link, institution, code, "GOOD00000001")
+    link.send(fields)
+    reply = link.receive()
+    print(json.dumps({
+        "case": "payment", "expected": "00", "mti_sent": "0200", "mti": reply["t"], "response": reply.get("39"),
+        "stan_sent": fields["11"], "stan": reply.get("11"), "rrn_sent": fields["37"], "rrn": reply.get("37"),
+        "tid_sent": fields["41"], "tid": reply.get("41"), "mid_sent": fields["42"], "mid": reply.get("42"),
+    }), flush=True)
+    off = link.network("002")
+    print(json.dumps({"sign_off": off.get("39")}), flush=True)
 
 
 def main():
@@ -209,6 +310,8 @@ def main():
         network(link, institution, sys.argv[6])
     elif mode == "spoof":
         acquirer(link, institution, sys.argv[7:8], claimed=sys.argv[6])
+    elif mode == "conformance":
+        conformance(link, institution, sys.argv[6])
     elif mode == "claim":
         reply = link.network("001", institution)
         print(json.dumps({"sign_on": reply.get("39")}), flush=True)
