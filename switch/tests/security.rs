@@ -369,6 +369,37 @@ async fn traffic_before_sign_on_is_refused() {
     assert_eq!(switch.rejected("NotSignedOn"), ATTEMPTS);
 }
 
+/// PROTOCOL.md section 7 rule 2 for malformed frames too: before sign-on, a frame of an
+/// unknown kind, of the wrong length for its kind, or with an invalid field (a sign-on
+/// request among them) gets a `Reject` `NotSignedOn` and the connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_before_sign_on_are_refused_and_closed() {
+    let switch = start(|_| {}).await;
+    let echo = Message::EchoRequest(codec::Echo { sequence: 1, sent_time_ms: common::now_ms() });
+    for n in 0..ATTEMPTS {
+        let (mut raw, challenge) = Raw::connect(switch.address).await;
+        let mut frame = raw.frame(&echo);
+        match n % 3 {
+            // A kind byte that is in no table.
+            0 => frame[11] = 0x55,
+            // A body of another kind's length: the echo's 16 bytes announced as a sign-on.
+            1 => frame[11] = codec::MessageKind::SignOnRequest as u8,
+            // A sign-on request with a non-zero reserved byte.
+            _ => {
+                let request = sign_on_request(&challenge, id("ACQ0001"), 1, &demo_key("ACQ0001"), [5; 32]);
+                frame = raw.frame(&Message::SignOnRequest(request));
+                let last = frame.len() - 1;
+                frame[last] = 1;
+            }
+        }
+        codec::frame::seal_frame(&mut frame);
+        raw.write(&frame).await;
+        assert_eq!(raw.rejects_until_closed().await, [RejectReason::NotSignedOn], "attempt {n}");
+    }
+    assert_eq!(switch.forwarded(), 0);
+    assert_eq!(switch.rejected("NotSignedOn"), ATTEMPTS);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_on_with_a_wrong_unknown_or_expired_key_is_refused() {
     let switch = start(|config| {

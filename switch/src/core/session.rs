@@ -4,8 +4,8 @@
 //! given), so every path is unit-tested.
 //!
 //! Invariants:
-//! - Before an approved sign-on, nothing but a `SignOnRequest` is accepted; anything else
-//!   is rejected (`NotSignedOn`) and the session closes.
+//! - Before an approved sign-on, nothing but a valid `SignOnRequest` is accepted; anything
+//!   else, a malformed frame included, is rejected (`NotSignedOn`) and the session closes.
 //! - After sign-on, the sender's identity is the session's participant; a transaction whose
 //!   originator field names anyone else is answered `NotAuthorised` and goes no further.
 //! - Every transaction request gets exactly one reply from the switch or the receiver.
@@ -226,6 +226,17 @@ impl Session {
         frame: &[u8],
         out: &mut Vec<Message>,
     ) -> Control {
+        if let State::AwaitingSignOn { .. } = self.state {
+            // Before sign-on nothing is read further, malformed or not (PROTOCOL.md 7.2):
+            // the reject says where the frame went wrong, and the connection closes.
+            let mut refusal = reject_for(error, rejected_kind);
+            if let Message::Reject(reject) = &mut refusal {
+                reject.reason = RejectReason::NotSignedOn.value();
+            }
+            out.push(refusal);
+            self.state = State::Closed;
+            return Control::Close(CloseReason::NotSignedOn);
+        }
         let salvaged = match self.state {
             State::SignedOn { participant } | State::Draining { participant, .. } => {
                 salvage_request(frame, error).map(|request| (participant, request))
@@ -775,6 +786,7 @@ mod tests {
     #[test]
     fn decode_errors_reject_and_close_only_when_unrecoverable() {
         let mut harness = Harness::new();
+        harness.sign_on("ACQ0001");
         let skip = DecodeError::UnknownKind { offset: 11, kind: 0x55 };
         assert_eq!(harness.session.handle_decode_error(at(1), &skip, 0x55, &[], &mut harness.out), Control::Continue);
         let fatal = DecodeError::BadChecksum { offset: 4, expected: 1, computed: 2 };
@@ -791,5 +803,17 @@ mod tests {
             })
             .collect();
         assert_eq!(reasons, vec![RejectReason::UnknownKind.value(), RejectReason::BadChecksum.value()]);
+    }
+
+    #[test]
+    fn before_sign_on_even_a_recoverable_decode_error_closes() {
+        let mut harness = Harness::new();
+        let skip = DecodeError::UnknownKind { offset: 11, kind: 0x55 };
+        assert_eq!(
+            harness.session.handle_decode_error(at(1), &skip, 0x55, &[], &mut harness.out),
+            Control::Close(CloseReason::NotSignedOn)
+        );
+        let [Message::Reject(reject)] = harness.out.as_slice() else { panic!("one reject: {:?}", harness.out) };
+        assert_eq!((reject.reason, reject.offset, reject.rejected_kind), (RejectReason::NotSignedOn.value(), 11, 0x55));
     }
 }
