@@ -344,7 +344,8 @@ impl FrameEncoder {
 
 /// An incremental decoder over a byte stream: read into [`spare`], [`commit`] what was
 /// read, then call [`decode`] until it returns `Ok(None)`. Many frames per read and frames
-/// split across reads are both handled. The buffer is allocated once and never grows.
+/// split across reads are both handled. The buffer is allocated once and grows only when
+/// asked ([`FrameDecoder::grow`]).
 ///
 /// After an error for which [`DecodeError::is_recoverable`] holds, the bad frame has been
 /// skipped and decoding may go on; after any other error, the decoder returns the same
@@ -392,6 +393,14 @@ impl FrameDecoder {
     /// it (`None`: no more tags).
     pub fn set_mac(&mut self, mac: Option<FrameMac>) {
         self.mac = mac;
+    }
+
+    /// Grows the receive buffer to `bytes`, keeping what it holds (a server gives a
+    /// connection its full buffer only once it has signed on). Never shrinks.
+    pub fn grow(&mut self, bytes: usize) {
+        if bytes > self.buffer.len() {
+            self.buffer.resize(bytes, 0);
+        }
     }
 
     /// Free space to read into. At least [`WIRE_FRAME_MAX`] bytes long (undecoded bytes are

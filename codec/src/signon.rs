@@ -62,6 +62,20 @@ fn server_mac(key: &[u8], transcript: &SignOnTranscript<'_>, session_id: u64) ->
     mac
 }
 
+/// The shortest demo key, in bytes (as a configuration file requires of any key).
+pub const DEMO_KEY_SIZE_MIN: usize = 16;
+
+/// The demo network's key for participant `id`: the ASCII bytes of `demo-key-{ID}`,
+/// followed by `-` up to 16 bytes (`demo-key-ALIPAY-`). Public, for loopback trials only:
+/// the switch's embedded default and the load generator's demo participants use it.
+pub fn demo_key(id: &str) -> Vec<u8> {
+    let mut key = format!("demo-key-{id}").into_bytes();
+    if key.len() < DEMO_KEY_SIZE_MIN {
+        key.resize(DEMO_KEY_SIZE_MIN, b'-');
+    }
+    key
+}
+
 /// The participant's proof of its key.
 pub fn client_proof(key: &[u8], transcript: &SignOnTranscript<'_>, protocol_version: u16) -> [u8; PROOF_SIZE] {
     client_mac(key, transcript, protocol_version).finalize().into_bytes().into()
@@ -154,6 +168,14 @@ pub fn participant_session_macs(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn demo_keys_are_the_id_spelled_out_and_at_least_16_bytes() {
+        assert_eq!(super::demo_key("ACQ0001"), b"demo-key-ACQ0001");
+        assert_eq!(super::demo_key("ALIPAY"), b"demo-key-ALIPAY-");
+        assert_eq!(super::demo_key("WECHATPAY"), b"demo-key-WECHATPAY");
+        assert_eq!(super::demo_key("A").len(), super::DEMO_KEY_SIZE_MIN);
+    }
+
     use super::*;
 
     #[test]

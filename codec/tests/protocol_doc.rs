@@ -266,3 +266,85 @@ fn golden_vectors_match_the_encoder_and_decode_back() {
         assert_eq!(frame.message.to_message(), message);
     }
 }
+
+/// Section 12's authentication vectors, as the codec computes them: the sign-on proofs of
+/// the golden challenge and request under ACQ0001's demo key, the direction keys of
+/// session 7 (computed here from section 7's formula with HMAC-SHA256, independently of
+/// `codec::mac`), and the golden EchoRequest as the participant's first tagged frame (the
+/// codec's own encoder, checked against the formula).
+fn authentication_vectors() -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let hmac = |key: &[u8], parts: &[&[u8]]| -> [u8; 32] {
+        let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key).expect("any key");
+        for part in parts {
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
+    };
+    let key = codec::signon::demo_key("ACQ0001");
+    let Some(Message::SignOnChallenge(challenge)) =
+        codec::sample::all_kinds().into_iter().find(|m| matches!(m, Message::SignOnChallenge(_)))
+    else {
+        panic!("the golden challenge")
+    };
+    let participant = codec::InstitutionId::new("ACQ0001").expect("valid");
+    let client_nonce = [0xc3; 32];
+    let request = codec::signon::sign_on_request(&challenge, participant, 1, &key, client_nonce);
+    let session_id: u64 = 7;
+    let transcript = codec::signon::SignOnTranscript {
+        switch_id: &challenge.switch_id,
+        participant: &participant,
+        server_nonce: &challenge.server_nonce,
+        client_nonce: &client_nonce,
+    };
+    let server_proof = codec::signon::server_proof(&key, &transcript, session_id);
+    let bound: Vec<u8> = [
+        challenge.switch_id.as_bytes(),
+        participant.as_bytes(),
+        &challenge.server_nonce[..],
+        &client_nonce[..],
+        &session_id.to_le_bytes()[..],
+    ]
+    .concat();
+    let to_switch = hmac(&key, &[b"CSW1 mac p->s", &bound]);
+    let to_participant = hmac(&key, &[b"CSW1 mac s->p", &bound]);
+    let echo = codec::sample::all_kinds().into_iter().find(|m| matches!(m, Message::EchoRequest(_))).expect("echo");
+    let macs = codec::SessionMacs::derive(codec::MacAlgorithm::HmacSha256, &key, &transcript, session_id)
+        .expect("HMAC-SHA256");
+    let mut encoder = codec::FrameEncoder::default();
+    encoder.set_mac(Some(macs.to_switch));
+    encoder.encode(&echo).expect("valid");
+    let tagged = encoder.bytes().to_vec();
+    let (frame, tag) = tagged.split_at(tagged.len() - codec::MAC_SIZE);
+    let expected_tag = hmac(&to_switch, &[&1u64.to_le_bytes(), &frame[8..]]);
+    assert_eq!(tag, &expected_tag[..16], "the codec's tag is section 7's formula");
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let mut text = String::new();
+    for (name, value) in [
+        ("key", hex(&key)),
+        ("client proof", hex(&request.proof)),
+        ("server proof (session_id 7)", hex(&server_proof)),
+        ("direction key p->s", hex(&to_switch)),
+        ("direction key s->p", hex(&to_participant)),
+        ("tag of the first EchoRequest", hex(tag)),
+    ] {
+        text.push_str(&format!("| {name} | `{value}` |\n"));
+    }
+    text.push_str("\n```text\n");
+    text.push_str(&hex_dump(&tagged));
+    text.push_str("```\n");
+    text
+}
+
+#[test]
+fn authentication_vectors_match_the_code() {
+    let vectors = authentication_vectors();
+    if std::env::var_os("CODEC_PRINT_PROTOCOL").is_some() {
+        println!("{vectors}");
+    }
+    let doc = protocol_md();
+    let section = &doc[doc.find("## 12. Authentication vectors").expect("section 12")..];
+    for part in vectors.split("\n\n") {
+        assert!(section.contains(part), "PROTOCOL.md section 12 lacks or differs from:\n{part}");
+    }
+}

@@ -148,6 +148,20 @@ impl Client {
         Self::sign_on(Box::new(read), Box::new(write), participant, key_id, key).await
     }
 
+    /// As [`Client::connect`], from the local address `source` (a participant host with
+    /// several addresses; tests that play several hosts on loopback's 127.0.0.0/8).
+    pub async fn connect_from(
+        address: SocketAddr,
+        source: std::net::IpAddr,
+        participant: InstitutionId,
+        key_id: u16,
+        key: &[u8],
+    ) -> anyhow::Result<Self> {
+        let stream = tcp_from(address, source).await?;
+        let (read, write) = stream.into_split();
+        Self::sign_on(Box::new(read), Box::new(write), participant, key_id, key).await
+    }
+
     /// Connects as `participant`: over TLS with its certificate when it has one, else
     /// over plain TCP; then signs on.
     pub async fn connect_as(address: SocketAddr, participant: &Participant) -> anyhow::Result<Self> {
@@ -208,6 +222,18 @@ impl Client {
 
 async fn tcp(address: SocketAddr) -> anyhow::Result<TcpStream> {
     let stream = TcpStream::connect(address).await.with_context(|| format!("connecting to the switch at {address}"))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// A TCP connection to `address` from the local address `source`.
+pub async fn tcp_from(address: SocketAddr, source: std::net::IpAddr) -> anyhow::Result<TcpStream> {
+    let socket = if source.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.bind(SocketAddr::new(source, 0)).with_context(|| format!("binding {source}"))?;
+    let stream = socket
+        .connect(address)
+        .await
+        .with_context(|| format!("connecting to the switch at {address} from {source}"))?;
     stream.set_nodelay(true)?;
     Ok(stream)
 }

@@ -24,6 +24,8 @@ use crate::schedule::{ArrivalStream, Arrivals, Schedule};
 use crate::stats::{self, ConnStats, Counters, Responded, collect};
 use crate::traffic::{Kind, Traffic, originations};
 
+/// Connections signing on at once, before a run.
+const SIGN_ONS_AT_ONCE: usize = 32;
 /// Between spawning the connections' tasks and the schedule's time zero.
 const START_LEAD: Duration = Duration::from_millis(200);
 
@@ -225,10 +227,14 @@ pub async fn run(spec: RunSpec) -> anyhow::Result<Outcome> {
             plans.push(participant.clone());
         }
     }
+    // A few at a time: a switch holds only so many connections from one address before
+    // they sign on (its `[connections] unsigned_per_source_max`, 64 by default).
+    let signing_on = Arc::new(tokio::sync::Semaphore::new(SIGN_ONS_AT_ONCE));
     let mut connecting = Vec::new();
     for participant in &plans {
-        let (target, participant) = (spec.target, participant.clone());
+        let (target, participant, signing_on) = (spec.target, participant.clone(), Arc::clone(&signing_on));
         connecting.push(tokio::spawn(async move {
+            let _turn = signing_on.acquire_owned().await.context("sign-on turn")?;
             Client::connect_as(target, &participant).await.with_context(|| format!("signing on as {}", participant.id))
         }));
     }

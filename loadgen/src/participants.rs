@@ -37,13 +37,14 @@ impl Participant {
     }
 }
 
-/// The demo network of the switch's embedded default: ids, roles and `demo-key-{ID}` keys.
+/// The demo network of the switch's embedded default: ids, roles and demo keys
+/// (`codec::signon::demo_key`).
 pub fn demo() -> Vec<Participant> {
     let demo = |id: &str, roles: &[Role]| Participant {
         id: InstitutionId::new(id).expect("demo id is valid"),
         roles: roles.to_vec(),
         key_id: 1,
-        key: format!("demo-key-{id}").into_bytes(),
+        key: codec::signon::demo_key(id),
         tls: None,
     };
     vec![

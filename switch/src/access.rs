@@ -6,15 +6,18 @@
 //! metrics (`/livez`, `/readyz`, `/metrics`) need no token: they carry nothing sensitive
 //! and orchestrators must reach them.
 //!
-//! Every state-changing call, and every refused call, is appended to the audit log as
-//! one JSON line (time, peer, who, action, outcome) and synced before the answer leaves.
+//! Every state-changing call, and every refused call, is appended to the audit log
+//! ([`crate::audit`]): one JSON line (time, peer, who, action, outcome), synced before the
+//! answer leaves when it is attributable; refusals with no known token are aggregated.
 //!
 //! Invariants: a token is never stored, logged or echoed; comparison is constant-time over
 //! the hashes.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
+
+use crate::audit::AuditLog;
 
 use sha2::{Digest, Sha256};
 
@@ -88,10 +91,15 @@ impl AdminAccess {
         Self { tokens, audit: None }
     }
 
-    /// Appends the audit trail to `path` (created if missing).
-    pub fn with_audit_log(mut self, path: &Path) -> std::io::Result<Self> {
-        self.audit = Some(Mutex::new(AuditLog::open(path)?));
-        Ok(self)
+    /// Appends the audit trail to `path` (created if missing), rotated past 16 MiB.
+    pub fn with_audit_log(self, path: &Path) -> std::io::Result<Self> {
+        Ok(self.with_audit(AuditLog::open(path, crate::audit::MAX_BYTES_DEFAULT)?))
+    }
+
+    /// Records the audit trail in `log`.
+    pub fn with_audit(mut self, log: AuditLog) -> Self {
+        self.audit = Some(Mutex::new(log));
+        self
     }
 
     /// Who presented `authorization` (the header's value), if they may act as `needed`.
@@ -114,44 +122,34 @@ impl AdminAccess {
         }
     }
 
-    /// Records one admin action; an audit log that cannot be written is an error the
-    /// caller must not hide (the action is refused).
+    fn log(&self) -> Option<std::sync::MutexGuard<'_, AuditLog>> {
+        self.audit.as_ref().map(|log| log.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Records one attributable admin call (`who` known); an audit log that cannot be
+    /// written is an error the caller must not hide (the action is refused).
     pub fn audit(&self, peer: &str, who: Option<&str>, action: &str, outcome: &str) -> std::io::Result<()> {
-        let Some(log) = &self.audit else { return Ok(()) };
-        let line = serde_json::json!({
-            "time": jiff::Timestamp::now().to_string(),
-            "peer": peer,
-            "who": who,
-            "action": action,
-            "outcome": outcome,
-        });
-        log.lock().unwrap_or_else(|e| e.into_inner()).append(&line.to_string())
+        self.log().map_or(Ok(()), |mut log| log.record(peer, who, action, outcome))
     }
-}
 
-/// Append-only JSON lines, synced per line (admin actions are rare).
-#[derive(Debug)]
-struct AuditLog {
-    file: std::fs::File,
-    path: PathBuf,
-}
-
-impl AuditLog {
-    fn open(path: &Path) -> std::io::Result<Self> {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
+    /// Records a call with no known token: aggregated per source and action.
+    pub fn audit_unauthenticated(&self, peer: &str, action: &str, outcome: &str) {
+        if let Some(mut log) = self.log() {
+            log.refused_unauthenticated(peer, action, outcome);
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Self { file, path: path.to_path_buf() })
     }
 
-    fn append(&mut self, line: &str) -> std::io::Result<()> {
-        let mut bytes = line.as_bytes().to_vec();
-        bytes.push(b'\n');
-        self.file.write_all(&bytes)?;
-        self.file.sync_data().map_err(|error| {
-            std::io::Error::new(error.kind(), format!("syncing the audit log {}: {error}", self.path.display()))
-        })
+    /// Writes the aggregated refusals counted so far (the admin port does so every
+    /// interval, and when it stops).
+    pub fn flush_refusals(&self) {
+        if let Some(mut log) = self.log() {
+            log.flush_refusals();
+        }
+    }
+
+    /// How often aggregated refusals are written (none without an audit log).
+    pub fn refusal_interval(&self) -> Option<std::time::Duration> {
+        self.log().map(|log| log.refusal_interval())
     }
 }
 

@@ -45,6 +45,8 @@ pub struct SwitchConfig {
     /// Fees charged in clearing windows (none in the embedded default).
     pub fees: crate::clearing::FeeSchedule,
     pub session: SessionConfig,
+    /// Connection limits and the sign-on throttle (`[connections]`).
+    pub connections: crate::edge::gate::ConnectionLimits,
     pub exchange: ExchangeConfig,
     pub routes: Routes,
     pub participants: Vec<Participant>,
@@ -79,10 +81,9 @@ pub fn node_from_hostname(hostname: &str) -> Option<u8> {
     ordinal.parse().ok()
 }
 
-/// The demo key of a participant in the embedded default: `demo-key-{ID}`.
-pub fn demo_key(id: &str) -> Vec<u8> {
-    format!("demo-key-{id}").into_bytes()
-}
+/// The demo key of a participant in the embedded default (`codec::signon::demo_key`:
+/// `demo-key-{ID}`, padded with `-` to 16 bytes).
+pub use codec::signon::demo_key;
 
 impl SwitchConfig {
     pub const LISTEN_DEFAULT: &'static str = "127.0.0.1:7400";
@@ -138,6 +139,7 @@ impl SwitchConfig {
                 ..Default::default()
             },
             session: SessionConfig::default(),
+            connections: crate::edge::gate::ConnectionLimits::default(),
             exchange: ExchangeConfig {
                 policies: Self::DEMO_SETTLEMENT
                     .iter()
@@ -204,6 +206,8 @@ struct FileConfig {
     switch: FileSwitch,
     #[serde(default)]
     session: FileSession,
+    #[serde(default)]
+    connections: crate::edge::gate::ConnectionLimits,
     #[serde(default)]
     exchange: FileExchange,
     #[serde(default)]
@@ -714,6 +718,7 @@ impl SwitchConfig {
                 counterparties.insert(participant.id, list);
             }
         }
+        file.connections.check().map_err(|(key, problem)| invalid(format!("connections.{key}"), problem))?;
         if file.switch.shards.is_some_and(|shards| !(1..=crate::core::shard::SHARDS_MAX).contains(&shards)) {
             return Err(invalid("switch.shards".into(), format!("must be 1..={}", crate::core::shard::SHARDS_MAX)));
         }
@@ -1041,6 +1046,7 @@ impl SwitchConfig {
                 drain_timeout_ms: session.drain_timeout_ms,
                 replay_window_ms: (session.replay_window_ms != 0).then_some(session.replay_window_ms),
             },
+            connections: file.connections,
             participants,
             admin_tokens,
             tls,
@@ -1073,6 +1079,22 @@ mod tests {
         id = 1
         secret_hex = "00112233445566778899aabbccddeeff"
     "#;
+
+    #[test]
+    fn connection_limits_are_read_and_checked() {
+        let config = parse(&format!("{MINIMAL}\n[connections]\nunsigned_per_source_max = 8\n")).expect("valid");
+        assert_eq!(config.connections.unsigned_per_source_max, 8);
+        assert_eq!(config.connections.unsigned_max, crate::edge::gate::ConnectionLimits::default().unsigned_max);
+        for (bad, expected) in [
+            ("unsigned_per_source_max = 0", "connections.unsigned_per_source_max: must be 1 to unsigned_max"),
+            ("fd_reserve = 2", "connections.fd_reserve: must be 16 to 65536"),
+            ("sign_on_backoff_max_ms = 5", "connections.sign_on_backoff_max_ms: must be sign_on_backoff_ms to 300000"),
+            ("backlog = 1", "unknown field `backlog`"),
+        ] {
+            let error = parse(&format!("{MINIMAL}\n[connections]\n{bad}\n")).expect_err(bad);
+            assert!(error.contains(expected), "{bad}: {error}");
+        }
+    }
 
     #[test]
     fn only_native_participants_need_a_key() {

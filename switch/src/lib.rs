@@ -12,9 +12,10 @@
 //! - [`journal`]: the per-shard journal: segments, group commit, recovery.
 //! - [`retention`]: which journal segments may go once a window has closed.
 //! - [`inspect`]: `switch inspect`, the integrator's decoder for QR, ISO 8583 and frames.
-//! - [`access`]: admin API tokens, roles and the audit log.
+//! - [`access`]: admin API tokens and roles; [`audit`]: the audit log (rotated, refusals aggregated).
 
 pub mod access;
+pub mod audit;
 pub mod clearing;
 pub mod config;
 pub mod core;

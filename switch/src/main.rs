@@ -588,6 +588,7 @@ fn run(config: SwitchConfig, io: Io, damage: Damage) -> anyhow::Result<()> {
         let shared = Arc::new(
             shared
                 .with_admin(admin_access)
+                .with_connection_limits(config.connections)
                 .with_fleet(config.fleet.clone())
                 .with_exchange(config.exchange.clone(), config.routes.clone())
                 .with_shards(shards)

@@ -13,7 +13,7 @@ use codec::{Message, RejectReason, ReplyCode};
 use crate::core::session::CloseReason;
 
 /// Every close reason, for a fixed label set.
-const CLOSE_REASONS: [CloseReason; 9] = [
+const CLOSE_REASONS: [CloseReason; 10] = [
     CloseReason::SignOnRefused,
     CloseReason::SignOnTimeout,
     CloseReason::NotSignedOn,
@@ -23,6 +23,7 @@ const CLOSE_REASONS: [CloseReason; 9] = [
     CloseReason::Shutdown,
     CloseReason::DrainDeadline,
     CloseReason::Backlogged,
+    CloseReason::Evicted,
 ];
 
 /// What became of an ISO 8583 message the switch could not take as it was.
@@ -45,6 +46,32 @@ impl IsoRefusal {
             Self::Malformed => "malformed",
             Self::Unsupported => "unsupported",
             Self::Unanswerable => "unanswerable",
+        }
+    }
+}
+
+/// Why a participant connection was refused or cut before it signed on (`edge::gate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionRefusal {
+    /// Its source holds as many connections not signed on as it may.
+    PerSource,
+    /// No descriptor left for it within the budget, and nobody to evict.
+    FdBudget,
+    /// It had not signed on and was the oldest such when room was needed.
+    Evicted,
+    /// Its participant holds as many sessions as it may (a refused sign-on).
+    SessionsPerParticipant,
+}
+
+impl ConnectionRefusal {
+    const ALL: [Self; 4] = [Self::PerSource, Self::FdBudget, Self::Evicted, Self::SessionsPerParticipant];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::PerSource => "per_source",
+            Self::FdBudget => "fd_budget",
+            Self::Evicted => "evicted",
+            Self::SessionsPerParticipant => "sessions_per_participant",
         }
     }
 }
@@ -109,7 +136,7 @@ pub struct Metrics {
     /// Indexed by position in `ReplyCode::ALL`.
     replies: [AtomicU64; 32],
     /// Indexed by position in `CLOSE_REASONS`.
-    closes: [AtomicU64; 9],
+    closes: [AtomicU64; CLOSE_REASONS.len()],
     batches: Histogram,
     journal_commits: Histogram,
     journal_records: AtomicU64,
@@ -121,6 +148,9 @@ pub struct Metrics {
     handoffs_dropped: AtomicU64,
     /// Indexed by position in `IsoRefusal::ALL`.
     iso8583_refused: [AtomicU64; 3],
+    /// Indexed by position in `ConnectionRefusal::ALL`.
+    connections_refused: [AtomicU64; 4],
+    sign_on_throttled: AtomicU64,
     shards: AtomicU64,
     /// Fleet publication, when this node publishes (`crate::fleet`).
     fleet: std::sync::OnceLock<std::sync::Arc<crate::fleet::Progress>>,
@@ -201,6 +231,18 @@ impl Metrics {
         self.handoffs_dropped.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A connection refused or evicted at the gate (`edge::gate`).
+    pub fn connection_refused(&self, refusal: ConnectionRefusal) {
+        if let Some(index) = ConnectionRefusal::ALL.iter().position(|&r| r == refusal) {
+            self.connections_refused[index].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A sign-on made to wait for its turn after failures from its source or participant.
+    pub fn sign_on_throttled(&self) {
+        self.sign_on_throttled.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// An ISO 8583 message refused at the edge (`edge::iso`).
     pub fn iso8583_refused(&self, refusal: IsoRefusal) {
         if let Some(index) = IsoRefusal::ALL.iter().position(|&r| r == refusal) {
@@ -270,6 +312,25 @@ impl Metrics {
                 format!("switch_sign_on_total{{result=\"approved\"}} {}", load(&self.sign_on_approved)),
                 format!("switch_sign_on_total{{result=\"refused\"}} {}", load(&self.sign_on_refused)),
             ],
+        );
+        section(
+            "switch_sign_on_throttled_total",
+            "counter",
+            "Sign-ons made to wait before evaluation after failed sign-ons from their source or for their participant.",
+            vec![format!("switch_sign_on_throttled_total {}", load(&self.sign_on_throttled))],
+        );
+        section(
+            "switch_connections_refused_total",
+            "counter",
+            "Participant connections closed by the connection limits, by reason.",
+            ConnectionRefusal::ALL
+                .iter()
+                .enumerate()
+                .map(|(index, refusal)| {
+                    let count = load(&self.connections_refused[index]);
+                    format!("switch_connections_refused_total{{reason=\"{}\"}} {count}", refusal.label())
+                })
+                .collect(),
         );
         section(
             "switch_tls_handshakes_total",

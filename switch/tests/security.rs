@@ -60,6 +60,7 @@ async fn start(edit: impl FnOnce(&mut SwitchConfig)) -> Switch {
     let shared = Arc::new(
         Shared::new(config.session, Directory::new(config.participants))
             .with_exchange(config.exchange, Routes::embedded_default())
+            .with_connection_limits(config.connections)
             .with_shards(2),
     );
     tokio::spawn(serve(listener, Arc::clone(&shared), std::future::pending()));
@@ -403,6 +404,10 @@ async fn malformed_frames_before_sign_on_are_refused_and_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_on_with_a_wrong_unknown_or_expired_key_is_refused() {
     let switch = start(|config| {
+        // A thousand failures from one address: throttled, but by a millisecond at most
+        // here (the throttle has its own test below).
+        config.connections.sign_on_backoff_ms = 1;
+        config.connections.sign_on_backoff_max_ms = 1;
         // ACQ0002 is rotating: key 1 ended a minute ago, key 2 is current.
         let acquirer = config.participants.iter_mut().find(|p| p.id == id("ACQ0002")).expect("demo participant");
         acquirer.keys[0].not_after_unix_ms = Some(common::now_ms() - 60_000);
@@ -423,4 +428,51 @@ async fn sign_on_with_a_wrong_unknown_or_expired_key_is_refused() {
     assert_eq!(metric(&metrics, "switch_sign_on_total{result=\"refused\"}"), ATTEMPTS);
     // The overlap's new key works.
     Client::connect(switch.address, id("ACQ0002"), 2, b"the-new-key-of-ACQ0002").await.expect("the current key");
+}
+
+/// Failed sign-ons are throttled: from one source, after three free failures each attempt
+/// waits its turn, twice as long each time (up to the cap); parallel attempts take turns;
+/// honest participants elsewhere, and the attacked participant with its right key, still
+/// sign on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_sign_ons_are_throttled_per_source_and_participant() {
+    let switch = start(|config| {
+        config.connections.sign_on_failures_free = 3;
+        config.connections.sign_on_backoff_ms = 8;
+        config.connections.sign_on_backoff_max_ms = 64;
+    })
+    .await;
+    let attacker: std::net::IpAddr = [127, 0, 0, 21].into();
+    let guess = |n: u64| format!("guessed key number {n:06}").into_bytes();
+    let started = std::time::Instant::now();
+    for n in 0..12 {
+        let refused = Client::connect_from(switch.address, attacker, id("ACQ0001"), 1, &guess(n)).await;
+        assert!(refused.is_err(), "guess {n} was let in");
+    }
+    // Waits after the three free failures: 8, 16, 32, then 64 ms each: 440 ms at least.
+    let elapsed = started.elapsed();
+    assert!(elapsed >= std::time::Duration::from_millis(430), "12 failures in {elapsed:?}: not throttled");
+    // Ten in parallel from the same source take turns: 64 ms apart.
+    let started = std::time::Instant::now();
+    let parallel: Vec<_> = (0..10)
+        .map(|n| {
+            let (address, key) = (switch.address, guess(100 + n));
+            tokio::spawn(async move { Client::connect_from(address, attacker, id("ACQ0001"), 1, &key).await })
+        })
+        .collect();
+    for attempt in parallel {
+        let attempt = attempt.await.expect("task");
+        assert!(attempt.is_err());
+    }
+    assert!(started.elapsed() >= std::time::Duration::from_millis(600), "parallel guesses in {:?}", started.elapsed());
+    let metrics = switch.shared.metrics.render();
+    assert!(metric(&metrics, "switch_sign_on_throttled_total") >= 19, "{metrics}");
+    // Another participant from another address is not slowed...
+    let started = std::time::Instant::now();
+    let honest: std::net::IpAddr = [127, 0, 0, 22].into();
+    Client::connect_from(switch.address, honest, id("ACQ0002"), 1, &demo_key("ACQ0002")).await.expect("honest");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "honest sign-on took {:?}", started.elapsed());
+    // ...and the attacked participant, with its key, from its own address, gets in within
+    // its sign-on deadline (its own failures delay it by at most a second).
+    Client::connect_from(switch.address, honest, id("ACQ0001"), 1, &demo_key("ACQ0001")).await.expect("the owner");
 }

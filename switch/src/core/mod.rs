@@ -3,6 +3,7 @@
 
 pub mod exchange;
 pub mod record;
+pub mod routes;
 pub mod session;
 pub mod shard;
 pub mod timers;

@@ -79,6 +79,8 @@ pub enum CloseReason {
     DrainDeadline,
     /// The participant read too slowly: its outbound queue filled up.
     Backlogged,
+    /// It had not signed on, and room was needed for a newer connection (`edge::gate`).
+    Evicted,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +147,16 @@ impl Session {
     /// may sign on.
     pub fn require_certificate_for(&mut self, names: Vec<InstitutionId>) {
         self.certified = Some(names);
+    }
+
+    /// Takes back an approval just given, before it was sent (the edge found the
+    /// participant at its session limit): the session ends, and this refusal with `code`
+    /// is what the participant is told instead.
+    pub fn revoke_sign_on(&mut self, code: ReplyCode) -> Message {
+        assert!(matches!(self.state, State::SignedOn { .. }), "only a sign-on just approved is revoked");
+        self.state = State::Closed;
+        self.macs = None;
+        Message::SignOnResult(SignOnResult { code: code.value(), ..SignOnResult::default() })
     }
 
     /// After the sign-on this session approved, with frame MACs configured: the MACs. The
@@ -228,14 +240,21 @@ impl Session {
     ) -> Control {
         if let State::AwaitingSignOn { .. } = self.state {
             // Before sign-on nothing is read further, malformed or not (PROTOCOL.md 7.2):
-            // the reject says where the frame went wrong, and the connection closes.
+            // a well-framed bad frame is refused `NotSignedOn` (the offset says where it
+            // went wrong), a framing error with its own reason; either way it closes.
             let mut refusal = reject_for(error, rejected_kind);
-            if let Message::Reject(reject) = &mut refusal {
+            if let Message::Reject(reject) = &mut refusal
+                && error.is_recoverable()
+            {
                 reject.reason = RejectReason::NotSignedOn.value();
             }
             out.push(refusal);
             self.state = State::Closed;
-            return Control::Close(CloseReason::NotSignedOn);
+            return Control::Close(if error.is_recoverable() {
+                CloseReason::NotSignedOn
+            } else {
+                CloseReason::FramingError
+            });
         }
         let salvaged = match self.state {
             State::SignedOn { participant } | State::Draining { participant, .. } => {

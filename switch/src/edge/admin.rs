@@ -34,19 +34,37 @@ const REQUEST_HEAD_MAX: usize = 8192;
 /// Time a client has to send its request head.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Admin requests served at once; a connection beyond is closed at once, so a flood of
+/// the admin port cannot take the descriptors the switch keeps for it.
+const CONNECTIONS_MAX: usize = 64;
+
 /// Serves the admin port until `shutdown` resolves.
 pub async fn serve_admin(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
+    let serving = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
+    // Aggregated refusals are written once per interval.
+    let interval = shared.admin.refusal_interval().unwrap_or(crate::audit::REFUSAL_INTERVAL_DEFAULT);
+    let mut flushes = tokio::time::interval(interval);
+    flushes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = &mut shutdown => return,
+            () = &mut shutdown => {
+                shared.admin.flush_refusals();
+                return;
+            }
+            _ = flushes.tick() => shared.admin.flush_refusals(),
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
+                    let Ok(turn) = Arc::clone(&serving).try_acquire_owned() else {
+                        tracing::debug!(%peer, "admin port busy: connection closed");
+                        continue;
+                    };
                     let shared = Arc::clone(&shared);
                     tokio::spawn(async move {
                         if let Err(error) = respond(stream, &shared).await {
                             tracing::debug!(%error, "admin request failed");
                         }
+                        drop(turn);
                     });
                 }
                 Err(error) => {
@@ -280,11 +298,12 @@ fn authorise(
         Err(refusal) => refusal,
     };
     let (response, who, outcome): (Response, Option<String>, String) = match refusal {
-        Refusal::Unauthenticated => (
-            ("401 Unauthorized", "text/plain", "send Authorization: Bearer TOKEN (see deploy/README.md)\n".into()),
-            None,
-            "refused: no known token".into(),
-        ),
+        Refusal::Unauthenticated => {
+            // Nobody to attribute it to: aggregated, so a flood cannot fill the disk.
+            shared.admin.audit_unauthenticated(peer, action, "refused: no known token");
+            let body = "send Authorization: Bearer TOKEN (see deploy/README.md)\n";
+            return Err(("401 Unauthorized", "text/plain", body.into()));
+        }
         Refusal::Forbidden { who, role } => (
             ("403 Forbidden", "text/plain", format!("role {} may not {action}\n", role.name())),
             Some(who),

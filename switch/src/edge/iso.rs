@@ -52,6 +52,7 @@ use tokio::sync::mpsc;
 
 use crate::core::exchange::switch_answer;
 use crate::core::session::CloseReason;
+use crate::edge::gate::{SessionClaim, Ticket};
 use crate::edge::shard::Touched;
 use crate::edge::tcp::{Connection, ConnectionGuard, next_outbound};
 
@@ -68,16 +69,21 @@ type PendingKey = (MessageKind, TransactionId);
 impl Connection {
     /// An ISO 8583 connection: the TLS handshake first when the switch has TLS, then the
     /// session.
-    pub(crate) async fn serve_iso8583(self, stream: std::net::TcpStream, peer: SocketAddr) -> std::io::Result<()> {
+    pub(crate) async fn serve_iso8583(
+        self,
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+        ticket: Ticket,
+    ) -> std::io::Result<()> {
         stream.set_nodelay(true)?;
         match self.shared.tls.as_ref().map(|tls| tls.acceptor()) {
-            Some(acceptor) => match self.handshake(acceptor, stream, peer).await? {
-                Some((stream, names)) => self.iso8583_session(stream, peer, Some(names)).await,
+            Some(acceptor) => match self.handshake(acceptor, stream, peer, &ticket).await? {
+                Some((stream, names)) => self.iso8583_session(stream, peer, Some(names), ticket).await,
                 None => Ok(()),
             },
             None => {
                 let stream = TcpStream::from_std(stream)?;
-                self.iso8583_session(stream, peer, None).await
+                self.iso8583_session(stream, peer, None, ticket).await
             }
         }
     }
@@ -87,6 +93,7 @@ impl Connection {
         stream: S,
         peer: SocketAddr,
         certified: Option<Vec<InstitutionId>>,
+        ticket: Ticket,
     ) -> std::io::Result<()> {
         let shared = std::sync::Arc::clone(&self.shared);
         let Some(settings) = shared.iso8583.as_ref() else { return Ok(()) };
@@ -108,6 +115,7 @@ impl Connection {
             pending: HashMap::new(),
             wire: Vec::new(),
             answer: IsoMessage::for_profile(&settings.profile),
+            ticket,
         };
         let result = link.run(stream, &mut guard).await;
         if let Some(participant) = link.participant {
@@ -140,6 +148,8 @@ struct IsoLink<'a> {
     wire: Vec<u8>,
     /// The switch's own answers, built here.
     answer: IsoMessage,
+    /// The connection's place at the gate (`edge::gate`).
+    ticket: Ticket,
 }
 
 impl IsoLink<'_> {
@@ -176,6 +186,7 @@ impl IsoLink<'_> {
                         close = Some(CloseReason::Backlogged);
                     }
                 }
+                () = self.ticket.evicted(), if self.participant.is_none() => close = Some(CloseReason::Evicted),
                 read = tokio::time::timeout_at(deadline, reader.read(&mut chunk)) => match read {
                     Err(_) => {
                         close = Some(match (self.draining, self.participant) {
@@ -188,7 +199,17 @@ impl IsoLink<'_> {
                     Ok(Err(error)) => return Err(error),
                     Ok(Ok(count)) => {
                         buffer.extend_from_slice(&chunk[..count]);
-                        close = self.take_messages(&mut buffer, &mut iso);
+                        // After failed sign-ons from here or for it, a sign-on waits its turn.
+                        let claimed = self.participant.is_none().then(|| self.claimed(&buffer, &mut iso));
+                        let turn = match claimed {
+                            Some(claimed) => self.connection.sign_on_turn(deadline.into_std(), self.peer, claimed).await,
+                            None => true,
+                        };
+                        close = if turn {
+                            self.take_messages(&mut buffer, &mut iso)
+                        } else {
+                            Some(CloseReason::SignOnTimeout)
+                        };
                         // Signed on (perhaps by this read): idle from now on.
                         if self.participant.is_some() && !self.draining {
                             deadline = tokio::time::Instant::now() + Duration::from_millis(u64::from(config.idle_timeout_ms));
@@ -238,6 +259,14 @@ impl IsoLink<'_> {
                 return Ok(());
             }
         }
+    }
+
+    /// The institution the first whole message in `buffer` signs on as, if it is a
+    /// sign-on naming one (for the sign-on throttle; `take_messages` reads it properly).
+    fn claimed(&self, buffer: &[u8], iso: &mut IsoMessage) -> Option<InstitutionId> {
+        let range = self.profile.frame(buffer).ok()??;
+        self.profile.unpack(&buffer[range], iso).ok()?;
+        (iso.mti() == "0800" && iso.get_str(70) == Some("001")).then(|| iso.get_str(32)?.parse().ok())?
     }
 
     /// Handles every whole message in `buffer` (and removes it); a reason to close, if any.
@@ -421,7 +450,17 @@ impl IsoLink<'_> {
             shared.directory.get(id).is_some_and(|p| p.iso8583)
                 && self.certified.as_ref().is_none_or(|names| names.contains(id))
         });
-        let code = if admitted.is_some() { ReplyCode::Approved } else { ReplyCode::NotAuthorised };
+        let known = institution.filter(|id| shared.directory.get(id).is_some());
+        let now_ms = shared.now().monotonic_ms;
+        shared.gate.sign_on_outcome(self.peer.ip(), admitted.or(known), admitted.is_some(), now_ms);
+        // A participant at its session limit is refused, and told to try later.
+        let (admitted, code) = match admitted {
+            Some(participant) if self.ticket.claim_session(participant) == SessionClaim::Granted => {
+                (Some(participant), ReplyCode::Approved)
+            }
+            Some(_) => (None, ReplyCode::SystemBusy),
+            None => (None, ReplyCode::NotAuthorised),
+        };
         self.outgoing.push(Message::SignOnResult(SignOnResult {
             session_id: self.session_id,
             code: code.value(),

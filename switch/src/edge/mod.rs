@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod commit;
+pub mod gate;
 pub mod iso;
 pub mod shard;
 pub mod tcp;

@@ -28,6 +28,7 @@ use crate::core::record::Record;
 use crate::core::session::{CloseReason, Control, Now, Session, SessionConfig};
 use crate::core::shard;
 use crate::edge::commit::Commit;
+use crate::edge::gate::{ConnectionLimits, Gate, Ticket};
 use crate::edge::shard::{Event, Mesh, OUTBOUND_QUEUE, ShardLoop, Touched, run_shard};
 use crate::edge::transport::{Io, Transport};
 use crate::journal::{self, EXIT_JOURNAL_FAILED, Journal, JournalError, JournalSettings};
@@ -89,6 +90,8 @@ pub struct Shared {
     pub admin: crate::access::AdminAccess,
     /// Mutual TLS on participant links; `None`: plaintext (the configuration says so).
     pub tls: Option<crate::edge::tls::Tls>,
+    /// Connection limits and the sign-on throttle (`edge::gate`).
+    pub gate: Arc<crate::edge::gate::Gate>,
     /// Every participant's onboarding state and the state it was suspended from, as the
     /// shards hold it (set once recovered; changed only through `change_onboarding`, which
     /// holds the lock while every shard applies and journals the change).
@@ -108,13 +111,15 @@ pub struct Shared {
 impl Shared {
     pub fn new(session: SessionConfig, directory: Directory) -> Self {
         let exchange = ExchangeConfig { switch_id: session.switch_id, ..ExchangeConfig::default() };
+        let metrics = Arc::new(Metrics::default());
+        let gate = Arc::new(Gate::new(ConnectionLimits::default(), Arc::clone(&metrics)));
         Self {
             session,
             directory,
             exchange,
             routes: Routes::embedded_default(),
             started: Instant::now(),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             status: Arc::new(Status::default()),
             shards: 1,
             io: Io::Tokio,
@@ -128,6 +133,7 @@ impl Shared {
             next_session_id: AtomicU64::new(1),
             admin: crate::access::AdminAccess::default(),
             tls: None,
+            gate,
             fleet: None,
             iso8583: None,
             iso8583_listener: std::sync::Mutex::new(None),
@@ -135,6 +141,12 @@ impl Shared {
             fx_rates_file: None,
             rates: tokio::sync::Mutex::new(Arc::default()),
         }
+    }
+
+    /// Holds participant connections and sign-ons to `limits` (`edge::gate`).
+    pub fn with_connection_limits(mut self, limits: ConnectionLimits) -> Self {
+        self.gate = Arc::new(Gate::new(limits, Arc::clone(&self.metrics)));
+        self
     }
 
     /// Requires mutual TLS on participant links.
@@ -361,6 +373,9 @@ impl Shared {
     }
 }
 
+/// A connection's receive and send buffers until it signs on: room for a sign-on.
+const SIGN_ON_BUFFER: usize = 2 * codec::frame::WIRE_FRAME_MAX;
+
 /// Connections accepted but not yet taken up by their shard.
 const HANDOFF_QUEUE: usize = 1_024;
 
@@ -371,8 +386,8 @@ pub(crate) enum Protocol {
     Iso8583,
 }
 
-/// A connection handed to a shard.
-type Accepted = (std::net::TcpStream, SocketAddr, Protocol);
+/// A connection handed to a shard, with its place at the gate.
+type Accepted = (std::net::TcpStream, SocketAddr, Protocol, Ticket);
 
 /// Accepts connections until `shutdown` resolves, handing them round-robin to the shards
 /// (`Shared::shards` threads, each with its own event loop and exchange). Then drains:
@@ -506,7 +521,7 @@ pub async fn serve(
     }
     let _ = shared.mesh.set(Arc::clone(&mesh));
     shared.metrics.set_serving();
-    tracing::info!(shards, "serving");
+    tracing::info!(shards, connections_max = shared.gate.connections_max(), "serving");
     crate::notify::notify("READY=1\nSTATUS=serving");
     // Fed from the acceptor's runtime; participants have nothing to do with it.
     let watchdog = crate::notify::watchdog_interval().map(|every| {
@@ -541,6 +556,8 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
+                // Past the connection limits it is closed at once (dropped), counted.
+                let Some(ticket) = shared.gate.admit(peer.ip()) else { continue };
                 let stream = match stream.into_std() {
                     Ok(stream) => stream,
                     Err(error) => {
@@ -549,7 +566,7 @@ pub async fn serve(
                     }
                 };
                 next = (next + 1) % shards;
-                if handoffs[next].try_send((stream, peer, protocol)).is_err() {
+                if handoffs[next].try_send((stream, peer, protocol, ticket)).is_err() {
                     tracing::warn!(%peer, shard = next, "shard not taking connections; refused");
                 }
             }
@@ -777,7 +794,7 @@ impl ShardThread {
                 // Reap finished connection tasks so the set stays as small as the live sessions.
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 handed = accepted.recv() => {
-                    let Some((stream, peer, protocol)) = handed else { break };
+                    let Some((stream, peer, protocol, ticket)) = handed else { break };
                     let connection = Connection {
                         shared: Arc::clone(shared),
                         mesh: Arc::clone(&self.mesh),
@@ -786,7 +803,7 @@ impl ShardThread {
                     };
                     if protocol == Protocol::Iso8583 {
                         connections.spawn_local(async move {
-                            if let Err(error) = connection.serve_iso8583(stream, peer).await {
+                            if let Err(error) = connection.serve_iso8583(stream, peer, ticket).await {
                                 tracing::debug!(%peer, %error, "ISO 8583 connection ended with an I/O error");
                             }
                         });
@@ -795,7 +812,7 @@ impl ShardThread {
                     if let Some(tls) = &shared.tls {
                         let acceptor = tls.acceptor();
                         connections.spawn_local(async move {
-                            if let Err(error) = connection.serve_tls(acceptor, stream, peer).await {
+                            if let Err(error) = connection.serve_tls(acceptor, stream, peer, ticket).await {
                                 tracing::debug!(%peer, %error, "TLS connection ended with an I/O error");
                             }
                         });
@@ -809,7 +826,7 @@ impl ShardThread {
                         }
                     };
                     connections.spawn_local(async move {
-                        if let Err(error) = connection.serve(stream, peer, None).await {
+                        if let Err(error) = connection.serve(stream, peer, None, ticket).await {
                             tracing::debug!(%peer, %error, "connection ended with an I/O error");
                         }
                     });
@@ -861,26 +878,34 @@ impl Connection {
         acceptor: tokio_rustls::TlsAcceptor,
         stream: std::net::TcpStream,
         peer: SocketAddr,
+        ticket: Ticket,
     ) -> std::io::Result<()> {
-        match self.handshake(acceptor, stream, peer).await? {
-            Some((stream, names)) => self.serve(crate::edge::tls::TlsTransport::new(stream), peer, Some(names)).await,
+        match self.handshake(acceptor, stream, peer, &ticket).await? {
+            Some((stream, names)) => {
+                self.serve(crate::edge::tls::TlsTransport::new(stream), peer, Some(names), ticket).await
+            }
             None => Ok(()),
         }
     }
 
     /// The TLS handshake within the sign-on deadline: the stream and the participants its
-    /// certificate names, or `None` (refused, counted and logged).
+    /// certificate names, or `None` (refused, counted and logged; or evicted by the gate).
     pub(crate) async fn handshake(
         &self,
         acceptor: tokio_rustls::TlsAcceptor,
         stream: std::net::TcpStream,
         peer: SocketAddr,
+        ticket: &Ticket,
     ) -> std::io::Result<Option<(tokio_rustls::server::TlsStream<TcpStream>, Vec<InstitutionId>)>> {
         let metrics = &self.shared.metrics;
         stream.set_nodelay(true)?;
         let tcp = TcpStream::from_std(stream)?;
         let deadline = Duration::from_millis(self.shared.session.sign_on_timeout_ms);
-        let stream = match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
+        let handshake = tokio::select! {
+            handshake = tokio::time::timeout(deadline, acceptor.accept(tcp)) => handshake,
+            () = ticket.evicted() => return Ok(None),
+        };
+        let stream = match handshake {
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => {
                 metrics.tls_handshake(false);
@@ -908,13 +933,14 @@ impl Connection {
         stream: T,
         peer: SocketAddr,
         certified: Option<Vec<InstitutionId>>,
+        mut ticket: Ticket,
     ) -> std::io::Result<()> {
         let shared = &*self.shared;
         shared.metrics.connection_opened();
         let mut guard = ConnectionGuard { metrics: &shared.metrics, signed_on: false, reason: None };
         let session_id = shared.next_session_id();
         let mut registered = None;
-        let result = self.run(stream, peer, session_id, certified, &mut registered, &mut guard).await;
+        let result = self.run(stream, peer, session_id, certified, &mut ticket, &mut registered, &mut guard).await;
         // Whichever way the connection ended, no shard sends to it any more.
         if let Some(participant) = registered {
             self.unregister(participant, session_id).await;
@@ -922,12 +948,15 @@ impl Connection {
         result
     }
 
+    // Each argument is the connection's own; grouping them would only move the list.
+    #[allow(clippy::too_many_arguments)]
     async fn run<T: Transport>(
         &self,
         stream: T,
         peer: SocketAddr,
         session_id: u64,
         certified: Option<Vec<InstitutionId>>,
+        ticket: &mut Ticket,
         registered: &mut Option<InstitutionId>,
         guard: &mut ConnectionGuard<'_>,
     ) -> std::io::Result<()> {
@@ -940,8 +969,10 @@ impl Connection {
         if let Some(names) = certified {
             session.require_certificate_for(names);
         }
-        let mut decoder = FrameDecoder::default();
-        let mut encoder = FrameEncoder::default();
+        // Room for a sign-on only: a connection that never signs on costs little. The full
+        // buffers come with the session.
+        let mut decoder = FrameDecoder::with_capacity(SIGN_ON_BUFFER);
+        let mut encoder = FrameEncoder::with_capacity(SIGN_ON_BUFFER);
         // The switch's frame MAC between the sign-on approval and the approving result's
         // encoding: every frame after the result carries a tag.
         let mut send_mac = None;
@@ -950,9 +981,9 @@ impl Connection {
         let mut outbound: Option<mpsc::Receiver<Message>> = None;
         let mut touched = Touched::default();
         // Owned buffers for the transport: the read in flight holds one, writes the other.
-        let mut read_buffer = Some(Vec::with_capacity(READ_MAX));
+        let mut read_buffer = Some(Vec::new());
         let mut reading: Option<PendingRead> = None;
-        let mut write_buffer = Vec::with_capacity(READ_MAX);
+        let mut write_buffer = Vec::new();
 
         encoder.encode(&session.challenge()).expect("the challenge is valid");
         write_buffer = write_out(&*stream, &mut encoder, write_buffer).await?;
@@ -984,6 +1015,11 @@ impl Connection {
                     }
                     None
                 }
+                // Not signed on, and room was needed for a newer connection (`edge::gate`).
+                () = ticket.evicted(), if registered.is_none() => {
+                    control = Control::Close(CloseReason::Evicted);
+                    None
+                }
                 // On a timeout the read stays in flight (kept in `reading`), never dropped.
                 read = tokio::time::timeout_at(deadline.into(), read) => Some(read),
             };
@@ -1003,11 +1039,24 @@ impl Connection {
                 Some(Ok(Ok(0))) => return Ok(()),
                 Some(Ok(Ok(count))) => {
                     decoder.commit(count);
-                    let now = shared.now();
+                    let mut now = shared.now();
                     while control == Control::Continue {
                         match decoder.decode() {
                             Ok(Some(frame)) => {
                                 frames += 1;
+                                let claimed = match (&frame.message, session.participant()) {
+                                    (codec::MessageRef::SignOnRequest(request), None) => Some(request.participant),
+                                    _ => None,
+                                };
+                                if let Some(claimed) = claimed {
+                                    // After failed sign-ons from here or for it, it waits its turn.
+                                    let deadline = shared.started + Duration::from_millis(session.deadline_ms());
+                                    if !self.sign_on_turn(deadline, peer, Some(claimed)).await {
+                                        control = Control::Close(CloseReason::SignOnTimeout);
+                                        break;
+                                    }
+                                    now = shared.now();
+                                }
                                 control = session.handle_message(
                                     now,
                                     frame.message,
@@ -1015,6 +1064,16 @@ impl Connection {
                                     &mut outgoing,
                                     &mut to_exchange,
                                 );
+                                if let Some(claimed) = claimed {
+                                    control = self.sign_on_evaluated(
+                                        &mut session,
+                                        ticket,
+                                        peer,
+                                        claimed,
+                                        control,
+                                        &mut outgoing,
+                                    );
+                                }
                                 // Signed on with frame MACs: the participant's next frame
                                 // carries a tag.
                                 if let Some(macs) = session.take_macs() {
@@ -1049,6 +1108,7 @@ impl Connection {
             if let (None, Some(participant)) = (&*registered, session.participant()) {
                 outbound = Some(self.register(participant, session_id, peer).await);
                 *registered = Some(participant);
+                decoder.grow(FrameDecoder::BUFFER_SIZE_DEFAULT);
             }
             if !to_exchange.is_empty() {
                 self.hand_off(session_id, *registered, &mut to_exchange, &mut outgoing, &mut touched);
