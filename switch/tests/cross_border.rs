@@ -91,19 +91,7 @@ async fn thai_wallet(
             }
             Message::ReversalRequest(reversal) => {
                 let _ = seen.send(("reversal", reversal.conversion));
-                Message::ReversalReply(Reply {
-                    originator: reversal.originator,
-                    originator_transaction_id: reversal.originator_transaction_id,
-                    switch_reference: reversal.switch_reference,
-                    amount_minor: reversal.amount_minor,
-                    reply_time_ms: common::now_ms(),
-                    currency: reversal.currency,
-                    code: 0,
-                    reserved: [0; 4],
-                    authorization_code: codec::AuthorizationCode::EMPTY,
-                    responder: wallet.participant,
-                    conversion: Conversion::NONE,
-                })
+                Message::ReversalReply(common::acknowledgement(&reversal, wallet.participant))
             }
             _ => continue,
         };

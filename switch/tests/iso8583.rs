@@ -66,6 +66,20 @@ fn config(dir: &Path, port: u16, iso_port: u16, admin_port: u16) -> PathBuf {
     path
 }
 
+/// The switch on `config`'s configuration in `dir`, once both its listeners answer.
+async fn start(dir: &Path, port: u16, iso_port: u16, admin_port: u16) -> common::Process {
+    let config = config(dir, port, iso_port, admin_port);
+    let switch = common::start_switch(&config, dir);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", iso_port)).is_err()
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+    {
+        assert!(Instant::now() < deadline, "the switch did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    switch
+}
+
 // Multi-threaded: the native wallet's task answers while this one waits on the Python client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iso8583_participants_pay_and_are_paid_through_the_switch() {
@@ -74,15 +88,7 @@ async fn iso8583_participants_pay_and_are_paid_through_the_switch() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     let (port, iso_port, admin_port) = (free_port(), free_port(), free_port());
-    let config = config(&dir, port, iso_port, admin_port);
-    let _switch = common::start_switch(&config, &dir);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", iso_port)).is_err()
-        || std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
-    {
-        assert!(Instant::now() < deadline, "the switch did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let _switch = start(&dir, port, iso_port, admin_port).await;
     let iso = iso_port.to_string();
     let profile = profile().display().to_string();
 
@@ -236,15 +242,7 @@ async fn iso8583_hosts_get_their_fields_back_and_an_answer_to_every_readable_mes
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     let (port, iso_port, admin_port) = (free_port(), free_port(), free_port());
-    let config = config(&dir, port, iso_port, admin_port);
-    let _switch = common::start_switch(&config, &dir);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", iso_port)).is_err()
-        || std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
-    {
-        assert!(Instant::now() < deadline, "the switch did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let _switch = start(&dir, port, iso_port, admin_port).await;
     let iso = iso_port.to_string();
     let profile = profile().display().to_string();
     let wechat = tokio::spawn(loadgen::issuer::run_issuer(

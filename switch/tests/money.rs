@@ -67,19 +67,9 @@ async fn receiver(
             let reply = match &message {
                 Message::PaymentCodeRequest(request) => Message::PaymentReply(answer(&request.details)),
                 Message::QrPaymentRequest(request) => Message::PaymentReply(answer(&request.details)),
-                Message::ReversalRequest(reversal) => Message::ReversalReply(codec::Reply {
-                    originator: reversal.originator,
-                    originator_transaction_id: reversal.originator_transaction_id,
-                    switch_reference: reversal.switch_reference,
-                    amount_minor: reversal.amount_minor,
-                    reply_time_ms: common::now_ms(),
-                    currency: reversal.currency,
-                    code: 0,
-                    reserved: [0; 4],
-                    authorization_code: codec::AuthorizationCode::EMPTY,
-                    responder: participant,
-                    conversion: codec::Conversion::NONE,
-                }),
+                Message::ReversalRequest(reversal) => {
+                    Message::ReversalReply(common::acknowledgement(reversal, participant))
+                }
                 _ => continue,
             };
             let _ = seen.send(message);

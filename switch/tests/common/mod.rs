@@ -53,6 +53,23 @@ pub fn approval(details: &codec::TransactionDetails, responder: codec::Instituti
     }
 }
 
+/// The acknowledgement `responder` sends for the reversal `reversal` forwarded to it.
+pub fn acknowledgement(reversal: &codec::LinkedRequest, responder: codec::InstitutionId) -> codec::Reply {
+    codec::Reply {
+        originator: reversal.originator,
+        originator_transaction_id: reversal.originator_transaction_id,
+        switch_reference: reversal.switch_reference,
+        amount_minor: reversal.amount_minor,
+        reply_time_ms: now_ms(),
+        currency: reversal.currency,
+        code: 0,
+        reserved: [0; 4],
+        authorization_code: codec::AuthorizationCode::EMPTY,
+        responder,
+        conversion: codec::Conversion::NONE,
+    }
+}
+
 /// One admin API request (`Authorization: Bearer token` when given): its status and body;
 /// `None` when the port does not answer.
 pub fn http(address: std::net::SocketAddr, method: &str, path: &str, token: Option<&str>) -> Option<(u16, String)> {
