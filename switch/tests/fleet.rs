@@ -31,8 +31,18 @@ fn nats_server(store: &Path, port: u16, log: &Path) -> Process {
         .expect(
             "nats-server is required by the fleet test (Debian: apt-get install nats-server; .ci/test installs it)",
         );
+    // Ready when the port greets with NATS's INFO line: a bare TCP connect could reach
+    // another test's listener that briefly held the same port (`free_port`).
+    let greets = || -> Option<()> {
+        use std::io::Read;
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+        let mut banner = [0u8; 4];
+        stream.read_exact(&mut banner).ok()?;
+        (&banner == b"INFO").then_some(())
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while greets().is_none() {
         assert!(Instant::now() < deadline, "nats-server did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
