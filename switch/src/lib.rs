@@ -1,6 +1,6 @@
 //! The clearing message switch.
 //!
-//! - [`core`]: the deterministic core: sessions, the exchange (routing, matching, timers,
+//! - [`core`]: the deterministic core: sessions, routes, the exchange (matching, timers,
 //!   reversals, refunds), shard ownership, journal records.
 //! - [`edge`]: sockets and event loops that drive the core.
 //! - [`participant`]: the participant directory.
