@@ -24,6 +24,7 @@ pub mod fleet;
 pub mod fx;
 pub mod inspect;
 pub mod journal;
+pub mod log_limit;
 pub mod metrics;
 pub mod notify;
 pub mod participant;

@@ -165,3 +165,45 @@ async fn a_flood_of_idle_connections_locks_out_neither_honest_participants_nor_o
     drop((held, crowd, acquirer, wechat, third));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Logs stay readable under a flood: 300 connections that each send garbage are counted
+/// one by one in the metrics, but each kind of line is written about once a second, with
+/// how many like it were left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refused_frames_is_a_few_lines_of_log() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = std::env::temp_dir().join(format!("switch-log-flood-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (port, admin_port) = (free_port(), free_port());
+    let mut text = format!(
+        "[switch]\nid = \"CSWITCH\"\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nplaintext = true\n\n\
+         [journal]\ndata_dir = \"data\"\n\n"
+    );
+    text.push_str(&common::demo_participant("ACQ0001", "\"acquirer\"", ""));
+    let config = dir.join("switch.toml");
+    std::fs::write(&config, text).expect("config");
+    let _switch = start(&config, &dir);
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("address");
+    let ready = Instant::now() + Duration::from_secs(30);
+    while common::http(admin, "GET", "/readyz", None).is_none_or(|(status, _)| status != 200) {
+        assert!(Instant::now() < ready, "the switch did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    const FLOOD: u64 = 300;
+    for _ in 0..FLOOD {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        stream.write_all(b"GET / HTTP/1.1\r\n\r\nnot a frame at all").await.expect("write");
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut sink)).await;
+    }
+    let (_, metrics) = common::http(admin, "GET", "/metrics", None).expect("metrics");
+    assert_eq!(metric(&metrics, "switch_frames_rejected_total{reason=\"BadMagic\"}"), FLOOD, "{metrics}");
+    let log = std::fs::read_to_string(dir.join("switch.log")).expect("log");
+    for line in ["frame refused", "closing session"] {
+        let written = log.matches(line).count();
+        assert!((1..=10).contains(&written), "{written} lines of {line:?} for {FLOOD} refusals:\n{log}");
+    }
+    assert!(log.contains("suppressed="), "the lines say how many were left out:\n{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

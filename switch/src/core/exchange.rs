@@ -40,6 +40,7 @@ pub use crate::core::routes::{QrNetwork, Routes};
 use crate::core::session::Now;
 use crate::core::timers::Timers;
 use crate::fx::RateTable;
+use crate::log_limit::LogLimit;
 use crate::participant::Onboarding;
 
 /// The exchange's own maps: foldhash (randomly seeded per process, so keys that
@@ -1189,8 +1190,10 @@ impl Exchange {
                         let refused = code.is_approved()
                             && (reply.amount_minor != transaction.amount_minor
                                 || reply.currency != transaction.currency);
-                        if refused {
+                        static REFUSED: LogLimit = LogLimit::per_second();
+                        if refused && let Some(suppressed) = REFUSED.allow(now.monotonic_ms) {
                             tracing::warn!(
+                                suppressed,
                                 receiver = %sender,
                                 reference,
                                 asked_minor = transaction.amount_minor,
@@ -1199,6 +1202,8 @@ impl Exchange {
                                 approved_currency = reply.currency,
                                 "an approval for another amount or currency than asked: refused and reversed"
                             );
+                        }
+                        if refused {
                             code = ReplyCode::ApprovalMismatch;
                         }
                         let outcome = if code.is_approved() { State::Approved } else { State::Declined(code) };

@@ -55,6 +55,7 @@ use crate::core::session::CloseReason;
 use crate::edge::gate::{SessionClaim, Ticket};
 use crate::edge::shard::Touched;
 use crate::edge::tcp::{Connection, ConnectionGuard, next_outbound};
+use crate::log_limit::LogLimit;
 
 /// Bytes read at a time once signed on; before, one sign-on's worth at most.
 const READ_CHUNK: usize = 16 * 1024;
@@ -254,7 +255,11 @@ impl IsoLink<'_> {
             }
             if let Some(reason) = close {
                 guard.reason = Some(reason);
-                tracing::info!(peer = %self.peer, participant = ?self.participant, ?reason, "closing ISO 8583 session");
+                static CLOSING: LogLimit = LogLimit::per_second();
+                if let Some(suppressed) = CLOSING.allow(shared.now().monotonic_ms) {
+                    let participant = self.participant;
+                    tracing::info!(suppressed, peer = %self.peer, ?participant, ?reason, "closing ISO 8583 session");
+                }
                 writer.shutdown().await?;
                 return Ok(());
             }
@@ -329,7 +334,11 @@ impl IsoLink<'_> {
             (true, false) => crate::metrics::IsoRefusal::Malformed,
         };
         metrics.iso8583_refused(outcome);
-        tracing::info!(peer = %self.peer, %participant, mti = request.mti(), %error, ?outcome, "ISO 8583 message refused");
+        static REFUSED: LogLimit = LogLimit::per_second();
+        if let Some(suppressed) = REFUSED.allow(self.connection.shared.now().monotonic_ms) {
+            let mti = request.mti();
+            tracing::info!(suppressed, peer = %self.peer, %participant, mti, %error, ?outcome, "ISO 8583 message refused");
+        }
     }
 
     /// Answers `request` (its unpacked form) with DE39 `code` here and now.

@@ -32,6 +32,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use crate::core::exchange::{Exchange, Outbound, SessionId};
 use crate::core::shard::{SHARDS_MAX, owner};
 use crate::edge::commit::{Commit, Durable};
+use crate::log_limit::LogLimit;
 use crate::metrics::Metrics;
 use crate::participant::Onboarding;
 use crate::status::{PUBLISH_INTERVAL_MS, Status};
@@ -228,7 +229,7 @@ pub async fn run_shard(parts: ShardLoop) {
                     tracing::debug!(%participant, ?outcome, "answer");
                 }
                 Event::Deliver { session, message } => {
-                    if let Err(message) = deliver_home(&mut routes, &mut exchange, session, message) {
+                    if let Err(message) = deliver_home(&mut routes, &mut exchange, session, message, now.monotonic_ms) {
                         let owner = owner(&message, mesh.shards());
                         if owner == index {
                             exchange.handle_undeliverable(now, message, &mut undelivered);
@@ -270,7 +271,9 @@ pub async fn run_shard(parts: ShardLoop) {
         }
         for Outbound { session, message } in out.drain(..) {
             let undeliverable = match routes.get(&session) {
-                Some(Route::Home { .. }) => deliver_home(&mut routes, &mut exchange, session, message).err(),
+                Some(Route::Home { .. }) => {
+                    deliver_home(&mut routes, &mut exchange, session, message, now.monotonic_ms).err()
+                }
                 Some(&Route::Remote { home }) => {
                     match mesh.try_push(home, Event::Deliver { session, message }, &mut touched) {
                         Ok(()) => None,
@@ -304,6 +307,7 @@ fn deliver_home(
     exchange: &mut Exchange,
     session: SessionId,
     message: Message,
+    now_ms: u64,
 ) -> Result<(), Message> {
     let Some(Route::Home { participant, outbound }) = routes.get(&session) else {
         return Err(message);
@@ -312,7 +316,10 @@ fn deliver_home(
         Ok(()) => Ok(()),
         Err(error) => {
             let participant = *participant;
-            tracing::warn!(%participant, session, "outbound queue full or closed: dropping the session");
+            static DROPPING: LogLimit = LogLimit::per_second();
+            if let Some(suppressed) = DROPPING.allow(now_ms) {
+                tracing::warn!(suppressed, %participant, session, "outbound queue full or closed: dropping the session");
+            }
             routes.remove(&session);
             // This shard stops sending at once; the others hear when the connection ends.
             exchange.session_down(participant, session);

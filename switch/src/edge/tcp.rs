@@ -32,6 +32,7 @@ use crate::edge::gate::{ConnectionLimits, Gate, Ticket};
 use crate::edge::shard::{Event, Mesh, OUTBOUND_QUEUE, ShardLoop, Touched, run_shard};
 use crate::edge::transport::{Io, Transport};
 use crate::journal::{self, EXIT_JOURNAL_FAILED, Journal, JournalError, JournalSettings};
+use crate::log_limit::LogLimit;
 use crate::metrics::Metrics;
 use crate::participant::{Directory, Onboarding};
 use crate::retention::Retention;
@@ -909,7 +910,10 @@ impl Connection {
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => {
                 metrics.tls_handshake(false);
-                tracing::info!(%peer, %error, "TLS handshake refused");
+                static REFUSED: LogLimit = LogLimit::per_second();
+                if let Some(suppressed) = REFUSED.allow(self.shared.now().monotonic_ms) {
+                    tracing::info!(suppressed, %peer, %error, "TLS handshake refused");
+                }
                 return Ok(None);
             }
             Err(_) => {
@@ -1084,12 +1088,16 @@ impl Connection {
                             Ok(None) => break,
                             Err(error) => {
                                 frames += 1;
-                                if matches!(error, codec::DecodeError::BadMac { .. }) {
-                                    // Counted (frames_rejected{reason="BadMac"}) and logged
-                                    // without any of the frame's content.
-                                    tracing::warn!(%peer, participant = ?session.participant(), "bad frame MAC");
-                                } else {
-                                    tracing::info!(%peer, %error, "frame refused");
+                                // Counted (frames_rejected{reason}) and logged without any of
+                                // the frame's content, a line a second at most.
+                                static REFUSED: LogLimit = LogLimit::per_second();
+                                if let Some(suppressed) = REFUSED.allow(now.monotonic_ms) {
+                                    if matches!(error, codec::DecodeError::BadMac { .. }) {
+                                        let participant = session.participant();
+                                        tracing::warn!(suppressed, %peer, ?participant, "bad frame MAC");
+                                    } else {
+                                        tracing::info!(suppressed, %peer, %error, "frame refused");
+                                    }
                                 }
                                 control = session.handle_decode_error(
                                     now,
@@ -1135,7 +1143,11 @@ impl Connection {
             }
             if let Control::Close(reason) = control {
                 guard.reason = Some(reason);
-                tracing::info!(%peer, participant = ?session.participant(), ?reason, "closing session");
+                // Counted by reason (switch_sessions_closed_total); a flood of closes is one line a second.
+                static CLOSING: LogLimit = LogLimit::per_second();
+                if let Some(suppressed) = CLOSING.allow(shared.now().monotonic_ms) {
+                    tracing::info!(suppressed, %peer, participant = ?session.participant(), ?reason, "closing session");
+                }
                 stream.shutdown().await?;
                 return Ok(());
             }
@@ -1207,7 +1219,14 @@ impl Connection {
                     }
                 }
                 Err(_) => {
-                    tracing::warn!(shard = owner, "shard inbox full: answer dropped (its transaction will time out)");
+                    static DROPPED: LogLimit = LogLimit::per_second();
+                    if let Some(suppressed) = DROPPED.allow(self.shared.now().monotonic_ms) {
+                        tracing::warn!(
+                            suppressed,
+                            shard = owner,
+                            "shard inbox full: answer dropped (its transaction will time out)"
+                        );
+                    }
                     self.shared.metrics.handoff_dropped();
                 }
             }
