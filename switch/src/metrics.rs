@@ -151,6 +151,8 @@ pub struct Metrics {
     /// Indexed by position in `ConnectionRefusal::ALL`.
     connections_refused: [AtomicU64; 4],
     sign_on_throttled: AtomicU64,
+    shard_stalls: AtomicU64,
+    shard_stalled_ms: AtomicU64,
     shards: AtomicU64,
     /// Fleet publication, when this node publishes (`crate::fleet`).
     fleet: std::sync::OnceLock<std::sync::Arc<crate::fleet::Progress>>,
@@ -236,6 +238,12 @@ impl Metrics {
         if let Some(index) = ConnectionRefusal::ALL.iter().position(|&r| r == refusal) {
             self.connections_refused[index].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A shard loop noticed it had been stalled `stall_ms` (kept out of the exchange's clock).
+    pub fn shard_stalled(&self, stall_ms: u64) {
+        self.shard_stalls.fetch_add(1, Ordering::Relaxed);
+        self.shard_stalled_ms.fetch_add(stall_ms, Ordering::Relaxed);
     }
 
     /// A sign-on made to wait for its turn after failures from its source or participant.
@@ -426,6 +434,18 @@ impl Metrics {
             "gauge",
             "Shards (event-loop threads) running.",
             vec![format!("switch_shards {}", load(&self.shards))],
+        );
+        section(
+            "switch_shard_stalls_total",
+            "counter",
+            "Stalls of a shard loop (over 1 s without a turn: the process stopped or starved); reply deadlines are extended by them.",
+            vec![format!("switch_shard_stalls_total {}", load(&self.shard_stalls))],
+        );
+        section(
+            "switch_shard_stalled_seconds_total",
+            "counter",
+            "Time shard loops were stalled, kept out of the exchanges' clocks.",
+            vec![format!("switch_shard_stalled_seconds_total {}", load(&self.shard_stalled_ms) as f64 / 1e3)],
         );
         section(
             "switch_handoffs_dropped_total",

@@ -30,6 +30,7 @@ use crossbeam_queue::ArrayQueue;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::core::exchange::{Exchange, Outbound, SessionId};
+use crate::core::session::Now;
 use crate::core::shard::{SHARDS_MAX, owner};
 use crate::edge::commit::{Commit, Durable};
 use crate::log_limit::LogLimit;
@@ -43,6 +44,45 @@ pub const SHARD_INBOX: usize = 16_384;
 pub const OUTBOUND_QUEUE: usize = 16_384;
 /// Events handled per batch before timers and delivery.
 const EVENT_BATCH_MAX: usize = 1_024;
+/// A shard loop wakes at least this often, even with nothing to do (so a stall shows).
+const HEARTBEAT_MS: u64 = 100;
+/// A gap this long between two turns of a shard loop is a stall of the switch itself.
+const STALL_MS: u64 = 1_000;
+
+/// The exchange's clock: the monotonic clock less the shard's own stalls: the process
+/// stopped or the host starved it (over a second between two turns), or the shard could
+/// take no events because its journal was behind (`Commit::accepting`). A receiver is
+/// judged by time the switch was running and reading its answers: a stall longer than a
+/// reply deadline times nothing out and opens no breaker, and what was in flight keeps
+/// the time it had left.
+#[derive(Debug, Default)]
+struct StallClock {
+    /// The raw monotonic time of the last turn.
+    last_ms: u64,
+    /// Stalls so far, left out of the exchange's clock.
+    stalled_ms: u64,
+}
+
+impl StallClock {
+    /// The exchange's `Now` for a turn at `raw`, and the stall just noticed, if any (a
+    /// long one: a short hold for the journal is counted, not reported). `held`: the
+    /// shard could take no events since its last turn.
+    fn turn(&mut self, raw: Now, held: bool) -> (Now, Option<u64>) {
+        let gap = raw.monotonic_ms.saturating_sub(self.last_ms);
+        if self.last_ms != 0 && held && gap <= STALL_MS {
+            self.stalled_ms += gap;
+        }
+        let stall = (self.last_ms != 0 && gap > STALL_MS).then(|| if held { gap } else { gap - HEARTBEAT_MS });
+        self.last_ms = raw.monotonic_ms;
+        self.stalled_ms += stall.unwrap_or(0);
+        (Now { monotonic_ms: raw.monotonic_ms - self.stalled_ms, unix_ms: raw.unix_ms }, stall)
+    }
+
+    /// A time on the exchange's clock as raw monotonic time (for sleeping until it).
+    fn raw_ms(&self, exchange_ms: u64) -> u64 {
+        exchange_ms + self.stalled_ms
+    }
+}
 
 #[derive(Debug)]
 pub enum Event {
@@ -184,6 +224,7 @@ pub async fn run_shard(parts: ShardLoop) {
     let mut touched = Touched::default();
     // The admin summary: republished after a change, at most every PUBLISH_INTERVAL_MS.
     let (mut changed, mut next_publish_ms) = (false, 0u64);
+    let mut clock = StallClock::default();
     loop {
         let accepting = commit.as_ref().is_none_or(Commit::accepting);
         if (accepting && !inbox.queue.is_empty()) || !out.is_empty() {
@@ -196,9 +237,12 @@ pub async fn run_shard(parts: ShardLoop) {
         } else {
             // Woken by events, by timers, and by the journal thread when a batch is durable.
             let publish = changed.then_some(next_publish_ms);
+            let heartbeat = clock.last_ms + HEARTBEAT_MS;
             let deadline = [exchange.next_deadline_ms(), publish]
                 .into_iter()
                 .flatten()
+                .map(|ms| clock.raw_ms(ms))
+                .chain([heartbeat])
                 .min()
                 .map(|ms| started + Duration::from_millis(ms));
             tokio::select! {
@@ -207,7 +251,19 @@ pub async fn run_shard(parts: ShardLoop) {
                 _ = stop.wait_for(|stop| *stop) => return,
             }
         }
-        let now = super::now(started);
+        let (now, stall) = clock.turn(super::now(started), !accepting);
+        if let Some(stall_ms) = stall {
+            metrics.shard_stalled(stall_ms);
+            static STALLED: LogLimit = LogLimit::per_second();
+            if let Some(suppressed) = STALLED.allow(now.monotonic_ms) {
+                tracing::warn!(
+                    suppressed,
+                    shard = index,
+                    stall_ms,
+                    "the shard was stalled: reply deadlines are extended by the stall"
+                );
+            }
+        }
         for _ in 0..if accepting { EVENT_BATCH_MAX } else { 0 } {
             let Some(event) = mesh.try_pop(index) else { break };
             match event {
@@ -332,5 +388,29 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> Now {
+        Now { monotonic_ms: ms, unix_ms: 1_771_286_370_000 + ms as i64 }
+    }
+
+    #[test]
+    fn the_exchange_clock_leaves_out_stalls_and_holds() {
+        let mut clock = StallClock::default();
+        assert_eq!(clock.turn(at(1_000), false), (at(1_000), None));
+        assert_eq!(clock.turn(at(1_100), false).0.monotonic_ms, 1_100, "a heartbeat's gap is time");
+        // Stopped for 12 s: all of it but a heartbeat is left out, and reported.
+        let (now, stall) = clock.turn(at(13_100), false);
+        assert_eq!((now.monotonic_ms, stall), (1_200, Some(11_900)));
+        assert_eq!(now.unix_ms, at(13_100).unix_ms, "wall time is the wall's");
+        // Held by the journal for 300 ms: left out, not reported.
+        assert_eq!(clock.turn(at(13_400), true), (Now { monotonic_ms: 1_200, ..at(13_400) }, None));
+        assert_eq!(clock.turn(at(13_450), false).0.monotonic_ms, 1_250);
+        assert_eq!(clock.raw_ms(1_250), 13_450);
     }
 }

@@ -150,8 +150,12 @@ pub fn json_lines(output: &str) -> Vec<serde_json::Value> {
 
 /// The next message on `client`, which must be a payment reply.
 pub async fn next_payment_reply(client: &mut loadgen::client::Client) -> codec::Reply {
-    client
-        .reader
+    next_payment_reply_from(&mut client.reader).await
+}
+
+/// The next message `reader` reads, which must be a payment reply.
+pub async fn next_payment_reply_from(reader: &mut loadgen::client::FrameReader) -> codec::Reply {
+    reader
         .next(|m| match m.to_message() {
             codec::Message::PaymentReply(reply) => reply,
             other => panic!("expected a payment reply, got {:?}", other.kind()),

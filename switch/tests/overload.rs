@@ -1,0 +1,115 @@
+//! One definite answer at and beyond capacity, reproduced small: a switch that stops
+//! (SIGSTOP) longer than its reply deadline, a client that stops reading, tiny queues, a
+//! drain under load. Each request gets its one answer; healthy receivers are not blamed.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use codec::{InstitutionId, Message, ReplyCode};
+use common::{Process, free_port};
+use loadgen::client::Client;
+use switch::config::demo_key;
+
+fn id(text: &str) -> InstitutionId {
+    InstitutionId::new(text).expect("valid id")
+}
+
+/// A loopback switch (`switch run`, 2 shards) with `exchange` lines in its `[exchange]`,
+/// the demo acquirer and WeChat Pay; its log in `dir`.
+struct Switch {
+    process: Process,
+    address: SocketAddr,
+    admin: SocketAddr,
+}
+
+fn start(dir: &Path, fsync: &str, exchange: &str) -> Switch {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).expect("dir");
+    let (port, admin_port) = (free_port(), free_port());
+    let mut text = format!(
+        "[switch]\nid = \"CSWITCH\"\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nplaintext = true\n\n\
+         [journal]\ndata_dir = \"data\"\nfsync = \"{fsync}\"\n\n[exchange]\n{exchange}\n\n"
+    );
+    text.push_str(&common::demo_participant("ACQ0001", "\"acquirer\"", ""));
+    text.push_str(&common::demo_participant("WECHATPAY", "\"issuer\", \"acquirer\"", ""));
+    let config = dir.join("switch.toml");
+    std::fs::write(&config, text).expect("config");
+    let process = common::start_switch(&config, dir);
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("address");
+    let ready = Instant::now() + Duration::from_secs(30);
+    while common::http(admin, "GET", "/readyz", None).is_none_or(|(status, _)| status != 200) {
+        assert!(Instant::now() < ready, "the switch did not become ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Switch { process, address: format!("127.0.0.1:{port}").parse().expect("address"), admin }
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines().find_map(|line| line.strip_prefix(name)).map_or(0, |value| value.trim().parse().unwrap_or(0))
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status();
+    assert!(status.is_ok_and(|s| s.success()), "kill -{name} {pid}");
+}
+
+async fn connect(address: SocketAddr, participant: &str) -> Client {
+    Client::connect(address, id(participant), 1, &demo_key(participant)).await.expect("sign on")
+}
+
+/// A stop of the whole switch longer than its reply deadline (1 s here, stopped 1.5 s)
+/// is the switch's own stall: what was in flight is answered when it resumes, not timed
+/// out, and the healthy issuer's circuit breaker (opening at the first timeout here)
+/// stays closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_of_the_switch_is_not_blamed_on_its_receivers() {
+    let dir = std::env::temp_dir().join(format!("switch-overload-stall-{}", std::process::id()));
+    // Group commits every 300 ms (a batch waits at most 600 ms): what was admitted in the
+    // last few hundred ms before the stop is forwarded only after it, when its 1 s reply
+    // deadline has passed by the clock.
+    let switch =
+        start(&dir, "interval:300000", "reply_deadline_ms = 1000\nbreaker_failures = 1\nbreaker_open_ms = 60000");
+    let issuer = tokio::spawn(loadgen::issuer::run_issuer(
+        connect(switch.address, "WECHATPAY").await,
+        loadgen::responder::Behaviour::default(),
+    ));
+    let Client { mut reader, mut writer, .. } = connect(switch.address, "ACQ0001").await;
+    const PAYMENTS: u64 = 600;
+    let sender = tokio::spawn(async move {
+        for n in 0..PAYMENTS {
+            let mut request = common::payment_code_request();
+            request.details.originator_transaction_id = format!("STALL-{n}").parse().expect("valid");
+            request.payment_code = format!("13{n:016}").parse().expect("valid");
+            writer.send(&Message::PaymentCodeRequest(request)).await.expect("send");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        writer
+    });
+    // Stopped while payments are in flight, for longer than their reply deadline.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = switch.process.0.id();
+    signal(pid, "STOP");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    signal(pid, "CONT");
+    let mut codes = std::collections::BTreeMap::<String, u64>::new();
+    for _ in 0..PAYMENTS {
+        let reply = tokio::time::timeout(Duration::from_secs(10), common::next_payment_reply_from(&mut reader))
+            .await
+            .expect("every payment is answered");
+        *codes.entry(format!("{:?}", ReplyCode::try_from(reply.code).expect("a table code"))).or_default() += 1;
+    }
+    let _writer = sender.await.expect("sender");
+    assert_eq!(codes.get("Approved"), Some(&PAYMENTS), "{codes:?}");
+    let (_, metrics) = common::http(switch.admin, "GET", "/metrics", None).expect("metrics");
+    assert_eq!(metric(&metrics, "switch_replies_total{code=\"Timeout\"}"), 0, "{metrics}");
+    let (_, participants) = {
+        let token = std::fs::read_to_string(dir.join("data/admin.token")).expect("token");
+        common::http(switch.admin, "GET", "/participants", Some(token.trim())).expect("participants")
+    };
+    assert!(!participants.contains("\"open\""), "no breaker opened: {participants}");
+    issuer.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
