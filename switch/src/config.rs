@@ -311,6 +311,8 @@ struct FileExchange {
     breaker_open_ms: u64,
     verification_amount_max_minor: u64,
     verification_rate_per_second: u32,
+    /// Absent: the reply deadline.
+    drain_deadline_ms: Option<u64>,
 }
 
 impl Default for FileExchange {
@@ -326,6 +328,7 @@ impl Default for FileExchange {
             breaker_open_ms: defaults.breaker_open_ms,
             verification_amount_max_minor: defaults.verification_amount_max_minor,
             verification_rate_per_second: defaults.verification_rate_per_second,
+            drain_deadline_ms: None,
         }
     }
 }
@@ -919,6 +922,9 @@ impl SwitchConfig {
         if exchange.verification_rate_per_second == 0 {
             return Err(invalid("exchange.verification_rate_per_second".into(), "must be at least 1".into()));
         }
+        if exchange.drain_deadline_ms.is_some_and(|ms| ms > 600_000) {
+            return Err(invalid("exchange.drain_deadline_ms".into(), "must be 0..=600000".into()));
+        }
         for (id, list) in &counterparties {
             for other in list {
                 if !participants.iter().any(|p| p.id == *other) {
@@ -1024,6 +1030,7 @@ impl SwitchConfig {
                 breaker_open_ms: exchange.breaker_open_ms,
                 verification_amount_max_minor: exchange.verification_amount_max_minor,
                 verification_rate_per_second: exchange.verification_rate_per_second,
+                drain_deadline_ms: exchange.drain_deadline_ms.unwrap_or(exchange.reply_deadline_ms),
                 rates: std::sync::Arc::new(rates),
                 fx_margin_basis_points,
             },

@@ -295,8 +295,8 @@ proptest! {
             prop_assert_eq!(kept.last_window(), full.last_window());
             prop_assert_eq!(kept.participant_flights(at(run.now)), full.participant_flights(at(run.now)));
             let (mut kept_out, mut full_out, mut kept_records, mut full_records) = (vec![], vec![], vec![], vec![]);
-            kept.finish_recovery(at(run.now), &mut kept_out);
-            full.finish_recovery(at(run.now), &mut full_out);
+            kept.abandon_in_flight(at(run.now), &mut kept_out);
+            full.abandon_in_flight(at(run.now), &mut full_out);
             kept.take_records(&mut kept_records);
             full.take_records(&mut full_records);
             prop_assert_eq!(kept_records, full_records, "recovery decides alike");

@@ -113,3 +113,65 @@ async fn a_stall_of_the_switch_is_not_blamed_on_its_receivers() {
     issuer.abort();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SIGTERM under load drains: new requests are answered `SystemBusy`, what is in flight
+/// gets its receiver's answer (the issuer takes 300 ms here, well within the drain
+/// deadline), every request is answered exactly once, and the switch exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_answers_what_is_in_flight_then_exits() {
+    let dir = std::env::temp_dir().join(format!("switch-overload-drain-{}", std::process::id()));
+    let mut switch = start(&dir, "always", "reply_deadline_ms = 5000");
+    let issuer = tokio::spawn(loadgen::issuer::run_issuer(
+        connect(switch.address, "WECHATPAY").await,
+        "latency=300ms".parse().expect("a behaviour"),
+    ));
+    let Client { mut reader, mut writer, .. } = connect(switch.address, "ACQ0001").await;
+    const PAYMENTS: u64 = 400;
+    // The acquirer answers the switch's sign-off at once, as PROTOCOL.md says a
+    // participant does, and sends nothing after it.
+    let (sign_off, mut signed_off) = tokio::sync::oneshot::channel::<()>();
+    let sender = tokio::spawn(async move {
+        for n in 0..PAYMENTS {
+            if signed_off.try_recv().is_ok() {
+                let reply = codec::SignOff { code: 0, reserved: [0; 6] };
+                let _ = writer.send(&Message::SignOffReply(reply)).await;
+                return n;
+            }
+            let mut request = common::payment_code_request();
+            request.details.originator_transaction_id = format!("DRAIN-{n}").parse().expect("valid");
+            request.payment_code = format!("13{n:016}").parse().expect("valid");
+            writer.send(&Message::PaymentCodeRequest(request)).await.expect("send");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        PAYMENTS
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    signal(switch.process.0.id(), "TERM");
+    // Read every reply until the switch closes the session.
+    let mut codes = std::collections::BTreeMap::<String, u64>::new();
+    let mut answered = std::collections::HashSet::new();
+    let mut sign_off = Some(sign_off);
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(15), reader.next(|m| m.to_message())).await;
+        match next.expect("the switch answers or closes in time") {
+            Ok(Message::PaymentReply(reply)) => {
+                assert!(answered.insert(reply.originator_transaction_id), "answered twice: {reply:?}");
+                *codes.entry(format!("{:?}", ReplyCode::try_from(reply.code).expect("a code"))).or_default() += 1;
+            }
+            Ok(Message::SignOffRequest(_)) => {
+                let _ = sign_off.take().map(|sign_off| sign_off.send(()));
+            }
+            Ok(other) => panic!("unexpected {:?}", other.kind()),
+            Err(_) => break,
+        }
+    }
+    let sent = sender.await.expect("sender");
+    let exit = tokio::task::spawn_blocking(move || switch.process.0.wait()).await.expect("join").expect("wait");
+    assert!(exit.success(), "the switch exits 0 after a drain: {exit:?}");
+    assert_eq!(answered.len() as u64, sent, "every request sent was answered once: {codes:?}");
+    assert!(codes.get("Approved").is_some_and(|&n| n > 0), "{codes:?}");
+    assert_eq!(codes.get("Timeout"), None, "in flight at the signal, answered by the issuer: {codes:?}");
+    assert_eq!(codes.len() - usize::from(codes.contains_key("SystemBusy")), 1, "{codes:?}");
+    issuer.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -196,6 +196,9 @@ pub struct ExchangeConfig {
     pub rates: Arc<RateTable>,
     /// Added to the mid rate on every conversion, in basis points.
     pub fx_margin_basis_points: u16,
+    /// On shutdown, how long what is in flight may take to be answered before it is timed
+    /// out and reversed (new requests are refused `SystemBusy` meanwhile).
+    pub drain_deadline_ms: u64,
 }
 
 /// What the exchange applies to one participant.
@@ -261,6 +264,7 @@ impl Default for ExchangeConfig {
             verification_rate_per_second: 1,
             rates: Arc::default(),
             fx_margin_basis_points: 0,
+            drain_deadline_ms: 10_000,
         }
     }
 }
@@ -514,6 +518,8 @@ pub struct Exchange {
     journal_next: u64,
     /// The last clearing window closed.
     window: u64,
+    /// Shutting down: new requests are refused `SystemBusy`, what is in flight finishes.
+    draining: bool,
 }
 
 impl Exchange {
@@ -543,6 +549,7 @@ impl Exchange {
             records: Vec::new(),
             journal_next: 1,
             window: 0,
+            draining: false,
             config,
         }
     }
@@ -880,7 +887,9 @@ impl Exchange {
             (true, None) => Some(self.config.verification_rate_per_second),
             (false, rate) => rate,
         };
-        let code = if let Some(code) = self.onboarding_refusal(originator_policy, receiver_policy, amount) {
+        let code = if self.draining {
+            Some(ReplyCode::SystemBusy)
+        } else if let Some(code) = self.onboarding_refusal(originator_policy, receiver_policy, amount) {
             Some(code)
         } else if !self.admitted(originator, receiver) {
             Some(ReplyCode::NotAuthorised)
@@ -1420,7 +1429,7 @@ impl Exchange {
                 let admission =
                     Admission { originator, id, receiver, amount_minor, currency, kind, payment_code, conversion };
                 // No session and no timer: what is still in flight when replay ends is
-                // timed out by `finish_recovery`.
+                // timed out by `abandon_in_flight`.
                 self.open(reference, 0, admission, 0);
                 if let Some(code) = payment_code {
                     self.used_codes.claim(code);
@@ -1517,10 +1526,21 @@ impl Exchange {
         self.window
     }
 
-    /// Ends recovery: what was in flight when the switch stopped has an unknown outcome at
-    /// its receiver and an originator that never heard: it is timed out and reversed (new
-    /// records, for the journal).
-    pub fn finish_recovery(&mut self, now: Now, out: &mut Vec<Outbound>) {
+    /// The switch is shutting down: from now on new payments and refunds are refused
+    /// `SystemBusy`, while answers, cancels and queries are handled as ever.
+    pub fn start_draining(&mut self) {
+        self.draining = true;
+    }
+
+    /// How long a drain waits for what is in flight.
+    pub fn drain_deadline_ms(&self) -> u64 {
+        self.config.drain_deadline_ms
+    }
+
+    /// Ends recovery (what was in flight when the switch stopped), or a drain at its
+    /// deadline: what is in flight has an unknown outcome at its receiver and an originator
+    /// that has not heard. It is timed out and reversed (new records, for the journal).
+    pub fn abandon_in_flight(&mut self, now: Now, out: &mut Vec<Outbound>) {
         let mut in_flight: Vec<u64> = self
             .transactions
             .iter()
@@ -2679,7 +2699,7 @@ mod tests {
 
         // What was in flight (T4) is timed out and reversed, with records for the journal.
         let mut out = Vec::new();
-        recovered.finish_recovery(at(0), &mut out);
+        recovered.abandon_in_flight(at(0), &mut out);
         assert_eq!(status_of(&mut recovered, "T4"), TransactionStatus::TimedOut);
         let mut new_records = Vec::new();
         recovered.take_records(&mut new_records);

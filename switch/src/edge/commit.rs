@@ -123,6 +123,11 @@ impl Commit {
         Ok(Self { batches, durable, next_id: 0, held: VecDeque::new(), records: Vec::new() })
     }
 
+    /// Whether nothing is waiting to become durable.
+    pub fn is_idle(&self) -> bool {
+        self.held.is_empty()
+    }
+
     /// Whether the shard may take more events (the journal is not too far behind).
     pub fn accepting(&self) -> bool {
         self.held.len() < HELD_BATCHES_MAX

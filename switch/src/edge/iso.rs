@@ -178,6 +178,12 @@ impl IsoLink<'_> {
                     // is asked to sign off and the link closes at the drain deadline.
                     self.draining = true;
                     if changed.is_ok() && self.participant.is_some() {
+                        // What the shards queued for it goes out before the sign-off.
+                        if let Some(receiver) = &mut self.outbound {
+                            while let Ok(message) = receiver.try_recv() {
+                                self.outgoing.push(message);
+                            }
+                        }
                         self.outgoing.push(Message::SignOffRequest(SignOff { code: 0, reserved: [0; 6] }));
                     }
                     deadline = tokio::time::Instant::now() + Duration::from_millis(config.drain_timeout_ms);

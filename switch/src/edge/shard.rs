@@ -106,6 +106,13 @@ pub enum Event {
     Onboarding { participant: InstitutionId, state: Onboarding, previous: Onboarding, done: Durable },
     /// Convert with `rates` from now on; `done` is told once taken.
     Rates { rates: Arc<crate::fx::RateTable>, done: Durable },
+    /// The switch is shutting down: refuse new requests, and tell `done` once nothing is in
+    /// flight (at the drain deadline, what is left is timed out and reversed) and every
+    /// answer has been handed on.
+    Drain { done: Durable },
+    /// Tell `done` once every event queued before this one is handled (after a drain: the
+    /// answers other shards handed this one are in their connections' queues).
+    Flush { done: Durable },
 }
 
 #[derive(Debug)]
@@ -225,6 +232,8 @@ pub async fn run_shard(parts: ShardLoop) {
     // The admin summary: republished after a change, at most every PUBLISH_INTERVAL_MS.
     let (mut changed, mut next_publish_ms) = (false, 0u64);
     let mut clock = StallClock::default();
+    // A drain under way: who to tell, and by when (on the exchange's clock).
+    let mut drain: Option<(Durable, u64)> = None;
     loop {
         let accepting = commit.as_ref().is_none_or(Commit::accepting);
         if (accepting && !inbox.queue.is_empty()) || !out.is_empty() {
@@ -311,9 +320,21 @@ pub async fn run_shard(parts: ShardLoop) {
                     exchange.set_rates(rates);
                     cut_waiters.push(done);
                 }
+                Event::Drain { done } => {
+                    exchange.start_draining();
+                    drain = Some((done, now.monotonic_ms + exchange.drain_deadline_ms()));
+                }
+                Event::Flush { done } => {
+                    let _ = done.send(());
+                }
             }
         }
         exchange.handle_timers(now, &mut out);
+        if let Some((_, deadline_ms)) = &drain
+            && now.monotonic_ms >= *deadline_ms
+        {
+            exchange.abandon_in_flight(now, &mut out);
+        }
         // Nothing leaves before the records of what produced it are durable (group commit).
         match commit.as_mut() {
             Some(commit) => commit.pass(&mut exchange, &mut out, &mut cut_waiters),
@@ -345,6 +366,15 @@ pub async fn run_shard(parts: ShardLoop) {
             }
         }
         mesh.wake(&mut touched);
+        // Drained once nothing is in flight and everything it led to has been handed on
+        // (its records durable, its messages queued here or pushed to their home shards).
+        let settled = commit.as_ref().is_none_or(Commit::is_idle) && out.is_empty() && undelivered.is_empty();
+        if exchange.in_flight() == 0
+            && settled
+            && let Some((done, _)) = drain.take()
+        {
+            let _ = done.send(());
+        }
         changed = true;
         if now.monotonic_ms >= next_publish_ms {
             status.publish(index, exchange.participant_flights(now));

@@ -584,8 +584,9 @@ pub async fn serve(
         cutoffs.abort();
     }
     shared.metrics.set_draining();
-    tracing::info!("draining: signing off every session");
     crate::notify::notify("STOPPING=1\nSTATUS=draining");
+    drain_in_flight(&shared, &mesh).await;
+    tracing::info!("draining: signing off every session");
     // Receivers only stop listening when their shard has ended, so a send error means none
     // is left to tell.
     let _ = draining_tx.send(true);
@@ -606,6 +607,27 @@ pub async fn serve(
         let _ = tokio::task::spawn_blocking(move || publisher.join()).await;
     }
     Ok(())
+}
+
+/// The first half of a drain: every shard refuses new requests (`SystemBusy`) and waits
+/// for what is in flight to be answered, up to the drain deadline (then it is timed out
+/// and reversed); then every answer another shard handed on is queued at its connection.
+/// Only then are sessions signed off, so nothing in flight at the signal goes unanswered.
+async fn drain_in_flight(shared: &Shared, mesh: &Mesh) {
+    let deadline_ms = shared.exchange.drain_deadline_ms;
+    tracing::info!(deadline_ms, "draining: refusing new requests, answering what is in flight");
+    // Generous: the shards time out what is left at the deadline themselves.
+    let bound = Duration::from_millis(deadline_ms) + Duration::from_secs(30);
+    for event in [|done| Event::Drain { done }, |done| Event::Flush { done }] {
+        let (dones, waits): (Vec<_>, Vec<_>) = (0..mesh.shards()).map(|_| oneshot::channel()).unzip();
+        let mut dones = dones.into_iter();
+        mesh.broadcast(|_| event(dones.next().expect("one per shard"))).await;
+        for wait in waits {
+            if !matches!(tokio::time::timeout(bound, wait).await, Ok(Ok(()))) {
+                tracing::error!("draining: a shard did not finish its share in time; signing off regardless");
+            }
+        }
+    }
 }
 
 /// Settles every participant's onboarding state after recovery. A change reaches the shards
@@ -675,7 +697,7 @@ fn recover(
         tracing::error!(segment = %path.display(), offset, %problem, "journal: DAMAGED records dropped at the operator's request");
     }
     let mut out = Vec::new();
-    exchange.finish_recovery(now, &mut out);
+    exchange.abandon_in_flight(now, &mut out);
     let mut records = Vec::new();
     exchange.take_records(&mut records);
     let io = |source| JournalError::Io { path: dir.clone(), source };
@@ -1008,6 +1030,12 @@ impl Connection {
                 changed = draining.wait_for(|draining| *draining), if !drain_seen => {
                     drain_seen = true;
                     if changed.is_ok() {
+                        // What the shards queued for it goes out before the sign-off.
+                        if let Some(receiver) = &mut outbound {
+                            while let Ok(message) = receiver.try_recv() {
+                                outgoing.push(message);
+                            }
+                        }
                         control = session.handle_shutdown(shared.now(), &mut outgoing);
                     }
                     None
