@@ -32,6 +32,8 @@ pub struct FrameReader {
 pub struct FrameWriter {
     stream: WriteHalf,
     encoder: FrameEncoder,
+    /// Bytes of the encoder already written by a flush that was interrupted.
+    sent: usize,
 }
 
 impl std::fmt::Debug for FrameReader {
@@ -108,13 +110,21 @@ impl FrameWriter {
         self.encoder.encode(message).context("encoding a frame")
     }
 
-    /// Sends every queued frame in one write.
+    /// Sends every queued frame. Cancel-safe: dropped half-way (to read meanwhile), it
+    /// goes on from where it stopped at the next call, and frames queued meanwhile follow.
     pub async fn flush(&mut self) -> anyhow::Result<()> {
+        while self.sent < self.encoder.len() {
+            let count = self.stream.write(&self.encoder.bytes()[self.sent..]).await.context("writing to the switch")?;
+            if count == 0 {
+                bail!("the switch stopped taking bytes");
+            }
+            self.sent += count;
+        }
         if !self.encoder.is_empty() {
-            self.stream.write_all(self.encoder.bytes()).await.context("writing to the switch")?;
             // A TLS stream buffers records until flushed; TCP's flush does nothing.
             self.stream.flush().await.context("writing to the switch")?;
             self.encoder.clear();
+            self.sent = 0;
         }
         Ok(())
     }
@@ -144,6 +154,17 @@ impl Client {
         key: &[u8],
     ) -> anyhow::Result<Self> {
         let stream = tcp(address).await?;
+        let (read, write) = stream.into_split();
+        Self::sign_on(Box::new(read), Box::new(write), participant, key_id, key).await
+    }
+
+    /// Signs on over `stream`, already connected (a socket with options of its own).
+    pub async fn sign_on_over(
+        stream: TcpStream,
+        participant: InstitutionId,
+        key_id: u16,
+        key: &[u8],
+    ) -> anyhow::Result<Self> {
         let (read, write) = stream.into_split();
         Self::sign_on(Box::new(read), Box::new(write), participant, key_id, key).await
     }
@@ -181,7 +202,7 @@ impl Client {
         key: &[u8],
     ) -> anyhow::Result<Self> {
         let mut reader = FrameReader { stream: read, decoder: FrameDecoder::default() };
-        let mut writer = FrameWriter { stream: write, encoder: FrameEncoder::default() };
+        let mut writer = FrameWriter { stream: write, encoder: FrameEncoder::default(), sent: 0 };
 
         let mut nonce = [0u8; 32];
         getrandom::fill(&mut nonce).context("drawing a nonce")?;

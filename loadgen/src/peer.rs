@@ -26,7 +26,7 @@ use anyhow::Context;
 use codec::field::FieldText;
 use codec::{Echo, Message, MessageRef, ReplyCode, SignOff, TransactionId};
 
-use crate::client::{Client, FrameWriter};
+use crate::client::Client;
 use crate::participants::Participant;
 use crate::responder::{Answered, Behaviour, Decision};
 use crate::rng::Rng;
@@ -322,12 +322,6 @@ async fn drive(
                 return Ended::Failed(error);
             }
         }
-        if !writer.is_empty() {
-            if let Err(error) = writer.flush().await {
-                return Ended::Failed(error);
-            }
-            last_write = Instant::now();
-        }
         if kept.record.len() > RECORD_FLUSH
             && let Err(error) = write_record(ctx, &mut kept.record)
         {
@@ -343,7 +337,7 @@ async fn drive(
         }
         let wake = ctx.start + Duration::from_nanos(wake_ns);
         let mut signing_off = false;
-        let mut failure: Option<anyhow::Error> = None;
+        let mut immediate: Vec<Message> = Vec::new();
         let mut handler = Handler {
             ctx,
             me,
@@ -351,19 +345,31 @@ async fn drive(
             stats,
             kept: &mut *kept,
             rng: &mut *rng,
-            writer: &mut writer,
+            immediate: &mut immediate,
             pending: &mut pending,
             order: &mut order,
             signing_off: &mut signing_off,
-            failure: &mut failure,
         };
+        // What is queued leaves while the connection goes on reading: a switch that writes
+        // to us while we write to it never waits on us (nor we on it).
+        let flushing = !writer.is_empty();
         let read = tokio::select! {
             biased;
+            flushed = writer.flush(), if flushing => {
+                if let Err(error) = flushed {
+                    return Ended::Failed(error);
+                }
+                last_write = Instant::now();
+                None
+            }
             read = reader.read_batch(|message| handler.handle(message)) => Some(read),
-            () = tokio::time::sleep_until(wake.into()) => None,
+            () = tokio::time::sleep_until(wake.into()), if !flushing => None,
         };
-        if let Some(error) = failure {
-            return Ended::Failed(error);
+        // Answers due at once go out with the next write.
+        for message in immediate.drain(..) {
+            if let Err(error) = writer.queue(&message) {
+                return Ended::Failed(error);
+            }
         }
         if signing_off {
             let _ = writer.flush().await;
@@ -383,20 +389,18 @@ struct Handler<'a> {
     stats: &'a ConnStats,
     kept: &'a mut Kept,
     rng: &'a mut Rng,
-    writer: &'a mut FrameWriter,
+    /// Answers due at once, for the next write.
+    immediate: &'a mut Vec<Message>,
     pending: &'a mut BinaryHeap<Reverse<Pending>>,
     order: &'a mut u64,
     signing_off: &'a mut bool,
-    failure: &'a mut Option<anyhow::Error>,
 }
 
 impl Handler<'_> {
-    /// Sends `message` with this write if it is due now, else keeps it until `due_ns`.
+    /// Sends `message` with the next write if it is due now, else keeps it until `due_ns`.
     fn answer(&mut self, due_ns: u64, message: Message) {
         if due_ns <= self.ctx.elapsed_ns() {
-            if let Err(error) = self.writer.queue(&message) {
-                self.failure.get_or_insert(error);
-            }
+            self.immediate.push(message);
         } else {
             *self.order += 1;
             self.pending.push(Reverse(Pending { due_ns, order: *self.order, message }));

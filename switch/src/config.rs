@@ -197,6 +197,7 @@ const SIGN_ON_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 1_000..=300_000;
 const ECHO_INTERVAL_MS: std::ops::RangeInclusive<u32> = 1_000..=600_000;
 const DRAIN_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 0..=600_000;
 const REPLAY_WINDOW_MS: std::ops::RangeInclusive<u64> = 1_000..=3_600_000;
+const WRITE_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=600_000;
 /// The shortest shared key accepted, in bytes (HMAC-SHA256 wants at least 16; 32 is better).
 const KEY_SIZE_MIN: usize = 16;
 
@@ -477,6 +478,7 @@ struct FileSession {
     drain_timeout_ms: u64,
     /// 0: no replay window.
     replay_window_ms: u64,
+    write_timeout_ms: u64,
 }
 
 impl Default for FileSession {
@@ -488,6 +490,7 @@ impl Default for FileSession {
             idle_timeout_ms: defaults.idle_timeout_ms,
             drain_timeout_ms: defaults.drain_timeout_ms,
             replay_window_ms: defaults.replay_window_ms.unwrap_or(0),
+            write_timeout_ms: defaults.write_timeout_ms,
         }
     }
 }
@@ -581,6 +584,9 @@ impl SwitchConfig {
         }
         if !DRAIN_TIMEOUT_MS.contains(&session.drain_timeout_ms) {
             return Err(invalid("session.drain_timeout_ms".into(), format!("must be {DRAIN_TIMEOUT_MS:?}")));
+        }
+        if !WRITE_TIMEOUT_MS.contains(&session.write_timeout_ms) {
+            return Err(invalid("session.write_timeout_ms".into(), format!("must be {WRITE_TIMEOUT_MS:?}")));
         }
         if session.replay_window_ms != 0 && !REPLAY_WINDOW_MS.contains(&session.replay_window_ms) {
             return Err(invalid(
@@ -1052,6 +1058,7 @@ impl SwitchConfig {
                 idle_timeout_ms: session.idle_timeout_ms,
                 drain_timeout_ms: session.drain_timeout_ms,
                 replay_window_ms: (session.replay_window_ms != 0).then_some(session.replay_window_ms),
+                write_timeout_ms: session.write_timeout_ms,
             },
             connections: file.connections,
             participants,

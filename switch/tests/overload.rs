@@ -175,3 +175,67 @@ async fn sigterm_under_load_answers_what_is_in_flight_then_exits() {
     issuer.abort();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A participant session that stops reading is closed once a write to it has waited a
+/// write timeout (500 ms here), and its participant's other session takes everything
+/// from then on: nothing is routed to a zombie. The switch goes on reading from every
+/// connection meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_stops_reading_is_closed_and_routed_around() {
+    let dir = std::env::temp_dir().join(format!("switch-overload-zombie-{}", std::process::id()));
+    // No breaker here: the zombie's timeouts would open WeChat Pay's, which is not the point.
+    // Small socket send buffers, so that what a silent reader holds fills in a few hundred
+    // requests.
+    let switch = start(
+        &dir,
+        "never",
+        "reply_deadline_ms = 2000\nbreaker_failures = 0\n\n[session]\nwrite_timeout_ms = 500\n\n\
+         [connections]\nsocket_send_buffer_bytes = 8192",
+    );
+    // WeChat Pay's first session signs on and never reads again (a small receive buffer,
+    // so the switch's writes to it stall soon); its second answers everything.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("a small receive buffer");
+    let stream = socket.connect(switch.address).await.expect("connect");
+    let zombie = Client::sign_on_over(stream, id("WECHATPAY"), 1, &demo_key("WECHATPAY")).await.expect("sign on");
+    let healthy =
+        tokio::spawn(loadgen::issuer::run_issuer(connect(switch.address, "WECHATPAY").await, Default::default()));
+    let Client { mut reader, mut writer, .. } = connect(switch.address, "ACQ0001").await;
+    // Payments in two waves: the first, half of which meet the zombie (they time out:
+    // it never answers), then, once it must have been closed, a second that all meet the
+    // healthy session.
+    let mut pay = async |first: u64, count: u64| {
+        let send = async {
+            for n in first..first + count {
+                let mut request = common::payment_code_request();
+                request.details.originator_transaction_id = format!("ZOMBIE-{n}").parse().expect("valid");
+                request.payment_code = format!("13{n:016}").parse().expect("valid");
+                writer.queue(&Message::PaymentCodeRequest(request)).expect("queue");
+                if n % 64 == 63 {
+                    writer.flush().await.expect("send");
+                }
+            }
+            writer.flush().await.expect("send");
+        };
+        let receive = async {
+            let mut codes = std::collections::BTreeMap::<String, u64>::new();
+            for _ in 0..count {
+                let reply = tokio::time::timeout(Duration::from_secs(10), common::next_payment_reply_from(&mut reader))
+                    .await
+                    .expect("every payment is answered");
+                *codes.entry(format!("{:?}", ReplyCode::try_from(reply.code).expect("a code"))).or_default() += 1;
+            }
+            codes
+        };
+        tokio::join!(send, receive).1
+    };
+    let first = pay(0, 4_000).await;
+    assert!(first.contains_key("Timeout"), "some met the zombie: {first:?}");
+    let second = pay(4_000, 1_000).await;
+    assert_eq!(second.get("Approved"), Some(&1_000), "nothing goes to the closed session: {second:?}");
+    let (_, metrics) = common::http(switch.admin, "GET", "/metrics", None).expect("metrics");
+    assert!(metric(&metrics, "switch_sessions_closed_total{reason=\"Backlogged\"}") >= 1, "{metrics}");
+    drop(zombie);
+    healthy.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -37,6 +37,9 @@ pub struct SessionConfig {
     pub idle_timeout_ms: u32,
     /// On shutdown, how long a session may take to answer the switch's sign-off.
     pub drain_timeout_ms: u64,
+    /// How long a write to a participant may wait for it to read, before the session is
+    /// closed (`Backlogged`).
+    pub write_timeout_ms: u64,
     /// A transaction request whose `transaction_time_ms` is further than this from the
     /// switch's clock, either way, is refused `NotAuthorised`: a request captured earlier
     /// cannot be sent again later. (Frame MACs stop anyone but the participant itself from
@@ -52,6 +55,7 @@ impl Default for SessionConfig {
             echo_interval_ms: 30_000,
             idle_timeout_ms: 90_000,
             drain_timeout_ms: 5_000,
+            write_timeout_ms: 5_000,
             replay_window_ms: Some(300_000),
         }
     }
@@ -77,7 +81,8 @@ pub enum CloseReason {
     Shutdown,
     /// Shutdown, and the participant did not answer the sign-off in time.
     DrainDeadline,
-    /// The participant read too slowly: its outbound queue filled up.
+    /// The participant read too slowly: its outbound queue filled up, or a write to it
+    /// waited past the write timeout.
     Backlogged,
     /// It had not signed on, and room was needed for a newer connection (`edge::gate`).
     Evicted,

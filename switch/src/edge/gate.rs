@@ -71,6 +71,10 @@ pub struct ConnectionLimits {
     pub sign_on_backoff_ms: u64,
     /// The longest delay between two attempts from one source.
     pub sign_on_backoff_max_ms: u64,
+    /// The kernel's send buffer for each participant socket, in bytes (`None`: the kernel
+    /// sizes it itself, up to `net.ipv4.tcp_wmem`). What a participant that stops reading
+    /// holds in the kernel before the switch's write waits (and times out).
+    pub socket_send_buffer_bytes: Option<usize>,
 }
 
 impl Default for ConnectionLimits {
@@ -84,6 +88,7 @@ impl Default for ConnectionLimits {
             sign_on_failures_free: 3,
             sign_on_backoff_ms: 10,
             sign_on_backoff_max_ms: 10_000,
+            socket_send_buffer_bytes: None,
         }
     }
 }
@@ -105,6 +110,9 @@ impl ConnectionLimits {
         }
         if !(self.sign_on_backoff_ms..=300_000).contains(&self.sign_on_backoff_max_ms) {
             return Err(("sign_on_backoff_max_ms", "must be sign_on_backoff_ms to 300000".into()));
+        }
+        if self.socket_send_buffer_bytes.is_some_and(|bytes| !(4_096..=64 << 20).contains(&bytes)) {
+            return Err(("socket_send_buffer_bytes", "must be 4096 to 67108864".into()));
         }
         Ok(())
     }

@@ -256,7 +256,17 @@ impl IsoLink<'_> {
                 }
             }
             if !self.wire.is_empty() {
-                writer.write_all(&self.wire).await?;
+                // A participant that does not read what it was sent within the write timeout
+                // is closed, not waited on. (Unlike native links, an ISO 8583 link does not
+                // read while it writes: the timeout is what ends a deadlock.)
+                let timeout = Duration::from_millis(config.write_timeout_ms);
+                match tokio::time::timeout(timeout, writer.write_all(&self.wire)).await {
+                    Ok(written) => written?,
+                    Err(_) => {
+                        guard.reason = Some(CloseReason::Backlogged);
+                        return Ok(());
+                    }
+                }
                 self.wire.clear();
             }
             if let Some(reason) = close {

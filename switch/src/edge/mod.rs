@@ -8,6 +8,7 @@ pub mod shard;
 pub mod tcp;
 pub mod tls;
 pub mod transport;
+pub mod writes;
 
 /// The clocks the core needs, read once per batch: monotonic since `started` for
 /// deadlines, wall clock for message timestamps. The only place the switch reads clocks.

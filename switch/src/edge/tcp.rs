@@ -31,6 +31,7 @@ use crate::edge::commit::Commit;
 use crate::edge::gate::{ConnectionLimits, Gate, Ticket};
 use crate::edge::shard::{Event, Mesh, OUTBOUND_QUEUE, ShardLoop, Touched, run_shard};
 use crate::edge::transport::{Io, Transport};
+use crate::edge::writes::{self, Writes};
 use crate::journal::{self, EXIT_JOURNAL_FAILED, Journal, JournalError, JournalSettings};
 use crate::log_limit::LogLimit;
 use crate::metrics::Metrics;
@@ -559,6 +560,11 @@ pub async fn serve(
             Ok((stream, peer)) => {
                 // Past the connection limits it is closed at once (dropped), counted.
                 let Some(ticket) = shared.gate.admit(peer.ip()) else { continue };
+                if let Some(bytes) = shared.gate.limits().socket_send_buffer_bytes
+                    && let Err(error) = socket2::SockRef::from(&stream).set_send_buffer_size(bytes)
+                {
+                    tracing::debug!(%peer, %error, "the send buffer size was not set");
+                }
                 let stream = match stream.into_std() {
                     Ok(stream) => stream,
                     Err(error) => {
@@ -1006,23 +1012,28 @@ impl Connection {
         let mut to_exchange: Vec<Message> = Vec::with_capacity(64);
         let mut outbound: Option<mpsc::Receiver<Message>> = None;
         let mut touched = Touched::default();
-        // Owned buffers for the transport: the read in flight holds one, writes the other.
+        // Owned buffers for the transport: the read in flight holds one; a write in flight
+        // goes on while the loop reads (`edge::writes`).
         let mut read_buffer = Some(Vec::new());
         let mut reading: Option<PendingRead> = None;
-        let mut write_buffer = Vec::new();
+        let mut writes = Writes::new(Duration::from_millis(shared.session.write_timeout_ms));
 
         encoder.encode(&session.challenge()).expect("the challenge is valid");
-        write_buffer = write_out(&*stream, &mut encoder, write_buffer).await?;
+        writes.start(&stream, &mut encoder);
 
         let mut drain_seen = false;
         loop {
+            // A connection with a full backlog neither reads nor takes its queue until its
+            // peer reads what it was sent (or the write times out).
+            let backlogged = writes::backlogged(&encoder);
             // Start a read if none is in flight: at most what the decoder has room for.
-            let read = reading.get_or_insert_with(|| {
+            if reading.is_none() && !backlogged {
                 let mut buffer = read_buffer.take().unwrap_or_default();
                 buffer.resize(decoder.spare().len().min(READ_MAX), 0);
-                Box::pin(stream.read(buffer))
-            });
-            let deadline = shared.started + Duration::from_millis(session.deadline_ms());
+                reading = Some(Box::pin(stream.read(buffer)));
+            }
+            let session_deadline = shared.started + Duration::from_millis(session.deadline_ms());
+            let wake = writes.deadline().map_or(session_deadline, |write| write.min(session_deadline));
             let mut control = Control::Continue;
             let mut frames = 0u64;
             let read = tokio::select! {
@@ -1040,7 +1051,7 @@ impl Connection {
                     }
                     None
                 }
-                received = next_outbound(&mut outbound, &mut outgoing) => {
+                received = next_outbound(&mut outbound, &mut outgoing), if !backlogged => {
                     if !received {
                         // The shard dropped this session's queue: it could not keep up.
                         control = Control::Close(CloseReason::Backlogged);
@@ -1052,24 +1063,35 @@ impl Connection {
                     control = Control::Close(CloseReason::Evicted);
                     None
                 }
-                // On a timeout the read stays in flight (kept in `reading`), never dropped.
-                read = tokio::time::timeout_at(deadline.into(), read) => Some(read),
+                written = writes.completed(), if writes.in_flight() => {
+                    written?;
+                    None
+                }
+                // A read stays in flight (kept in `reading`) across turns, never dropped.
+                read = async { reading.as_mut().expect("a read is in flight").await }, if reading.is_some() => Some(read),
+                () = tokio::time::sleep_until(wake.into()) => {
+                    if writes.expired(Instant::now()) {
+                        // The peer has not read what it was sent for a whole write timeout.
+                        control = Control::Close(CloseReason::Backlogged);
+                    } else {
+                        control = session.handle_timeout(shared.now(), &mut outgoing);
+                    }
+                    None
+                }
             };
             let read = match read {
-                Some(Ok((result, buffer))) => {
+                Some((result, buffer)) => {
                     reading = None;
                     let result = result.inspect(|&count| decoder.spare()[..count].copy_from_slice(&buffer[..count]));
                     read_buffer = Some(buffer);
-                    Some(Ok(result))
+                    Some(result)
                 }
-                Some(Err(elapsed)) => Some(Err(elapsed)),
                 None => None,
             };
             match read {
                 None => {}
-                Some(Err(_elapsed)) => control = session.handle_timeout(shared.now(), &mut outgoing),
-                Some(Ok(Ok(0))) => return Ok(()),
-                Some(Ok(Ok(count))) => {
+                Some(Ok(0)) => return Ok(()),
+                Some(Ok(count)) => {
                     decoder.commit(count);
                     let mut now = shared.now();
                     while control == Control::Continue {
@@ -1138,7 +1160,7 @@ impl Connection {
                         }
                     }
                 }
-                Some(Ok(Err(error))) => return Err(error),
+                Some(Err(error)) => return Err(error),
             }
             // Signed on: every shard learns of the session before it hands any shard anything.
             if let (None, Some(participant)) = (&*registered, session.participant()) {
@@ -1166,11 +1188,14 @@ impl Connection {
                 shared.metrics.frames_received(frames);
                 shared.metrics.batch_processed(batch_started.elapsed());
             }
-            if !encoder.is_empty() {
-                write_buffer = write_out(&*stream, &mut encoder, write_buffer).await?;
-            }
+            writes.start(&stream, &mut encoder);
             if let Control::Close(reason) = control {
                 guard.reason = Some(reason);
+                // Every reply queued so far leaves before the close, within a write timeout
+                // (not for a peer already too slow to read).
+                if reason != CloseReason::Backlogged {
+                    writes.finish(&stream, &mut encoder).await?;
+                }
                 // Counted by reason (switch_sessions_closed_total); a flood of closes is one line a second.
                 static CLOSING: LogLimit = LogLimit::per_second();
                 if let Some(suppressed) = CLOSING.allow(shared.now().monotonic_ms) {
@@ -1265,20 +1290,6 @@ impl Connection {
 
 /// A read in flight: it owns its buffer until it completes.
 type PendingRead = Pin<Box<dyn Future<Output = (std::io::Result<usize>, Vec<u8>)>>>;
-
-/// Writes what `encoder` holds through `buffer` (the transport owns a write's buffer until
-/// it completes), empties the encoder and hands the buffer back for the next write.
-async fn write_out<T: Transport>(
-    stream: &T,
-    encoder: &mut FrameEncoder,
-    mut buffer: Vec<u8>,
-) -> std::io::Result<Vec<u8>> {
-    buffer.clear();
-    buffer.extend_from_slice(encoder.bytes());
-    encoder.clear();
-    let (result, buffer) = stream.write_all(buffer).await;
-    result.map(|()| buffer)
-}
 
 /// Moves what the shard queued for this connection into `outgoing`, waiting for at least
 /// one message; pending until the session has signed on. `false` when the shard dropped

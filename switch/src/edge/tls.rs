@@ -168,13 +168,16 @@ impl Transport for TlsTransport {
         }
     }
 
-    async fn write_all(&self, buffer: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        let mut writer = self.writer.lock().await;
-        let mut result = writer.write_all(&buffer).await;
-        if result.is_ok() {
-            result = writer.flush().await;
+    fn write_all(self: &Rc<Self>, buffer: Vec<u8>) -> impl Future<Output = (io::Result<()>, Vec<u8>)> + 'static {
+        let stream = Rc::clone(self);
+        async move {
+            let mut writer = stream.writer.lock().await;
+            let mut result = writer.write_all(&buffer).await;
+            if result.is_ok() {
+                result = writer.flush().await;
+            }
+            (result, buffer)
         }
-        (result, buffer)
     }
 
     async fn shutdown(&self) -> io::Result<()> {

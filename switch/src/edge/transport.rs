@@ -48,8 +48,9 @@ pub trait Transport: Sized + 'static {
     /// Reads into `buffer[..]` (its length is the most to read); hands the buffer back with
     /// the count (0: the peer closed).
     fn read(self: &Rc<Self>, buffer: Vec<u8>) -> impl Future<Output = (io::Result<usize>, Vec<u8>)> + 'static;
-    /// Writes all of `buffer`, handing it back.
-    fn write_all(&self, buffer: Vec<u8>) -> impl Future<Output = (io::Result<()>, Vec<u8>)>;
+    /// Writes all of `buffer`, handing it back. The future owns what it needs, so a write
+    /// stays in flight across turns of the connection loop (which reads meanwhile).
+    fn write_all(self: &Rc<Self>, buffer: Vec<u8>) -> impl Future<Output = (io::Result<()>, Vec<u8>)> + 'static;
     /// Ends our direction of the stream (the peer reads end of stream).
     fn shutdown(&self) -> impl Future<Output = io::Result<()>>;
 }
@@ -74,20 +75,23 @@ impl Transport for tokio::net::TcpStream {
         }
     }
 
-    async fn write_all(&self, buffer: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        let mut written = 0;
-        while written < buffer.len() {
-            if let Err(error) = self.writable().await {
-                return (Err(error), buffer);
+    fn write_all(self: &Rc<Self>, buffer: Vec<u8>) -> impl Future<Output = (io::Result<()>, Vec<u8>)> + 'static {
+        let stream = Rc::clone(self);
+        async move {
+            let mut written = 0;
+            while written < buffer.len() {
+                if let Err(error) = stream.writable().await {
+                    return (Err(error), buffer);
+                }
+                match stream.try_write(&buffer[written..]) {
+                    Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buffer),
+                    Ok(count) => written += count,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(error) => return (Err(error), buffer),
+                }
             }
-            match self.try_write(&buffer[written..]) {
-                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buffer),
-                Ok(count) => written += count,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                Err(error) => return (Err(error), buffer),
-            }
+            (Ok(()), buffer)
         }
-        (Ok(()), buffer)
     }
 
     async fn shutdown(&self) -> io::Result<()> {
@@ -111,8 +115,9 @@ impl Transport for tokio_uring::net::TcpStream {
         }
     }
 
-    async fn write_all(&self, buffer: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        tokio_uring::net::TcpStream::write_all(self, buffer).await
+    fn write_all(self: &Rc<Self>, buffer: Vec<u8>) -> impl Future<Output = (io::Result<()>, Vec<u8>)> + 'static {
+        let stream = Rc::clone(self);
+        async move { tokio_uring::net::TcpStream::write_all(&stream, buffer).await }
     }
 
     async fn shutdown(&self) -> io::Result<()> {
