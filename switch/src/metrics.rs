@@ -145,7 +145,8 @@ pub struct Metrics {
     draining: AtomicBool,
     /// Set once the shards are up (tables touched, journal recovered).
     serving: AtomicBool,
-    handoffs_dropped: AtomicU64,
+    /// Admitted events waiting in each shard's inbox, as its loop last saw it.
+    admitted_backlog: std::sync::OnceLock<Box<[AtomicU64]>>,
     /// Indexed by position in `IsoRefusal::ALL`.
     iso8583_refused: [AtomicU64; 3],
     /// Indexed by position in `ConnectionRefusal::ALL`.
@@ -228,9 +229,12 @@ impl Metrics {
         self.journal_bytes_removed.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// An answer dropped at a full shard inbox (its transaction times out and is reversed).
-    pub fn handoff_dropped(&self) {
-        self.handoffs_dropped.fetch_add(1, Ordering::Relaxed);
+    /// Shard `shard` has `events` admitted events waiting (answers, deliveries, ...).
+    pub fn set_admitted_backlog(&self, shard: usize, events: usize) {
+        let shards = self
+            .admitted_backlog
+            .get_or_init(|| (0..crate::core::shard::SHARDS_MAX).map(|_| AtomicU64::new(0)).collect());
+        shards[shard].store(events as u64, Ordering::Relaxed);
     }
 
     /// A connection refused or evicted at the gate (`edge::gate`).
@@ -448,10 +452,15 @@ impl Metrics {
             vec![format!("switch_shard_stalled_seconds_total {}", load(&self.shard_stalled_ms) as f64 / 1e3)],
         );
         section(
-            "switch_handoffs_dropped_total",
-            "counter",
-            "Answers dropped at a full shard inbox; their transactions time out and are reversed.",
-            vec![format!("switch_handoffs_dropped_total {}", load(&self.handoffs_dropped))],
+            "switch_shard_admitted_backlog",
+            "gauge",
+            "Admitted events (answers, deliveries, session events) waiting in the shards' inboxes; never dropped. Past 65,536 in one shard, connections pause reading.",
+            vec![format!(
+                "switch_shard_admitted_backlog {}",
+                self.admitted_backlog
+                    .get()
+                    .map_or(0, |shards| shards.iter().map(|s| s.load(Ordering::Relaxed)).sum::<u64>())
+            )],
         );
         section(
             "switch_iso8583_refused_total",

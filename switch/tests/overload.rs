@@ -239,3 +239,59 @@ async fn a_session_that_stops_reading_is_closed_and_routed_around() {
     healthy.abort();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Shards whose inboxes hold only 64 new requests, under a flood of 20,000 pipelined
+/// payments: the excess is shed `SystemBusy` at admission, and every answer of an
+/// admitted payment reaches its owner: none times out, none is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_never_dropped_when_inboxes_are_full() {
+    use std::sync::Arc;
+    use switch::edge::tcp::{Shared, serve};
+    let config = switch::config::SwitchConfig::embedded_default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let exchange = switch::core::exchange::ExchangeConfig {
+        reply_deadline_ms: 1_000,
+        breaker_failures: 0,
+        ..config.exchange.clone()
+    };
+    let shared = Arc::new(
+        Shared::new(config.session, switch::participant::Directory::new(config.participants))
+            .with_exchange(exchange, switch::core::exchange::Routes::embedded_default())
+            .with_shards(2)
+            .with_request_lane(64),
+    );
+    tokio::spawn(serve(listener, Arc::clone(&shared), std::future::pending()));
+    let issuer = tokio::spawn(loadgen::issuer::run_issuer(connect(address, "WECHATPAY").await, Default::default()));
+    let Client { mut reader, mut writer, .. } = connect(address, "ACQ0001").await;
+    const PAYMENTS: u64 = 20_000;
+    let send = async {
+        for n in 0..PAYMENTS {
+            let mut request = common::payment_code_request();
+            request.details.originator_transaction_id = format!("FLOOD-{n}").parse().expect("valid");
+            request.payment_code = format!("13{n:016}").parse().expect("valid");
+            writer.queue(&Message::PaymentCodeRequest(request)).expect("queue");
+            if n % 256 == 255 {
+                writer.flush().await.expect("send");
+            }
+        }
+        writer.flush().await.expect("send");
+    };
+    let receive = async {
+        let mut codes = std::collections::BTreeMap::<String, u64>::new();
+        for _ in 0..PAYMENTS {
+            let reply = tokio::time::timeout(Duration::from_secs(10), common::next_payment_reply_from(&mut reader))
+                .await
+                .expect("every payment is answered");
+            *codes.entry(format!("{:?}", ReplyCode::try_from(reply.code).expect("a code"))).or_default() += 1;
+        }
+        codes
+    };
+    let codes = tokio::join!(send, receive).1;
+    let approved = codes.get("Approved").copied().unwrap_or(0);
+    assert!(approved > 0, "{codes:?}");
+    assert_eq!(approved + codes.get("SystemBusy").copied().unwrap_or(0), PAYMENTS, "shed or approved: {codes:?}");
+    let metrics = shared.metrics.render();
+    assert!(metrics.contains("switch_shard_admitted_backlog "), "{metrics}");
+    issuer.abort();
+}

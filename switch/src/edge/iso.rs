@@ -172,6 +172,7 @@ impl IsoLink<'_> {
         let mut deadline = tokio::time::Instant::now() + Duration::from_millis(config.sign_on_timeout_ms);
         loop {
             let mut close = None;
+            let crowded = self.connection.mesh.crowded();
             tokio::select! {
                 changed = draining.wait_for(|draining| *draining), if !self.draining => {
                     // New requests are answered SystemBusy from now on; the participant
@@ -194,7 +195,10 @@ impl IsoLink<'_> {
                     }
                 }
                 () = self.ticket.evicted(), if self.participant.is_none() => close = Some(CloseReason::Evicted),
-                read = tokio::time::timeout_at(deadline, reader.read(&mut chunk)) => match read {
+                // While a shard is crowded with admitted work, nothing more is read (a look
+                // every millisecond): what would be read would only wait longer.
+                () = tokio::time::sleep(Duration::from_millis(1)), if crowded => {}
+                read = tokio::time::timeout_at(deadline, reader.read(&mut chunk)), if !crowded => match read {
                     Err(_) => {
                         close = Some(match (self.draining, self.participant) {
                             (true, _) => CloseReason::DrainDeadline,

@@ -26,7 +26,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use codec::{InstitutionId, Message};
-use crossbeam_queue::ArrayQueue;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crossbeam_queue::{ArrayQueue, SegQueue};
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::core::exchange::{Exchange, Outbound, SessionId};
@@ -38,8 +40,18 @@ use crate::metrics::Metrics;
 use crate::participant::Onboarding;
 use crate::status::{PUBLISH_INTERVAL_MS, Status};
 
-/// Events waiting in one shard's inbox, from every shard.
-pub const SHARD_INBOX: usize = 16_384;
+/// New requests waiting in one shard's inbox, from every connection; past it, new
+/// requests are shed `SystemBusy`. About 10 ms of a shard's work at capacity: admitted
+/// requests wait little, whatever is offered.
+pub const SHARD_INBOX: usize = 2_048;
+/// Admitted events waiting for one shard past which connections read nothing more until
+/// it is worked off. Deliveries are bounded by what is in flight; answers by this and one
+/// read per connection (2,730 frames at most).
+pub const ADMITTED_HIGH_WATER: usize = 65_536;
+/// Admitted events waiting for one shard beyond which a producer has run away: asserted.
+/// (The construction bounds them far below: in flight and pending reversals, plus
+/// `ADMITTED_HIGH_WATER`, plus one read of every connection.)
+pub const ADMITTED_LANE_MAX: usize = 16 << 20;
 /// Messages waiting to be written to one connection.
 pub const OUTBOUND_QUEUE: usize = 16_384;
 /// Events handled per batch before timers and delivery.
@@ -115,9 +127,17 @@ pub enum Event {
     Flush { done: Durable },
 }
 
+/// One shard's inbox: two lanes and a wake-up.
 #[derive(Debug)]
 struct Inbox {
-    queue: ArrayQueue<Event>,
+    /// New requests only, bounded: one that finds it full is answered `SystemBusy` by its
+    /// connection at once (shed at admission, before any work is spent on it).
+    requests: ArrayQueue<Event>,
+    /// Everything already admitted, never refused: answers, deliveries, undeliverables,
+    /// session and control events. Bounded by construction, not by refusal (see
+    /// `ADMITTED_HIGH_WATER`).
+    admitted: SegQueue<Event>,
+    admitted_len: AtomicUsize,
     wake: Notify,
 }
 
@@ -133,8 +153,20 @@ pub struct Touched([u64; SHARDS_MAX / 64]);
 
 impl Mesh {
     pub fn new(shards: usize) -> Self {
+        Self::with_request_lane(shards, SHARD_INBOX)
+    }
+
+    /// Shards whose inboxes take `requests` new requests at most (tests make it tiny).
+    pub fn with_request_lane(shards: usize, requests: usize) -> Self {
         assert!((1..=SHARDS_MAX).contains(&shards), "1 to {SHARDS_MAX} shards");
-        let inboxes = (0..shards).map(|_| Inbox { queue: ArrayQueue::new(SHARD_INBOX), wake: Notify::new() }).collect();
+        let inboxes = (0..shards)
+            .map(|_| Inbox {
+                requests: ArrayQueue::new(requests),
+                admitted: SegQueue::new(),
+                admitted_len: AtomicUsize::new(0),
+                wake: Notify::new(),
+            })
+            .collect();
         Self { inboxes }
     }
 
@@ -142,20 +174,58 @@ impl Mesh {
         self.inboxes.len()
     }
 
-    /// Queues `event` for `shard` (woken at the next [`Mesh::wake`]); gives it back when the
-    /// inbox is full.
-    // Giving the event back by value is the point (the caller answers or reroutes it);
-    // boxing it would allocate per message.
+    /// Queues `event` for `shard` (woken at the next [`Mesh::wake`]). A request is given
+    /// back when the shard's request lane is full (the caller sheds it); anything else is
+    /// admitted work and is always queued.
+    // Giving the event back by value is the point (the caller answers it); boxing it
+    // would allocate per message.
     #[allow(clippy::result_large_err)]
     pub fn try_push(&self, shard: usize, event: Event, touched: &mut Touched) -> Result<(), Event> {
-        self.inboxes[shard].queue.push(event)?;
+        if let Event::Request { .. } = event {
+            self.inboxes[shard].requests.push(event)?;
+        } else {
+            self.push_admitted(shard, event);
+        }
         touched.0[shard / 64] |= 1 << (shard % 64);
         Ok(())
     }
 
-    /// The next event in `shard`'s inbox (taken by that shard's loop only).
+    fn push_admitted(&self, shard: usize, event: Event) {
+        let inbox = &self.inboxes[shard];
+        // Relaxed: a count for the bound and for `crowded`, ordered by nothing else.
+        let queued = inbox.admitted_len.fetch_add(1, Ordering::Relaxed) + 1;
+        assert!(queued <= ADMITTED_LANE_MAX, "shard {shard}: {queued} admitted events waiting: a producer runs away");
+        inbox.admitted.push(event);
+    }
+
+    /// The next new request for `shard` (taken by that shard's loop only).
+    pub fn pop_request(&self, shard: usize) -> Option<Event> {
+        self.inboxes[shard].requests.pop()
+    }
+
+    /// The next admitted event for `shard` (taken by that shard's loop only).
+    pub fn pop_admitted(&self, shard: usize) -> Option<Event> {
+        let inbox = &self.inboxes[shard];
+        let event = inbox.admitted.pop()?;
+        inbox.admitted_len.fetch_sub(1, Ordering::Relaxed);
+        Some(event)
+    }
+
+    /// The next event for `shard`, admitted work first.
     pub fn try_pop(&self, shard: usize) -> Option<Event> {
-        self.inboxes[shard].queue.pop()
+        self.pop_admitted(shard).or_else(|| self.pop_request(shard))
+    }
+
+    /// Whether some shard has more admitted work waiting than `ADMITTED_HIGH_WATER`:
+    /// connections then read nothing more until it is worked off (their answers would
+    /// only wait longer), which bounds what answers can queue.
+    pub fn crowded(&self) -> bool {
+        self.inboxes.iter().any(|inbox| inbox.admitted_len.load(Ordering::Relaxed) > ADMITTED_HIGH_WATER)
+    }
+
+    /// Admitted events waiting, over every shard (for the metrics).
+    pub fn admitted_backlog(&self) -> usize {
+        self.inboxes.iter().map(|inbox| inbox.admitted_len.load(Ordering::Relaxed)).sum()
     }
 
     /// Wakes shard `shard`'s loop.
@@ -174,23 +244,13 @@ impl Mesh {
         }
     }
 
-    /// Sends a session event to every shard, waiting for room where an inbox is full:
-    /// session events are never dropped.
+    /// Sends an admitted event (a session's, or a control event) to every shard.
     pub async fn broadcast(&self, mut event: impl FnMut(usize) -> Event) {
         let mut touched = Touched::default();
         for shard in 0..self.shards() {
-            let mut pending = event(shard);
-            loop {
-                match self.try_push(shard, pending, &mut touched) {
-                    Ok(()) => break,
-                    Err(back) => {
-                        pending = back;
-                        self.wake(&mut touched);
-                        self.inboxes[shard].wake.notify_one();
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                }
-            }
+            let event = event(shard);
+            assert!(!matches!(event, Event::Request { .. }), "requests are never broadcast");
+            let _ = self.try_push(shard, event, &mut touched);
         }
         self.wake(&mut touched);
     }
@@ -219,24 +279,136 @@ pub struct ShardLoop {
     pub retention: Option<std::sync::Arc<crate::retention::Retention>>,
 }
 
+/// What a shard loop keeps between turns, and how it handles one event.
+struct Shard {
+    index: usize,
+    exchange: Exchange,
+    mesh: std::sync::Arc<Mesh>,
+    retention: Option<std::sync::Arc<crate::retention::Retention>>,
+    routes: HashMap<SessionId, Route>,
+    /// What this turn's decisions send, held behind their records by group commit.
+    out: Vec<Outbound>,
+    /// What undeliverable messages caused (reversals): out with the next turn.
+    undelivered: Vec<Outbound>,
+    /// Closers of windows and other control events, told when this turn is durable.
+    waiters: Vec<Durable>,
+    /// A drain under way: who to tell, and by when (on the exchange's clock).
+    drain: Option<(Durable, u64)>,
+    touched: Touched,
+}
+
+impl Shard {
+    fn handle(&mut self, now: Now, event: Event) {
+        let exchange = &mut self.exchange;
+        match event {
+            Event::SessionUp { participant, session, home, outbound } => {
+                let route = match outbound {
+                    Some(outbound) => Route::Home { participant, outbound },
+                    None => Route::Remote { home },
+                };
+                self.routes.insert(session, route);
+                exchange.session_up(participant, session, &mut self.out);
+            }
+            Event::SessionDown { participant, session } => {
+                self.routes.remove(&session);
+                exchange.session_down(participant, session);
+            }
+            Event::Request { session, message } => exchange.handle_request(now, session, message, &mut self.out),
+            Event::Answer { participant, message } => {
+                let outcome = exchange.handle_answer(now, participant, message, &mut self.out);
+                tracing::debug!(%participant, ?outcome, "answer");
+            }
+            Event::Deliver { session, message } => {
+                if let Err(message) = deliver_home(&mut self.routes, exchange, session, message, now.monotonic_ms) {
+                    let owner = owner(&message, self.mesh.shards());
+                    if owner == self.index {
+                        exchange.handle_undeliverable(now, message, &mut self.undelivered);
+                    } else {
+                        self.mesh.push_admitted(owner, Event::Undeliverable { message });
+                        self.touched.0[owner / 64] |= 1 << (owner % 64);
+                    }
+                }
+            }
+            Event::Undeliverable { message } => exchange.handle_undeliverable(now, message, &mut self.undelivered),
+            Event::Cut { window, done } => {
+                let low_water = exchange.cut(window, now);
+                if let Some(retention) = &self.retention {
+                    // Used only after every shard's cut is durable (`Shared::close_window`).
+                    retention.checkpoint(self.index, window, low_water);
+                }
+                self.waiters.push(done);
+            }
+            Event::Onboarding { participant, state, previous, done } => {
+                exchange.set_onboarding(participant, state, previous, now);
+                self.waiters.push(done);
+            }
+            Event::Rates { rates, done } => {
+                exchange.set_rates(rates);
+                self.waiters.push(done);
+            }
+            Event::Drain { done } => {
+                exchange.start_draining();
+                self.drain = Some((done, now.monotonic_ms + exchange.drain_deadline_ms()));
+            }
+            Event::Flush { done } => {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Hands what this turn released to its sessions: here, or pushed to their home shard.
+    fn deliver(&mut self, now: Now, released: &mut Vec<Outbound>) {
+        for Outbound { session, message } in released.drain(..) {
+            let undeliverable = match self.routes.get(&session) {
+                Some(Route::Home { .. }) => {
+                    deliver_home(&mut self.routes, &mut self.exchange, session, message, now.monotonic_ms).err()
+                }
+                Some(&Route::Remote { home }) => {
+                    self.mesh.push_admitted(home, Event::Deliver { session, message });
+                    self.touched.0[home / 64] |= 1 << (home % 64);
+                    None
+                }
+                // The session ended between the event and this delivery.
+                None => Some(message),
+            };
+            if let Some(message) = undeliverable {
+                self.exchange.handle_undeliverable(now, message, &mut self.undelivered);
+            }
+        }
+        self.mesh.wake(&mut self.touched);
+    }
+}
+
 /// Runs a shard's loop until `stop` turns true.
+///
+/// A turn: take up to a batch of new requests, then every admitted event waiting
+/// (answers first free in-flight room; and any session event a request depends on was
+/// queued before it, so it is handled first), then the requests; then timers, group
+/// commit and delivery.
 pub async fn run_shard(parts: ShardLoop) {
-    let ShardLoop { index, mut exchange, mut commit, mesh, metrics, status, started, mut stop, retention } = parts;
+    let ShardLoop { index, exchange, mut commit, mesh, metrics, status, started, mut stop, retention } = parts;
+    let mut shard = Shard {
+        index,
+        exchange,
+        mesh: std::sync::Arc::clone(&mesh),
+        retention,
+        routes: HashMap::new(),
+        out: Vec::with_capacity(EVENT_BATCH_MAX),
+        undelivered: Vec::new(),
+        waiters: Vec::new(),
+        drain: None,
+        touched: Touched::default(),
+    };
     let inbox = &mesh.inboxes[index];
-    // Closers of clearing windows cut in this batch, told when the cut is durable.
-    let mut cut_waiters: Vec<Durable> = Vec::new();
-    let mut routes: HashMap<SessionId, Route> = HashMap::new();
-    let mut out: Vec<Outbound> = Vec::with_capacity(EVENT_BATCH_MAX);
-    let mut undelivered: Vec<Outbound> = Vec::new();
-    let mut touched = Touched::default();
+    let mut requests: Vec<Event> = Vec::with_capacity(EVENT_BATCH_MAX);
+    let mut released: Vec<Outbound> = Vec::with_capacity(EVENT_BATCH_MAX);
     // The admin summary: republished after a change, at most every PUBLISH_INTERVAL_MS.
     let (mut changed, mut next_publish_ms) = (false, 0u64);
     let mut clock = StallClock::default();
-    // A drain under way: who to tell, and by when (on the exchange's clock).
-    let mut drain: Option<(Durable, u64)> = None;
     loop {
         let accepting = commit.as_ref().is_none_or(Commit::accepting);
-        if (accepting && !inbox.queue.is_empty()) || !out.is_empty() {
+        let waiting = !inbox.requests.is_empty() || !inbox.admitted.is_empty();
+        if (accepting && waiting) || !shard.out.is_empty() {
             // More is waiting, but this shard's connections must get to write what the last
             // batch gave them (and to read): other shards can keep this inbox full forever.
             tokio::task::yield_now().await;
@@ -247,7 +419,7 @@ pub async fn run_shard(parts: ShardLoop) {
             // Woken by events, by timers, and by the journal thread when a batch is durable.
             let publish = changed.then_some(next_publish_ms);
             let heartbeat = clock.last_ms + HEARTBEAT_MS;
-            let deadline = [exchange.next_deadline_ms(), publish]
+            let deadline = [shard.exchange.next_deadline_ms(), publish]
                 .into_iter()
                 .flatten()
                 .map(|ms| clock.raw_ms(ms))
@@ -273,115 +445,60 @@ pub async fn run_shard(parts: ShardLoop) {
                 );
             }
         }
-        for _ in 0..if accepting { EVENT_BATCH_MAX } else { 0 } {
-            let Some(event) = mesh.try_pop(index) else { break };
-            match event {
-                Event::SessionUp { participant, session, home, outbound } => {
-                    let route = match outbound {
-                        Some(outbound) => Route::Home { participant, outbound },
-                        None => Route::Remote { home },
-                    };
-                    routes.insert(session, route);
-                    exchange.session_up(participant, session, &mut out);
-                }
-                Event::SessionDown { participant, session } => {
-                    routes.remove(&session);
-                    exchange.session_down(participant, session);
-                }
-                Event::Request { session, message } => exchange.handle_request(now, session, message, &mut out),
-                Event::Answer { participant, message } => {
-                    let outcome = exchange.handle_answer(now, participant, message, &mut out);
-                    tracing::debug!(%participant, ?outcome, "answer");
-                }
-                Event::Deliver { session, message } => {
-                    if let Err(message) = deliver_home(&mut routes, &mut exchange, session, message, now.monotonic_ms) {
-                        let owner = owner(&message, mesh.shards());
-                        if owner == index {
-                            exchange.handle_undeliverable(now, message, &mut undelivered);
-                        } else if mesh.try_push(owner, Event::Undeliverable { message }, &mut touched).is_err() {
-                            metrics.handoff_dropped();
-                        }
-                    }
-                }
-                Event::Undeliverable { message } => exchange.handle_undeliverable(now, message, &mut undelivered),
-                Event::Cut { window, done } => {
-                    let low_water = exchange.cut(window, now);
-                    if let Some(retention) = &retention {
-                        // Used only after every shard's cut is durable (`Shared::close_window`).
-                        retention.checkpoint(index, window, low_water);
-                    }
-                    cut_waiters.push(done);
-                }
-                Event::Onboarding { participant, state, previous, done } => {
-                    exchange.set_onboarding(participant, state, previous, now);
-                    cut_waiters.push(done);
-                }
-                Event::Rates { rates, done } => {
-                    exchange.set_rates(rates);
-                    cut_waiters.push(done);
-                }
-                Event::Drain { done } => {
-                    exchange.start_draining();
-                    drain = Some((done, now.monotonic_ms + exchange.drain_deadline_ms()));
-                }
-                Event::Flush { done } => {
-                    let _ = done.send(());
-                }
+        if accepting {
+            // Requests are taken before the admitted lane is read, so every session event
+            // pushed before them is seen first.
+            while requests.len() < EVENT_BATCH_MAX
+                && let Some(request) = mesh.pop_request(index)
+            {
+                requests.push(request);
+            }
+            while let Some(event) = mesh.pop_admitted(index) {
+                shard.handle(now, event);
+            }
+            for request in requests.drain(..) {
+                shard.handle(now, request);
             }
         }
-        exchange.handle_timers(now, &mut out);
-        if let Some((_, deadline_ms)) = &drain
+        shard.exchange.handle_timers(now, &mut shard.out);
+        if let Some((_, deadline_ms)) = &shard.drain
             && now.monotonic_ms >= *deadline_ms
         {
-            exchange.abandon_in_flight(now, &mut out);
+            shard.exchange.abandon_in_flight(now, &mut shard.out);
         }
         // Nothing leaves before the records of what produced it are durable (group commit).
         match commit.as_mut() {
-            Some(commit) => commit.pass(&mut exchange, &mut out, &mut cut_waiters),
+            Some(commit) => {
+                released.append(&mut shard.out);
+                commit.pass(&mut shard.exchange, &mut released, &mut shard.waiters);
+            }
             None => {
                 // Nothing is kept: the decisions' records are dropped.
-                exchange.take_records(&mut Vec::new());
-                for waiter in cut_waiters.drain(..) {
+                shard.exchange.take_records(&mut Vec::new());
+                released.append(&mut shard.out);
+                for waiter in shard.waiters.drain(..) {
                     let _ = waiter.send(());
                 }
             }
         }
-        for Outbound { session, message } in out.drain(..) {
-            let undeliverable = match routes.get(&session) {
-                Some(Route::Home { .. }) => {
-                    deliver_home(&mut routes, &mut exchange, session, message, now.monotonic_ms).err()
-                }
-                Some(&Route::Remote { home }) => {
-                    match mesh.try_push(home, Event::Deliver { session, message }, &mut touched) {
-                        Ok(()) => None,
-                        Err(Event::Deliver { message, .. }) => Some(message),
-                        Err(_) => unreachable!("try_push gives back what it was given"),
-                    }
-                }
-                // The session ended between the event and this delivery.
-                None => Some(message),
-            };
-            if let Some(message) = undeliverable {
-                exchange.handle_undeliverable(now, message, &mut undelivered);
-            }
-        }
-        mesh.wake(&mut touched);
+        shard.deliver(now, &mut released);
         // Drained once nothing is in flight and everything it led to has been handed on
         // (its records durable, its messages queued here or pushed to their home shards).
-        let settled = commit.as_ref().is_none_or(Commit::is_idle) && out.is_empty() && undelivered.is_empty();
-        if exchange.in_flight() == 0
+        let settled = commit.as_ref().is_none_or(Commit::is_idle) && shard.undelivered.is_empty();
+        if shard.exchange.in_flight() == 0
             && settled
-            && let Some((done, _)) = drain.take()
+            && let Some((done, _)) = shard.drain.take()
         {
             let _ = done.send(());
         }
+        metrics.set_admitted_backlog(index, inbox.admitted_len.load(Ordering::Relaxed));
         changed = true;
         if now.monotonic_ms >= next_publish_ms {
-            status.publish(index, exchange.participant_flights(now));
+            status.publish(index, shard.exchange.participant_flights(now));
             (changed, next_publish_ms) = (false, now.monotonic_ms + PUBLISH_INTERVAL_MS);
         }
         // What undeliverable messages caused (reversals) goes out with the next batch.
-        out.append(&mut undelivered);
+        shard.out.append(&mut shard.undelivered);
     }
 }
 

@@ -94,6 +94,8 @@ pub struct Shared {
     pub tls: Option<crate::edge::tls::Tls>,
     /// Connection limits and the sign-on throttle (`edge::gate`).
     pub gate: Arc<crate::edge::gate::Gate>,
+    /// New requests a shard's inbox holds before more are shed `SystemBusy`.
+    pub request_lane: usize,
     /// Every participant's onboarding state and the state it was suspended from, as the
     /// shards hold it (set once recovered; changed only through `change_onboarding`, which
     /// holds the lock while every shard applies and journals the change).
@@ -136,6 +138,7 @@ impl Shared {
             admin: crate::access::AdminAccess::default(),
             tls: None,
             gate,
+            request_lane: crate::edge::shard::SHARD_INBOX,
             fleet: None,
             iso8583: None,
             iso8583_listener: std::sync::Mutex::new(None),
@@ -143,6 +146,13 @@ impl Shared {
             fx_rates_file: None,
             rates: tokio::sync::Mutex::new(Arc::default()),
         }
+    }
+
+    /// Shards hold at most `requests` new requests waiting (tests make it tiny).
+    pub fn with_request_lane(mut self, requests: usize) -> Self {
+        assert!(requests > 0, "a request lane holds at least one request");
+        self.request_lane = requests;
+        self
     }
 
     /// Holds participant connections and sign-ons to `limits` (`edge::gate`).
@@ -416,7 +426,7 @@ pub async fn serve(
     };
     let shards = shared.shards;
     shared.metrics.set_shards(shards);
-    let mesh = Arc::new(Mesh::new(shards));
+    let mesh = Arc::new(Mesh::with_request_lane(shards, shared.request_lane));
     // Room for every code the shards may remember, reserved up front like their tables.
     let used_codes =
         UsedCodes::with_capacity(shared.exchange.in_flight_max.saturating_add(shared.exchange.completed_max));
@@ -1026,14 +1036,20 @@ impl Connection {
             // A connection with a full backlog neither reads nor takes its queue until its
             // peer reads what it was sent (or the write times out).
             let backlogged = writes::backlogged(&encoder);
+            // Nor does it read while a shard is crowded with admitted work: what it would
+            // read would only wait longer (checked again every millisecond).
+            let crowded = self.mesh.crowded();
             // Start a read if none is in flight: at most what the decoder has room for.
-            if reading.is_none() && !backlogged {
+            if reading.is_none() && !backlogged && !crowded {
                 let mut buffer = read_buffer.take().unwrap_or_default();
                 buffer.resize(decoder.spare().len().min(READ_MAX), 0);
                 reading = Some(Box::pin(stream.read(buffer)));
             }
             let session_deadline = shared.started + Duration::from_millis(session.deadline_ms());
-            let wake = writes.deadline().map_or(session_deadline, |write| write.min(session_deadline));
+            let mut wake = writes.deadline().map_or(session_deadline, |write| write.min(session_deadline));
+            if crowded && reading.is_none() {
+                wake = wake.min(Instant::now() + Duration::from_millis(1));
+            }
             let mut control = Control::Continue;
             let mut frames = 0u64;
             let read = tokio::select! {
@@ -1070,7 +1086,9 @@ impl Connection {
                 // A read stays in flight (kept in `reading`) across turns, never dropped.
                 read = async { reading.as_mut().expect("a read is in flight").await }, if reading.is_some() => Some(read),
                 () = tokio::time::sleep_until(wake.into()) => {
-                    if writes.expired(Instant::now()) {
+                    if Instant::now() < session_deadline && !writes.expired(Instant::now()) {
+                        // Only a look at whether the shards are still crowded.
+                    } else if writes.expired(Instant::now()) {
                         // The peer has not read what it was sent for a whole write timeout.
                         control = Control::Close(CloseReason::Backlogged);
                     } else {
@@ -1243,7 +1261,8 @@ impl Connection {
     }
 
     /// Hands a read's requests and answers to the shards that own them, waking each shard
-    /// once. A request whose owner's inbox is full is answered `SystemBusy` here and now.
+    /// once. A request whose owner's request lane is full is answered `SystemBusy` here and
+    /// now; an answer is always taken (admitted work is never dropped).
     pub(crate) fn hand_off(
         &self,
         session: SessionId,
@@ -1261,26 +1280,12 @@ impl Connection {
                 }
                 _ => Event::Request { session, message },
             };
-            match self.mesh.try_push(owner, event, touched) {
-                Ok(()) => {}
-                Err(Event::Request { message, .. }) => {
-                    let now = self.shared.now();
-                    if let Some(busy) =
-                        switch_answer(&message, ReplyCode::SystemBusy, self.shared.session.switch_id, now)
-                    {
-                        outgoing.push(busy);
-                    }
-                }
-                Err(_) => {
-                    static DROPPED: LogLimit = LogLimit::per_second();
-                    if let Some(suppressed) = DROPPED.allow(self.shared.now().monotonic_ms) {
-                        tracing::warn!(
-                            suppressed,
-                            shard = owner,
-                            "shard inbox full: answer dropped (its transaction will time out)"
-                        );
-                    }
-                    self.shared.metrics.handoff_dropped();
+            // Only a new request is ever given back (its owner's request lane is full): it is
+            // shed here and now, before any work is spent on it. Answers are always taken.
+            if let Err(Event::Request { message, .. }) = self.mesh.try_push(owner, event, touched) {
+                let now = self.shared.now();
+                if let Some(busy) = switch_answer(&message, ReplyCode::SystemBusy, self.shared.session.switch_id, now) {
+                    outgoing.push(busy);
                 }
             }
         }
