@@ -51,7 +51,8 @@ run() {
 
 echo "$(git rev-parse --short HEAD), $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ), $seconds s per run"
 start_switch
-out=$(./target/release/loadgen run --target "127.0.0.1:$port" --admin "127.0.0.1:$admin" --profile "$profile" \
+# The closed loop pays with payment codes from one acquirer, as the open loops here do.
+out=$(./target/release/loadgen run --target "127.0.0.1:$port" --admin "127.0.0.1:$admin" \
   --in-flight 512 --duration "${seconds}s")
 stop_switch
 capacity=$(sed -n 's/.*s: \([0-9]*\)\/s$/\1/p' <<<"$out")

@@ -70,8 +70,12 @@ async fn a_stall_of_the_switch_is_not_blamed_on_its_receivers() {
     // Group commits every 300 ms (a batch waits at most 600 ms): what was admitted in the
     // last few hundred ms before the stop is forwarded only after it, when its 1 s reply
     // deadline has passed by the clock.
-    let switch =
-        start(&dir, "interval:300000", "reply_deadline_ms = 1000\nbreaker_failures = 1\nbreaker_open_ms = 60000");
+    // Writes time out after 500 ms here: one in flight at the stop is not the reader's fault.
+    let switch = start(
+        &dir,
+        "interval:300000",
+        "reply_deadline_ms = 1000\nbreaker_failures = 1\nbreaker_open_ms = 60000\n\n[session]\nwrite_timeout_ms = 500",
+    );
     let issuer = tokio::spawn(loadgen::issuer::run_issuer(
         connect(switch.address, "WECHATPAY").await,
         loadgen::responder::Behaviour::default(),
@@ -294,4 +298,72 @@ async fn answers_are_never_dropped_when_inboxes_are_full() {
     let metrics = shared.metrics.render();
     assert!(metrics.contains("switch_shard_admitted_backlog "), "{metrics}");
     issuer.abort();
+}
+
+/// A write in flight when the switch stops is not timed out by the stop: the connection
+/// is judged by time the switch was running (write timeout 1 s here, stopped 2 s), and
+/// every reply arrives once it resumes. Four sessions, each with a write pending at the
+/// stop (small socket buffers, a reader that pauses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_of_the_switch_does_not_time_out_its_writes() {
+    let dir = std::env::temp_dir().join(format!("switch-overload-write-stall-{}", std::process::id()));
+    let switch = start(
+        &dir,
+        "never",
+        "reply_deadline_ms = 5000\n\n[session]\nwrite_timeout_ms = 1000\n\n[connections]\nsocket_send_buffer_bytes = 4096",
+    );
+    let issuer =
+        tokio::spawn(loadgen::issuer::run_issuer(connect(switch.address, "WECHATPAY").await, Default::default()));
+    let mut sessions = Vec::new();
+    for _ in 0..4 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("a small receive buffer");
+        let stream = socket.connect(switch.address).await.expect("connect");
+        sessions.push(Client::sign_on_over(stream, id("ACQ0001"), 1, &demo_key("ACQ0001")).await.expect("sign on"));
+    }
+    const PAYMENTS: u64 = 300;
+    for (s, session) in sessions.iter_mut().enumerate() {
+        for n in 0..PAYMENTS {
+            let mut request = common::payment_code_request();
+            request.details.originator_transaction_id = format!("WSTALL-{s}-{n}").parse().expect("valid");
+            request.payment_code = format!("13{s}{n:015}").parse().expect("valid");
+            session.writer.queue(&Message::PaymentCodeRequest(request)).expect("queue");
+        }
+        session.writer.flush().await.expect("send");
+    }
+    // Nobody reads for 300 ms: the replies fill the small buffers, writes wait. Then the
+    // switch stops for twice its write timeout.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = switch.process.0.id();
+    signal(pid, "STOP");
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    signal(pid, "CONT");
+    // Every session reads again at once (a session not read for a write timeout after the
+    // stop would rightly be closed).
+    let readers = sessions.into_iter().map(|mut session| {
+        tokio::spawn(async move {
+            for _ in 0..PAYMENTS {
+                let next = common::next_payment_reply_from(&mut session.reader);
+                let reply = tokio::time::timeout(Duration::from_secs(10), next)
+                    .await
+                    .expect("every payment is answered on its session");
+                assert_eq!(reply.code, ReplyCode::Approved.value(), "{reply:?}");
+            }
+            session
+        })
+    });
+    let _sessions: Vec<Client> = futures_join(readers).await;
+    let (_, metrics) = common::http(switch.admin, "GET", "/metrics", None).expect("metrics");
+    assert_eq!(metric(&metrics, "switch_sessions_closed_total{reason=\"Backlogged\"}"), 0, "{metrics}");
+    issuer.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Awaits every task, in order; a task's panic fails the test.
+async fn futures_join<T>(tasks: impl IntoIterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut results = Vec::new();
+    for task in tasks.into_iter().collect::<Vec<_>>() {
+        results.push(task.await.expect("a reader"));
+    }
+    results
 }

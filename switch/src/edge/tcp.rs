@@ -1045,8 +1045,9 @@ impl Connection {
                 buffer.resize(decoder.spare().len().min(READ_MAX), 0);
                 reading = Some(Box::pin(stream.read(buffer)));
             }
+            writes.look(Instant::now());
             let session_deadline = shared.started + Duration::from_millis(session.deadline_ms());
-            let mut wake = writes.deadline().map_or(session_deadline, |write| write.min(session_deadline));
+            let mut wake = writes.wake().map_or(session_deadline, |write| write.min(session_deadline));
             if crowded && reading.is_none() {
                 wake = wake.min(Instant::now() + Duration::from_millis(1));
             }
@@ -1086,9 +1087,12 @@ impl Connection {
                 // A read stays in flight (kept in `reading`) across turns, never dropped.
                 read = async { reading.as_mut().expect("a read is in flight").await }, if reading.is_some() => Some(read),
                 () = tokio::time::sleep_until(wake.into()) => {
-                    if Instant::now() < session_deadline && !writes.expired(Instant::now()) {
-                        // Only a look at whether the shards are still crowded.
-                    } else if writes.expired(Instant::now()) {
+                    let now = Instant::now();
+                    // A stall of the switch itself first gives the write its time back.
+                    writes.look(now);
+                    if now < session_deadline && !writes.expired(now) {
+                        // Only a look: at the writes, or whether the shards are still crowded.
+                    } else if writes.expired(now) {
                         // The peer has not read what it was sent for a whole write timeout.
                         control = Control::Close(CloseReason::Backlogged);
                     } else {

@@ -20,6 +20,12 @@ use crate::edge::transport::Transport;
 /// stops reading and taking from its queue: 512 KiB, about 3,600 replies.
 pub const BACKLOG_MAX: usize = 512 * 1024;
 
+/// While a write is in flight the loop looks at least this often, so a stall of the switch
+/// itself (a gap of over `STALL` between two looks) is noticed and not held against the peer.
+pub const LOOK: Duration = Duration::from_millis(100);
+/// A gap this long between two looks is a stall of the switch (a SIGSTOP, a starved host).
+pub const STALL: Duration = Duration::from_secs(1);
+
 /// A write in flight: it owns its buffer until it completes.
 type PendingWrite = Pin<Box<dyn Future<Output = (std::io::Result<()>, Vec<u8>)>>>;
 
@@ -35,22 +41,38 @@ pub struct Writes {
     pending: Option<PendingWrite>,
     /// When the write in flight must have completed.
     deadline: Option<Instant>,
+    /// When the loop last looked at its writes ([`Writes::look`]).
+    looked: Instant,
     timeout: Duration,
 }
 
 impl Writes {
     /// Writes that must each complete within `timeout`.
     pub fn new(timeout: Duration) -> Self {
-        Self { spare: Some(Vec::new()), pending: None, deadline: None, timeout }
+        Self { spare: Some(Vec::new()), pending: None, deadline: None, looked: Instant::now(), timeout }
     }
 
     pub fn in_flight(&self) -> bool {
         self.pending.is_some()
     }
 
-    /// When the write in flight must have completed, if one is.
-    pub fn deadline(&self) -> Option<Instant> {
-        self.deadline
+    /// When the loop must look again (the write's deadline, or the next look for a
+    /// stall), if a write is in flight.
+    pub fn wake(&self) -> Option<Instant> {
+        self.deadline.map(|deadline| deadline.min(self.looked + LOOK))
+    }
+
+    /// Called at every turn of the connection loop: a gap of over `STALL` since the last
+    /// look, with a write in flight, was a stall of the switch itself, and the write gets
+    /// that time back (it is not the peer's).
+    pub fn look(&mut self, now: Instant) {
+        let gap = now.saturating_duration_since(self.looked);
+        self.looked = now;
+        if gap > STALL
+            && let Some(deadline) = &mut self.deadline
+        {
+            *deadline += gap - LOOK;
+        }
     }
 
     /// Whether the write in flight is past its deadline at `now`.
@@ -69,7 +91,9 @@ impl Writes {
         buffer.extend_from_slice(encoder.bytes());
         encoder.clear();
         self.pending = Some(Box::pin(stream.write_all(buffer)));
-        self.deadline = Some(Instant::now() + self.timeout);
+        let now = Instant::now();
+        self.deadline = Some(now + self.timeout);
+        self.looked = now;
     }
 
     /// Resolves when the write in flight has completed (never, if none is).
