@@ -135,7 +135,7 @@ struct IsoLink<'a> {
     certified: Option<Vec<InstitutionId>>,
     /// Set at sign-on.
     participant: Option<InstitutionId>,
-    outbound: Option<mpsc::Receiver<Message>>,
+    outbound: Option<mpsc::UnboundedReceiver<Message>>,
     /// Messages for the participant, in the model (translated on the way out).
     outgoing: Vec<Message>,
     to_exchange: Vec<Message>,

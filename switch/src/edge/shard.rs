@@ -52,8 +52,6 @@ pub const ADMITTED_HIGH_WATER: usize = 65_536;
 /// (The construction bounds them far below: in flight and pending reversals, plus
 /// `ADMITTED_HIGH_WATER`, plus one read of every connection.)
 pub const ADMITTED_LANE_MAX: usize = 16 << 20;
-/// Messages waiting to be written to one connection.
-pub const OUTBOUND_QUEUE: usize = 16_384;
 /// Events handled per batch before timers and delivery.
 const EVENT_BATCH_MAX: usize = 1_024;
 /// A shard loop wakes at least this often, even with nothing to do (so a stall shows).
@@ -99,7 +97,12 @@ impl StallClock {
 #[derive(Debug)]
 pub enum Event {
     /// A session signed on. Sent to every shard; only its home shard gets its queue.
-    SessionUp { participant: InstitutionId, session: SessionId, home: usize, outbound: Option<mpsc::Sender<Message>> },
+    SessionUp {
+        participant: InstitutionId,
+        session: SessionId,
+        home: usize,
+        outbound: Option<mpsc::UnboundedSender<Message>>,
+    },
     /// A session ended. Sent to every shard.
     SessionDown { participant: InstitutionId, session: SessionId },
     /// A request from an originator's session, to the shard that owns it.
@@ -259,7 +262,7 @@ impl Mesh {
 /// Where this shard sends a session's messages.
 #[derive(Debug)]
 enum Route {
-    Home { participant: InstitutionId, outbound: mpsc::Sender<Message> },
+    Home { participant: InstitutionId, outbound: mpsc::UnboundedSender<Message> },
     Remote { home: usize },
 }
 
@@ -319,7 +322,7 @@ impl Shard {
                 tracing::debug!(%participant, ?outcome, "answer");
             }
             Event::Deliver { session, message } => {
-                if let Err(message) = deliver_home(&mut self.routes, exchange, session, message, now.monotonic_ms) {
+                if let Err(message) = deliver_home(&mut self.routes, exchange, session, message) {
                     let owner = owner(&message, self.mesh.shards());
                     if owner == self.index {
                         exchange.handle_undeliverable(now, message, &mut self.undelivered);
@@ -360,9 +363,7 @@ impl Shard {
     fn deliver(&mut self, now: Now, released: &mut Vec<Outbound>) {
         for Outbound { session, message } in released.drain(..) {
             let undeliverable = match self.routes.get(&session) {
-                Some(Route::Home { .. }) => {
-                    deliver_home(&mut self.routes, &mut self.exchange, session, message, now.monotonic_ms).err()
-                }
+                Some(Route::Home { .. }) => deliver_home(&mut self.routes, &mut self.exchange, session, message).err(),
                 Some(&Route::Remote { home }) => {
                     self.mesh.push_admitted(home, Event::Deliver { session, message });
                     self.touched.0[home / 64] |= 1 << (home % 64);
@@ -502,31 +503,29 @@ pub async fn run_shard(parts: ShardLoop) {
     }
 }
 
-/// Queues `message` for a session whose home is this shard. A full queue drops the session
-/// (its connection then closes); the message comes back to be handled as undeliverable.
+/// Queues `message` for a session whose home is this shard. The queue refuses nothing
+/// (what it holds is admitted work, bounded by its participant's in-flight allowance and
+/// pending reversals; a peer that does not read is closed by its write timeout): only a
+/// session whose connection has ended gives the message back, to be handled as
+/// undeliverable.
 #[allow(clippy::result_large_err)] // the caller's own message, given back by value
 fn deliver_home(
     routes: &mut HashMap<SessionId, Route>,
     exchange: &mut Exchange,
     session: SessionId,
     message: Message,
-    now_ms: u64,
 ) -> Result<(), Message> {
     let Some(Route::Home { participant, outbound }) = routes.get(&session) else {
         return Err(message);
     };
-    match outbound.try_send(message) {
+    match outbound.send(message) {
         Ok(()) => Ok(()),
         Err(error) => {
             let participant = *participant;
-            static DROPPING: LogLimit = LogLimit::per_second();
-            if let Some(suppressed) = DROPPING.allow(now_ms) {
-                tracing::warn!(suppressed, %participant, session, "outbound queue full or closed: dropping the session");
-            }
             routes.remove(&session);
             // This shard stops sending at once; the others hear when the connection ends.
             exchange.session_down(participant, session);
-            Err(error.into_inner())
+            Err(error.0)
         }
     }
 }

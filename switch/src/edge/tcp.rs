@@ -29,7 +29,7 @@ use crate::core::session::{CloseReason, Control, Now, Session, SessionConfig};
 use crate::core::shard;
 use crate::edge::commit::Commit;
 use crate::edge::gate::{ConnectionLimits, Gate, Ticket};
-use crate::edge::shard::{Event, Mesh, OUTBOUND_QUEUE, ShardLoop, Touched, run_shard};
+use crate::edge::shard::{Event, Mesh, ShardLoop, Touched, run_shard};
 use crate::edge::transport::{Io, Transport};
 use crate::edge::writes::{self, Writes};
 use crate::journal::{self, EXIT_JOURNAL_FAILED, Journal, JournalError, JournalSettings};
@@ -1020,7 +1020,7 @@ impl Connection {
         let mut send_mac = None;
         let mut outgoing: Vec<Message> = Vec::with_capacity(64);
         let mut to_exchange: Vec<Message> = Vec::with_capacity(64);
-        let mut outbound: Option<mpsc::Receiver<Message>> = None;
+        let mut outbound: Option<mpsc::UnboundedReceiver<Message>> = None;
         let mut touched = Touched::default();
         // Owned buffers for the transport: the read in flight holds one; a write in flight
         // goes on while the loop reads (`edge::writes`).
@@ -1033,8 +1033,11 @@ impl Connection {
 
         let mut drain_seen = false;
         loop {
-            // A connection with a full backlog neither reads nor takes its queue until its
-            // peer reads what it was sent (or the write times out).
+            // A connection with a full backlog reads nothing more (its own new requests would
+            // only add answers) until its peer reads what it was sent, or the write times
+            // out. It still takes its queue: what the shards queue for it is admitted work,
+            // bounded by its participant's in-flight allowance, and is never dropped for a
+            // backlog of its own making.
             let backlogged = writes::backlogged(&encoder);
             // Nor does it read while a shard is crowded with admitted work: what it would
             // read would only wait longer (checked again every millisecond).
@@ -1068,7 +1071,7 @@ impl Connection {
                     }
                     None
                 }
-                received = next_outbound(&mut outbound, &mut outgoing), if !backlogged => {
+                received = next_outbound(&mut outbound, &mut outgoing) => {
                     if !received {
                         // The shard dropped this session's queue: it could not keep up.
                         control = Control::Close(CloseReason::Backlogged);
@@ -1236,9 +1239,9 @@ impl Connection {
         participant: InstitutionId,
         session_id: SessionId,
         peer: SocketAddr,
-    ) -> mpsc::Receiver<Message> {
+    ) -> mpsc::UnboundedReceiver<Message> {
         let shared = &self.shared;
-        let (sender, receiver) = mpsc::channel(OUTBOUND_QUEUE);
+        let (sender, receiver) = mpsc::unbounded_channel();
         shared.status.link_up(Link {
             session: session_id,
             participant,
@@ -1303,7 +1306,10 @@ type PendingRead = Pin<Box<dyn Future<Output = (std::io::Result<usize>, Vec<u8>)
 /// Moves what the shard queued for this connection into `outgoing`, waiting for at least
 /// one message; pending until the session has signed on. `false` when the shard dropped
 /// the queue.
-pub(crate) async fn next_outbound(outbound: &mut Option<mpsc::Receiver<Message>>, outgoing: &mut Vec<Message>) -> bool {
+pub(crate) async fn next_outbound(
+    outbound: &mut Option<mpsc::UnboundedReceiver<Message>>,
+    outgoing: &mut Vec<Message>,
+) -> bool {
     match outbound {
         Some(receiver) => receiver.recv_many(outgoing, OUTBOUND_BATCH_MAX).await > 0,
         None => std::future::pending().await,

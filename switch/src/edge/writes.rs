@@ -5,8 +5,9 @@
 //!
 //! Invariants: one write in flight per connection (the transport's rule); frames leave in
 //! the order they were encoded; a write outstanding past its deadline ends the connection;
-//! once the encoder holds [`BACKLOG_MAX`] bytes the loop stops reading and taking from its
-//! queue ([`backlogged`]), so what a slow reader costs is bounded.
+//! once the encoder holds [`BACKLOG_MAX`] bytes the loop stops reading ([`backlogged`]), so
+//! a connection's own requests cannot grow it further; what its shards queue for it is
+//! admitted work, bounded by its participant's in-flight allowance, and still taken.
 
 use std::pin::Pin;
 use std::rc::Rc;
