@@ -208,31 +208,8 @@ async fn a_session_that_stops_reading_is_closed_and_routed_around() {
     // Payments in two waves: the first, half of which meet the zombie (they time out:
     // it never answers), then, once it must have been closed, a second that all meet the
     // healthy session.
-    let mut pay = async |first: u64, count: u64| {
-        let send = async {
-            for n in first..first + count {
-                let mut request = common::payment_code_request();
-                request.details.originator_transaction_id = format!("ZOMBIE-{n}").parse().expect("valid");
-                request.payment_code = format!("13{n:016}").parse().expect("valid");
-                writer.queue(&Message::PaymentCodeRequest(request)).expect("queue");
-                if n % 64 == 63 {
-                    writer.flush().await.expect("send");
-                }
-            }
-            writer.flush().await.expect("send");
-        };
-        let receive = async {
-            let mut codes = std::collections::BTreeMap::<String, u64>::new();
-            for _ in 0..count {
-                let reply = tokio::time::timeout(Duration::from_secs(10), common::next_payment_reply_from(&mut reader))
-                    .await
-                    .expect("every payment is answered");
-                *codes.entry(format!("{:?}", ReplyCode::try_from(reply.code).expect("a code"))).or_default() += 1;
-            }
-            codes
-        };
-        tokio::join!(send, receive).1
-    };
+    let mut pay =
+        async |first: u64, count: u64| pay_pipelined(&mut reader, &mut writer, "ZOMBIE", first..first + count).await;
     let first = pay(0, 4_000).await;
     assert!(first.contains_key("Timeout"), "some met the zombie: {first:?}");
     let second = pay(4_000, 1_000).await;
@@ -269,29 +246,7 @@ async fn answers_are_never_dropped_when_inboxes_are_full() {
     let issuer = tokio::spawn(loadgen::issuer::run_issuer(connect(address, "WECHATPAY").await, Default::default()));
     let Client { mut reader, mut writer, .. } = connect(address, "ACQ0001").await;
     const PAYMENTS: u64 = 20_000;
-    let send = async {
-        for n in 0..PAYMENTS {
-            let mut request = common::payment_code_request();
-            request.details.originator_transaction_id = format!("FLOOD-{n}").parse().expect("valid");
-            request.payment_code = format!("13{n:016}").parse().expect("valid");
-            writer.queue(&Message::PaymentCodeRequest(request)).expect("queue");
-            if n % 256 == 255 {
-                writer.flush().await.expect("send");
-            }
-        }
-        writer.flush().await.expect("send");
-    };
-    let receive = async {
-        let mut codes = std::collections::BTreeMap::<String, u64>::new();
-        for _ in 0..PAYMENTS {
-            let reply = tokio::time::timeout(Duration::from_secs(10), common::next_payment_reply_from(&mut reader))
-                .await
-                .expect("every payment is answered");
-            *codes.entry(format!("{:?}", ReplyCode::try_from(reply.code).expect("a code"))).or_default() += 1;
-        }
-        codes
-    };
-    let codes = tokio::join!(send, receive).1;
+    let codes = pay_pipelined(&mut reader, &mut writer, "FLOOD", 0..PAYMENTS).await;
     let approved = codes.get("Approved").copied().unwrap_or(0);
     assert!(approved > 0, "{codes:?}");
     assert_eq!(approved + codes.get("SystemBusy").copied().unwrap_or(0), PAYMENTS, "shed or approved: {codes:?}");
@@ -366,4 +321,38 @@ async fn futures_join<T>(tasks: impl IntoIterator<Item = tokio::task::JoinHandle
         results.push(task.await.expect("a reader"));
     }
     results
+}
+
+/// Pays WeChat Pay once per `numbers` (ids `PREFIX-N`, a code per N), sending in batches of
+/// 64 while reading every reply; the replies' codes, counted.
+async fn pay_pipelined(
+    reader: &mut loadgen::client::FrameReader,
+    writer: &mut loadgen::client::FrameWriter,
+    prefix: &str,
+    numbers: std::ops::Range<u64>,
+) -> std::collections::BTreeMap<String, u64> {
+    let count = numbers.end - numbers.start;
+    let send = async {
+        for n in numbers {
+            let mut request = common::payment_code_request();
+            request.details.originator_transaction_id = format!("{prefix}-{n}").parse().expect("valid");
+            request.payment_code = format!("13{n:016}").parse().expect("valid");
+            writer.queue(&Message::PaymentCodeRequest(request)).expect("queue");
+            if n % 64 == 63 {
+                writer.flush().await.expect("send");
+            }
+        }
+        writer.flush().await.expect("send");
+    };
+    let receive = async {
+        let mut codes = std::collections::BTreeMap::<String, u64>::new();
+        for _ in 0..count {
+            let reply = tokio::time::timeout(Duration::from_secs(10), common::next_payment_reply_from(reader))
+                .await
+                .expect("every payment is answered");
+            *codes.entry(format!("{:?}", ReplyCode::try_from(reply.code).expect("a code"))).or_default() += 1;
+        }
+        codes
+    };
+    tokio::join!(send, receive).1
 }
