@@ -44,7 +44,8 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use crate::clearing::{ClearingError, FeeSchedule, ShardEntries, Window};
+use crate::clearing::files::{Builder, Built};
+use crate::clearing::{ClearingError, CloseInputs, ShardEntries};
 use crate::core::record::{CodeKey, Record, RecordError};
 use crate::journal::{self, JournalError, Tail};
 
@@ -260,6 +261,12 @@ enum PublishError {
          damage?): its history and the stream's part here; give this node a new id"
     )]
     Ahead { subject: String, published: u64, durable: u64 },
+    #[error(
+        "subject {subject} holds record {sequence} with other content than this journal's record {sequence}: the \
+         journal lost records and wrote others under the same numbers (a lost or restored segment?); nothing more \
+         is published from it: give this node a new id, or restore the journal"
+    )]
+    Diverged { subject: String, sequence: u64 },
 }
 
 fn nats(error: impl std::fmt::Display) -> PublishError {
@@ -373,7 +380,7 @@ impl Publisher {
         let mut expected = vec![0u64; shards];
         for (shard, tail) in tails.iter_mut().enumerate() {
             let subject = self.settings.subject(self.node, shard);
-            let published = match stream.get_last_raw_message_by_subject(&subject).await {
+            let (published, payload) = match stream.get_last_raw_message_by_subject(&subject).await {
                 Ok(last) => {
                     let found = header(&last.headers, HEADER_INSTANCE).unwrap_or_default();
                     if found != self.instance {
@@ -385,14 +392,20 @@ impl Publisher {
                         });
                     }
                     expected[shard] = last.sequence;
-                    header(&last.headers, HEADER_LAST).and_then(|text| text.parse().ok()).unwrap_or(0)
+                    let published = header(&last.headers, HEADER_LAST).and_then(|text| text.parse().ok()).unwrap_or(0);
+                    (published, last.payload)
                 }
-                Err(error) if error.kind() == stream::LastRawMessageErrorKind::NoMessageFound => 0,
+                Err(error) if error.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
+                    (0, Default::default())
+                }
                 Err(error) => return Err(nats(error)),
             };
             let durable = self.progress.durable(shard);
             if published > durable {
                 return Err(PublishError::Ahead { subject, published, durable });
+            }
+            if published > 0 && !same_as_journal(tail, published, durable, &payload, &subject)? {
+                return Err(PublishError::Diverged { subject, sequence: published });
             }
             tail.seek(published + 1, self.progress.durable(shard))?;
             self.progress.published[shard].store(published, Ordering::Relaxed);
@@ -463,6 +476,45 @@ impl Publisher {
     }
 }
 
+/// Whether the last record of `subject`'s last message (`payload`, ending at record
+/// `published`) is the journal's record of that number, byte for byte as published. A
+/// journal whose record is gone (retention removed its segment) cannot say: taken as the
+/// same.
+fn same_as_journal(
+    tail: &mut Tail,
+    published: u64,
+    durable: u64,
+    payload: &[u8],
+    subject: &str,
+) -> Result<bool, PublishError> {
+    let mut bytes = payload;
+    let mut stored = None;
+    while !bytes.is_empty() {
+        let (_, sequence, size) = Record::decode_published(bytes)
+            .map_err(|problem| PublishError::Nats(format!("{subject}: its last message does not decode: {problem}")))?;
+        stored = Some((sequence, &bytes[..size]));
+        bytes = &bytes[size..];
+    }
+    let Some((sequence, stored)) = stored.filter(|(sequence, _)| *sequence == published) else {
+        return Err(PublishError::Nats(format!("{subject}: its last message does not end at record {published}")));
+    };
+    if tail.seek(sequence, durable).is_err() {
+        tracing::warn!(
+            subject,
+            sequence,
+            "fleet: the last published record is no longer in the journal; its content is not checked"
+        );
+        return Ok(true);
+    }
+    let mut records = Vec::with_capacity(1);
+    tail.read(sequence, 1, &mut records)?;
+    let mut ours = Vec::new();
+    if let Some(record) = records.first() {
+        record.encode_published(sequence, &mut ours);
+    }
+    Ok(ours == stored)
+}
+
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).map(|value| value.as_str())
 }
@@ -490,21 +542,25 @@ pub enum FleetError {
 
 /// One node's shard as read from the stream.
 struct Published<'a> {
-    instance: String,
+    instance: Option<String>,
     shards: usize,
     /// The next journal sequence expected.
     next: u64,
     entries: ShardEntries<'a>,
 }
 
-/// Reads every record in the fleet stream and builds window `window` over `nodes`, with
-/// `fees`. Refuses (see the module's invariants) rather than build an incomplete window.
+/// Reads the fleet stream and builds window `window` over `nodes` into
+/// `OUT/clearing/window-N/`, with `inputs`. Refuses (see the module's invariants) rather
+/// than build an incomplete window. One subject (node and shard) is read at a time, its
+/// entries handed to the window's builder as they come: memory does not grow with the
+/// window.
 pub async fn read_window(
     settings: &FleetSettings,
     window: u64,
     nodes: &[u8],
-    fees: &FeeSchedule,
-) -> Result<Window, FleetError> {
+    inputs: &CloseInputs,
+    out: &std::path::Path,
+) -> Result<Built, FleetError> {
     let failed = |detail: String| FleetError::Nats { url: settings.nats_url.clone(), detail };
     let client = settings
         .connect_options("switch-clearing-close".into())
@@ -513,54 +569,84 @@ pub async fn read_window(
         .await
         .map_err(|error| failed(error.to_string()))?;
     let context = jetstream::new(client);
-    let mut stream = context
+    let stream = context
         .get_stream(&settings.stream)
         .await
         .map_err(|error| failed(format!("stream {}: {error}", settings.stream)))?;
-    let state = stream.info().await.map_err(|error| failed(error.to_string()))?.state.clone();
-    if state.messages == 0 {
-        return Err(FleetError::Empty { stream: settings.stream.clone() });
-    }
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: format!("{}.>", settings.subject_prefix),
-            deliver_policy: consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
+    // Every subject and its message count, as the read begins (nodes may go on publishing).
+    let mut subjects: BTreeMap<(u8, usize), usize> = BTreeMap::new();
+    let mut listed = stream
+        .info_with_subjects(format!("{}.>", settings.subject_prefix))
         .await
         .map_err(|error| failed(error.to_string()))?;
-    let mut messages = consumer.messages().await.map_err(|error| failed(error.to_string()))?;
-    let mut shards: BTreeMap<(u8, usize), Published<'_>> = BTreeMap::new();
-    loop {
-        let next = tokio::time::timeout(READ_IDLE, messages.next()).await;
-        let message = match next {
-            Err(_) => return Err(failed(format!("the stream sent nothing for {} s", READ_IDLE.as_secs()))),
-            Ok(None) => return Err(failed("the stream ended early".into())),
-            Ok(Some(Err(error))) => return Err(failed(error.to_string())),
-            Ok(Some(Ok(message))) => message,
-        };
-        let info = message.info().map_err(|error| failed(error.to_string()))?;
-        let (stream_sequence, pending) = (info.stream_sequence, info.pending);
-        add_message(settings, window, fees, &message, stream_sequence, &mut shards)?;
-        // Everything there was when the read began (nodes may go on publishing meanwhile).
-        if stream_sequence >= state.last_sequence || pending == 0 {
-            break;
-        }
+    while let Some(item) = listed.next().await {
+        let (subject, count) = item.map_err(|error| failed(error.to_string()))?;
+        let key = settings.parse_subject(&subject).ok_or_else(|| FleetError::Message {
+            subject: subject.clone(),
+            stream_sequence: 0,
+            problem: format!("not a {}.NODE.SHARD subject", settings.subject_prefix),
+        })?;
+        subjects.insert(key, count);
     }
-    let mut entries = Vec::new();
-    let found: std::collections::BTreeSet<u8> = shards.keys().map(|&(node, _)| node).collect();
-    if let Some(&node) = found.iter().find(|node| !nodes.contains(node)) {
+    if subjects.is_empty() {
+        return Err(FleetError::Empty { stream: settings.stream.clone() });
+    }
+    if let Some(&(node, _)) = subjects.keys().find(|(node, _)| !nodes.contains(node)) {
         return Err(FleetError::UnexpectedNode { node });
     }
+    let mut builder = Builder::new(&crate::clearing::window_dir(out, window), window, &inputs.fees)?;
     for &node in nodes {
-        let Some(count) = shards.range((node, 0)..=(node, usize::MAX)).next().map(|(_, p)| p.shards) else {
-            return Err(FleetError::MissingNode { node });
-        };
-        for shard in 0..count {
-            let Some(published) = shards.remove(&(node, shard)) else {
-                let problem = format!("published nothing (the node has {count} shards)");
+        if !subjects.contains_key(&(node, 0)) {
+            return Err(match subjects.range((node, 0)..=(node, usize::MAX)).next() {
+                Some(_) => FleetError::Shard { node, shard: 0, problem: "published nothing".into() },
+                None => FleetError::MissingNode { node },
+            });
+        }
+        let mut shards = 1;
+        let mut shard = 0;
+        while shard < shards {
+            let Some(&count) = subjects.get(&(node, shard)) else {
+                let problem = format!("published nothing (the node has {shards} shards)");
                 return Err(FleetError::Shard { node, shard, problem });
             };
+            let mut published = Published {
+                instance: None,
+                shards,
+                next: 1,
+                entries: ShardEntries::new(window, &inputs.fees, inputs.remember),
+            };
+            let subject = settings.subject(node, shard);
+            let consumer = stream
+                .create_consumer(consumer::pull::OrderedConfig {
+                    filter_subject: subject.clone(),
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|error| failed(error.to_string()))?;
+            let mut messages = consumer.messages().await.map_err(|error| failed(error.to_string()))?;
+            let mut read = 0usize;
+            while read < count {
+                let next = tokio::time::timeout(READ_IDLE, messages.next()).await;
+                let message = match next {
+                    Err(_) => {
+                        return Err(failed(format!(
+                            "{subject}: the stream sent nothing for {} s",
+                            READ_IDLE.as_secs()
+                        )));
+                    }
+                    Ok(None) => return Err(failed(format!("{subject}: the stream ended early"))),
+                    Ok(Some(Err(error))) => return Err(failed(error.to_string())),
+                    Ok(Some(Ok(message))) => message,
+                };
+                let info = message.info().map_err(|error| failed(error.to_string()))?;
+                let (stream_sequence, pending) = (info.stream_sequence, info.pending);
+                add_message(settings, &message, stream_sequence, &mut published, &mut builder)?;
+                read += 1;
+                if pending == 0 {
+                    break;
+                }
+            }
             if !published.entries.closed() {
                 let problem = format!(
                     "window {window} is not cut in what it published (up to record {}): cut it on the node, or wait \
@@ -569,20 +655,22 @@ pub async fn read_window(
                 );
                 return Err(FleetError::Shard { node, shard, problem });
             }
-            entries.append(&mut published.entries.into_entries(format!("node {node} shard {shard}").into())?);
+            published.entries.finish(format!("node {node} shard {shard}").into())?;
+            shards = published.shards;
+            shard += 1;
         }
     }
-    Ok(Window::from_entries(window, entries, fees)?)
+    Ok(builder.finish()?)
 }
 
-/// Checks one message against what came before on its subject and adds its records.
-fn add_message<'a>(
+/// Checks one message of a subject against what came before on it and hands its records'
+/// entries to `builder`.
+fn add_message(
     settings: &FleetSettings,
-    window: u64,
-    fees: &'a FeeSchedule,
     message: &async_nats::Message,
     stream_sequence: u64,
-    shards: &mut BTreeMap<(u8, usize), Published<'a>>,
+    published: &mut Published<'_>,
+    builder: &mut Builder,
 ) -> Result<(), FleetError> {
     let subject = message.subject.to_string();
     let bad = |problem: String| FleetError::Message { subject: subject.clone(), stream_sequence, problem };
@@ -595,17 +683,14 @@ fn add_message<'a>(
         .and_then(|text| text.parse().ok())
         .filter(|&count| shard < count)
         .ok_or_else(|| bad(format!("no valid {HEADER_SHARDS}")))?;
-    let published = shards.entry((node, shard)).or_insert_with(|| Published {
-        instance: instance.to_string(),
-        shards: count,
-        next: 1,
-        entries: ShardEntries::new(window, fees),
-    });
-    if published.instance != instance {
-        return Err(bad(format!(
-            "records of data directory {instance} after records of {}: two nodes published as node {node}",
-            published.instance
-        )));
+    match &published.instance {
+        None => published.instance = Some(instance.to_string()),
+        Some(first) if first != instance => {
+            return Err(bad(format!(
+                "records of data directory {instance} after records of {first}: two nodes published as node {node}"
+            )));
+        }
+        Some(_) => {}
     }
     published.shards = count;
     let mut bytes = &message.payload[..];
@@ -613,13 +698,23 @@ fn add_message<'a>(
         let (record, sequence, size) =
             Record::decode_published(bytes).map_err(|problem: RecordError| bad(format!("record: {problem}")))?;
         if sequence != published.next {
-            return Err(bad(format!(
-                "holds record {sequence} where record {} was due: the stream lost records (retention?) or \
-                 holds two histories",
-                published.next
-            )));
+            return Err(bad(if published.next == 1 {
+                format!(
+                    "the subject starts at record {sequence}: its earlier messages were removed from the stream (its \
+                     limits, max_msgs, max_bytes or max_age, or a purge); the node's journal never drops \
+                     unpublished records"
+                )
+            } else {
+                format!(
+                    "holds record {sequence} where record {} was due: the subject holds two histories (a node whose \
+                     journal lost records published again; see its log)",
+                    published.next
+                )
+            }));
         }
-        published.entries.add(sequence, record);
+        if let Some(entry) = published.entries.add(sequence, record) {
+            builder.push(entry)?;
+        }
         published.next += 1;
         bytes = &bytes[size..];
     }

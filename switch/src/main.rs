@@ -145,7 +145,8 @@ enum ClearingCommand {
         #[arg(long)]
         data_dir: Option<std::path::PathBuf>,
         /// With --data-dir or --source nats: the configuration whose fee schedule applies
-        /// (none: no fees); with --source nats, also its [fleet] stream settings.
+        /// (none: the embedded default's); with --source nats, also its [fleet] stream
+        /// settings.
         #[arg(long, conflicts_with = "admin")]
         config: Option<std::path::PathBuf>,
         /// With --data-dir: the journal's payment-code key, if its codes are encrypted.
@@ -171,12 +172,18 @@ enum ClearingCommand {
         #[arg(long, conflicts_with_all = ["admin", "data_dir"], required_if_eq("source", "nats"))]
         out: Option<std::path::PathBuf>,
     },
-    /// Writes a closed window's files again from the journal (byte-identical).
+    /// Writes a closed window's files again from the journal (byte-identical), with the
+    /// inputs (fee schedule) its close recorded.
     Rebuild {
         #[arg(long, default_value = SwitchConfig::DATA_DIR_DEFAULT)]
         data_dir: std::path::PathBuf,
         #[arg(long)]
         window: u64,
+        /// For a window closed before its close recorded its inputs, and without its
+        /// fee_schedule.json: the configuration whose fee schedule applies (none: the
+        /// embedded default's).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
         /// The journal's payment-code key (32 hex digits), if its codes are encrypted.
         #[arg(long)]
         code_key_file: Option<std::path::PathBuf>,
@@ -404,20 +411,18 @@ fn clearing_command(command: ClearingCommand) -> anyhow::Result<()> {
                 _ => anyhow::bail!("--source nats needs --window, --nodes and --out"),
             };
             let nodes = switch::fleet::parse_nodes(&nodes).map_err(|problem| anyhow::anyhow!("--nodes {problem}"))?;
-            let (fees, fleet) = match config {
-                Some(path) => {
-                    let config = SwitchConfig::from_file(&path)?;
-                    (config.fees, config.fleet)
-                }
-                None => (switch::clearing::FeeSchedule::default(), None),
+            let config = match config {
+                Some(path) => SwitchConfig::from_file(&path)?,
+                None => SwitchConfig::embedded_default(),
             };
-            let fleet = with_nats_overrides(fleet, nats, nats_token_file)?
+            let inputs = switch::clearing::CloseInputs::new(config.fees, config.exchange.completed_max);
+            let fleet = with_nats_overrides(config.fleet, nats, nats_token_file)?
                 .context("--source nats needs --nats URL (or --config with a [fleet] table)")?;
             let runtime =
                 tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
-            let built = runtime.block_on(switch::fleet::read_window(&fleet, window, &nodes, &fees))?;
-            let files = built.write(&out, &fees)?;
-            emit!("fleet window {window} (nodes {nodes:?}, stream {}): {} entries", fleet.stream, built.entries.len());
+            let built = runtime.block_on(switch::fleet::read_window(&fleet, window, &nodes, &inputs, &out))?;
+            let files = built.files;
+            emit!("fleet window {window} (nodes {nodes:?}, stream {}): {} entries", fleet.stream, built.entries);
             print(window, &files);
             Ok(())
         }
@@ -430,27 +435,28 @@ fn clearing_command(command: ClearingCommand) -> anyhow::Result<()> {
         }
         ClearingCommand::Close { data_dir, config, code_key_file, .. } => {
             let data_dir = data_dir.context("--admin or --data-dir")?;
-            let (fees, mut key) = match config {
-                Some(path) => {
-                    let config = SwitchConfig::from_file(&path)?;
-                    (config.fees, config.code_key)
-                }
-                None => (switch::clearing::FeeSchedule::default(), None),
+            let config = match config {
+                Some(path) => SwitchConfig::from_file(&path)?,
+                None => SwitchConfig::embedded_default(),
             };
+            let mut key = config.code_key;
             if let Some(path) = code_key_file {
                 key = Some(read_code_key(&path)?);
             }
-            let (window, files) = switch::clearing::close_offline(&data_dir, &fees, key.as_ref())?;
-            print(window, &files);
+            let inputs = switch::clearing::CloseInputs::new(config.fees, config.exchange.completed_max);
+            let built = switch::clearing::close_offline(&data_dir, &inputs, key.as_ref())?;
+            print(built.window, &built.files);
             Ok(())
         }
-        ClearingCommand::Rebuild { data_dir, window, code_key_file } => {
-            // The schedule the window was closed with, so the files come out the same.
-            let fees = switch::clearing::recorded_fees(&data_dir, window)?;
+        ClearingCommand::Rebuild { data_dir, window, config, code_key_file } => {
+            let config = match config {
+                Some(path) => SwitchConfig::from_file(&path)?,
+                None => SwitchConfig::embedded_default(),
+            };
+            let fallback = switch::clearing::CloseInputs::new(config.fees, config.exchange.completed_max);
             let key = code_key_file.map(|path| read_code_key(&path)).transpose()?;
-            let built = switch::clearing::rebuild(&data_dir, window, &fees, key.as_ref())?;
-            let files = built.write(&data_dir, &fees)?;
-            emit!("window {window} rebuilt: {} entries, {} files", built.entries.len(), files.len());
+            let built = switch::clearing::rebuild(&data_dir, window, &fallback, key.as_ref())?;
+            emit!("window {window} rebuilt: {} entries, {} files", built.entries, built.files.len());
             Ok(())
         }
     }

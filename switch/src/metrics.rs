@@ -142,6 +142,8 @@ pub struct Metrics {
     journal_records: AtomicU64,
     journal_segments_removed: AtomicU64,
     journal_bytes_removed: AtomicU64,
+    /// Windows cut whose files an interrupted close has not yet finished.
+    clearing_incomplete: AtomicU64,
     draining: AtomicBool,
     /// Set once the shards are up (tables touched, journal recovered).
     serving: AtomicBool,
@@ -227,6 +229,11 @@ impl Metrics {
     pub fn journal_removed(&self, segments: u64, bytes: u64) {
         self.journal_segments_removed.fetch_add(segments, Ordering::Relaxed);
         self.journal_bytes_removed.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// `windows` cut windows wait for their files (an interrupted close not yet finished).
+    pub fn set_clearing_incomplete(&self, windows: u64) {
+        self.clearing_incomplete.store(windows, Ordering::Relaxed);
     }
 
     /// Shard `shard` has `events` admitted events waiting (answers, deliveries, ...).
@@ -424,6 +431,12 @@ impl Metrics {
             "counter",
             "Bytes of journal segments removed by retention.",
             vec![format!("switch_journal_removed_bytes_total {}", load(&self.journal_bytes_removed))],
+        );
+        section(
+            "switch_clearing_incomplete_windows",
+            "gauge",
+            "Clearing windows cut whose files are not written (an interrupted close not yet finished); while above 0 no later window closes.",
+            vec![format!("switch_clearing_incomplete_windows {}", load(&self.clearing_incomplete))],
         );
         if let Some(seconds) = process_cpu_seconds() {
             section(

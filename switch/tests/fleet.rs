@@ -100,13 +100,16 @@ impl Node {
     }
 }
 
-/// Runs the load generator (in this process) against `target`, recording every reply.
-fn load(target: SocketAddr, seconds: u32, record: &Path) -> std::thread::JoinHandle<i32> {
+/// Runs the load generator (in this process) against `target` with `profile`'s mix,
+/// recording every reply.
+fn load(target: SocketAddr, profile: &str, seconds: u32, record: &Path) -> std::thread::JoinHandle<i32> {
     let args: Vec<String> = vec![
         "loadgen".into(),
         "run".into(),
         "--target".into(),
         target.to_string(),
+        "--profile".into(),
+        profile.into(),
         "--rate".into(),
         "120".into(),
         "--duration".into(),
@@ -181,13 +184,16 @@ fn a_three_node_fleet_clears_exactly_after_a_node_and_nats_fail() {
     let records: Vec<PathBuf> = (0..4).map(|n| dir.join(format!("record-{n}.csv"))).collect();
 
     // A generator per node; node 1 is killed under its load, restarted, and loaded again.
+    // Node 2 carries the visa-free surge's mix: every payment cross-border, converted into
+    // the payer's currency, so the fleet's close clears conversions through the operator.
     let started = Instant::now();
-    let mut loads: Vec<_> = (0..3).map(|n| load(nodes[n].listen, 12, &records[n])).collect();
+    let profiles = ["weekday", "weekday", "visa-free-surge"];
+    let mut loads: Vec<_> = (0..3).map(|n| load(nodes[n].listen, profiles[n], 12, &records[n])).collect();
     std::thread::sleep(Duration::from_secs(4));
     running[1] = None; // SIGKILL
     std::thread::sleep(Duration::from_millis(500));
     running[1] = Some(nodes[1].start());
-    loads.push(load(nodes[1].listen, 5, &records[3]));
+    loads.push(load(nodes[1].listen, "weekday", 5, &records[3]));
     // NATS goes away while the nodes carry traffic; their publication lags, then catches up.
     std::thread::sleep(Duration::from_secs(1));
     drop(nats); // SIGKILL
@@ -262,7 +268,10 @@ fn a_three_node_fleet_clears_exactly_after_a_node_and_nats_fail() {
         serde_json::from_str(&std::fs::read_to_string(fleet_window.join("summary.json")).expect("summary"))
             .expect("json");
     let sums = summary["sum_minor_by_currency"].as_object().expect("sums");
-    assert!(!sums.is_empty() && sums.values().all(|sum| sum.as_i64() == Some(0)), "{summary}");
+    assert!(sums.len() > 1 && sums.values().all(|sum| sum.as_i64() == Some(0)), "several currencies: {summary}");
+    let operator = std::fs::read_to_string(fleet_window.join("CSWITCH.csv")).expect("the operator's file");
+    let exchanges = operator.lines().filter(|row| row.contains(",exchange,")).count();
+    assert!(exchanges > 100, "conversions cleared through the operator: {exchanges}");
 
     // Built again from the stream, the files are byte-identical.
     let again = dir.join("fleet-again");
@@ -313,7 +322,8 @@ async fn a_damaged_or_mixed_stream_is_refused_by_the_close_and_by_the_publisher(
         async_nats::ConnectOptions::with_token(NATS_TOKEN.into()).connect(url.as_str()).await.expect("connect");
     let context = async_nats::jetstream::new(client);
     let cut = |window| Record::WindowCut { window, time_ms: 1 };
-    let fees = switch::clearing::FeeSchedule::default();
+    let inputs = switch::clearing::CloseInputs::new(switch::clearing::FeeSchedule::default(), 1_000);
+    let out = dir.join("out");
     let mut settings = FleetSettings::new(&url);
     settings.token = Some(NatsToken(NATS_TOKEN.into()));
     // One stream per case: the close stops at the first problem.
@@ -331,8 +341,8 @@ async fn a_damaged_or_mixed_stream_is_refused_by_the_close_and_by_the_publisher(
         }
         settings.stream = stream.into();
         settings.subject_prefix = stream.into();
-        match switch::fleet::read_window(&settings, 1, &[0], &fees).await {
-            Ok(window) => panic!("{stream}: built a window of {} entries", window.entries.len()),
+        match switch::fleet::read_window(&settings, 1, &[0], &inputs, &out).await {
+            Ok(window) => panic!("{stream}: built a window of {} entries", window.entries),
             Err(error) => error,
         }
     };
@@ -345,7 +355,12 @@ async fn a_damaged_or_mixed_stream_is_refused_by_the_close_and_by_the_publisher(
         "{lost}"
     );
     let trimmed = refusal("TRIMMED", &[("0.0", "aaaa000000000001", 2, vec![cut(1)])]).await;
-    assert!(trimmed.to_string().contains("holds record 2 where record 1 was due"), "{trimmed}");
+    assert!(
+        trimmed
+            .to_string()
+            .contains("the subject starts at record 2: its earlier messages were removed from the stream"),
+        "{trimmed}"
+    );
     let mixed =
         refusal("MIXED", &[("0.0", "aaaa000000000001", 1, vec![cut(1)]), ("0.0", "bbbb000000000002", 2, vec![cut(2)])])
             .await;

@@ -1,9 +1,11 @@
 //! The edge: sockets and event loops that drive the deterministic core.
 
 pub mod admin;
+pub mod closing;
 pub mod commit;
 pub mod gate;
 pub mod iso;
+pub mod recovery;
 pub mod shard;
 pub mod tcp;
 pub mod tls;

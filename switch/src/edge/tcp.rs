@@ -24,7 +24,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clearing;
 use crate::core::exchange::{Exchange, ExchangeConfig, Routes, SessionId, UsedCodes, switch_answer};
-use crate::core::record::Record;
 use crate::core::session::{CloseReason, Control, Now, Session, SessionConfig};
 use crate::core::shard;
 use crate::edge::commit::Commit;
@@ -32,6 +31,7 @@ use crate::edge::gate::{ConnectionLimits, Gate, Ticket};
 use crate::edge::shard::{Event, Mesh, ShardLoop, Touched, run_shard};
 use crate::edge::transport::{Io, Transport};
 use crate::edge::writes::{self, Writes};
+use crate::edge::{closing, recovery};
 use crate::journal::{self, EXIT_JOURNAL_FAILED, Journal, JournalError, JournalSettings};
 use crate::log_limit::LogLimit;
 use crate::metrics::Metrics;
@@ -74,12 +74,14 @@ pub struct Shared {
     /// The journal (none: decisions are kept in memory only, as in most tests).
     pub journal: Option<JournalSettings>,
     /// The shards' inboxes, once `serve` has started them (for closing windows).
-    mesh: std::sync::OnceLock<Arc<Mesh>>,
+    pub(crate) mesh: std::sync::OnceLock<Arc<Mesh>>,
     /// Journal retention, once `serve` has recovered the shards (with `retain_windows`),
     /// and the fleet publisher's progress it must wait for (when the node publishes).
-    retention: std::sync::OnceLock<(Arc<Retention>, Option<Arc<crate::fleet::Progress>>)>,
+    pub(crate) retention: std::sync::OnceLock<(Arc<Retention>, Option<Arc<crate::fleet::Progress>>)>,
     /// The next clearing window to close (after recovery: one past the last cut).
-    next_window: AtomicU64,
+    pub(crate) next_window: AtomicU64,
+    /// Held by a close, and by the start's finishing of an interrupted one: one at a time.
+    pub(crate) closing: tokio::sync::Mutex<()>,
     /// The daily clearing cut-off (Asia/Shanghai), when there is a journal to cut.
     pub daily_cutoff: Option<jiff::civil::Time>,
     /// Touch the exchanges' reserved tables at start (`Exchange::prefault`); off in tests.
@@ -99,7 +101,7 @@ pub struct Shared {
     /// Every participant's onboarding state and the state it was suspended from, as the
     /// shards hold it (set once recovered; changed only through `change_onboarding`, which
     /// holds the lock while every shard applies and journals the change).
-    onboarding: tokio::sync::Mutex<HashMap<InstitutionId, (Onboarding, Option<Onboarding>)>>,
+    pub(crate) onboarding: tokio::sync::Mutex<HashMap<InstitutionId, (Onboarding, Option<Onboarding>)>>,
     /// Publish the journal's records to a fleet stream (`crate::fleet`); needs a journal.
     pub fleet: Option<crate::fleet::FleetSettings>,
     /// ISO 8583 participants' listener settings (`crate::edge::iso`), and the listener
@@ -131,6 +133,7 @@ impl Shared {
             mesh: std::sync::OnceLock::new(),
             retention: std::sync::OnceLock::new(),
             next_window: AtomicU64::new(1),
+            closing: tokio::sync::Mutex::new(()),
             daily_cutoff: None,
             prefault: false,
             fees: clearing::FeeSchedule::default(),
@@ -331,58 +334,6 @@ impl Shared {
         tracing::info!(previous, version = table.version(), "FX rates reloaded");
         Ok((previous, table.version()))
     }
-
-    /// Closes the open clearing window: every shard journals a cut (in order with its
-    /// decisions), and once every cut is durable the window's files are built from the
-    /// journal and written under the data directory. See `clearing` for the rules.
-    pub async fn close_window(&self) -> Result<(u64, Vec<PathBuf>), String> {
-        let settings = self.journal.as_ref().ok_or("this switch keeps no journal: there is nothing to clear")?;
-        let mesh = self.mesh.get().ok_or("the switch is not serving yet")?;
-        let window = self.next_window.fetch_add(1, Ordering::Relaxed);
-        let (dones, durable): (Vec<_>, Vec<_>) = (0..mesh.shards()).map(|_| oneshot::channel()).unzip();
-        let mut dones = dones.into_iter();
-        mesh.broadcast(|_| Event::Cut { window, done: dones.next().expect("one per shard") }).await;
-        for cut in durable {
-            match tokio::time::timeout(Duration::from_secs(30), cut).await {
-                Ok(Ok(())) => {}
-                _ => return Err(format!("window {window}: a shard did not make its cut durable in 30 s")),
-            }
-        }
-        let data_dir = settings.data_dir.clone();
-        let key = settings.code_key.clone();
-        let fees = self.fees.clone();
-        let retention = self.retention.get().cloned();
-        let metrics = Arc::clone(&self.metrics);
-        tokio::task::spawn_blocking(move || {
-            let built = clearing::rebuild(&data_dir, window, &fees, key.as_ref()).map_err(|e| e.to_string())?;
-            let files = built.write(&data_dir, &fees).map_err(|e| e.to_string())?;
-            tracing::info!(window, entries = built.entries.len(), files = files.len(), "clearing window closed");
-            if let Some((retention, progress)) = retention {
-                // The files are written: only now may what they were built from go. A
-                // failure here costs disk, not the close.
-                let published = progress.map(|progress| progress.published());
-                match retention.apply(&data_dir, window, published.as_deref()) {
-                    Ok(removed) => {
-                        for (shard, removed) in removed.iter().enumerate().filter(|(_, r)| r.segments > 0) {
-                            metrics.journal_removed(removed.segments, removed.bytes);
-                            tracing::info!(
-                                window,
-                                shard,
-                                segments = removed.segments,
-                                bytes = removed.bytes,
-                                first_sequence = removed.first_sequence,
-                                "journal retention removed old segments"
-                            );
-                        }
-                    }
-                    Err(error) => tracing::error!(window, %error, "journal retention failed; segments kept"),
-                }
-            }
-            Ok((window, files))
-        })
-        .await
-        .map_err(|e| e.to_string())?
-    }
 }
 
 /// A connection's receive and send buffers until it signs on: room for a sign-on.
@@ -470,7 +421,7 @@ pub async fn serve(
             .enumerate()
             .map(|(index, exchange)| {
                 scope.spawn(move || {
-                    settings.map(|settings| recover(settings, retention, index, exchange, now)).transpose()
+                    settings.map(|settings| recovery::recover(settings, retention, index, exchange, now)).transpose()
                 })
             })
             .collect();
@@ -479,7 +430,8 @@ pub async fn serve(
             .map(|start| start.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
             .collect::<Result<Vec<_>, _>>()
     })?;
-    converge_onboarding(&shared, &mut exchanges, &mut journals, now)?;
+    recovery::converge_onboarding(&shared, &mut exchanges, &mut journals, now)?;
+    recovery::converge_cuts(&shared, &mut exchanges, &mut journals, retention.as_deref(), now)?;
     // What each shard's journal holds durably, for the fleet publisher and its metrics.
     let progress = Arc::new(crate::fleet::Progress::new(shards));
     for (index, journal) in journals.iter().enumerate() {
@@ -544,8 +496,11 @@ pub async fn serve(
             }
         })
     });
+    if shared.journal.is_some() {
+        tokio::spawn(closing::finish_interrupted_at_start(Arc::clone(&shared)));
+    }
     let cutoffs = match (shared.daily_cutoff, &shared.journal) {
-        (Some(at), Some(_)) => Some(tokio::spawn(daily_cutoffs(Arc::clone(&shared), at))),
+        (Some(at), Some(_)) => Some(tokio::spawn(closing::daily_cutoffs(Arc::clone(&shared), at))),
         _ => None,
     };
     let iso8583 = shared.iso8583_listener.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
@@ -642,109 +597,6 @@ async fn drain_in_flight(shared: &Shared, mesh: &Mesh) {
             if !matches!(tokio::time::timeout(bound, wait).await, Ok(Ok(()))) {
                 tracing::error!("draining: a shard did not finish its share in time; signing off regardless");
             }
-        }
-    }
-}
-
-/// Settles every participant's onboarding state after recovery. A change reaches the shards
-/// one by one, so a crash can leave some without it: the latest change any shard journaled
-/// wins, and the shards without it journal it now. The result is `Shared`'s view.
-fn converge_onboarding(
-    shared: &Shared,
-    exchanges: &mut [Exchange],
-    journals: &mut [Option<Journal>],
-    now: Now,
-) -> Result<(), JournalError> {
-    let mut states = HashMap::new();
-    for participant in shared.directory.iter().map(|p| p.id) {
-        let views: Vec<_> = exchanges.iter().map(|exchange| exchange.onboarding(participant)).collect();
-        let latest = views.iter().copied().max_by_key(|&(_, _, changed_ms)| changed_ms).unwrap_or_default();
-        let (state, suspended_from, _) = latest;
-        for (exchange, view) in exchanges.iter_mut().zip(&views) {
-            if (view.0, view.1) != (state, suspended_from) {
-                tracing::warn!(%participant, state = state.name(), "onboarding change completed on a shard that missed it");
-                exchange.set_onboarding(participant, state, suspended_from.unwrap_or(state), now);
-            }
-        }
-        states.insert(participant, (state, suspended_from));
-    }
-    for (index, (exchange, journal)) in exchanges.iter_mut().zip(journals.iter_mut()).enumerate() {
-        let mut records = Vec::new();
-        exchange.take_records(&mut records);
-        if let (Some(journal), false) = (journal.as_mut(), records.is_empty()) {
-            let dir = shared.journal.as_ref().map(|s| journal::shard_dir(&s.data_dir, index)).unwrap_or_default();
-            journal.commit(&records, true).map_err(|source| JournalError::Io { path: dir, source })?;
-        }
-    }
-    if let Ok(mut view) = shared.onboarding.try_lock() {
-        *view = states;
-    }
-    Ok(())
-}
-
-/// Opens shard `index`'s journal and rebuilds `exchange` from it. What was in flight when
-/// the switch stopped is timed out and reversed, and those decisions are made durable
-/// before the shard starts.
-fn recover(
-    settings: &JournalSettings,
-    retention: Option<&Retention>,
-    index: usize,
-    exchange: &mut Exchange,
-    now: Now,
-) -> Result<Journal, JournalError> {
-    let dir = journal::shard_dir(&settings.data_dir, index);
-    let (mut journal, recovery) =
-        Journal::open(&dir, settings.policy, settings.damage, settings.code_key.clone(), |sequence, record| {
-            if let (Some(retention), Record::Checkpoint { window, low_water, .. }) = (retention, &record) {
-                retention.checkpoint(index, *window, *low_water);
-            }
-            exchange.replay(sequence, &record);
-        })?;
-    // The journal numbers what the exchange decides from here on.
-    exchange.set_journal_next(journal.last_sequence() + 1);
-    journal.set_segment_size(settings.segment_size);
-    if settings.io_uring {
-        journal.use_io_uring();
-    }
-    if let Some((path, offset, bytes)) = &recovery.torn_tail {
-        tracing::warn!(segment = %path.display(), offset, bytes, "journal: torn tail cut off (a write the crash interrupted)");
-    }
-    if let Some((path, offset, problem)) = &recovery.accepted_damage {
-        tracing::error!(segment = %path.display(), offset, %problem, "journal: DAMAGED records dropped at the operator's request");
-    }
-    let mut out = Vec::new();
-    exchange.abandon_in_flight(now, &mut out);
-    let mut records = Vec::new();
-    exchange.take_records(&mut records);
-    let io = |source| JournalError::Io { path: dir.clone(), source };
-    journal.commit(&records, true).map_err(io)?;
-    tracing::info!(
-        shard = index,
-        records = recovery.records,
-        first_sequence = recovery.first_sequence,
-        timed_out = records.iter().filter(|r| matches!(r, Record::TimedOut { .. })).count(),
-        "journal recovered"
-    );
-    Ok(journal)
-}
-
-/// Closes a clearing window at every daily cut-off, for as long as the switch serves.
-async fn daily_cutoffs(shared: Arc<Shared>, at: jiff::civil::Time) {
-    loop {
-        let now = jiff::Timestamp::now();
-        let next = match clearing::next_cutoff(now, at) {
-            Ok(next) => next,
-            Err(error) => {
-                tracing::error!(%error, "cannot compute the next cut-off; daily windows stop");
-                return;
-            }
-        };
-        tracing::info!(cutoff = %next, "next daily clearing cut-off");
-        let wait = std::time::Duration::try_from(next.duration_since(now)).unwrap_or_default();
-        tokio::time::sleep(wait).await;
-        match shared.close_window().await {
-            Ok((window, files)) => tracing::info!(window, files = files.len(), "daily cut-off: window closed"),
-            Err(problem) => tracing::error!(%problem, "daily cut-off failed"),
         }
     }
 }
@@ -1343,7 +1195,7 @@ mod tests {
             exchange.take_records(&mut Vec::new());
         }
         let mut journals: Vec<Option<Journal>> = (0..3).map(|_| None).collect();
-        converge_onboarding(&shared, &mut exchanges, &mut journals, at(40)).expect("converges");
+        crate::edge::recovery::converge_onboarding(&shared, &mut exchanges, &mut journals, at(40)).expect("converges");
         for exchange in &exchanges {
             assert_eq!(exchange.onboarding(wechat).0, Onboarding::Suspended);
             assert_eq!(exchange.onboarding(alipay).0, Onboarding::Live);
