@@ -38,6 +38,9 @@ pub struct SwitchConfig {
     /// Journal retention: closed windows kept rebuildable (`[journal] retain_windows`; 0:
     /// every segment is kept, as by default).
     pub retain_windows: u64,
+    /// Records between a shard's restart points (`[journal] restart_point_records`): a
+    /// restart replays from the latest one.
+    pub restart_every: u64,
     /// Encrypts payment codes in the journal (`None`: kept in clear; protect the directory).
     pub code_key: Option<crate::core::record::CodeKey>,
     /// The daily clearing cut-off, Asia/Shanghai wall-clock time; `None`: on demand only.
@@ -131,6 +134,7 @@ impl SwitchConfig {
             fsync: SyncPolicy::Always,
             segment_size: crate::journal::SEGMENT_SIZE_MAX,
             retain_windows: 0,
+            restart_every: crate::journal::RESTART_EVERY_DEFAULT,
             code_key: None,
             daily_cutoff: Some(Self::DAILY_CUTOFF_DEFAULT),
             fees: crate::clearing::FeeSchedule {
@@ -404,6 +408,8 @@ struct FileJournal {
     /// Closed windows kept rebuildable; older segments are removed after each close
     /// (0: keep every segment).
     retain_windows: u64,
+    /// Records a shard writes between restart points (10,000 to 100,000,000).
+    restart_point_records: u64,
     /// A file holding the 16-byte key (32 hex digits) that encrypts payment codes in the
     /// journal; relative to the configuration file's directory unless absolute.
     code_key_file: Option<PathBuf>,
@@ -416,6 +422,7 @@ impl Default for FileJournal {
             fsync: "always".into(),
             segment_mib: crate::journal::SEGMENT_SIZE_MAX >> 20,
             retain_windows: 0,
+            restart_point_records: crate::journal::RESTART_EVERY_DEFAULT,
             code_key_file: None,
         }
     }
@@ -742,6 +749,9 @@ impl SwitchConfig {
                 "must be 0 (keep every segment) to 100000 windows".into(),
             ));
         }
+        if !(10_000..=100_000_000).contains(&file.journal.restart_point_records) {
+            return Err(invalid("journal.restart_point_records".into(), "must be 10000..=100000000".into()));
+        }
         let code_key = match &file.journal.code_key_file {
             None => None,
             Some(key_file) => {
@@ -1048,6 +1058,7 @@ impl SwitchConfig {
             fsync,
             segment_size: file.journal.segment_mib << 20,
             retain_windows: file.journal.retain_windows,
+            restart_every: file.journal.restart_point_records,
             code_key,
             daily_cutoff,
             fees,

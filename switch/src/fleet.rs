@@ -267,6 +267,12 @@ enum PublishError {
          is published from it: give this node a new id, or restore the journal"
     )]
     Diverged { subject: String, sequence: u64 },
+    #[error(
+        "subject {subject} holds records up to {published}, but this journal was cut at record {rewound} (an \
+         accepted loss, --accept-journal-damage) and numbers another history from there; nothing more is \
+         published from it: give this node a new id (a new subject) and clear the stream's old records"
+    )]
+    Rewound { subject: String, published: u64, rewound: u64 },
 }
 
 fn nats(error: impl std::fmt::Display) -> PublishError {
@@ -403,6 +409,12 @@ impl Publisher {
             let durable = self.progress.durable(shard);
             if published > durable {
                 return Err(PublishError::Ahead { subject, published, durable });
+            }
+            let dir = journal::shard_dir(&self.data_dir, shard);
+            if let Some(rewound) = journal::rewound(&dir)?
+                && published >= rewound
+            {
+                return Err(PublishError::Rewound { subject, published, rewound });
             }
             if published > 0 && !same_as_journal(tail, published, durable, &payload, &subject)? {
                 return Err(PublishError::Diverged { subject, sequence: published });

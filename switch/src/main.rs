@@ -230,8 +230,18 @@ fn emit(line: std::fmt::Arguments<'_>) {
 fn main() {
     if let Err(error) = main_inner() {
         eprintln!("switch: error: {error:#}");
-        std::process::exit(1);
+        std::process::exit(exit_code(&error));
     }
+}
+
+/// 3 (`EXIT_JOURNAL_FAILED`) when an operator must see to the journal or its disk before
+/// the switch can run (its systemd unit does not restart it then); 1 otherwise.
+fn exit_code(error: &anyhow::Error) -> i32 {
+    let operator = error.chain().any(|cause| {
+        cause.downcast_ref::<switch::journal::JournalError>().is_some_and(|error| error.needs_operator())
+            || cause.downcast_ref::<std::io::Error>().is_some_and(switch::journal::storage_failed)
+    });
+    if operator { switch::journal::EXIT_JOURNAL_FAILED } else { 1 }
 }
 
 fn inspect(command: Inspect) -> anyhow::Result<()> {
@@ -604,6 +614,7 @@ fn run(config: SwitchConfig, io: Io, damage: Damage) -> anyhow::Result<()> {
                     policy: config.fsync,
                     segment_size: config.segment_size,
                     retain_windows: config.retain_windows,
+                    restart_every: config.restart_every,
                     damage,
                     io_uring: io == Io::Uring,
                     code_key: config.code_key.clone(),

@@ -179,6 +179,7 @@ async fn start_with_journal(
                 policy: switch::journal::SyncPolicy::Always,
                 segment_size: switch::journal::SEGMENT_SIZE_MAX,
                 retain_windows: 0,
+                restart_every: switch::journal::RESTART_EVERY_DEFAULT,
                 damage: switch::journal::Damage::Refuse,
                 io_uring: false,
                 code_key: None,

@@ -62,6 +62,10 @@ struct Node {
 
 impl Node {
     fn start(&self) -> Process {
+        self.start_with(&[])
+    }
+
+    fn start_with(&self, extra: &[&str]) -> Process {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -74,6 +78,7 @@ impl Node {
             .arg(&self.data_dir)
             .args(["--nats", &self.nats, "--nats-token-file"])
             .arg(&self.token_file)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -411,5 +416,71 @@ async fn a_damaged_or_mixed_stream_is_refused_by_the_close_and_by_the_publisher(
         .await
         .expect("last");
     assert_eq!(last.headers.get("Switch-Instance").map(|v| v.as_str()), Some("cccc000000000003"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A node whose journal lost records it had published (an older copy of its segment put
+/// back, the loss accepted with --accept-journal-damage) numbers a new history from there:
+/// its publisher never publishes it over the old one, however far the journal grows, and
+/// says why.
+#[test]
+fn a_node_whose_journal_lost_published_records_publishes_nothing_over_them() {
+    let dir = std::env::temp_dir().join(format!("switch-fleet-rewound-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let nats_port = free_port();
+    let _nats = nats_server(&dir.join("jetstream"), nats_port, &dir.join("nats.log"));
+    let token_file = dir.join("nats.token");
+    std::fs::write(&token_file, NATS_TOKEN).expect("token");
+    let node = Node {
+        id: 0,
+        shards: 1,
+        listen: format!("127.0.0.1:{}", free_port()).parse().expect("address"),
+        admin: format!("127.0.0.1:{}", free_port()).parse().expect("address"),
+        data_dir: dir.join("node-0"),
+        nats: format!("nats://127.0.0.1:{nats_port}"),
+        token_file,
+    };
+    let published = |node: &Node| node.metric("switch_fleet_lag_records") == Some(0.0);
+    let process = node.start();
+    node.close_window(); // records 1 and 2: window 1's cut and checkpoint
+    wait_until("window 1 published", Duration::from_secs(30), || published(&node));
+    let segment = node.data_dir.join("journal/shard-0/00000000000000000001.journal");
+    let older = std::fs::read(&segment).expect("segment");
+    node.close_window();
+    node.close_window(); // records 3 to 6
+    wait_until("windows 2 and 3 published", Duration::from_secs(30), || published(&node));
+    std::thread::sleep(Duration::from_millis(1_500)); // the head catches up
+    drop(process);
+    std::fs::write(&segment, &older).expect("roll back");
+
+    let mut node = node;
+    let refused = {
+        let log = node.data_dir.with_extension("log");
+        let _ = std::fs::remove_file(&log);
+        // Refused without the operator's word; with it, the node goes on from record 2.
+        let output = Command::new(env!("CARGO_BIN_EXE_switch"))
+            .args(["run", "--node", "0", "--shards", "1", "--listen", &node.listen.to_string()])
+            .args(["--admin-listen", &node.admin.to_string(), "--data-dir"])
+            .arg(&node.data_dir)
+            .output()
+            .expect("runs");
+        assert_eq!(output.status.code(), Some(3), "{}", String::from_utf8_lossy(&output.stderr));
+        node.listen = format!("127.0.0.1:{}", free_port()).parse().expect("address");
+        String::from_utf8_lossy(&output.stderr).to_string()
+    };
+    assert!(refused.contains("older copy of a segment was put back"), "{refused}");
+    let process = node.start_with(&["--accept-journal-damage"]);
+    for _ in 0..4 {
+        node.close_window(); // records 3 to 10 of another history
+    }
+    wait_until("the publisher refused", Duration::from_secs(30), || {
+        node.metric("switch_fleet_publish_failures_total").is_some_and(|failures| failures >= 1.0)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(node.metric("switch_fleet_lag_records"), Some(10.0), "nothing of the new history is published");
+    drop(process);
+    let log = std::fs::read_to_string(node.data_dir.with_extension("log")).unwrap_or_default();
+    assert!(log.contains("this journal was cut at record 3"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }

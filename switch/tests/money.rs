@@ -41,6 +41,7 @@ async fn start(data_dir: &std::path::Path) -> (SocketAddr, Arc<Shared>) {
                 policy: switch::journal::SyncPolicy::Never,
                 segment_size: switch::journal::SEGMENT_SIZE_MAX,
                 retain_windows: 0,
+                restart_every: switch::journal::RESTART_EVERY_DEFAULT,
                 damage: switch::journal::Damage::Refuse,
                 io_uring: false,
                 code_key: None,

@@ -25,7 +25,7 @@ fn config(dir: &Path, port: u16, admin_port: u16) -> std::path::PathBuf {
     let mut text = format!(
         "[switch]\nid = \"CSWITCH\"\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
          plaintext = true\n\n\
-         [journal]\ndata_dir = \"data\"\nsegment_mib = 1\nretain_windows = 1\n\n\
+         [journal]\ndata_dir = \"data\"\nsegment_mib = 1\nretain_windows = 1\nrestart_point_records = 10000\n\n\
          [exchange]\ncompleted_max = 2000\n\n\
          [[issuer_prefix]]\nprefix = \"13\"\nlength_min = 18\nlength_max = 18\nissuer = \"WECHATPAY\"\n\n\
          [[issuer_prefix]]\nprefix = \"28\"\nlength_min = 18\nlength_max = 18\nissuer = \"UNIONPAY\"\n\n"
@@ -158,6 +158,18 @@ async fn retention_removes_what_nothing_needs_and_a_restart_keeps_every_promise(
 
     let switch = common::start_switch(&config, &dir);
     ready(admin).await;
+    // Each shard replayed from its latest restart point, not from what retention kept.
+    let log = std::fs::read_to_string(dir.join("switch.log")).expect("log");
+    let recovered: Vec<&str> = log.lines().filter(|line| line.contains("journal recovered")).collect();
+    assert_eq!(recovered.len(), 2, "{log}");
+    for line in recovered {
+        let field = |name: &str| -> u64 {
+            let at = line.find(&format!("{name}=")).unwrap_or_else(|| panic!("{name} in {line}")) + name.len() + 1;
+            line[at..].split(|c: char| !c.is_ascii_digit()).next().and_then(|n| n.parse().ok()).expect("a number")
+        };
+        assert!(field("replayed_from") > field("first_sequence") + 10_000, "bounded replay: {line}");
+        assert!(field("records") < 30_000, "{line}");
+    }
     let (_, participants) = http(admin, "GET", "/participants", Some(&token())).expect("admin answers");
     let participants: serde_json::Value = serde_json::from_str(&participants).expect("JSON");
     let list = participants.as_array().or_else(|| participants["participants"].as_array()).expect("a list");

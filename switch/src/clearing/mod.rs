@@ -367,7 +367,7 @@ impl<'a> ShardEntries<'a> {
                     return Some(self.entry(original, &known, time_ms, true));
                 }
             }
-            Record::ReversalAcknowledged { .. } | Record::Onboarding { .. } => {}
+            Record::ReversalAcknowledged { .. } | Record::Onboarding { .. } | Record::Restart { .. } => {}
         }
         None
     }

@@ -1463,7 +1463,8 @@ impl Exchange {
             Record::Onboarding { participant, state, previous, time_ms } => {
                 self.apply_onboarding(participant, state, previous, time_ms);
             }
-            Record::Checkpoint { window, reference_sequence, .. } => {
+            Record::Checkpoint { window, reference_sequence, .. }
+            | Record::Restart { window, reference_sequence, .. } => {
                 // What came before may be gone: the references drawn then are not reused.
                 self.window = self.window.max(window);
                 self.sequence = self.sequence.max(reference_sequence);
@@ -1483,18 +1484,35 @@ impl Exchange {
     }
 
     /// Closes clearing window `window` in this shard's journal (a record, in order with
-    /// the decisions around it), followed by its checkpoint: the oldest record still needed
-    /// (returned) and the last reference drawn. Every onboarding change in force is
-    /// journaled again after it, so a journal kept from the checkpoint's `low_water` on
-    /// still holds each participant's state.
-    ///
-    /// Finding the oldest transaction is one pass over the transaction table, once per cut.
+    /// the decisions around it), followed by its checkpoint (`checkpoint`). Returns the
+    /// checkpoint's low water.
     pub fn cut(&mut self, window: u64, now: Now) -> u64 {
         self.window = self.window.max(window);
         self.journal(Record::WindowCut { window, time_ms: now.unix_ms });
+        self.checkpoint(true)
+    }
+
+    /// Journals a restart point (`Record::Restart`): a restart replays from its low water
+    /// (returned), not from the journal's start.
+    pub fn restart_point(&mut self) -> u64 {
+        self.checkpoint(false)
+    }
+
+    /// A checkpoint (after a cut) or a restart point: the oldest record still needed (the
+    /// `Admitted` of the oldest transaction held) and the last reference drawn. Every
+    /// onboarding change in force is journaled again after it, so a journal kept (or
+    /// replayed) from its `low_water` on still holds each participant's state.
+    ///
+    /// Finding the oldest transaction is one pass over the transaction table.
+    fn checkpoint(&mut self, cut: bool) -> u64 {
         let sequence = self.journal_next;
         let low_water = self.transactions.values().map(|t| t.needs_from).min().unwrap_or(sequence).min(sequence);
-        self.journal(Record::Checkpoint { window, sequence, low_water, reference_sequence: self.sequence });
+        let (window, reference_sequence) = (self.window, self.sequence);
+        self.journal(if cut {
+            Record::Checkpoint { window, sequence, low_water, reference_sequence }
+        } else {
+            Record::Restart { window, sequence, low_water, reference_sequence }
+        });
         let mut changed: Vec<_> = self
             .config
             .policies

@@ -133,6 +133,12 @@ pub enum Record {
     /// drawn. What retention may remove, and what a replay from `low_water` on must restore
     /// (`crate::journal::remove_before`).
     Checkpoint { window: u64, sequence: u64, low_water: u64, reference_sequence: u64 },
+    /// A restart point, written every so many records between cuts: what a `Checkpoint`
+    /// says for a restart (the oldest record the exchange still needed, the last reference
+    /// drawn, the last window cut), followed like a checkpoint by the onboarding changes in
+    /// force. A restart replays from the latest one's `low_water` (`journal::head`), not
+    /// from the journal's start. Clearing and retention do not use it: it is no cut.
+    Restart { window: u64, sequence: u64, low_water: u64, reference_sequence: u64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -165,6 +171,7 @@ impl Record {
             Self::Onboarding { .. } => 7,
             Self::Converted { .. } => 8,
             Self::Checkpoint { .. } => 9,
+            Self::Restart { .. } => 10,
         }
     }
 
@@ -264,7 +271,8 @@ impl Record {
                 out.extend_from_slice(&conversion.payer_currency.to_le_bytes());
                 out.extend_from_slice(&conversion.margin_basis_points.to_le_bytes());
             }
-            Self::Checkpoint { window, sequence, low_water, reference_sequence } => {
+            Self::Checkpoint { window, sequence, low_water, reference_sequence }
+            | Self::Restart { window, sequence, low_water, reference_sequence } => {
                 for value in [window, sequence, low_water, reference_sequence] {
                     out.extend_from_slice(&value.to_le_bytes());
                 }
@@ -306,7 +314,7 @@ impl Record {
             6 => WINDOW_CUT_BODY,
             7 => ONBOARDING_BODY,
             8 => CONVERTED_BODY,
-            9 => CHECKPOINT_BODY,
+            9 | 10 => CHECKPOINT_BODY,
             // An unknown kind with a sane length is still checked first: a torn or
             // corrupt record should say "checksum", not mislead with "kind".
             _ if body_length <= ADMITTED_BODY && bytes.len() >= HEADER_SIZE + body_length => {
@@ -419,7 +427,7 @@ impl Record {
                 }
                 Record::Converted { reference, conversion }
             }
-            9 => {
+            9 | 10 => {
                 let (window, at, low_water, reference_sequence) = (body.u64(), body.u64(), body.u64(), body.u64());
                 // Written at its own sequence, needing nothing after itself.
                 if at != sequence {
@@ -428,7 +436,11 @@ impl Record {
                 if low_water == 0 || low_water > at {
                     return Err(RecordError::Field("low_water"));
                 }
-                Record::Checkpoint { window, sequence: at, low_water, reference_sequence }
+                if kind == 9 {
+                    Record::Checkpoint { window, sequence: at, low_water, reference_sequence }
+                } else {
+                    Record::Restart { window, sequence: at, low_water, reference_sequence }
+                }
             }
             _ => unreachable!("kinds checked above"),
         };
@@ -502,6 +514,11 @@ impl std::fmt::Display for Record {
                 "checkpoint window {window} needs records from {low_water} on, last reference sequence \
                  {reference_sequence}"
             ),
+            Self::Restart { window, low_water, reference_sequence, .. } => write!(
+                f,
+                "restart point (last window {window}) needs records from {low_water} on, last reference \
+                 sequence {reference_sequence}"
+            ),
         }
     }
 }
@@ -544,6 +561,9 @@ mod tests {
         match record {
             Record::Checkpoint { window, low_water, reference_sequence, .. } => {
                 Record::Checkpoint { window, sequence, low_water, reference_sequence }
+            }
+            Record::Restart { window, low_water, reference_sequence, .. } => {
+                Record::Restart { window, sequence, low_water, reference_sequence }
             }
             other => other,
         }
@@ -601,6 +621,7 @@ mod tests {
                 },
             },
             Record::Checkpoint { window: 3, sequence: 12, low_water: 4, reference_sequence: 10 },
+            Record::Restart { window: 3, sequence: 13, low_water: 5, reference_sequence: 11 },
         ]
     }
 

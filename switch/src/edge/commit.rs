@@ -17,6 +17,8 @@
 //!   instead of growing its memory.
 //! - A failed write or sync stops the process ([`EXIT_JOURNAL_FAILED`]): nothing is
 //!   answered that is not durable.
+//! - The journal's head (`journal::head`) is at most [`HEAD_INTERVAL`] behind what is
+//!   synced while the switch runs, and current after a clean stop.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -30,6 +32,9 @@ use crate::journal::{EXIT_JOURNAL_FAILED, Journal, SyncPolicy};
 
 /// Batches whose messages may wait for the journal at once.
 pub const HELD_BATCHES_MAX: usize = 64;
+/// How often, at most, the journal's head is written while records come (after the
+/// group commit's messages are released, so no reply waits for it); and at a stop.
+pub const HEAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A batch's messages, and who waits to hear it is durable (a window cut's closer).
 #[derive(Debug)]
@@ -60,7 +65,10 @@ pub struct GroupCommit {
 /// A shard's side of group commit.
 #[derive(Debug)]
 pub struct Commit {
-    batches: mpsc::Sender<Batch>,
+    /// To the journal's thread (taken when dropped, which ends the thread).
+    batches: Option<mpsc::Sender<Batch>>,
+    /// Joined when dropped: the thread writes the head before it ends.
+    thread: Option<std::thread::JoinHandle<()>>,
     durable: Arc<AtomicU64>,
     next_id: u64,
     held: VecDeque<Held>,
@@ -84,11 +92,32 @@ impl Commit {
         let (batches, receiver) = mpsc::channel::<Batch>();
         let durable = Arc::new(AtomicU64::new(0));
         let reported = Arc::clone(&durable);
-        std::thread::Builder::new().name(format!("journal-{shard}")).spawn(move || {
+        let thread = std::thread::Builder::new().name(format!("journal-{shard}")).spawn(move || {
             let mut records = Vec::new();
             let mut last_sync = Instant::now();
-            // Ends when the shard loop drops its sender.
-            while let Ok(first) = receiver.recv() {
+            let mut last_head = Instant::now();
+            let head = |journal: &mut Journal, last_head: &mut Instant| {
+                if journal.head_behind()
+                    && let Err(error) = journal.sync_head()
+                {
+                    tracing::error!(%error, shard, "journal head write failed: stopping");
+                    std::process::exit(EXIT_JOURNAL_FAILED);
+                }
+                *last_head = Instant::now();
+            };
+            loop {
+                // Ends when the shard loop drops its sender (the head is written then).
+                let first = match receiver.recv_timeout(HEAD_INTERVAL) {
+                    Ok(batch) => batch,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        head(&mut journal, &mut last_head);
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        head(&mut journal, &mut last_head);
+                        break;
+                    }
+                };
                 let mut last = first.id;
                 records.extend(first.records);
                 while let Ok(batch) = receiver.try_recv() {
@@ -118,9 +147,19 @@ impl Commit {
                 }
                 reported.store(last, Ordering::Release);
                 wake(done);
+                if last_head.elapsed() >= HEAD_INTERVAL {
+                    head(&mut journal, &mut last_head);
+                }
             }
         })?;
-        Ok(Self { batches, durable, next_id: 0, held: VecDeque::new(), records: Vec::new() })
+        Ok(Self {
+            batches: Some(batches),
+            thread: Some(thread),
+            durable,
+            next_id: 0,
+            held: VecDeque::new(),
+            records: Vec::new(),
+        })
     }
 
     /// Whether nothing is waiting to become durable.
@@ -141,7 +180,7 @@ impl Commit {
         if !self.records.is_empty() {
             self.next_id += 1;
             let batch = Batch { id: self.next_id, records: std::mem::take(&mut self.records) };
-            if self.batches.send(batch).is_err() {
+            if self.batches.as_ref().is_none_or(|batches| batches.send(batch).is_err()) {
                 // The thread only ends when this side is dropped, or by stopping the process.
                 tracing::error!("journal thread gone: stopping rather than answer what is not durable");
                 std::process::exit(EXIT_JOURNAL_FAILED);
@@ -168,6 +207,17 @@ impl Commit {
                 // The closer may have given up waiting; the cut is durable all the same.
                 let _ = waiter.send(());
             }
+        }
+    }
+}
+
+impl Drop for Commit {
+    /// Ends the journal's thread and waits for it: what was handed to it is written, and
+    /// its head says so, before the shard is gone.
+    fn drop(&mut self) {
+        self.batches.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }

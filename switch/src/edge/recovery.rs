@@ -61,7 +61,7 @@ pub(crate) fn recover(
 ) -> Result<Journal, JournalError> {
     let dir = journal::shard_dir(&settings.data_dir, index);
     let (mut journal, recovery) =
-        Journal::open(&dir, settings.policy, settings.damage, settings.code_key.clone(), |sequence, record| {
+        Journal::recover(&dir, settings.policy, settings.damage, settings.code_key.clone(), |sequence, record| {
             if let (Some(retention), Record::Checkpoint { window, low_water, .. }) = (retention, &record) {
                 retention.checkpoint(index, *window, *low_water);
             }
@@ -89,10 +89,46 @@ pub(crate) fn recover(
         shard = index,
         records = recovery.records,
         first_sequence = recovery.first_sequence,
+        replayed_from = recovery.replayed_from,
         timed_out = records.iter().filter(|r| matches!(r, Record::TimedOut { .. })).count(),
         "journal recovered"
     );
     Ok(journal)
+}
+
+/// Whether recovery still runs (for `extend_start_timeout`).
+#[derive(Debug, Default)]
+pub(crate) struct Recovering {
+    done: std::sync::Mutex<bool>,
+    changed: std::sync::Condvar,
+}
+
+impl Recovering {
+    /// Recovery is over when the returned guard is dropped.
+    pub(crate) fn finish_on_drop(&self) -> impl Drop + '_ {
+        struct Finish<'a>(&'a Recovering);
+        impl Drop for Finish<'_> {
+            fn drop(&mut self) {
+                *self.0.done.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+                self.0.changed.notify_all();
+            }
+        }
+        Finish(self)
+    }
+}
+
+/// How long each `EXTEND_TIMEOUT_USEC` asks systemd to wait, and how often it is sent.
+const EXTEND_BY: std::time::Duration = std::time::Duration::from_secs(30);
+const EXTEND_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// While recovery runs, asks systemd (when under it) every 10 s to extend the start
+/// timeout by 30 s: a long replay is progress, not a hung start.
+pub(crate) fn extend_start_timeout(recovering: &Recovering) {
+    let mut done = recovering.done.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    while !*done {
+        crate::notify::notify(&format!("EXTEND_TIMEOUT_USEC={}\nSTATUS=recovering the journal", EXTEND_BY.as_micros()));
+        done = recovering.changed.wait_timeout(done, EXTEND_EVERY).unwrap_or_else(std::sync::PoisonError::into_inner).0;
+    }
 }
 
 /// Settles the clearing cuts after recovery: a close journals its cut shard by shard, so a

@@ -280,6 +280,8 @@ pub struct ShardLoop {
     pub stop: watch::Receiver<bool>,
     /// Told each cut's checkpoint (journal retention; none: every segment is kept).
     pub retention: Option<std::sync::Arc<crate::retention::Retention>>,
+    /// Records between restart points (`Record::Restart`), with a journal.
+    pub restart_every: u64,
 }
 
 /// What a shard loop keeps between turns, and how it handles one event.
@@ -387,7 +389,8 @@ impl Shard {
 /// queued before it, so it is handled first), then the requests; then timers, group
 /// commit and delivery.
 pub async fn run_shard(parts: ShardLoop) {
-    let ShardLoop { index, exchange, mut commit, mesh, metrics, status, started, mut stop, retention } = parts;
+    let ShardLoop { index, exchange, mut commit, mesh, metrics, status, started, mut stop, retention, restart_every } =
+        parts;
     let mut shard = Shard {
         index,
         exchange,
@@ -406,6 +409,7 @@ pub async fn run_shard(parts: ShardLoop) {
     // The admin summary: republished after a change, at most every PUBLISH_INTERVAL_MS.
     let (mut changed, mut next_publish_ms) = (false, 0u64);
     let mut clock = StallClock::default();
+    let mut next_restart_point = shard.exchange.journal_next().saturating_add(restart_every);
     loop {
         let accepting = commit.as_ref().is_none_or(Commit::accepting);
         let waiting = !inbox.requests.is_empty() || !inbox.admitted.is_empty();
@@ -470,6 +474,11 @@ pub async fn run_shard(parts: ShardLoop) {
         // Nothing leaves before the records of what produced it are durable (group commit).
         match commit.as_mut() {
             Some(commit) => {
+                if shard.exchange.journal_next() >= next_restart_point {
+                    // A restart replays from here on (`journal::head`), not from the start.
+                    shard.exchange.restart_point();
+                    next_restart_point = shard.exchange.journal_next().saturating_add(restart_every);
+                }
                 released.append(&mut shard.out);
                 commit.pass(&mut shard.exchange, &mut released, &mut shard.waiters);
             }

@@ -411,11 +411,15 @@ pub async fn serve(
             }
         });
     }
+    let recovering = recovery::Recovering::default();
     let retention = settings
         .filter(|settings| settings.retain_windows > 0)
         .map(|settings| Arc::new(Retention::new(settings.retain_windows, shards)));
     let mut journals: Vec<Option<Journal>> = std::thread::scope(|scope| {
         let retention = retention.as_deref();
+        scope.spawn(|| recovery::extend_start_timeout(&recovering));
+        // Ends the ticker however the recovery ends (a panic included).
+        let _finished = recovering.finish_on_drop();
         let starts: Vec<_> = exchanges
             .iter_mut()
             .enumerate()
@@ -678,6 +682,7 @@ impl ShardThread {
             started: shared.started,
             stop: self.stop.clone(),
             retention: shared.retention.get().map(|(retention, _)| Arc::clone(retention)),
+            restart_every: shared.journal.as_ref().map_or(u64::MAX, |settings| settings.restart_every),
         }));
         let mut connections = tokio::task::JoinSet::new();
         loop {
