@@ -616,6 +616,9 @@ pub async fn read_window(
         }
         let mut shards = 1;
         let mut shard = 0;
+        // Each shard's reader remembers that shard's share of completed_max; a node's
+        // subjects are its shards (one too few is refused below).
+        let remember = inputs.remember_per_shard(subjects.range((node, 0)..=(node, usize::MAX)).count());
         while shard < shards {
             let Some(&count) = subjects.get(&(node, shard)) else {
                 let problem = format!("published nothing (the node has {shards} shards)");
@@ -625,7 +628,7 @@ pub async fn read_window(
                 instance: None,
                 shards,
                 next: 1,
-                entries: ShardEntries::new(window, &inputs.fees, inputs.remember),
+                entries: ShardEntries::new(window, &inputs.fees, remember),
             };
             let subject = settings.subject(node, shard);
             let consumer = stream

@@ -44,6 +44,12 @@ impl CloseInputs {
     pub fn new(fees: FeeSchedule, completed_max: usize) -> Self {
         Self { fees, remember: completed_max.max(1) }
     }
+
+    /// What one of `shards` shards' readers remembers: the exchange's share of
+    /// `completed_max` (`ExchangeConfig::for_shard`).
+    pub fn remember_per_shard(&self, shards: usize) -> usize {
+        self.remember.div_ceil(shards.max(1))
+    }
 }
 
 /// Where window `window`'s inputs are recorded.
@@ -126,8 +132,10 @@ pub fn build(
     mut on_checkpoint: impl FnMut(usize, u64, u64),
 ) -> Result<Built, ClearingError> {
     let mut builder = Builder::new(&window_dir(data_dir, window), window, &inputs.fees)?;
-    for (index, dir) in shard_dirs(data_dir)? {
-        let mut shard = ShardEntries::new(window, &inputs.fees, inputs.remember);
+    let dirs = shard_dirs(data_dir)?;
+    let remember = inputs.remember_per_shard(dirs.len());
+    for (index, dir) in dirs {
+        let mut shard = ShardEntries::new(window, &inputs.fees, remember);
         let mut failed = None;
         journal::read_with(&dir, key, |sequence, record| {
             if let Record::Checkpoint { window, low_water, .. } = record {

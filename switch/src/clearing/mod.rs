@@ -29,10 +29,12 @@
 //!   conversion is in its `Converted` record: no rate table is needed to clear.
 //!
 //! Code map: this module holds the rules (`ShardEntries`, `Positions`, the row format);
-//! `files` writes a window's files from its entries in bounded memory; `close` is the
-//! durable, resumable close; `model` is the whole window in memory, for tests and checks.
+//! `remembered` holds what a shard's reader knows of each transaction, in memory fixed by
+//! what the exchange remembers; `files` writes a window's files from its entries in
+//! bounded memory; `close` is the durable, resumable close; `model` is the whole window in
+//! memory, for tests and checks.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -47,6 +49,9 @@ use crate::journal::JournalError;
 pub mod close;
 pub mod files;
 pub mod model;
+mod remembered;
+
+use remembered::Remembered;
 
 pub use close::{CloseInputs, close_offline, rebuild};
 pub use model::Window;
@@ -135,9 +140,9 @@ impl FeeSchedule {
     }
 }
 
-/// What the journal says of one transaction, as clearing needs it: 64 bytes a transaction
-/// with its key (participants as indexes, a conversion kept apart), since a shard's reader
-/// holds as many as the exchange remembers.
+/// What the journal says of one transaction, as clearing needs it (participants as
+/// indexes): about 100 bytes a transaction with its key and its index entry, since a
+/// shard's reader holds as many as the exchange remembers.
 #[derive(Debug, Clone, Copy)]
 struct Known {
     payer: u32,
@@ -146,9 +151,8 @@ struct Known {
     currency: u16,
     refund: bool,
     approved: bool,
-    /// Its first outcome (`Answered` or `TimedOut`) was read.
-    completed: bool,
     id: TransactionId,
+    conversion: Option<Conversion>,
 }
 
 /// One shard's entries of a window, read record by record from its whole journal, in
@@ -164,15 +168,10 @@ struct Known {
 pub(crate) struct ShardEntries<'a> {
     window: u64,
     fees: &'a FeeSchedule,
-    known: HashMap<u64, Known, RandomState>,
-    /// The conversions of the transactions in `known` that have one.
-    conversions: HashMap<u64, Conversion, RandomState>,
+    known: Remembered<Known>,
     /// Participants by index, and the index of each.
     participants: Vec<InstitutionId>,
     indexes: HashMap<InstitutionId, u32, RandomState>,
-    /// Completed transactions, oldest first, forgotten beyond `remember`.
-    completed: VecDeque<u64>,
-    remember: usize,
     /// The window the records being read belong to.
     current: u64,
     /// The window's cut was read: it is closed in this shard.
@@ -194,12 +193,9 @@ impl<'a> ShardEntries<'a> {
         Self {
             window,
             fees,
-            known: HashMap::default(),
-            conversions: HashMap::default(),
+            known: Remembered::new(remember),
             participants: Vec::new(),
             indexes: HashMap::default(),
-            completed: VecDeque::new(),
-            remember: remember.max(1),
             current: 1,
             closed: false,
             first: 0,
@@ -231,22 +227,11 @@ impl<'a> ShardEntries<'a> {
         index
     }
 
-    /// Transaction `reference` completed: the oldest completed beyond `remember` is
-    /// forgotten.
-    fn completed(&mut self, reference: u64) {
-        self.completed.push_back(reference);
-        while self.completed.len() > self.remember {
-            let Some(oldest) = self.completed.pop_front() else { break };
-            self.known.remove(&oldest);
-            self.conversions.remove(&oldest);
-        }
-    }
-
     /// The entry `known`'s transaction makes now: its approval (`reversal` false) or the
     /// reversal of its approval.
     fn entry(&self, reference: u64, known: &Known, time_ms: i64, reversal: bool) -> Entry {
         let (payer, payee) = (self.participants[known.payer as usize], self.participants[known.payee as usize]);
-        let conversion = self.conversions.get(&reference).copied();
+        let conversion = known.conversion;
         // A payment's fee; given back by its reversal. A refund has none.
         let fee = if known.refund { 0 } else { self.fees.fee(payee, known.amount_minor, conversion.is_some()) };
         // The payment's payer (a refund's payee) is the side a conversion is in.
@@ -309,7 +294,7 @@ impl<'a> ShardEntries<'a> {
             } => {
                 let (payer, payee) = if refund_of != 0 {
                     // Back the way the payment came.
-                    let payment = self.known.get(&refund_of)?;
+                    let payment = self.known.get(refund_of)?;
                     (payment.payee, payment.payer)
                 } else if payment_code.is_some() {
                     (self.index(receiver), self.index(originator))
@@ -318,43 +303,38 @@ impl<'a> ShardEntries<'a> {
                 };
                 let refund = refund_of != 0;
                 let known =
-                    Known { payer, payee, amount_minor, currency, refund, approved: false, completed: false, id };
-                self.known.insert(reference, known);
+                    Known { payer, payee, amount_minor, currency, refund, approved: false, id, conversion: None };
+                self.known.admit(reference, known);
             }
             Record::Converted { reference, conversion } => {
-                if self.known.contains_key(&reference) {
-                    self.conversions.insert(reference, conversion);
+                if let Some((known, _)) = self.known.get_mut(reference) {
+                    known.conversion = Some(conversion);
                 }
             }
             Record::Answered { reference, code, time_ms, .. } => {
-                let Some(known) = self.known.get_mut(&reference) else {
+                let Some((known, completed)) = self.known.get_mut(reference) else {
                     // Only a shortened journal meets outcomes of transactions it never saw
                     // admitted; one in the window means the window cannot be rebuilt.
                     self.covered &= !(in_window && code == 0);
                     return None;
                 };
-                let first_outcome = !known.completed;
-                known.completed = true;
                 let approved = code == 0 && !known.approved;
                 known.approved |= approved;
                 let known = *known;
-                if first_outcome {
-                    self.completed(reference);
+                if !completed {
+                    self.known.complete(reference);
                 }
                 if approved && in_window {
                     return Some(self.entry(reference, &known, time_ms, false));
                 }
             }
             Record::TimedOut { reference, .. } => {
-                if let Some(known) = self.known.get_mut(&reference)
-                    && !known.completed
-                {
-                    known.completed = true;
-                    self.completed(reference);
+                if let Some((_, false)) = self.known.get_mut(reference) {
+                    self.known.complete(reference);
                 }
             }
             Record::ReversalStarted { original, time_ms, .. } => {
-                let Some(known) = self.known.get_mut(&original) else {
+                let Some((known, _)) = self.known.get_mut(original) else {
                     self.covered &= !in_window;
                     return None;
                 };
