@@ -65,14 +65,7 @@ pub struct SwitchConfig {
     /// rates, or no rates at all).
     pub fx_rates_file: Option<PathBuf>,
     /// Where ISO 8583 participants connect, and the profile their messages follow.
-    pub iso8583: Option<Iso8583Settings>,
-}
-
-/// The ISO 8583 listener (`crate::edge::iso`).
-#[derive(Debug, Clone)]
-pub struct Iso8583Settings {
-    pub listen: SocketAddr,
-    pub profile: std::sync::Arc<codec::iso8583::Profile>,
+    pub iso8583: Option<crate::edge::iso::Iso8583Settings>,
 }
 
 /// A node id from a host name ending in `-N` (a StatefulSet pod: `switch-2` is node 2).
@@ -815,7 +808,7 @@ impl SwitchConfig {
                             .map_err(|error| invalid("iso8583.profile".into(), error.to_string()))?
                     }
                 };
-                Some(Iso8583Settings { listen: iso.listen, profile: std::sync::Arc::new(profile) })
+                Some(crate::edge::iso::Iso8583Settings { listen: iso.listen, profile: std::sync::Arc::new(profile) })
             }
         };
         if iso8583.is_none() && participants.iter().any(|p| p.iso8583) {

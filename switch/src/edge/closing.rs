@@ -21,9 +21,9 @@ impl Shared {
     /// See `clearing` for the rules.
     pub async fn close_window(&self) -> Result<(u64, Vec<PathBuf>), String> {
         let settings = self.journal.as_ref().ok_or("this switch keeps no journal: there is nothing to clear")?;
-        let mesh = self.mesh.get().ok_or("the switch is not serving yet")?;
-        let _closing = self.closing.lock().await;
-        let window = self.next_window.load(Ordering::Relaxed);
+        let mesh = self.control.mesh.get().ok_or("the switch is not serving yet")?;
+        let _closing = self.control.closing.lock().await;
+        let window = self.control.next_window.load(Ordering::Relaxed);
         self.finish_interrupted(window - 1).await?;
         let (data_dir, key) = (settings.data_dir.clone(), settings.code_key.clone());
         let inputs = CloseInputs::new(self.fees.clone(), self.exchange.completed_max);
@@ -46,9 +46,9 @@ impl Shared {
                 fault_point("close-after-first-cut");
             }
         }
-        self.next_window.store(window + 1, Ordering::Relaxed);
+        self.control.next_window.store(window + 1, Ordering::Relaxed);
         fault_point("close-after-cuts");
-        let retention = self.retention.get().cloned();
+        let retention = self.control.retention.get().cloned();
         let metrics = Arc::clone(&self.metrics);
         blocking(move || {
             let checkpoints = retention.as_ref().map(|(retention, _)| Arc::clone(retention));
@@ -132,8 +132,8 @@ async fn blocking<T: Send + 'static>(
 /// At start: finishes what an interrupted close left (in the background: the switch serves
 /// meanwhile, and a close waits for it).
 pub(crate) async fn finish_interrupted_at_start(shared: Arc<Shared>) {
-    let _closing = shared.closing.lock().await;
-    let last = shared.next_window.load(Ordering::Relaxed) - 1;
+    let _closing = shared.control.closing.lock().await;
+    let last = shared.control.next_window.load(Ordering::Relaxed) - 1;
     if let Err(problem) = shared.finish_interrupted(last).await {
         tracing::error!(%problem, "clearing: interrupted close not finished at start");
     }

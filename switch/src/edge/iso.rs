@@ -36,10 +36,9 @@
 //! - Timers: the sign-on deadline, then the idle timeout (a participant keeps the link up
 //!   with 0800 301 echoes).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
-
-use std::collections::HashMap;
 
 use codec::field::FieldText;
 use codec::iso_answer::{DE39_FORMAT_ERROR, DE39_INVALID_TRANSACTION, Echo, refusal};
@@ -56,6 +55,14 @@ use crate::edge::gate::{SessionClaim, Ticket};
 use crate::edge::shard::Touched;
 use crate::edge::tcp::{Connection, ConnectionGuard, next_outbound};
 use crate::log_limit::LogLimit;
+
+/// The ISO 8583 listener: where it listens and the profile its links are framed by
+/// (`[iso8583]` in the configuration).
+#[derive(Debug, Clone)]
+pub struct Iso8583Settings {
+    pub listen: SocketAddr,
+    pub profile: std::sync::Arc<codec::iso8583::Profile>,
+}
 
 /// Bytes read at a time once signed on; before, one sign-on's worth at most.
 const READ_CHUNK: usize = 16 * 1024;

@@ -43,7 +43,7 @@ pub(crate) fn converge_onboarding(
             journal.commit(&records, true).map_err(|source| JournalError::Io { path: dir, source })?;
         }
     }
-    if let Ok(mut view) = shared.onboarding.try_lock() {
+    if let Ok(mut view) = shared.control.onboarding.try_lock() {
         *view = states;
     }
     Ok(())

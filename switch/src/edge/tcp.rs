@@ -55,7 +55,9 @@ pub enum OnboardingRefusal {
     Failed(String),
 }
 
-/// What every connection task shares: immutable after start.
+/// What every connection task and the admin port share: settings fixed at start (every
+/// public field), handles to the concurrent services (metrics, status, the gate), and the
+/// control plane's state (`control`), which alone changes after start.
 #[derive(Debug)]
 pub struct Shared {
     pub session: SessionConfig,
@@ -73,6 +75,37 @@ pub struct Shared {
     pub io: Io,
     /// The journal (none: decisions are kept in memory only, as in most tests).
     pub journal: Option<JournalSettings>,
+    /// What changes after start: windows, onboarding, rates, the shards' inboxes.
+    pub(crate) control: ControlPlane,
+    /// The daily clearing cut-off (Asia/Shanghai), when there is a journal to cut.
+    pub daily_cutoff: Option<jiff::civil::Time>,
+    /// Touch the exchanges' reserved tables at start (`Exchange::prefault`); off in tests.
+    pub prefault: bool,
+    /// Fees charged in clearing windows.
+    pub fees: clearing::FeeSchedule,
+    /// Admin API tokens and audit log (none: only probes and metrics are served).
+    pub admin: crate::access::AdminAccess,
+    /// Mutual TLS on participant links; `None`: plaintext (the configuration says so).
+    pub tls: Option<crate::edge::tls::Tls>,
+    /// Connection limits and the sign-on throttle (`edge::gate`).
+    pub gate: Arc<crate::edge::gate::Gate>,
+    /// New requests a shard's inbox holds before more are shed `SystemBusy`.
+    pub request_lane: usize,
+    /// Publish the journal's records to a fleet stream (`crate::fleet`); needs a journal.
+    pub fleet: Option<crate::fleet::FleetSettings>,
+    /// ISO 8583 participants' listener settings (`crate::edge::iso`), and the listener
+    /// until `serve` takes it.
+    pub iso8583: Option<crate::edge::iso::Iso8583Settings>,
+    /// The FX rate table's file, read again by `reload_rates` (none: no reload).
+    pub fx_rates_file: Option<PathBuf>,
+}
+
+/// The control plane's state: all of `Shared` that changes after start, each part behind
+/// its own cell or lock. Changes go through `Shared`'s control operations (`close_window`,
+/// `change_onboarding`, `reload_rates`), one at a time each; nothing here is touched per
+/// message (a session id: once per connection).
+#[derive(Debug)]
+pub(crate) struct ControlPlane {
     /// The shards' inboxes, once `serve` has started them (for closing windows).
     pub(crate) mesh: std::sync::OnceLock<Arc<Mesh>>,
     /// Journal retention, once `serve` has recovered the shards (with `retain_windows`),
@@ -82,36 +115,31 @@ pub struct Shared {
     pub(crate) next_window: AtomicU64,
     /// Held by a close, and by the start's finishing of an interrupted one: one at a time.
     pub(crate) closing: tokio::sync::Mutex<()>,
-    /// The daily clearing cut-off (Asia/Shanghai), when there is a journal to cut.
-    pub daily_cutoff: Option<jiff::civil::Time>,
-    /// Touch the exchanges' reserved tables at start (`Exchange::prefault`); off in tests.
-    pub prefault: bool,
-    /// Fees charged in clearing windows.
-    pub fees: clearing::FeeSchedule,
-    /// Session ids, unique for this process. Relaxed: only uniqueness matters.
-    next_session_id: AtomicU64,
-    /// Admin API tokens and audit log (none: only probes and metrics are served).
-    pub admin: crate::access::AdminAccess,
-    /// Mutual TLS on participant links; `None`: plaintext (the configuration says so).
-    pub tls: Option<crate::edge::tls::Tls>,
-    /// Connection limits and the sign-on throttle (`edge::gate`).
-    pub gate: Arc<crate::edge::gate::Gate>,
-    /// New requests a shard's inbox holds before more are shed `SystemBusy`.
-    pub request_lane: usize,
     /// Every participant's onboarding state and the state it was suspended from, as the
     /// shards hold it (set once recovered; changed only through `change_onboarding`, which
     /// holds the lock while every shard applies and journals the change).
     pub(crate) onboarding: tokio::sync::Mutex<HashMap<InstitutionId, (Onboarding, Option<Onboarding>)>>,
-    /// Publish the journal's records to a fleet stream (`crate::fleet`); needs a journal.
-    pub fleet: Option<crate::fleet::FleetSettings>,
-    /// ISO 8583 participants' listener settings (`crate::edge::iso`), and the listener
-    /// until `serve` takes it.
-    pub iso8583: Option<crate::config::Iso8583Settings>,
-    iso8583_listener: std::sync::Mutex<Option<std::net::TcpListener>>,
-    /// The FX rate table's file, read again by `reload_rates` (none: no reload).
-    pub fx_rates_file: Option<PathBuf>,
     /// The rate table the shards convert with (the lock also keeps reloads one at a time).
-    rates: tokio::sync::Mutex<Arc<crate::fx::RateTable>>,
+    pub(crate) rates: tokio::sync::Mutex<Arc<crate::fx::RateTable>>,
+    /// The ISO 8583 listener, until `serve` takes it.
+    pub(crate) iso8583_listener: std::sync::Mutex<Option<std::net::TcpListener>>,
+    /// Session ids, unique for this process. Relaxed: only uniqueness matters.
+    pub(crate) next_session_id: AtomicU64,
+}
+
+impl ControlPlane {
+    fn new(rates: Arc<crate::fx::RateTable>) -> Self {
+        Self {
+            mesh: std::sync::OnceLock::new(),
+            retention: std::sync::OnceLock::new(),
+            next_window: AtomicU64::new(1),
+            closing: tokio::sync::Mutex::new(()),
+            onboarding: tokio::sync::Mutex::new(HashMap::new()),
+            rates: tokio::sync::Mutex::new(rates),
+            iso8583_listener: std::sync::Mutex::new(None),
+            next_session_id: AtomicU64::new(1),
+        }
+    }
 }
 
 impl Shared {
@@ -130,24 +158,17 @@ impl Shared {
             shards: 1,
             io: Io::Tokio,
             journal: None,
-            mesh: std::sync::OnceLock::new(),
-            retention: std::sync::OnceLock::new(),
-            next_window: AtomicU64::new(1),
-            closing: tokio::sync::Mutex::new(()),
+            control: ControlPlane::new(Arc::default()),
             daily_cutoff: None,
             prefault: false,
             fees: clearing::FeeSchedule::default(),
-            next_session_id: AtomicU64::new(1),
             admin: crate::access::AdminAccess::default(),
             tls: None,
             gate,
             request_lane: crate::edge::shard::SHARD_INBOX,
             fleet: None,
             iso8583: None,
-            iso8583_listener: std::sync::Mutex::new(None),
-            onboarding: tokio::sync::Mutex::new(HashMap::new()),
             fx_rates_file: None,
-            rates: tokio::sync::Mutex::new(Arc::default()),
         }
     }
 
@@ -171,9 +192,13 @@ impl Shared {
     }
 
     /// Serves ISO 8583 participants on `listener` with `settings`' profile.
-    pub fn with_iso8583(mut self, settings: crate::config::Iso8583Settings, listener: std::net::TcpListener) -> Self {
+    pub fn with_iso8583(
+        mut self,
+        settings: crate::edge::iso::Iso8583Settings,
+        listener: std::net::TcpListener,
+    ) -> Self {
         self.iso8583 = Some(settings);
-        self.iso8583_listener = std::sync::Mutex::new(Some(listener));
+        self.control.iso8583_listener = std::sync::Mutex::new(Some(listener));
         self
     }
 
@@ -196,7 +221,7 @@ impl Shared {
 
     /// The exchange's settings and routes (the embedded default's unless given).
     pub fn with_exchange(mut self, exchange: ExchangeConfig, routes: Routes) -> Self {
-        self.rates = tokio::sync::Mutex::new(exchange.rates.clone());
+        self.control.rates = tokio::sync::Mutex::new(exchange.rates.clone());
         self.exchange = exchange;
         self.routes = routes;
         self
@@ -246,12 +271,12 @@ impl Shared {
 
     /// A session id, unique for this process.
     pub(crate) fn next_session_id(&self) -> SessionId {
-        self.next_session_id.fetch_add(1, Ordering::Relaxed)
+        self.control.next_session_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Every participant's onboarding state now.
     pub async fn onboarding_states(&self) -> HashMap<InstitutionId, (Onboarding, Option<Onboarding>)> {
-        self.onboarding.lock().await.clone()
+        self.control.onboarding.lock().await.clone()
     }
 
     /// Moves `participant` to onboarding state `to`, if its current state allows it
@@ -262,8 +287,9 @@ impl Shared {
         participant: InstitutionId,
         to: Onboarding,
     ) -> Result<Onboarding, OnboardingRefusal> {
-        let mesh = self.mesh.get().ok_or_else(|| OnboardingRefusal::Failed("the switch is not serving yet".into()))?;
-        let mut states = self.onboarding.lock().await;
+        let mesh =
+            self.control.mesh.get().ok_or_else(|| OnboardingRefusal::Failed("the switch is not serving yet".into()))?;
+        let mut states = self.control.onboarding.lock().await;
         let &(from, suspended_from) = states.get(&participant).ok_or(OnboardingRefusal::Unknown)?;
         if !from.may_become(to, suspended_from) {
             let back = suspended_from.map(|s| format!(" (it may only go back to {})", s.name())).unwrap_or_default();
@@ -297,7 +323,7 @@ impl Shared {
 
     /// The FX rate table the shards convert with now.
     pub async fn rates(&self) -> Arc<crate::fx::RateTable> {
-        self.rates.lock().await.clone()
+        self.control.rates.lock().await.clone()
     }
 
     /// Reads the rate table file again and hands the table to every shard, which converts
@@ -310,8 +336,8 @@ impl Shared {
             .fx_rates_file
             .as_ref()
             .ok_or("no [fx] rates file is configured: the table given at start is the only one")?;
-        let mesh = self.mesh.get().ok_or("the switch is not serving yet")?;
-        let mut running = self.rates.lock().await;
+        let mesh = self.control.mesh.get().ok_or("the switch is not serving yet")?;
+        let mut running = self.control.rates.lock().await;
         let table = crate::fx::RateTable::read(path)?;
         let previous = running.version();
         if table.version() <= previous {
@@ -459,12 +485,12 @@ pub async fn serve(
     };
     if let Some(retention) = &retention {
         let progress = publisher.is_some().then(|| Arc::clone(&progress));
-        let _ = shared.retention.set((Arc::clone(retention), progress));
+        let _ = shared.control.retention.set((Arc::clone(retention), progress));
     }
     for (index, (exchange, journal)) in exchanges.drain(..).zip(journals).enumerate() {
         let (handoff, accepted) = mpsc::channel(HANDOFF_QUEUE);
         let (drained_tx, drained_rx) = oneshot::channel();
-        shared.next_window.fetch_max(exchange.last_window() + 1, Ordering::Relaxed);
+        shared.control.next_window.fetch_max(exchange.last_window() + 1, Ordering::Relaxed);
         let shard = ShardThread {
             index,
             progress: Arc::clone(&progress),
@@ -487,7 +513,7 @@ pub async fn serve(
         handoffs.push(handoff);
         drained.push(drained_rx);
     }
-    let _ = shared.mesh.set(Arc::clone(&mesh));
+    let _ = shared.control.mesh.set(Arc::clone(&mesh));
     shared.metrics.set_serving();
     tracing::info!(shards, connections_max = shared.gate.connections_max(), "serving");
     crate::notify::notify("READY=1\nSTATUS=serving");
@@ -507,7 +533,7 @@ pub async fn serve(
         (Some(at), Some(_)) => Some(tokio::spawn(closing::daily_cutoffs(Arc::clone(&shared), at))),
         _ => None,
     };
-    let iso8583 = shared.iso8583_listener.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    let iso8583 = shared.control.iso8583_listener.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
     let iso8583 =
         match iso8583.map(|listener| listener.set_nonblocking(true).and_then(|()| TcpListener::from_std(listener))) {
             Some(Ok(listener)) => Some(listener),
@@ -681,7 +707,7 @@ impl ShardThread {
             status: Arc::clone(&shared.status),
             started: shared.started,
             stop: self.stop.clone(),
-            retention: shared.retention.get().map(|(retention, _)| Arc::clone(retention)),
+            retention: shared.control.retention.get().map(|(retention, _)| Arc::clone(retention)),
             restart_every: shared.journal.as_ref().map_or(u64::MAX, |settings| settings.restart_every),
         }));
         let mut connections = tokio::task::JoinSet::new();
@@ -1205,7 +1231,7 @@ mod tests {
             assert_eq!(exchange.onboarding(wechat).0, Onboarding::Suspended);
             assert_eq!(exchange.onboarding(alipay).0, Onboarding::Live);
         }
-        let states = shared.onboarding.try_lock().expect("free").clone();
+        let states = shared.control.onboarding.try_lock().expect("free").clone();
         assert_eq!(states[&wechat], (Onboarding::Suspended, Some(Onboarding::Live)));
         assert_eq!(states[&alipay], (Onboarding::Live, None));
         assert_eq!(states.len(), config.participants.len());
