@@ -26,7 +26,8 @@ use crate::access::{AdminRole, Refusal};
 use codec::InstitutionId;
 use codec::field::FieldText;
 
-use crate::edge::tcp::{OnboardingRefusal, Shared};
+use crate::edge::control::OnboardingRefusal;
+use crate::edge::tcp::Shared;
 use crate::participant::Onboarding;
 
 /// Longest request head read.

@@ -3,11 +3,13 @@
 pub mod admin;
 pub mod closing;
 pub mod commit;
+pub mod control;
 pub mod gate;
 pub mod iso;
 pub mod recovery;
 pub mod shard;
 pub mod tcp;
+pub mod thread;
 pub mod tls;
 pub mod transport;
 pub mod writes;

@@ -165,3 +165,48 @@ pub(crate) fn converge_cuts(
     }
     Ok(last)
 }
+
+#[cfg(test)]
+mod tests {
+    use codec::InstitutionId;
+
+    use super::*;
+    use crate::config::SwitchConfig;
+    use crate::core::exchange::{Exchange, Routes};
+    use crate::core::session::Now;
+    use crate::edge::tcp::Shared;
+    use crate::participant::{Directory, Onboarding};
+
+    #[test]
+    fn a_change_some_shards_missed_is_completed_at_start() {
+        let config = SwitchConfig::embedded_default();
+        let shared = Shared::new(config.session.clone(), Directory::new(config.participants.clone()));
+        let wechat = InstitutionId::new("WECHATPAY").expect("valid");
+        let alipay = InstitutionId::new("ALIPAY").expect("valid");
+        let mut exchanges: Vec<Exchange> = (0..3)
+            .map(|index| Exchange::new(config.exchange.for_shard(index, 3), Routes::embedded_default()))
+            .collect();
+        let at = |unix_ms| Now { monotonic_ms: 0, unix_ms };
+        // A crash between shards: WeChat Pay's suspension reached shards 0 and 2 only; a
+        // later resumption of Alipay reached shard 1 only, after all three had suspended it.
+        exchanges[0].set_onboarding(wechat, Onboarding::Suspended, Onboarding::Live, at(10));
+        exchanges[2].set_onboarding(wechat, Onboarding::Suspended, Onboarding::Live, at(10));
+        for exchange in &mut exchanges {
+            exchange.set_onboarding(alipay, Onboarding::Suspended, Onboarding::Live, at(20));
+        }
+        exchanges[1].set_onboarding(alipay, Onboarding::Live, Onboarding::Suspended, at(30));
+        for exchange in &mut exchanges {
+            exchange.take_records(&mut Vec::new());
+        }
+        let mut journals: Vec<Option<Journal>> = (0..3).map(|_| None).collect();
+        converge_onboarding(&shared, &mut exchanges, &mut journals, at(40)).expect("converges");
+        for exchange in &exchanges {
+            assert_eq!(exchange.onboarding(wechat).0, Onboarding::Suspended);
+            assert_eq!(exchange.onboarding(alipay).0, Onboarding::Live);
+        }
+        let states = shared.control.onboarding.try_lock().expect("free").clone();
+        assert_eq!(states[&wechat], (Onboarding::Suspended, Some(Onboarding::Live)));
+        assert_eq!(states[&alipay], (Onboarding::Live, None));
+        assert_eq!(states.len(), config.participants.len());
+    }
+}

@@ -9,13 +9,12 @@
 //! - Per connection, memory is bounded by the decoder's and encoder's fixed buffers.
 //! - Every frame's reply is written before the connection is closed.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use codec::{FrameDecoder, FrameEncoder, InstitutionId, Message, ReplyCode};
@@ -26,16 +25,15 @@ use crate::clearing;
 use crate::core::exchange::{Exchange, ExchangeConfig, Routes, SessionId, UsedCodes, switch_answer};
 use crate::core::session::{CloseReason, Control, Now, Session, SessionConfig};
 use crate::core::shard;
-use crate::edge::commit::Commit;
 use crate::edge::gate::{ConnectionLimits, Gate, Ticket};
-use crate::edge::shard::{Event, Mesh, ShardLoop, Touched, run_shard};
+use crate::edge::shard::{Event, Mesh, Touched};
 use crate::edge::transport::{Io, Transport};
 use crate::edge::writes::{self, Writes};
 use crate::edge::{closing, recovery};
-use crate::journal::{self, EXIT_JOURNAL_FAILED, Journal, JournalError, JournalSettings};
+use crate::journal::{self, Journal, JournalError, JournalSettings};
 use crate::log_limit::LogLimit;
 use crate::metrics::Metrics;
-use crate::participant::{Directory, Onboarding};
+use crate::participant::Directory;
 use crate::retention::Retention;
 use crate::status::{Link, Status};
 
@@ -43,17 +41,6 @@ use crate::status::{Link, Status};
 const READ_MAX: usize = 64 * 1024;
 /// Messages moved from a connection's queue per wake-up, written in one write.
 const OUTBOUND_BATCH_MAX: usize = 256;
-
-/// Why an onboarding change was not made.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OnboardingRefusal {
-    /// No such participant in the configuration.
-    Unknown,
-    /// Its current state does not lead there (`Onboarding::may_become`).
-    NotAllowed(String),
-    /// The switch could not apply it (not serving, or a shard did not answer in time).
-    Failed(String),
-}
 
 /// What every connection task and the admin port share: settings fixed at start (every
 /// public field), handles to the concurrent services (metrics, status, the gate), and the
@@ -76,7 +63,7 @@ pub struct Shared {
     /// The journal (none: decisions are kept in memory only, as in most tests).
     pub journal: Option<JournalSettings>,
     /// What changes after start: windows, onboarding, rates, the shards' inboxes.
-    pub(crate) control: ControlPlane,
+    pub(crate) control: crate::edge::control::ControlPlane,
     /// The daily clearing cut-off (Asia/Shanghai), when there is a journal to cut.
     pub daily_cutoff: Option<jiff::civil::Time>,
     /// Touch the exchanges' reserved tables at start (`Exchange::prefault`); off in tests.
@@ -100,48 +87,6 @@ pub struct Shared {
     pub fx_rates_file: Option<PathBuf>,
 }
 
-/// The control plane's state: all of `Shared` that changes after start, each part behind
-/// its own cell or lock. Changes go through `Shared`'s control operations (`close_window`,
-/// `change_onboarding`, `reload_rates`), one at a time each; nothing here is touched per
-/// message (a session id: once per connection).
-#[derive(Debug)]
-pub(crate) struct ControlPlane {
-    /// The shards' inboxes, once `serve` has started them (for closing windows).
-    pub(crate) mesh: std::sync::OnceLock<Arc<Mesh>>,
-    /// Journal retention, once `serve` has recovered the shards (with `retain_windows`),
-    /// and the fleet publisher's progress it must wait for (when the node publishes).
-    pub(crate) retention: std::sync::OnceLock<(Arc<Retention>, Option<Arc<crate::fleet::Progress>>)>,
-    /// The next clearing window to close (after recovery: one past the last cut).
-    pub(crate) next_window: AtomicU64,
-    /// Held by a close, and by the start's finishing of an interrupted one: one at a time.
-    pub(crate) closing: tokio::sync::Mutex<()>,
-    /// Every participant's onboarding state and the state it was suspended from, as the
-    /// shards hold it (set once recovered; changed only through `change_onboarding`, which
-    /// holds the lock while every shard applies and journals the change).
-    pub(crate) onboarding: tokio::sync::Mutex<HashMap<InstitutionId, (Onboarding, Option<Onboarding>)>>,
-    /// The rate table the shards convert with (the lock also keeps reloads one at a time).
-    pub(crate) rates: tokio::sync::Mutex<Arc<crate::fx::RateTable>>,
-    /// The ISO 8583 listener, until `serve` takes it.
-    pub(crate) iso8583_listener: std::sync::Mutex<Option<std::net::TcpListener>>,
-    /// Session ids, unique for this process. Relaxed: only uniqueness matters.
-    pub(crate) next_session_id: AtomicU64,
-}
-
-impl ControlPlane {
-    fn new(rates: Arc<crate::fx::RateTable>) -> Self {
-        Self {
-            mesh: std::sync::OnceLock::new(),
-            retention: std::sync::OnceLock::new(),
-            next_window: AtomicU64::new(1),
-            closing: tokio::sync::Mutex::new(()),
-            onboarding: tokio::sync::Mutex::new(HashMap::new()),
-            rates: tokio::sync::Mutex::new(rates),
-            iso8583_listener: std::sync::Mutex::new(None),
-            next_session_id: AtomicU64::new(1),
-        }
-    }
-}
-
 impl Shared {
     pub fn new(session: SessionConfig, directory: Directory) -> Self {
         let exchange = ExchangeConfig { switch_id: session.switch_id, ..ExchangeConfig::default() };
@@ -158,7 +103,7 @@ impl Shared {
             shards: 1,
             io: Io::Tokio,
             journal: None,
-            control: ControlPlane::new(Arc::default()),
+            control: crate::edge::control::ControlPlane::new(Arc::default()),
             daily_cutoff: None,
             prefault: false,
             fees: clearing::FeeSchedule::default(),
@@ -273,93 +218,6 @@ impl Shared {
     pub(crate) fn next_session_id(&self) -> SessionId {
         self.control.next_session_id.fetch_add(1, Ordering::Relaxed)
     }
-
-    /// Every participant's onboarding state now.
-    pub async fn onboarding_states(&self) -> HashMap<InstitutionId, (Onboarding, Option<Onboarding>)> {
-        self.control.onboarding.lock().await.clone()
-    }
-
-    /// Moves `participant` to onboarding state `to`, if its current state allows it
-    /// (`Onboarding::may_become`): every shard applies it to the next request and journals
-    /// it; returns the state it left, once every shard's record is durable.
-    pub async fn change_onboarding(
-        &self,
-        participant: InstitutionId,
-        to: Onboarding,
-    ) -> Result<Onboarding, OnboardingRefusal> {
-        let mesh =
-            self.control.mesh.get().ok_or_else(|| OnboardingRefusal::Failed("the switch is not serving yet".into()))?;
-        let mut states = self.control.onboarding.lock().await;
-        let &(from, suspended_from) = states.get(&participant).ok_or(OnboardingRefusal::Unknown)?;
-        if !from.may_become(to, suspended_from) {
-            let back = suspended_from.map(|s| format!(" (it may only go back to {})", s.name())).unwrap_or_default();
-            return Err(OnboardingRefusal::NotAllowed(format!(
-                "{participant} is {}: it cannot become {}{back}",
-                from.name(),
-                to.name()
-            )));
-        }
-        let (dones, durable): (Vec<_>, Vec<_>) = (0..mesh.shards()).map(|_| oneshot::channel()).unzip();
-        let mut dones = dones.into_iter();
-        mesh.broadcast(|_| Event::Onboarding {
-            participant,
-            state: to,
-            previous: from,
-            done: dones.next().expect("one per shard"),
-        })
-        .await;
-        for change in durable {
-            if !matches!(tokio::time::timeout(Duration::from_secs(30), change).await, Ok(Ok(()))) {
-                // Some shards may have it: the next start converges them on the latest.
-                return Err(OnboardingRefusal::Failed(format!(
-                    "{participant}: a shard did not make the change durable in 30 s"
-                )));
-            }
-        }
-        states.insert(participant, (to, (to == Onboarding::Suspended).then_some(from)));
-        tracing::info!(%participant, from = from.name(), to = to.name(), "onboarding state changed");
-        Ok(from)
-    }
-
-    /// The FX rate table the shards convert with now.
-    pub async fn rates(&self) -> Arc<crate::fx::RateTable> {
-        self.control.rates.lock().await.clone()
-    }
-
-    /// Reads the rate table file again and hands the table to every shard, which converts
-    /// with it from its next request on; returns the previous and the new version once
-    /// every shard has it. Refused, with the running table kept, when there is no file, it
-    /// cannot be read or is invalid, or its version is not above the running one (so an
-    /// old file is never reloaded by mistake, and a version names one table).
-    pub async fn reload_rates(&self) -> Result<(u32, u32), String> {
-        let path = self
-            .fx_rates_file
-            .as_ref()
-            .ok_or("no [fx] rates file is configured: the table given at start is the only one")?;
-        let mesh = self.control.mesh.get().ok_or("the switch is not serving yet")?;
-        let mut running = self.control.rates.lock().await;
-        let table = crate::fx::RateTable::read(path)?;
-        let previous = running.version();
-        if table.version() <= previous {
-            return Err(format!(
-                "{}: version {} is not above the running version {previous}",
-                path.display(),
-                table.version()
-            ));
-        }
-        let table = Arc::new(table);
-        let (dones, applied): (Vec<_>, Vec<_>) = (0..mesh.shards()).map(|_| oneshot::channel()).unzip();
-        let mut dones = dones.into_iter();
-        mesh.broadcast(|_| Event::Rates { rates: table.clone(), done: dones.next().expect("one per shard") }).await;
-        for shard in applied {
-            if !matches!(tokio::time::timeout(Duration::from_secs(30), shard).await, Ok(Ok(()))) {
-                return Err("a shard did not take the new rates in 30 s; some shards may have them".into());
-            }
-        }
-        *running = table.clone();
-        tracing::info!(previous, version = table.version(), "FX rates reloaded");
-        Ok((previous, table.version()))
-    }
 }
 
 /// A connection's receive and send buffers until it signs on: room for a sign-on.
@@ -376,7 +234,7 @@ pub(crate) enum Protocol {
 }
 
 /// A connection handed to a shard, with its place at the gate.
-type Accepted = (std::net::TcpStream, SocketAddr, Protocol, Ticket);
+pub(crate) type Accepted = (std::net::TcpStream, SocketAddr, Protocol, Ticket);
 
 /// Accepts connections until `shutdown` resolves, handing them round-robin to the shards
 /// (`Shared::shards` threads, each with its own event loop and exchange). Then drains:
@@ -491,7 +349,7 @@ pub async fn serve(
         let (handoff, accepted) = mpsc::channel(HANDOFF_QUEUE);
         let (drained_tx, drained_rx) = oneshot::channel();
         shared.control.next_window.fetch_max(exchange.last_window() + 1, Ordering::Relaxed);
-        let shard = ShardThread {
+        let shard = crate::edge::thread::ShardThread {
             index,
             progress: Arc::clone(&progress),
             shared: Arc::clone(&shared),
@@ -631,144 +489,6 @@ async fn drain_in_flight(shared: &Shared, mesh: &Mesh) {
     }
 }
 
-/// What one shard's thread needs besides its exchange.
-struct ShardThread {
-    index: usize,
-    /// Where this shard's journal thread reports its durable sequence.
-    progress: Arc<crate::fleet::Progress>,
-    shared: Arc<Shared>,
-    mesh: Arc<Mesh>,
-    draining: watch::Receiver<bool>,
-    stop: watch::Receiver<bool>,
-}
-
-impl ShardThread {
-    /// The shard's thread: its own single-threaded runtime (tokio's, or tokio-uring's for
-    /// the io_uring data path) runs its loop and connections.
-    fn run(
-        self,
-        exchange: Exchange,
-        journal: Option<Journal>,
-        accepted: mpsc::Receiver<Accepted>,
-        drained: oneshot::Sender<()>,
-    ) {
-        match self.shared.io {
-            Io::Uring => tokio_uring::start(async move {
-                let local = tokio::task::LocalSet::new();
-                local.run_until(self.serve::<tokio_uring::net::TcpStream>(exchange, journal, accepted, drained)).await;
-            }),
-            Io::Tokio => {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        tracing::error!(%error, shard = self.index, "cannot start a shard's runtime");
-                        std::process::exit(1);
-                    }
-                };
-                let local = tokio::task::LocalSet::new();
-                local.block_on(&runtime, self.serve::<TcpStream>(exchange, journal, accepted, drained));
-            }
-        }
-    }
-
-    /// Runs the shard loop and this shard's connections until the drain has ended.
-    async fn serve<T: Transport>(
-        self,
-        exchange: Exchange,
-        journal: Option<Journal>,
-        mut accepted: mpsc::Receiver<Accepted>,
-        drained: oneshot::Sender<()>,
-    ) {
-        let shared = &self.shared;
-        let commit = match journal.map(|journal| {
-            let mesh = Arc::clone(&self.mesh);
-            let progress = Arc::clone(&self.progress);
-            let metrics = Arc::clone(&self.shared.metrics);
-            let index = self.index;
-            Commit::start(index, journal, move |done| {
-                progress.set_durable(index, done.durable);
-                metrics.journal_committed(done.records, done.took);
-                mesh.wake_shard(index);
-            })
-        }) {
-            None => None,
-            Some(Ok(commit)) => Some(commit),
-            Some(Err(error)) => {
-                tracing::error!(%error, shard = self.index, "cannot start the journal thread");
-                std::process::exit(EXIT_JOURNAL_FAILED);
-            }
-        };
-        let shard_loop = tokio::spawn(run_shard(ShardLoop {
-            index: self.index,
-            exchange,
-            commit,
-            mesh: Arc::clone(&self.mesh),
-            metrics: Arc::clone(&shared.metrics),
-            status: Arc::clone(&shared.status),
-            started: shared.started,
-            stop: self.stop.clone(),
-            retention: shared.control.retention.get().map(|(retention, _)| Arc::clone(retention)),
-            restart_every: shared.journal.as_ref().map_or(u64::MAX, |settings| settings.restart_every),
-        }));
-        let mut connections = tokio::task::JoinSet::new();
-        loop {
-            tokio::select! {
-                // Reap finished connection tasks so the set stays as small as the live sessions.
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                handed = accepted.recv() => {
-                    let Some((stream, peer, protocol, ticket)) = handed else { break };
-                    let connection = Connection {
-                        shared: Arc::clone(shared),
-                        mesh: Arc::clone(&self.mesh),
-                        home: self.index,
-                        draining: self.draining.clone(),
-                    };
-                    if protocol == Protocol::Iso8583 {
-                        connections.spawn_local(async move {
-                            if let Err(error) = connection.serve_iso8583(stream, peer, ticket).await {
-                                tracing::debug!(%peer, %error, "ISO 8583 connection ended with an I/O error");
-                            }
-                        });
-                        continue;
-                    }
-                    if let Some(tls) = &shared.tls {
-                        let acceptor = tls.acceptor();
-                        connections.spawn_local(async move {
-                            if let Err(error) = connection.serve_tls(acceptor, stream, peer, ticket).await {
-                                tracing::debug!(%peer, %error, "TLS connection ended with an I/O error");
-                            }
-                        });
-                        continue;
-                    }
-                    let stream = match stream.set_nodelay(true).and_then(|()| T::from_std(stream)) {
-                        Ok(stream) => stream,
-                        Err(error) => {
-                            tracing::debug!(%peer, %error, "connection unusable");
-                            continue;
-                        }
-                    };
-                    connections.spawn_local(async move {
-                        if let Err(error) = connection.serve(stream, peer, None, ticket).await {
-                            tracing::debug!(%peer, %error, "connection ended with an I/O error");
-                        }
-                    });
-                }
-            }
-        }
-        // Each session closes by its own drain deadline; this bound only guards against
-        // a task stuck in a write to a peer that stopped reading.
-        let bound = Duration::from_millis(shared.session.drain_timeout_ms) + Duration::from_secs(1);
-        if tokio::time::timeout(bound, async { while connections.join_next().await.is_some() {} }).await.is_err() {
-            tracing::warn!(sessions = connections.len(), "drain bound passed; closing the remaining connections");
-            connections.abort_all();
-            while connections.join_next().await.is_some() {}
-        }
-        let _ = drained.send(());
-        // The loop runs on until every shard has drained (`stop`).
-        let _ = shard_loop.await;
-    }
-}
-
 /// Counts a connection open for as long as it lives, and its close reason, whichever way
 /// its task ends.
 pub(crate) struct ConnectionGuard<'a> {
@@ -795,7 +515,7 @@ pub(crate) struct Connection {
 impl Connection {
     /// The TLS handshake (within the sign-on deadline), then the session; a client without
     /// a certificate the participant CA issued, valid now and not revoked, never gets one.
-    async fn serve_tls(
+    pub(crate) async fn serve_tls(
         self,
         acceptor: tokio_rustls::TlsAcceptor,
         stream: std::net::TcpStream,
@@ -853,7 +573,7 @@ impl Connection {
 
     /// `certified`: on a TLS link, the participants its certificate names (only they may
     /// sign on); `None` on a plaintext link.
-    async fn serve<T: Transport>(
+    pub(crate) async fn serve<T: Transport>(
         self,
         stream: T,
         peer: SocketAddr,
@@ -1196,44 +916,5 @@ pub(crate) async fn next_outbound(
     match outbound {
         Some(receiver) => receiver.recv_many(outgoing, OUTBOUND_BATCH_MAX).await > 0,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::SwitchConfig;
-
-    #[test]
-    fn a_change_some_shards_missed_is_completed_at_start() {
-        let config = SwitchConfig::embedded_default();
-        let shared = Shared::new(config.session.clone(), Directory::new(config.participants.clone()));
-        let wechat = InstitutionId::new("WECHATPAY").expect("valid");
-        let alipay = InstitutionId::new("ALIPAY").expect("valid");
-        let mut exchanges: Vec<Exchange> = (0..3)
-            .map(|index| Exchange::new(config.exchange.for_shard(index, 3), Routes::embedded_default()))
-            .collect();
-        let at = |unix_ms| Now { monotonic_ms: 0, unix_ms };
-        // A crash between shards: WeChat Pay's suspension reached shards 0 and 2 only; a
-        // later resumption of Alipay reached shard 1 only, after all three had suspended it.
-        exchanges[0].set_onboarding(wechat, Onboarding::Suspended, Onboarding::Live, at(10));
-        exchanges[2].set_onboarding(wechat, Onboarding::Suspended, Onboarding::Live, at(10));
-        for exchange in &mut exchanges {
-            exchange.set_onboarding(alipay, Onboarding::Suspended, Onboarding::Live, at(20));
-        }
-        exchanges[1].set_onboarding(alipay, Onboarding::Live, Onboarding::Suspended, at(30));
-        for exchange in &mut exchanges {
-            exchange.take_records(&mut Vec::new());
-        }
-        let mut journals: Vec<Option<Journal>> = (0..3).map(|_| None).collect();
-        crate::edge::recovery::converge_onboarding(&shared, &mut exchanges, &mut journals, at(40)).expect("converges");
-        for exchange in &exchanges {
-            assert_eq!(exchange.onboarding(wechat).0, Onboarding::Suspended);
-            assert_eq!(exchange.onboarding(alipay).0, Onboarding::Live);
-        }
-        let states = shared.control.onboarding.try_lock().expect("free").clone();
-        assert_eq!(states[&wechat], (Onboarding::Suspended, Some(Onboarding::Live)));
-        assert_eq!(states[&alipay], (Onboarding::Live, None));
-        assert_eq!(states.len(), config.participants.len());
     }
 }
