@@ -244,6 +244,12 @@ impl Exchange {
         let reference = self.next_reference();
         let reply_ms = receiver_policy.reply_deadline_ms.unwrap_or(self.config.reply_deadline_ms);
         self.open(reference, session, admission, now.monotonic_ms + reply_ms);
+        // The limits were checked just above: admission never takes the exchange past them.
+        assert!(self.in_flight <= self.config.in_flight_max, "in flight past in_flight_max");
+        assert!(
+            self.originating.get(&originator).is_some_and(|&n| n <= self.config.in_flight_per_participant_max),
+            "{originator} originates past in_flight_per_participant_max"
+        );
         self.timers.add(now.monotonic_ms, reply_ms, Timer::Reply(reference));
         self.journal(admission.record(reference, now.unix_ms));
         if admission.conversion.is_some() {
@@ -289,7 +295,7 @@ impl Exchange {
     /// its id for duplicates and, for a refund, the amount it holds of its payment.
     pub(super) fn open(&mut self, reference: u64, session: SessionId, admission: Admission, deadline_ms: u64) {
         let Admission { originator, id, receiver, amount_minor, currency, kind, payment_code, conversion } = admission;
-        self.transactions.insert(
+        let previous = self.transactions.insert(
             reference,
             Transaction {
                 originator,
@@ -317,6 +323,8 @@ impl Exchange {
                 approval_refused: false,
             },
         );
+        // References are drawn once each (`next_reference`, and the journal in replay).
+        assert!(previous.is_none(), "transaction {reference} opened twice");
         self.in_flight += 1;
         *self.originating.entry(originator).or_default() += 1;
         *self.receiving.entry(receiver).or_default() += 1;

@@ -132,9 +132,11 @@ impl Exchange {
 
     /// A transaction left flight (answered or timed out): its allowances free up.
     pub(super) fn leave_flight(&mut self, originator: InstitutionId, receiver: InstitutionId) {
-        self.in_flight -= 1;
+        // Only a transaction that entered the flight leaves it (`complete` checks its state).
+        self.in_flight = self.in_flight.checked_sub(1).expect("a transaction left a flight it never entered");
         for (counts, participant) in [(&mut self.originating, originator), (&mut self.receiving, receiver)] {
             if let Some(count) = counts.get_mut(&participant) {
+                assert!(*count > 0, "{participant}'s flight count is zero but held");
                 *count -= 1;
                 if *count == 0 {
                     counts.remove(&participant);

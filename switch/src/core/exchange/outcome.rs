@@ -23,6 +23,8 @@ impl Exchange {
     /// amount is settled against its payment, and it joins the remembered transactions.
     /// Returns it as it was; `None` if it was not in flight.
     pub(super) fn complete(&mut self, reference: u64, outcome: State) -> Option<Transaction> {
+        // Exactly one outcome: a transaction leaves `InFlight` once, for a final state.
+        assert!(!matches!(outcome, State::InFlight { .. }), "transaction {reference} completed into InFlight");
         let transaction = self.transactions.get_mut(&reference)?;
         if !matches!(transaction.state, State::InFlight { .. }) {
             return None;
@@ -309,6 +311,7 @@ impl Exchange {
                 self.forget(oldest);
             }
         }
+        assert!(self.completed.len() <= self.config.completed_max, "completed memory past completed_max");
     }
 
     pub(super) fn forget(&mut self, reference: u64) {
