@@ -13,7 +13,7 @@ use std::hint::black_box;
 use codec::{AuthorizationCode, InstitutionId, PaymentCode, TransactionId};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use switch::core::record::Record;
-use switch::journal::{Damage, Journal, SyncPolicy};
+use switch::durability::journal::{Damage, Journal, SyncPolicy};
 
 /// The two records of one approved consumer-presented payment.
 fn payment(n: u64) -> [Record; 2] {

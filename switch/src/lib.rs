@@ -1,32 +1,25 @@
-//! The clearing message switch.
+//! The clearing message switch, in wings that name its architecture:
 //!
 //! - [`core`]: the deterministic core: sessions, routes, the exchange (matching, timers,
-//!   reversals, refunds), shard ownership, journal records.
-//! - [`edge`]: sockets and event loops that drive the core.
-//! - [`participant`]: the participant directory.
-//! - [`clearing`]: clearing windows, positions and reconciliation files from the journal.
-//! - [`config`]: configuration and the embedded default.
-//! - [`fx`]: the FX rate table (per pair, validity periods, a version).
-//! - [`metrics`]: counters and histograms for `/metrics`.
-//! - [`status`]: participant and link state for the admin port.
-//! - [`journal`]: the per-shard journal: segments, group commit, recovery.
-//! - [`retention`]: which journal segments may go once a window has closed.
+//!   reversals, refunds), shard ownership, journal records. No I/O, no clock.
+//! - [`edge`]: sockets, threads and event loops that drive the core, the admin port, and
+//!   the control plane (window closes, onboarding changes, rate reloads).
+//! - [`durability`]: the per-shard journal (segments, head, group commit's writes,
+//!   recovery) and retention.
+//! - [`settlement`]: clearing windows, positions and reconciliation files, and the fleet's
+//!   publication to one stream.
+//! - [`ops`]: metrics, status, admin access and audit, systemd notification, log limits.
+//! - [`config`]: configuration files and the embedded default.
+//! - [`participant`]: the participant directory; [`fx`]: the FX rate table (per pair,
+//!   validity periods, a version).
 //! - [`inspect`]: `switch inspect`, the integrator's decoder for QR, ISO 8583 and frames.
-//! - [`access`]: admin API tokens and roles; [`audit`]: the audit log (rotated, refusals aggregated).
 
-pub mod access;
-pub mod audit;
-pub mod clearing;
 pub mod config;
 pub mod core;
+pub mod durability;
 pub mod edge;
-pub mod fleet;
 pub mod fx;
 pub mod inspect;
-pub mod journal;
-pub mod log_limit;
-pub mod metrics;
-pub mod notify;
+pub mod ops;
 pub mod participant;
-pub mod retention;
-pub mod status;
+pub mod settlement;

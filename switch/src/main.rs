@@ -7,9 +7,9 @@ mod demo;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switch::config::SwitchConfig;
+use switch::durability::journal::{Damage, JournalSettings, SyncPolicy};
 use switch::edge::tcp::{Shared, serve};
 use switch::edge::transport::Io;
-use switch::journal::{Damage, JournalSettings, SyncPolicy};
 use switch::participant::Directory;
 
 #[global_allocator]
@@ -238,10 +238,10 @@ fn main() {
 /// the switch can run (its systemd unit does not restart it then); 1 otherwise.
 fn exit_code(error: &anyhow::Error) -> i32 {
     let operator = error.chain().any(|cause| {
-        cause.downcast_ref::<switch::journal::JournalError>().is_some_and(|error| error.needs_operator())
-            || cause.downcast_ref::<std::io::Error>().is_some_and(switch::journal::storage_failed)
+        cause.downcast_ref::<switch::durability::journal::JournalError>().is_some_and(|error| error.needs_operator())
+            || cause.downcast_ref::<std::io::Error>().is_some_and(switch::durability::journal::storage_failed)
     });
-    if operator { switch::journal::EXIT_JOURNAL_FAILED } else { 1 }
+    if operator { switch::durability::journal::EXIT_JOURNAL_FAILED } else { 1 }
 }
 
 fn inspect(command: Inspect) -> anyhow::Result<()> {
@@ -375,7 +375,7 @@ fn close_via_admin(
     token_file: &std::path::Path,
 ) -> anyhow::Result<(u64, Vec<std::path::PathBuf>)> {
     use std::io::{Read, Write};
-    let token = switch::access::read_token_file(token_file)
+    let token = switch::ops::access::read_token_file(token_file)
         .with_context(|| format!("cannot read the admin token {}", token_file.display()))?;
     let mut stream =
         std::net::TcpStream::connect(admin).with_context(|| format!("cannot reach the admin port {admin}"))?;
@@ -420,17 +420,19 @@ fn clearing_command(command: ClearingCommand) -> anyhow::Result<()> {
                 (Some(window), Some(nodes), Some(out)) => (window, nodes, out),
                 _ => anyhow::bail!("--source nats needs --window, --nodes and --out"),
             };
-            let nodes = switch::fleet::parse_nodes(&nodes).map_err(|problem| anyhow::anyhow!("--nodes {problem}"))?;
+            let nodes = switch::settlement::fleet::parse_nodes(&nodes)
+                .map_err(|problem| anyhow::anyhow!("--nodes {problem}"))?;
             let config = match config {
                 Some(path) => SwitchConfig::from_file(&path)?,
                 None => SwitchConfig::embedded_default(),
             };
-            let inputs = switch::clearing::CloseInputs::new(config.fees, config.exchange.completed_max);
+            let inputs = switch::settlement::clearing::CloseInputs::new(config.fees, config.exchange.completed_max);
             let fleet = with_nats_overrides(config.fleet, nats, nats_token_file)?
                 .context("--source nats needs --nats URL (or --config with a [fleet] table)")?;
             let runtime =
                 tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
-            let built = runtime.block_on(switch::fleet::read_window(&fleet, window, &nodes, &inputs, &out))?;
+            let built =
+                runtime.block_on(switch::settlement::fleet::read_window(&fleet, window, &nodes, &inputs, &out))?;
             let files = built.files;
             emit!("fleet window {window} (nodes {nodes:?}, stream {}): {} entries", fleet.stream, built.entries);
             print(window, &files);
@@ -453,8 +455,8 @@ fn clearing_command(command: ClearingCommand) -> anyhow::Result<()> {
             if let Some(path) = code_key_file {
                 key = Some(read_code_key(&path)?);
             }
-            let inputs = switch::clearing::CloseInputs::new(config.fees, config.exchange.completed_max);
-            let built = switch::clearing::close_offline(&data_dir, &inputs, key.as_ref())?;
+            let inputs = switch::settlement::clearing::CloseInputs::new(config.fees, config.exchange.completed_max);
+            let built = switch::settlement::clearing::close_offline(&data_dir, &inputs, key.as_ref())?;
             print(built.window, &built.files);
             Ok(())
         }
@@ -463,9 +465,9 @@ fn clearing_command(command: ClearingCommand) -> anyhow::Result<()> {
                 Some(path) => SwitchConfig::from_file(&path)?,
                 None => SwitchConfig::embedded_default(),
             };
-            let fallback = switch::clearing::CloseInputs::new(config.fees, config.exchange.completed_max);
+            let fallback = switch::settlement::clearing::CloseInputs::new(config.fees, config.exchange.completed_max);
             let key = code_key_file.map(|path| read_code_key(&path)).transpose()?;
-            let built = switch::clearing::rebuild(&data_dir, window, &fallback, key.as_ref())?;
+            let built = switch::settlement::clearing::rebuild(&data_dir, window, &fallback, key.as_ref())?;
             emit!("window {window} rebuilt: {} entries, {} files", built.entries, built.files.len());
             Ok(())
         }
@@ -477,10 +479,10 @@ fn journal_command(command: JournalCommand) -> anyhow::Result<()> {
         JournalCommand::Verify { data_dir, code_key_file } => {
             let key = code_key_file.map(|path| read_code_key(&path)).transpose()?;
             let mut damaged = false;
-            for (index, dir) in switch::clearing::shard_dirs(&data_dir)? {
-                let segments = switch::journal::segments(&dir)?.len();
+            for (index, dir) in switch::settlement::clearing::shard_dirs(&data_dir)? {
+                let segments = switch::durability::journal::segments(&dir)?.len();
                 let (mut records, mut first) = (0u64, None);
-                match switch::journal::read_with(&dir, key.as_ref(), |sequence, _| {
+                match switch::durability::journal::read_with(&dir, key.as_ref(), |sequence, _| {
                     records += 1;
                     first.get_or_insert(sequence);
                 }) {
@@ -513,13 +515,13 @@ fn journal_command(command: JournalCommand) -> anyhow::Result<()> {
         }
         JournalCommand::Inspect { data_dir, shard, limit, code_key_file } => {
             let key = code_key_file.map(|path| read_code_key(&path)).transpose()?;
-            for (index, dir) in switch::clearing::shard_dirs(&data_dir)? {
+            for (index, dir) in switch::settlement::clearing::shard_dirs(&data_dir)? {
                 if shard.is_some_and(|wanted| wanted != index) {
                     continue;
                 }
                 emit!("# shard {index}");
                 let mut count = 0usize;
-                switch::journal::read_with(&dir, key.as_ref(), |sequence, record| {
+                switch::durability::journal::read_with(&dir, key.as_ref(), |sequence, record| {
                     count += 1;
                     if count <= limit {
                         emit!("{sequence:>10} {record}");
@@ -535,20 +537,20 @@ fn journal_command(command: JournalCommand) -> anyhow::Result<()> {
 /// The configuration's `[fleet]` with `--nats` and `--nats-token-file` applied: a URL
 /// given on the command line enables the fleet (with the defaults) or replaces the file's.
 fn with_nats_overrides(
-    fleet: Option<switch::fleet::FleetSettings>,
+    fleet: Option<switch::settlement::fleet::FleetSettings>,
     nats: Option<String>,
     token_file: Option<std::path::PathBuf>,
-) -> anyhow::Result<Option<switch::fleet::FleetSettings>> {
+) -> anyhow::Result<Option<switch::settlement::fleet::FleetSettings>> {
     let mut fleet = match (fleet, nats) {
         (fleet, None) => fleet,
         (Some(mut fleet), Some(url)) => {
             fleet.nats_url = url;
             Some(fleet)
         }
-        (None, Some(url)) => Some(switch::fleet::FleetSettings::new(&url)),
+        (None, Some(url)) => Some(switch::settlement::fleet::FleetSettings::new(&url)),
     };
     if let (Some(fleet), Some(path)) = (fleet.as_mut(), token_file) {
-        fleet.token = Some(switch::fleet::NatsToken::read(&path).map_err(anyhow::Error::msg)?);
+        fleet.token = Some(switch::settlement::fleet::NatsToken::read(&path).map_err(anyhow::Error::msg)?);
     }
     Ok(fleet)
 }
@@ -559,18 +561,18 @@ fn read_code_key(path: &std::path::Path) -> anyhow::Result<switch::core::record:
 
 /// The admin API's tokens (the configuration's, or a fresh operator token written to
 /// `DATA_DIR/admin.token`) and its audit log, `DATA_DIR/audit.log`.
-fn admin_access(config: &SwitchConfig) -> anyhow::Result<switch::access::AdminAccess> {
+fn admin_access(config: &SwitchConfig) -> anyhow::Result<switch::ops::access::AdminAccess> {
     let mut tokens = config.admin_tokens.clone();
     if tokens.is_empty() {
         let path = config.data_dir.join(ADMIN_TOKEN_FILE);
         tokens.push(
-            switch::access::generate_token_file(&path)
+            switch::ops::access::generate_token_file(&path)
                 .with_context(|| format!("cannot write the admin token {}", path.display()))?,
         );
         tracing::info!(file = %path.display(), "no admin tokens configured: an operator token was written");
     }
     let audit = config.data_dir.join("audit.log");
-    switch::access::AdminAccess::new(tokens)
+    switch::ops::access::AdminAccess::new(tokens)
         .with_audit_log(&audit)
         .with_context(|| format!("cannot open the audit log {}", audit.display()))
 }

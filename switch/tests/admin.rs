@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use codec::{InstitutionId, Message, MessageRef};
 use loadgen::client::Client;
-use switch::access::{AdminAccess, AdminRole, AdminToken};
 use switch::config::{SwitchConfig, demo_key};
 use switch::edge::admin::serve_admin;
 use switch::edge::tcp::{Shared, serve};
+use switch::ops::access::{AdminAccess, AdminRole, AdminToken};
 use switch::participant::Directory;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -174,13 +174,13 @@ async fn start_with_journal(
         Shared::new(config.session, Directory::new(config.participants))
             .with_admin(access)
             .with_shards(2)
-            .with_journal(switch::journal::JournalSettings {
+            .with_journal(switch::durability::journal::JournalSettings {
                 data_dir: data_dir.to_path_buf(),
-                policy: switch::journal::SyncPolicy::Always,
-                segment_size: switch::journal::SEGMENT_SIZE_MAX,
+                policy: switch::durability::journal::SyncPolicy::Always,
+                segment_size: switch::durability::journal::SEGMENT_SIZE_MAX,
                 retain_windows: 0,
-                restart_every: switch::journal::RESTART_EVERY_DEFAULT,
-                damage: switch::journal::Damage::Refuse,
+                restart_every: switch::durability::journal::RESTART_EVERY_DEFAULT,
+                damage: switch::durability::journal::Damage::Refuse,
                 io_uring: false,
                 code_key: None,
             }),
@@ -315,7 +315,7 @@ async fn unauthenticated_refusals_cannot_fill_the_disk() {
     let dir = std::env::temp_dir().join(format!("switch-admin-flood-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let audit = dir.join("audit.log");
-    let log = switch::audit::AuditLog::open(&audit, switch::audit::MAX_BYTES_DEFAULT)
+    let log = switch::ops::audit::AuditLog::open(&audit, switch::ops::audit::MAX_BYTES_DEFAULT)
         .expect("audit log")
         .with_refusal_interval(Duration::from_millis(200));
     let access = AdminAccess::new(vec![AdminToken::new("viewer", AdminRole::Read, "read-token-3")]).with_audit(log);

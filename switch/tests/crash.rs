@@ -303,7 +303,11 @@ async fn a_journal_write_that_fails_stops_the_switch_before_it_answers() {
     }
     wechat.abort();
     let status = switch.0.wait().expect("exit status");
-    assert_eq!(status.code(), Some(switch::journal::EXIT_JOURNAL_FAILED), "stopped with the journal's exit code");
+    assert_eq!(
+        status.code(),
+        Some(switch::durability::journal::EXIT_JOURNAL_FAILED),
+        "stopped with the journal's exit code"
+    );
     assert!(!approved.is_empty() && approved.len() < 2_000, "{} approvals before the limit", approved.len());
     let mut stderr = String::new();
     std::io::Read::read_to_string(switch.0.stderr.as_mut().expect("piped"), &mut stderr).expect("stderr");
@@ -351,8 +355,8 @@ async fn payment_codes_are_encrypted_at_rest_with_a_code_key() {
 
     // No code, not even the codes' common prefix, is anywhere in the journal's bytes.
     let mut journal = Vec::new();
-    for (_, dir) in switch::clearing::shard_dirs(&data_dir).expect("shards") {
-        for segment in switch::journal::segments(&dir).expect("segments") {
+    for (_, dir) in switch::settlement::clearing::shard_dirs(&data_dir).expect("shards") {
+        for segment in switch::durability::journal::segments(&dir).expect("segments") {
             journal.extend(std::fs::read(segment).expect("read"));
         }
     }

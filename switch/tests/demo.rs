@@ -79,8 +79,8 @@ fn the_demo_replays_a_profile_and_reconciles_exactly() {
 /// keeps them: it must, to refuse a code's reuse after a restart).
 fn journalled_codes(data: &Path) -> std::collections::HashSet<String> {
     let mut codes = std::collections::HashSet::new();
-    for (_, dir) in switch::clearing::shard_dirs(data).unwrap() {
-        switch::journal::read_with(&dir, None, |_, record| {
+    for (_, dir) in switch::settlement::clearing::shard_dirs(data).unwrap() {
+        switch::durability::journal::read_with(&dir, None, |_, record| {
             if let switch::core::record::Record::Admitted { payment_code: Some(code), .. } = record {
                 codes.insert(code.digits().to_string());
             }

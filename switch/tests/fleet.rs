@@ -316,7 +316,7 @@ async fn publish(
 #[tokio::test]
 async fn a_damaged_or_mixed_stream_is_refused_by_the_close_and_by_the_publisher() {
     use switch::core::record::Record;
-    use switch::fleet::{FleetError, FleetSettings, NatsToken};
+    use switch::settlement::fleet::{FleetError, FleetSettings, NatsToken};
     let dir = std::env::temp_dir().join(format!("switch-fleet-refusals-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -327,7 +327,8 @@ async fn a_damaged_or_mixed_stream_is_refused_by_the_close_and_by_the_publisher(
         async_nats::ConnectOptions::with_token(NATS_TOKEN.into()).connect(url.as_str()).await.expect("connect");
     let context = async_nats::jetstream::new(client);
     let cut = |window| Record::WindowCut { window, time_ms: 1 };
-    let inputs = switch::clearing::CloseInputs::new(switch::clearing::FeeSchedule::default(), 1_000);
+    let inputs =
+        switch::settlement::clearing::CloseInputs::new(switch::settlement::clearing::FeeSchedule::default(), 1_000);
     let out = dir.join("out");
     let mut settings = FleetSettings::new(&url);
     settings.token = Some(NatsToken(NATS_TOKEN.into()));
@@ -346,7 +347,7 @@ async fn a_damaged_or_mixed_stream_is_refused_by_the_close_and_by_the_publisher(
         }
         settings.stream = stream.into();
         settings.subject_prefix = stream.into();
-        match switch::fleet::read_window(&settings, 1, &[0], &inputs, &out).await {
+        match switch::settlement::fleet::read_window(&settings, 1, &[0], &inputs, &out).await {
             Ok(window) => panic!("{stream}: built a window of {} entries", window.entries),
             Err(error) => error,
         }

@@ -12,10 +12,10 @@ use codec::code::TransactionStatus;
 use codec::field::FieldText;
 use codec::{InstitutionId, LinkedRequest, Message, PaymentCode, Reply, ReplyCode, StatusQuery, TransactionId};
 use proptest::prelude::*;
-use switch::clearing::Window;
 use switch::core::exchange::{Exchange, ExchangeConfig, Outbound, Routes, SessionId};
 use switch::core::record::Record;
 use switch::core::session::Now;
+use switch::settlement::clearing::Window;
 
 const ACQUIRER: SessionId = 1;
 const WECHAT: SessionId = 2;
@@ -237,7 +237,7 @@ proptest! {
         let shards = [records];
         let mut acquirer_net = 0i128;
         for w in 1..=window {
-            let fees = switch::clearing::FeeSchedule::default();
+            let fees = switch::settlement::clearing::FeeSchedule::default();
             let built = Window::from_shards(w, &shards, &fees).expect("balanced");
             prop_assert_eq!(&built, &Window::from_shards(w, &shards, &fees).expect("balanced"));
             acquirer_net += built.positions.get(&id("ACQ0001")).and_then(|t| t.get(&156)).map_or(0, |t| t.net_minor);
@@ -317,7 +317,7 @@ proptest! {
                 kept_out.iter().map(|o| (o.session, o.message.clone())).collect::<Vec<_>>(),
                 full_out.iter().map(|o| (o.session, o.message.clone())).collect::<Vec<_>>()
             );
-            let fees = switch::clearing::FeeSchedule::default();
+            let fees = switch::settlement::clearing::FeeSchedule::default();
             let tail = [(first, &records[first as usize - 1..])];
             for w in 1..=run.window {
                 let whole = Window::from_shards(w, std::slice::from_ref(records), &fees).expect("balanced");

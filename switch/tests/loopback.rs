@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 struct Running {
     address: SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
-    served: tokio::task::JoinHandle<Result<(), switch::journal::JournalError>>,
+    served: tokio::task::JoinHandle<Result<(), switch::durability::journal::JournalError>>,
 }
 
 async fn start_switch_with(drain_timeout_ms: u64) -> Running {

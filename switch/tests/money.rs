@@ -36,13 +36,13 @@ async fn start(data_dir: &std::path::Path) -> (SocketAddr, Arc<Shared>) {
             .with_exchange(config.exchange, Routes::embedded_default())
             .with_fees(config.fees)
             .with_shards(2)
-            .with_journal(switch::journal::JournalSettings {
+            .with_journal(switch::durability::journal::JournalSettings {
                 data_dir: data_dir.to_path_buf(),
-                policy: switch::journal::SyncPolicy::Never,
-                segment_size: switch::journal::SEGMENT_SIZE_MAX,
+                policy: switch::durability::journal::SyncPolicy::Never,
+                segment_size: switch::durability::journal::SEGMENT_SIZE_MAX,
                 retain_windows: 0,
-                restart_every: switch::journal::RESTART_EVERY_DEFAULT,
-                damage: switch::journal::Damage::Refuse,
+                restart_every: switch::durability::journal::RESTART_EVERY_DEFAULT,
+                damage: switch::durability::journal::Damage::Refuse,
                 io_uring: false,
                 code_key: None,
             }),

@@ -80,11 +80,11 @@ pub(super) struct FileFleet {
 }
 
 fn fleet_stream_default() -> String {
-    crate::fleet::FleetSettings::STREAM_DEFAULT.into()
+    crate::settlement::fleet::FleetSettings::STREAM_DEFAULT.into()
 }
 
 fn fleet_subject_prefix_default() -> String {
-    crate::fleet::FleetSettings::SUBJECT_PREFIX_DEFAULT.into()
+    crate::settlement::fleet::FleetSettings::SUBJECT_PREFIX_DEFAULT.into()
 }
 
 fn fleet_replicas_default() -> usize {
@@ -227,9 +227,9 @@ impl Default for FileJournal {
         Self {
             data_dir: PathBuf::from(SwitchConfig::DATA_DIR_DEFAULT),
             fsync: "always".into(),
-            segment_mib: crate::journal::SEGMENT_SIZE_MAX >> 20,
+            segment_mib: crate::durability::journal::SEGMENT_SIZE_MAX >> 20,
             retain_windows: 0,
-            restart_point_records: crate::journal::RESTART_EVERY_DEFAULT,
+            restart_point_records: crate::durability::journal::RESTART_EVERY_DEFAULT,
             code_key_file: None,
         }
     }

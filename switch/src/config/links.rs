@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::file::{FileAdmin, FileFleet, FileIso8583, FileTls};
 use super::{ConfigError, Source};
-use crate::access::{AdminRole, AdminToken};
+use crate::ops::access::{AdminRole, AdminToken};
 use crate::participant::Participant;
 
 /// `[tls]`, or plaintext when `[switch] plaintext = true` says so (exactly one of them).
@@ -67,7 +67,7 @@ pub(super) fn iso8583(
 pub(super) fn fleet(
     fleet: Option<FileFleet>,
     source: Source<'_>,
-) -> Result<Option<crate::fleet::FleetSettings>, ConfigError> {
+) -> Result<Option<crate::settlement::fleet::FleetSettings>, ConfigError> {
     let invalid = |key: String, problem: String| source.invalid(key, problem);
     let Some(fleet) = fleet else { return Ok(None) };
     let name_ok = |text: &str, dots: bool| {
@@ -95,12 +95,12 @@ pub(super) fn fleet(
     let token = match &fleet.token_file {
         Some(file) => {
             let resolved = source.beside(file);
-            let token = crate::fleet::NatsToken::read(&resolved);
+            let token = crate::settlement::fleet::NatsToken::read(&resolved);
             Some(token.map_err(|problem| invalid("fleet.token_file".into(), problem))?)
         }
         None => None,
     };
-    Ok(Some(crate::fleet::FleetSettings {
+    Ok(Some(crate::settlement::fleet::FleetSettings {
         nats_url: fleet.nats_url,
         stream: fleet.stream,
         subject_prefix: fleet.subject_prefix,
@@ -125,7 +125,7 @@ pub(super) fn admin_tokens(admin: &FileAdmin, source: Source<'_>) -> Result<Vec<
                 .ok_or_else(|| invalid(key("sha256"), "is not 64 hexadecimal digits".into()))?,
             (None, Some(file)) => {
                 let resolved = source.beside(file);
-                let secret = crate::access::read_token_file(&resolved).map_err(|error| {
+                let secret = crate::ops::access::read_token_file(&resolved).map_err(|error| {
                     invalid(key("token_file"), format!("cannot read {}: {error}", resolved.display()))
                 })?;
                 AdminToken::new(&token.name, role, &secret).sha256

@@ -22,7 +22,7 @@ use codec::InstitutionId;
 
 use crate::core::exchange::{ExchangeConfig, Routes};
 use crate::core::session::SessionConfig;
-use crate::journal::SyncPolicy;
+use crate::durability::journal::SyncPolicy;
 use crate::participant::{Participant, Role, SharedKey};
 
 mod file;
@@ -58,7 +58,7 @@ pub struct SwitchConfig {
     /// The daily clearing cut-off, Asia/Shanghai wall-clock time; `None`: on demand only.
     pub daily_cutoff: Option<jiff::civil::Time>,
     /// Fees charged in clearing windows (none in the embedded default).
-    pub fees: crate::clearing::FeeSchedule,
+    pub fees: crate::settlement::clearing::FeeSchedule,
     pub session: SessionConfig,
     /// Connection limits and the sign-on throttle (`[connections]`).
     pub connections: crate::edge::gate::ConnectionLimits,
@@ -66,12 +66,12 @@ pub struct SwitchConfig {
     pub routes: Routes,
     pub participants: Vec<Participant>,
     /// Admin API tokens; none: `switch run` makes an operator token in the data directory.
-    pub admin_tokens: Vec<crate::access::AdminToken>,
+    pub admin_tokens: Vec<crate::ops::access::AdminToken>,
     /// Mutual TLS on participant links; `None` only where the configuration says
     /// `plaintext = true` (the embedded default, on loopback).
     pub tls: Option<crate::edge::tls::TlsSettings>,
-    /// Publish the journal's records to a fleet's NATS JetStream stream (`crate::fleet`).
-    pub fleet: Option<crate::fleet::FleetSettings>,
+    /// Publish the journal's records to a fleet's NATS JetStream stream (`crate::settlement::fleet`).
+    pub fleet: Option<crate::settlement::fleet::FleetSettings>,
     /// The FX rate table's file (`[fx] rates`), read again by `POST /fx/rates/reload`;
     /// `None`: the table given at start is the only one (the embedded default's demo
     /// rates, or no rates at all).
@@ -137,12 +137,12 @@ impl SwitchConfig {
             shards: None,
             data_dir: PathBuf::from(Self::DATA_DIR_DEFAULT),
             fsync: SyncPolicy::Always,
-            segment_size: crate::journal::SEGMENT_SIZE_MAX,
+            segment_size: crate::durability::journal::SEGMENT_SIZE_MAX,
             retain_windows: 0,
-            restart_every: crate::journal::RESTART_EVERY_DEFAULT,
+            restart_every: crate::durability::journal::RESTART_EVERY_DEFAULT,
             code_key: None,
             daily_cutoff: Some(Self::DAILY_CUTOFF_DEFAULT),
-            fees: crate::clearing::FeeSchedule {
+            fees: crate::settlement::clearing::FeeSchedule {
                 operator: "CSWITCH".into(),
                 fx_margin_basis_points: Self::FX_MARGIN_DEFAULT,
                 ..Default::default()

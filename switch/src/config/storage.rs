@@ -9,7 +9,7 @@ use codec::field::FieldText;
 use super::file::{FileClearing, FileFee, FileFx, FileJournal};
 use super::{ConfigError, Source};
 use crate::core::record::CodeKey;
-use crate::journal::SyncPolicy;
+use crate::durability::journal::SyncPolicy;
 use crate::participant::Participant;
 
 /// What `[journal]` gives.
@@ -73,9 +73,10 @@ pub(super) fn fees(
     participants: &[Participant],
     operator: InstitutionId,
     source: Source<'_>,
-) -> Result<crate::clearing::FeeSchedule, ConfigError> {
+) -> Result<crate::settlement::clearing::FeeSchedule, ConfigError> {
     let invalid = |key: String, problem: String| source.invalid(key, problem);
-    let mut fees = crate::clearing::FeeSchedule { operator: operator.as_str().to_string(), ..Default::default() };
+    let mut fees =
+        crate::settlement::clearing::FeeSchedule { operator: operator.as_str().to_string(), ..Default::default() };
     for (index, fee) in fee.iter().enumerate() {
         let key = format!("fee[{index}] ({})", fee.participant.as_str());
         if !participants.iter().any(|p| p.id == fee.participant) {

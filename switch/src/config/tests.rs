@@ -74,7 +74,7 @@ fn a_minimal_file_loads_with_default_timers() {
 fn a_fleet_table_names_the_nats_server_and_takes_defaults() {
     assert_eq!(parse(MINIMAL).expect("valid").fleet, None);
     let config = parse(&format!("{MINIMAL}\n[fleet]\nnats_url = \"nats://10.0.0.5:4222\"\n")).expect("valid");
-    assert_eq!(config.fleet, Some(crate::fleet::FleetSettings::new("nats://10.0.0.5:4222")));
+    assert_eq!(config.fleet, Some(crate::settlement::fleet::FleetSettings::new("nats://10.0.0.5:4222")));
 }
 
 #[test]
@@ -244,7 +244,7 @@ fn the_example_in_deploy_is_valid() {
     let tls = config.tls.clone().expect("the example uses TLS");
     crate::edge::tls::Tls::load(tls).unwrap_or_else(|e| panic!("{e}"));
     let roles: Vec<_> = config.admin_tokens.iter().map(|t| (t.name.as_str(), t.role)).collect();
-    use crate::access::AdminRole;
+    use crate::ops::access::AdminRole;
     assert_eq!(roles, [("sre-oncall", AdminRole::Operator), ("dashboard", AdminRole::Read)]);
     // Its FX: the example rate table, the margin, settlement currencies, fees.
     assert!(config.fx_rates_file.as_ref().is_some_and(|f| f.ends_with("rates.example.toml")));

@@ -1,5 +1,5 @@
 //! Journal records: the exchange's decisions, in the order it made them, and their byte
-//! layout. Pure: encoding and decoding only; `crate::journal` writes and reads the files.
+//! layout. Pure: encoding and decoding only; `crate::durability::journal` writes and reads the files.
 //!
 //! A record on disk:
 //!
@@ -22,7 +22,7 @@
 //! journal then holds no payment code in clear. The CRC covers the stored bytes, so
 //! integrity checks need no key; reading the code back does.
 //!
-//! The copies a node publishes to its fleet (`crate::fleet`) withhold the code (flag 3,
+//! The copies a node publishes to its fleet (`crate::settlement::fleet`) withhold the code (flag 3,
 //! zero bytes): clearing needs only to know one was presented. Only
 //! [`Record::decode_published`] accepts such a record, and it accepts no other code.
 
@@ -131,7 +131,7 @@ pub enum Record {
     /// exchange still needed then (`low_water`: the `Admitted` of the oldest transaction it
     /// remembered or had in flight, else this record) and the last switch reference it had
     /// drawn. What retention may remove, and what a replay from `low_water` on must restore
-    /// (`crate::journal::remove_before`).
+    /// (`crate::durability::journal::remove_before`).
     Checkpoint { window: u64, sequence: u64, low_water: u64, reference_sequence: u64 },
     /// A restart point, written every so many records between cuts: what a `Checkpoint`
     /// says for a restart (the oldest record the exchange still needed, the last reference

@@ -7,7 +7,7 @@
 //! file again (its version must rise) and hands it to every shard; and
 //! `POST /participants/ID/state/STATE`, which moves a participant through onboarding
 //! (`Onboarding`), journaled by every shard. Tokens, roles and the audit log are
-//! [`crate::access`]'s.
+//! [`crate::ops::access`]'s.
 //!
 //! Nine endpoints do not justify a web framework: this is a small, bounded
 //! HTTP/1.1 responder (one request per connection, request head at most 8 KiB, 5 s to send
@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::access::{AdminRole, Refusal};
+use crate::ops::access::{AdminRole, Refusal};
 use codec::InstitutionId;
 use codec::field::FieldText;
 
@@ -44,7 +44,7 @@ pub async fn serve_admin(listener: TcpListener, shared: Arc<Shared>, shutdown: i
     tokio::pin!(shutdown);
     let serving = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     // Aggregated refusals are written once per interval.
-    let interval = shared.admin.refusal_interval().unwrap_or(crate::audit::REFUSAL_INTERVAL_DEFAULT);
+    let interval = shared.admin.refusal_interval().unwrap_or(crate::ops::audit::REFUSAL_INTERVAL_DEFAULT);
     let mut flushes = tokio::time::interval(interval);
     flushes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::clearing::{self, CloseInputs, close::fault_point};
 use crate::edge::shard::Event;
 use crate::edge::tcp::Shared;
+use crate::settlement::clearing::{self, CloseInputs, close::fault_point};
 
 impl Shared {
     /// Closes the open clearing window: what an interrupted close left is finished first;

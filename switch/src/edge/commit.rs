@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use crate::core::exchange::{Exchange, Outbound};
 use crate::core::record::Record;
-use crate::journal::{EXIT_JOURNAL_FAILED, Journal, SyncPolicy};
+use crate::durability::journal::{EXIT_JOURNAL_FAILED, Journal, SyncPolicy};
 
 /// Batches whose messages may wait for the journal at once.
 pub const HELD_BATCHES_MAX: usize = 64;

@@ -15,10 +15,10 @@ use std::time::Duration;
 use codec::InstitutionId;
 use tokio::sync::oneshot;
 
+use crate::durability::retention::Retention;
 use crate::edge::shard::{Event, Mesh};
 use crate::edge::tcp::Shared;
 use crate::participant::Onboarding;
-use crate::retention::Retention;
 
 /// Why an onboarding change was not made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +41,7 @@ pub(crate) struct ControlPlane {
     pub(crate) mesh: std::sync::OnceLock<Arc<Mesh>>,
     /// Journal retention, once `serve` has recovered the shards (with `retain_windows`),
     /// and the fleet publisher's progress it must wait for (when the node publishes).
-    pub(crate) retention: std::sync::OnceLock<(Arc<Retention>, Option<Arc<crate::fleet::Progress>>)>,
+    pub(crate) retention: std::sync::OnceLock<(Arc<Retention>, Option<Arc<crate::settlement::fleet::Progress>>)>,
     /// The next clearing window to close (after recovery: one past the last cut).
     pub(crate) next_window: AtomicU64,
     /// Held by a close, and by the start's finishing of an interrupted one: one at a time.

@@ -40,7 +40,7 @@ use tokio::sync::Notify;
 
 use crate::core::session::{CloseReason, Control, Session};
 use crate::edge::tcp::Connection;
-use crate::metrics::{ConnectionRefusal, Metrics};
+use crate::ops::metrics::{ConnectionRefusal, Metrics};
 
 /// A participant's failures delay its next sign-on by at most this (whatever the source).
 pub const PARTICIPANT_BACKOFF_MAX_MS: u64 = 1_000;

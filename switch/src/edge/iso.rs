@@ -54,7 +54,7 @@ use crate::core::session::CloseReason;
 use crate::edge::gate::{SessionClaim, Ticket};
 use crate::edge::shard::Touched;
 use crate::edge::tcp::{Connection, ConnectionGuard, next_outbound};
-use crate::log_limit::LogLimit;
+use crate::ops::log_limit::LogLimit;
 
 /// The ISO 8583 listener: where it listens and the profile its links are framed by
 /// (`[iso8583]` in the configuration).
@@ -356,9 +356,9 @@ impl IsoLink<'_> {
         let answered = refusal(request, code, &mut self.answer)
             .is_some_and(|()| self.profile.pack_frame(&self.answer, &mut self.wire).is_ok());
         let outcome = match (answered, unsupported) {
-            (false, _) => crate::metrics::IsoRefusal::Unanswerable,
-            (true, true) => crate::metrics::IsoRefusal::Unsupported,
-            (true, false) => crate::metrics::IsoRefusal::Malformed,
+            (false, _) => crate::ops::metrics::IsoRefusal::Unanswerable,
+            (true, true) => crate::ops::metrics::IsoRefusal::Unsupported,
+            (true, false) => crate::ops::metrics::IsoRefusal::Malformed,
         };
         metrics.iso8583_refused(outcome);
         static REFUSED: LogLimit = LogLimit::per_second();
@@ -416,11 +416,11 @@ impl IsoLink<'_> {
             let outcome = match switch_answer(&message, ReplyCode::FormatError, shared.session.switch_id, now) {
                 Some(answer) => {
                     self.outgoing.push(answer);
-                    crate::metrics::IsoRefusal::Malformed
+                    crate::ops::metrics::IsoRefusal::Malformed
                 }
                 None => {
                     tracing::warn!(peer = %self.peer, %participant, "invalid answer dropped");
-                    crate::metrics::IsoRefusal::Unanswerable
+                    crate::ops::metrics::IsoRefusal::Unanswerable
                 }
             };
             shared.metrics.iso8583_refused(outcome);

@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use crate::core::exchange::Exchange;
 use crate::core::record::Record;
 use crate::core::session::Now;
+use crate::durability::journal::{self, Journal, JournalError, JournalSettings};
+use crate::durability::retention::Retention;
 use crate::edge::tcp::Shared;
-use crate::journal::{self, Journal, JournalError, JournalSettings};
-use crate::retention::Retention;
 
 /// Settles every participant's onboarding state after recovery. A change reaches the shards
 /// one by one, so a crash can leave some without it: the latest change any shard journaled
@@ -126,7 +126,10 @@ const EXTEND_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 pub(crate) fn extend_start_timeout(recovering: &Recovering) {
     let mut done = recovering.done.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     while !*done {
-        crate::notify::notify(&format!("EXTEND_TIMEOUT_USEC={}\nSTATUS=recovering the journal", EXTEND_BY.as_micros()));
+        crate::ops::notify::notify(&format!(
+            "EXTEND_TIMEOUT_USEC={}\nSTATUS=recovering the journal",
+            EXTEND_BY.as_micros()
+        ));
         done = recovering.changed.wait_timeout(done, EXTEND_EVERY).unwrap_or_else(std::sync::PoisonError::into_inner).0;
     }
 }

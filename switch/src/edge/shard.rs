@@ -35,10 +35,10 @@ use crate::core::exchange::{Exchange, Outbound, SessionId};
 use crate::core::session::Now;
 use crate::core::shard::{SHARDS_MAX, owner};
 use crate::edge::commit::{Commit, Durable};
-use crate::log_limit::LogLimit;
-use crate::metrics::Metrics;
+use crate::ops::log_limit::LogLimit;
+use crate::ops::metrics::Metrics;
+use crate::ops::status::{PUBLISH_INTERVAL_MS, Status};
 use crate::participant::Onboarding;
-use crate::status::{PUBLISH_INTERVAL_MS, Status};
 
 /// New requests waiting in one shard's inbox, from every connection; past it, new
 /// requests are shed `SystemBusy`. About 10 ms of a shard's work at capacity: admitted
@@ -279,7 +279,7 @@ pub struct ShardLoop {
     pub started: Instant,
     pub stop: watch::Receiver<bool>,
     /// Told each cut's checkpoint (journal retention; none: every segment is kept).
-    pub retention: Option<std::sync::Arc<crate::retention::Retention>>,
+    pub retention: Option<std::sync::Arc<crate::durability::retention::Retention>>,
     /// Records between restart points (`Record::Restart`), with a journal.
     pub restart_every: u64,
 }
@@ -289,7 +289,7 @@ struct Shard {
     index: usize,
     exchange: Exchange,
     mesh: std::sync::Arc<Mesh>,
-    retention: Option<std::sync::Arc<crate::retention::Retention>>,
+    retention: Option<std::sync::Arc<crate::durability::retention::Retention>>,
     routes: HashMap<SessionId, Route>,
     /// What this turn's decisions send, held behind their records by group commit.
     out: Vec<Outbound>,

@@ -21,21 +21,21 @@ use codec::{FrameDecoder, FrameEncoder, InstitutionId, Message, ReplyCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::clearing;
 use crate::core::exchange::{Exchange, ExchangeConfig, Routes, SessionId, UsedCodes, switch_answer};
 use crate::core::session::{CloseReason, Control, Now, Session, SessionConfig};
 use crate::core::shard;
+use crate::durability::journal::{self, Journal, JournalError, JournalSettings};
+use crate::durability::retention::Retention;
 use crate::edge::gate::{ConnectionLimits, Gate, Ticket};
 use crate::edge::shard::{Event, Mesh, Touched};
 use crate::edge::transport::{Io, Transport};
 use crate::edge::writes::{self, Writes};
 use crate::edge::{closing, recovery};
-use crate::journal::{self, Journal, JournalError, JournalSettings};
-use crate::log_limit::LogLimit;
-use crate::metrics::Metrics;
+use crate::ops::log_limit::LogLimit;
+use crate::ops::metrics::Metrics;
+use crate::ops::status::{Link, Status};
 use crate::participant::Directory;
-use crate::retention::Retention;
-use crate::status::{Link, Status};
+use crate::settlement::clearing;
 
 /// Most bytes one read asks for (the decoder's buffer bounds it too).
 const READ_MAX: usize = 64 * 1024;
@@ -71,15 +71,15 @@ pub struct Shared {
     /// Fees charged in clearing windows.
     pub fees: clearing::FeeSchedule,
     /// Admin API tokens and audit log (none: only probes and metrics are served).
-    pub admin: crate::access::AdminAccess,
+    pub admin: crate::ops::access::AdminAccess,
     /// Mutual TLS on participant links; `None`: plaintext (the configuration says so).
     pub tls: Option<crate::edge::tls::Tls>,
     /// Connection limits and the sign-on throttle (`edge::gate`).
     pub gate: Arc<crate::edge::gate::Gate>,
     /// New requests a shard's inbox holds before more are shed `SystemBusy`.
     pub request_lane: usize,
-    /// Publish the journal's records to a fleet stream (`crate::fleet`); needs a journal.
-    pub fleet: Option<crate::fleet::FleetSettings>,
+    /// Publish the journal's records to a fleet stream (`crate::settlement::fleet`); needs a journal.
+    pub fleet: Option<crate::settlement::fleet::FleetSettings>,
     /// ISO 8583 participants' listener settings (`crate::edge::iso`), and the listener
     /// until `serve` takes it.
     pub iso8583: Option<crate::edge::iso::Iso8583Settings>,
@@ -107,7 +107,7 @@ impl Shared {
             daily_cutoff: None,
             prefault: false,
             fees: clearing::FeeSchedule::default(),
-            admin: crate::access::AdminAccess::default(),
+            admin: crate::ops::access::AdminAccess::default(),
             tls: None,
             gate,
             request_lane: crate::edge::shard::SHARD_INBOX,
@@ -147,7 +147,7 @@ impl Shared {
         self
     }
 
-    pub fn with_fleet(mut self, fleet: Option<crate::fleet::FleetSettings>) -> Self {
+    pub fn with_fleet(mut self, fleet: Option<crate::settlement::fleet::FleetSettings>) -> Self {
         self.fleet = fleet;
         self
     }
@@ -159,7 +159,7 @@ impl Shared {
     }
 
     /// Who may use the admin API, and where their actions are recorded.
-    pub fn with_admin(mut self, admin: crate::access::AdminAccess) -> Self {
+    pub fn with_admin(mut self, admin: crate::ops::access::AdminAccess) -> Self {
         self.admin = admin;
         self
     }
@@ -321,14 +321,14 @@ pub async fn serve(
     recovery::converge_onboarding(&shared, &mut exchanges, &mut journals, now)?;
     recovery::converge_cuts(&shared, &mut exchanges, &mut journals, retention.as_deref(), now)?;
     // What each shard's journal holds durably, for the fleet publisher and its metrics.
-    let progress = Arc::new(crate::fleet::Progress::new(shards));
+    let progress = Arc::new(crate::settlement::fleet::Progress::new(shards));
     for (index, journal) in journals.iter().enumerate() {
         progress.set_durable(index, journal.as_ref().map_or(0, Journal::last_sequence));
     }
     let publisher = match (&shared.fleet, &shared.journal) {
         (Some(fleet), Some(settings)) => {
             shared.metrics.set_fleet(Arc::clone(&progress));
-            let publisher = crate::fleet::Publisher {
+            let publisher = crate::settlement::fleet::Publisher {
                 settings: fleet.clone(),
                 node: shared.exchange.node,
                 instance: journal::instance(&settings.data_dir)?,
@@ -374,12 +374,12 @@ pub async fn serve(
     let _ = shared.control.mesh.set(Arc::clone(&mesh));
     shared.metrics.set_serving();
     tracing::info!(shards, connections_max = shared.gate.connections_max(), "serving");
-    crate::notify::notify("READY=1\nSTATUS=serving");
+    crate::ops::notify::notify("READY=1\nSTATUS=serving");
     // Fed from the acceptor's runtime; participants have nothing to do with it.
-    let watchdog = crate::notify::watchdog_interval().map(|every| {
+    let watchdog = crate::ops::notify::watchdog_interval().map(|every| {
         tokio::spawn(async move {
             loop {
-                crate::notify::notify("WATCHDOG=1");
+                crate::ops::notify::notify("WATCHDOG=1");
                 tokio::time::sleep(every).await;
             }
         })
@@ -443,7 +443,7 @@ pub async fn serve(
         cutoffs.abort();
     }
     shared.metrics.set_draining();
-    crate::notify::notify("STOPPING=1\nSTATUS=draining");
+    crate::ops::notify::notify("STOPPING=1\nSTATUS=draining");
     drain_in_flight(&shared, &mesh).await;
     tracing::info!("draining: signing off every session");
     // Receivers only stop listening when their shard has ended, so a send error means none

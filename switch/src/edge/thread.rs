@@ -10,17 +10,17 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::core::exchange::Exchange;
+use crate::durability::journal::{EXIT_JOURNAL_FAILED, Journal};
 use crate::edge::commit::Commit;
 use crate::edge::shard::{Mesh, ShardLoop, run_shard};
 use crate::edge::tcp::{Accepted, Connection, Protocol, Shared};
 use crate::edge::transport::{Io, Transport};
-use crate::journal::{EXIT_JOURNAL_FAILED, Journal};
 
 /// What one shard's thread needs besides its exchange.
 pub(crate) struct ShardThread {
     pub(crate) index: usize,
     /// Where this shard's journal thread reports its durable sequence.
-    pub(crate) progress: Arc<crate::fleet::Progress>,
+    pub(crate) progress: Arc<crate::settlement::fleet::Progress>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) mesh: Arc<Mesh>,
     pub(crate) draining: watch::Receiver<bool>,

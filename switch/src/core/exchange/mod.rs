@@ -40,7 +40,7 @@ pub use crate::core::routes::{QrNetwork, Routes};
 use crate::core::session::Now;
 use crate::core::timers::Timers;
 use crate::fx::RateTable;
-use crate::log_limit::LogLimit;
+use crate::ops::log_limit::LogLimit;
 use crate::participant::Onboarding;
 
 mod admission;

@@ -105,7 +105,7 @@ impl Window {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clearing::{ClearingError, EntryKind};
+    use crate::settlement::clearing::{ClearingError, EntryKind};
     use codec::{AuthorizationCode, Conversion, PaymentCode, TransactionId};
 
     fn id(text: &str) -> InstitutionId {

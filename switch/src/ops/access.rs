@@ -7,7 +7,7 @@
 //! and orchestrators must reach them.
 //!
 //! Every state-changing call, and every refused call, is appended to the audit log
-//! ([`crate::audit`]): one JSON line (time, peer, who, action, outcome), synced before the
+//! ([`crate::ops::audit`]): one JSON line (time, peer, who, action, outcome), synced before the
 //! answer leaves when it is attributable; refusals with no known token are aggregated.
 //!
 //! Invariants: a token is never stored, logged or echoed; comparison is constant-time over
@@ -17,7 +17,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
 
-use crate::audit::AuditLog;
+use crate::ops::audit::AuditLog;
 
 use sha2::{Digest, Sha256};
 
@@ -93,7 +93,7 @@ impl AdminAccess {
 
     /// Appends the audit trail to `path` (created if missing), rotated past 16 MiB.
     pub fn with_audit_log(self, path: &Path) -> std::io::Result<Self> {
-        Ok(self.with_audit(AuditLog::open(path, crate::audit::MAX_BYTES_DEFAULT)?))
+        Ok(self.with_audit(AuditLog::open(path, crate::ops::audit::MAX_BYTES_DEFAULT)?))
     }
 
     /// Records the audit trail in `log`.

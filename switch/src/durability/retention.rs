@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use crate::journal::{self, JournalError, Removed};
+use crate::durability::journal::{self, JournalError, Removed};
 
 /// Per shard, the checkpoints retention may still use: window to `low_water`.
 #[derive(Debug)]
@@ -106,7 +106,7 @@ mod tests {
     /// A data directory whose shard 0 has four segments of 10 records each.
     fn data_dir(name: &str) -> std::path::PathBuf {
         use crate::core::record::Record;
-        use crate::journal::{Damage, Journal, SyncPolicy};
+        use crate::durability::journal::{Damage, Journal, SyncPolicy};
         let data = std::env::temp_dir().join(format!("switch-retention-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data);
         let (mut journal, _) =

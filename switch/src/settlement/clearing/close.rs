@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use super::files::{Builder, Built, SUMMARY};
 use super::{ClearingError, FeeSchedule, ShardEntries, shard_dirs, window_dir};
 use crate::core::record::{CodeKey, Record};
-use crate::journal;
+use crate::durability::journal;
 
 /// What a window's files are built with besides the journal (step 1 of a close).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -44,7 +44,7 @@ use foldhash::fast::RandomState;
 use serde::Serialize;
 
 use crate::core::record::Record;
-use crate::journal::JournalError;
+use crate::durability::journal::JournalError;
 
 pub mod close;
 pub mod files;

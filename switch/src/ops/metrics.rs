@@ -157,8 +157,8 @@ pub struct Metrics {
     shard_stalls: AtomicU64,
     shard_stalled_ms: AtomicU64,
     shards: AtomicU64,
-    /// Fleet publication, when this node publishes (`crate::fleet`).
-    fleet: std::sync::OnceLock<std::sync::Arc<crate::fleet::Progress>>,
+    /// Fleet publication, when this node publishes (`crate::settlement::fleet`).
+    fleet: std::sync::OnceLock<std::sync::Arc<crate::settlement::fleet::Progress>>,
 }
 
 const _: () = assert!(codec::ReplyCode::ALL.len() <= 32);
@@ -270,7 +270,7 @@ impl Metrics {
     }
 
     /// This node publishes to a fleet: its progress is exported (`switch_fleet_*`).
-    pub fn set_fleet(&self, progress: std::sync::Arc<crate::fleet::Progress>) {
+    pub fn set_fleet(&self, progress: std::sync::Arc<crate::settlement::fleet::Progress>) {
         let _ = self.fleet.set(progress);
     }
 

@@ -26,7 +26,7 @@ use codec::field::FieldText;
 use codec::{Conversion, InstitutionId, TransactionId};
 
 use super::{CSV_HEADER, ClearingError, Entry, EntryKind, FeeSchedule, Positions, concerns, csv_row};
-use crate::journal;
+use crate::durability::journal;
 
 /// Entries held in memory before a run is spilled (about 20 MiB of entries).
 pub const RUN_ENTRIES: usize = 1 << 17;
@@ -402,7 +402,7 @@ fn decode(bytes: &[u8; ENTRY_SIZE]) -> Option<Entry> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clearing::Window;
+    use crate::settlement::clearing::Window;
     use proptest::prelude::*;
 
     fn id(text: &str) -> InstitutionId {

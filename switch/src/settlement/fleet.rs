@@ -44,10 +44,10 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use crate::clearing::files::{Builder, Built};
-use crate::clearing::{ClearingError, CloseInputs, ShardEntries};
 use crate::core::record::{CodeKey, Record, RecordError};
-use crate::journal::{self, JournalError, Tail};
+use crate::durability::journal::{self, JournalError, Tail};
+use crate::settlement::clearing::files::{Builder, Built};
+use crate::settlement::clearing::{ClearingError, CloseInputs, ShardEntries};
 
 /// Records in one published message (at most 160 bytes each: a message stays under
 /// 160 KiB, well inside NATS's default 1 MiB payload limit).
@@ -606,7 +606,7 @@ pub async fn read_window(
     if let Some(&(node, _)) = subjects.keys().find(|(node, _)| !nodes.contains(node)) {
         return Err(FleetError::UnexpectedNode { node });
     }
-    let mut builder = Builder::new(&crate::clearing::window_dir(out, window), window, &inputs.fees)?;
+    let mut builder = Builder::new(&crate::settlement::clearing::window_dir(out, window), window, &inputs.fees)?;
     for &node in nodes {
         if !subjects.contains_key(&(node, 0)) {
             return Err(match subjects.range((node, 0)..=(node, usize::MAX)).next() {
