@@ -91,7 +91,7 @@ timed() {
   echo "$((rss / 1024)) MiB, $wall"
 }
 hashes() {
-  (cd "$1" && find . -type f \( -name '*.csv' -o -name '*.json' \) ! -name 'fee_schedule.json' ! -name 'close-inputs.json' \
+  (cd "$1" && find . -type f \( -name '*.csv' -o -name '*.json' \) ! -name 'fee_schedule.json' \
     -print0 | sort -z | xargs -0 sha256sum)
 }
 

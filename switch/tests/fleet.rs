@@ -61,6 +61,19 @@ struct Node {
 }
 
 impl Node {
+    /// Node `id` with `shards` shards on free loopback ports, its data in DIR/node-ID.
+    fn new(id: u8, shards: u16, dir: &Path, nats: &str, token_file: &Path) -> Self {
+        Self {
+            id,
+            shards,
+            listen: format!("127.0.0.1:{}", free_port()).parse().expect("address"),
+            admin: format!("127.0.0.1:{}", free_port()).parse().expect("address"),
+            data_dir: dir.join(format!("node-{id}")),
+            nats: nats.to_string(),
+            token_file: token_file.to_path_buf(),
+        }
+    }
+
     fn start(&self) -> Process {
         self.start_with(&[])
     }
@@ -174,17 +187,8 @@ fn a_three_node_fleet_clears_exactly_after_a_node_and_nats_fail() {
     let token_file = dir.join("nats.token");
     std::fs::write(&token_file, format!("{NATS_TOKEN}\n")).expect("token");
     let nats = nats_server(&store, nats_port, &nats_log);
-    let nodes: Vec<Node> = (0..3u8)
-        .map(|id| Node {
-            id,
-            shards: if id == 0 { 2 } else { 1 },
-            listen: format!("127.0.0.1:{}", free_port()).parse().expect("address"),
-            admin: format!("127.0.0.1:{}", free_port()).parse().expect("address"),
-            data_dir: dir.join(format!("node-{id}")),
-            nats: url.clone(),
-            token_file: token_file.clone(),
-        })
-        .collect();
+    let nodes: Vec<Node> =
+        (0..3u8).map(|id| Node::new(id, if id == 0 { 2 } else { 1 }, &dir, &url, &token_file)).collect();
     let mut running: Vec<Option<Process>> = nodes.iter().map(|node| Some(node.start())).collect();
     let records: Vec<PathBuf> = (0..4).map(|n| dir.join(format!("record-{n}.csv"))).collect();
 
@@ -387,15 +391,7 @@ async fn a_damaged_or_mixed_stream_is_refused_by_the_close_and_by_the_publisher(
     publish(&context, &subject, "cccc000000000003", 1, &[cut(1)]).await;
     let token_file = dir.join("nats.token");
     std::fs::write(&token_file, NATS_TOKEN).expect("token");
-    let node = Node {
-        id: 0,
-        shards: 1,
-        listen: format!("127.0.0.1:{}", free_port()).parse().expect("address"),
-        admin: format!("127.0.0.1:{}", free_port()).parse().expect("address"),
-        data_dir: dir.join("node-0"),
-        nats: url.clone(),
-        token_file,
-    };
+    let node = Node::new(0, 1, &dir, &url, &token_file);
     let running = tokio::task::spawn_blocking(move || {
         let process = node.start();
         node.close_window(); // a record to publish
@@ -433,15 +429,7 @@ fn a_node_whose_journal_lost_published_records_publishes_nothing_over_them() {
     let _nats = nats_server(&dir.join("jetstream"), nats_port, &dir.join("nats.log"));
     let token_file = dir.join("nats.token");
     std::fs::write(&token_file, NATS_TOKEN).expect("token");
-    let node = Node {
-        id: 0,
-        shards: 1,
-        listen: format!("127.0.0.1:{}", free_port()).parse().expect("address"),
-        admin: format!("127.0.0.1:{}", free_port()).parse().expect("address"),
-        data_dir: dir.join("node-0"),
-        nats: format!("nats://127.0.0.1:{nats_port}"),
-        token_file,
-    };
+    let node = Node::new(0, 1, &dir, &format!("nats://127.0.0.1:{nats_port}"), &token_file);
     let published = |node: &Node| node.metric("switch_fleet_lag_records") == Some(0.0);
     let process = node.start();
     node.close_window(); // records 1 and 2: window 1's cut and checkpoint

@@ -59,8 +59,12 @@ impl<T> Remembered<T> {
         Some((value, true))
     }
 
-    pub(super) fn get(&mut self, reference: u64) -> Option<&T> {
-        self.get_mut(reference).map(|(value, _)| &*value)
+    pub(super) fn get(&self, reference: u64) -> Option<&T> {
+        if let Some(value) = self.in_flight.get(&reference) {
+            return Some(value);
+        }
+        let number = *self.index.get(&reference)?;
+        self.completed.get(usize::try_from(number - self.front).ok()?).map(|(_, value)| value)
     }
 
     /// In-flight transaction `reference` completed: it moves to the completed, and the
